@@ -1,0 +1,500 @@
+//! The configuration: one typed tree, layered defaults < `vendorhost.toml` <
+//! `VENDORHOST_*` env vars (`__` nests: `VENDORHOST_VENDORS__SYNC__RATE=5`) <
+//! command-line flags. Every duration accepts an integer (milliseconds) or a
+//! string with a unit (`"250ms"`, `"5s"`, `"24h"`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Everything the service reads at start-up (and on reload, for `vendors`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// API listen address.
+    pub listen: String,
+    /// The URL vendors call back (`<public_url>/vendor-webhook/<vendor>`).
+    /// Empty: derived from the listen address.
+    pub public_url: String,
+    /// Directory of `.wasm` plugins, watched for changes.
+    pub plugins_dir: PathBuf,
+    /// Compiled-component cache directory. Empty: `<data dir>/cache`.
+    pub cache_dir: PathBuf,
+    /// Embedded database file (queue and store) when `queue`/`store` are `sqlite`.
+    pub data: PathBuf,
+    /// `sqlite` or `redis://host:port/db`.
+    pub queue: String,
+    /// `sqlite` or `mongodb://...`.
+    pub store: String,
+    /// Mongo database name.
+    pub mongo_db: String,
+    /// Redis key prefix (streams, sets, limits, breakers).
+    pub redis_prefix: String,
+    /// Worker tasks per process (jobs in flight at once, all vendors).
+    pub workers: usize,
+    /// Run the in-process mock vendors (embedded default).
+    pub mocks: bool,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    pub queue_settings: QueueSettings,
+    pub api: ApiSettings,
+    pub auth: AuthSettings,
+    pub retention: RetentionSettings,
+    /// Keys dropped from results at any depth, case-insensitive.
+    pub pii_keys: Vec<String>,
+    /// Defaults for every vendor; `[vendors.<id>]` overrides per field.
+    pub vendor_defaults: VendorPolicy,
+    /// Per-vendor policy, limits and secrets.
+    pub vendors: BTreeMap<String, VendorPolicy>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// How long a leased job stays invisible to other workers; a worker that
+    /// dies is replaced after this.
+    #[serde(with = "duration")]
+    pub lease: Duration,
+    /// Deliveries (leases that were not acked) before a job is dead-lettered.
+    pub max_deliveries: u32,
+    /// A `pending` job not recorded as queued after this is re-enqueued.
+    #[serde(with = "duration")]
+    pub sweep_after: Duration,
+    /// How often the sweeper runs.
+    #[serde(with = "duration")]
+    pub sweep_interval: Duration,
+    /// How long a worker waits on an empty queue per poll.
+    #[serde(with = "duration")]
+    pub poll: Duration,
+    /// Grace for in-flight jobs on shutdown.
+    #[serde(with = "duration")]
+    pub shutdown_grace: Duration,
+    /// Jobs of a vendor whose plugin is gone wait this long, then fail with
+    /// "vendor removed".
+    #[serde(with = "duration")]
+    pub removed_vendor_grace: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+    /// Deepest JSON nesting accepted in `data`.
+    pub max_json_depth: usize,
+    /// Requests handled at once; more get 503 + Retry-After.
+    pub max_concurrency: usize,
+    /// Whole-request deadline.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+    /// How long an Idempotency-Key binds.
+    #[serde(with = "duration")]
+    pub idempotency_ttl: Duration,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// API keys: key → name. Empty: no authentication on `/jobs`.
+    pub api_keys: BTreeMap<String, String>,
+    /// If set, `/admin/*`, `/metrics` and `/vendors` need `Bearer <admin_key>`.
+    pub admin_key: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Finished jobs are deleted after this.
+    #[serde(with = "duration")]
+    pub jobs: Duration,
+    /// Dead letters are deleted after this.
+    #[serde(with = "duration")]
+    pub dead_letters: Duration,
+    /// Seen webhook ids are remembered this long (replay window).
+    #[serde(with = "duration")]
+    pub webhook_ids: Duration,
+}
+
+/// One vendor's policy. Every field is optional: unset fields fall back to
+/// `[vendor_defaults]`, then to the plugin's own `info` suggestion, then to
+/// built-in defaults.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct VendorPolicy {
+    /// Hosts `http-send` may reach: `host`, `host:port`, `*.domain`, or `*`.
+    /// Deny by default.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Memory cap per instance, MiB.
+    pub memory_mb: Option<u64>,
+    /// Deadline per call (wasm + HTTP).
+    #[serde(with = "opt_duration")]
+    pub timeout: Option<Duration>,
+    /// Calls per second (GCRA rate).
+    pub rate: Option<f64>,
+    /// Calls above the rate at once (GCRA burst).
+    pub burst: Option<u32>,
+    /// Calls in flight at once, across this process (bulkhead).
+    pub max_in_flight: Option<usize>,
+    /// Attempts before a retryable error fails the job.
+    pub max_attempts: Option<u32>,
+    /// Backoff base and cap (exponential, full jitter).
+    #[serde(with = "opt_duration")]
+    pub backoff_base: Option<Duration>,
+    #[serde(with = "opt_duration")]
+    pub backoff_max: Option<Duration>,
+    /// An accepted async job fails when no webhook came within this.
+    #[serde(with = "opt_duration")]
+    pub webhook_deadline: Option<Duration>,
+    /// Standard Webhooks secrets (`whsec_<base64>`); several for rotation.
+    pub webhook_secrets: Option<Vec<String>>,
+    /// Timestamp tolerance for webhook signatures.
+    #[serde(with = "opt_duration")]
+    pub webhook_tolerance: Option<Duration>,
+    pub breaker: Option<BreakerPolicy>,
+    /// Values the plugin reads through `config-get` (only this vendor's).
+    pub config: Option<BTreeMap<String, String>>,
+}
+
+/// resilience4j-style circuit breaker settings (count-based window).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerPolicy {
+    /// Calls in the sliding window.
+    pub window: u32,
+    /// Calls needed before the rates are judged.
+    pub min_calls: u32,
+    /// Failure rate (percent) at which the breaker opens.
+    pub failure_rate: f64,
+    /// Slow-call rate (percent) at which the breaker opens.
+    pub slow_call_rate: f64,
+    /// A call slower than this counts as slow.
+    #[serde(with = "duration")]
+    pub slow_call: Duration,
+    /// How long the breaker stays open before half-open probes.
+    #[serde(with = "duration")]
+    pub open_for: Duration,
+    /// Probes allowed while half-open.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            window: 20,
+            min_calls: 10,
+            failure_rate: 50.0,
+            slow_call_rate: 100.0,
+            slow_call: Duration::from_secs(10),
+            open_for: Duration::from_secs(30),
+            half_open_probes: 3,
+        }
+    }
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            lease: Duration::from_secs(60),
+            max_deliveries: 5,
+            sweep_after: Duration::from_secs(30),
+            sweep_interval: Duration::from_secs(5),
+            poll: Duration::from_millis(500),
+            shutdown_grace: Duration::from_secs(10),
+            removed_vendor_grace: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 64,
+            max_concurrency: 4096,
+            request_timeout: Duration::from_secs(30),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        RetentionSettings {
+            jobs: Duration::from_secs(7 * 24 * 3600),
+            dead_letters: Duration::from_secs(14 * 24 * 3600),
+            webhook_ids: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+pub const DEFAULT_PII_KEYS: &[&str] = &[
+    "email", "e_mail", "phone", "phone_number", "mobile", "ssn", "social_security_number", "password",
+    "passport", "passport_number", "credit_card", "card_number", "iban", "dob", "date_of_birth",
+];
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "0.0.0.0:8000".into(),
+            public_url: String::new(),
+            plugins_dir: PathBuf::from("plugins/dist"),
+            cache_dir: PathBuf::new(),
+            data: PathBuf::from(".vendorhost/vendorhost.db"),
+            queue: "sqlite".into(),
+            store: "sqlite".into(),
+            mongo_db: "vendorhost".into(),
+            redis_prefix: "vendorhost".into(),
+            workers: 64,
+            mocks: true,
+            log_format: "text".into(),
+            queue_settings: QueueSettings::default(),
+            api: ApiSettings::default(),
+            auth: AuthSettings::default(),
+            retention: RetentionSettings::default(),
+            pii_keys: DEFAULT_PII_KEYS.iter().map(|s| s.to_string()).collect(),
+            vendor_defaults: VendorPolicy::default(),
+            vendors: BTreeMap::new(),
+        }
+    }
+}
+
+/// Values the command line sets; `None` leaves the layer below.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plugins_dir: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mocks: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+}
+
+/// Env vars that are not configuration keys.
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "LOG"];
+
+impl Config {
+    /// Loads defaults < file (if any) < env < overrides.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                });
+            }
+            fig = fig.merge(Toml::file(path));
+        }
+        fig = fig
+            .merge(Env::prefixed("VENDORHOST_").split("__").filter(|k| !ENV_NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))))
+            .merge(Serialized::defaults(overrides));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Reads only the vendor tables again (for live reload of grants, limits
+    /// and secrets).
+    pub fn reload_vendors(&self, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut fresh = Config::load(file, &Overrides::default())?;
+        let mut cfg = self.clone();
+        cfg.vendors = std::mem::take(&mut fresh.vendors);
+        cfg.vendor_defaults = fresh.vendor_defaults;
+        cfg.pii_keys = fresh.pii_keys;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 {
+            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+        }
+        if !(self.queue == "sqlite" || self.queue.starts_with("redis://") || self.queue.starts_with("rediss://")) {
+            return Err(ConfigError::Invalid(format!(
+                "queue = {:?}: expected \"sqlite\" or a redis:// URL",
+                self.queue
+            )));
+        }
+        if !(self.store == "sqlite" || self.store.starts_with("mongodb://") || self.store.starts_with("mongodb+srv://")) {
+            return Err(ConfigError::Invalid(format!(
+                "store = {:?}: expected \"sqlite\" or a mongodb:// URL",
+                self.store
+            )));
+        }
+        for (id, p) in &self.vendors {
+            if let Some(r) = p.rate
+                && !(r > 0.0 && r.is_finite())
+            {
+                return Err(ConfigError::Invalid(format!("vendors.{id}.rate must be a positive number")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective policy of one vendor: `[vendors.<id>]` over `[vendor_defaults]`.
+    pub fn vendor(&self, id: &str) -> VendorPolicy {
+        let d = &self.vendor_defaults;
+        match self.vendors.get(id) {
+            None => d.clone(),
+            Some(v) => VendorPolicy {
+                allowed_hosts: v.allowed_hosts.clone().or_else(|| d.allowed_hosts.clone()),
+                memory_mb: v.memory_mb.or(d.memory_mb),
+                timeout: v.timeout.or(d.timeout),
+                rate: v.rate.or(d.rate),
+                burst: v.burst.or(d.burst),
+                max_in_flight: v.max_in_flight.or(d.max_in_flight),
+                max_attempts: v.max_attempts.or(d.max_attempts),
+                backoff_base: v.backoff_base.or(d.backoff_base),
+                backoff_max: v.backoff_max.or(d.backoff_max),
+                webhook_deadline: v.webhook_deadline.or(d.webhook_deadline),
+                webhook_secrets: v.webhook_secrets.clone().or_else(|| d.webhook_secrets.clone()),
+                webhook_tolerance: v.webhook_tolerance.or(d.webhook_tolerance),
+                breaker: v.breaker.clone().or_else(|| d.breaker.clone()),
+                config: v.config.clone().or_else(|| d.config.clone()),
+            },
+        }
+    }
+
+    pub fn is_embedded_queue(&self) -> bool {
+        self.queue == "sqlite"
+    }
+
+    pub fn is_embedded_store(&self) -> bool {
+        self.store == "sqlite"
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        if self.cache_dir.as_os_str().is_empty() {
+            self.data.parent().map(|p| p.join("cache")).unwrap_or_else(|| PathBuf::from("cache"))
+        } else {
+            self.cache_dir.clone()
+        }
+    }
+}
+
+/// One line naming the key and what is wrong with it.
+fn describe(e: figment::Error) -> String {
+    let mut out = Vec::new();
+    for err in e {
+        let path = err.path.join(".");
+        let src = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let kind = err.kind.to_string();
+        if path.is_empty() {
+            out.push(format!("{kind} ({src})"));
+        } else {
+            out.push(format!("key `{path}`: {kind} ({src})"));
+        }
+    }
+    out.join("; ")
+}
+
+/// Parses `250`, `"250"` (milliseconds) or `"250ms"`, `"5s"`, `"1h"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (use milliseconds or e.g. \"250ms\", \"5s\")"))
+}
+
+mod duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Int(u64),
+        Float(f64),
+        Text(String),
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Int(ms) => Ok(Duration::from_millis(ms)),
+            Raw::Float(ms) if ms >= 0.0 && ms.is_finite() => Ok(Duration::from_secs_f64(ms / 1000.0)),
+            Raw::Float(ms) => Err(serde::de::Error::custom(format!("invalid duration {ms}"))),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        struct W(#[serde(with = "super::duration")] Duration);
+        Option::<W>::deserialize(d).map(|o| o.map(|w| w.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_accept_millis_and_units() {
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("5s").unwrap(), Duration::from_secs(5));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn file_env_and_flags_layer_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        std::fs::write(
+            &path,
+            "workers = 3\n[queue_settings]\nlease = 1500\n[vendors.sync]\nrate = 2.5\ntimeout = \"2s\"\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), &Overrides { workers: Some(7), ..Default::default() }).unwrap();
+        assert_eq!(cfg.workers, 7, "flags beat the file");
+        assert_eq!(cfg.queue_settings.lease, Duration::from_millis(1500));
+        assert_eq!(cfg.vendor("sync").rate, Some(2.5));
+        assert_eq!(cfg.vendor("sync").timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        std::fs::write(&path, "wokers = 3\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("wokers"), "{err}");
+    }
+}

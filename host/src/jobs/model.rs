@@ -1,0 +1,124 @@
+//! The job as the service sees it: ids, states, records. No I/O here.
+
+use serde::{Deserialize, Serialize};
+
+/// A job's lifecycle. Moves only forward: `pending → processing → complete | failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Processing,
+    Complete,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Processing => "processing",
+            Status::Complete => "complete",
+            Status::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "processing" => Status::Processing,
+            "complete" => Status::Complete,
+            "failed" => Status::Failed,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Complete | Status::Failed)
+    }
+}
+
+/// Milliseconds since the Unix epoch. Every timestamp the backends keep is one
+/// of these (a plain integer every store can compare and update).
+pub type Millis = i64;
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 with milliseconds, UTC.
+pub fn format_ms(ms: Millis) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// A stored job. `data` and `result` are JSON text, so every backend holds
+/// them the same way whatever their shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    pub request_id: String,
+    pub vendor: String,
+    pub status: Status,
+    /// The client's `data`, JSON text.
+    pub data: String,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Vendor calls started (deliveries and retries alike).
+    pub attempts: u32,
+    /// The cleaned result, JSON text, once `complete`.
+    pub result: Option<String>,
+    /// The last error: the reason of a `failed` job, or the last retryable
+    /// error of one still being retried.
+    pub error: Option<String>,
+    /// The async vendor's own reference, once it accepted the job.
+    pub vendor_ref: Option<String>,
+    /// When an accepted async job fails if no webhook came.
+    pub webhook_deadline: Option<Millis>,
+    /// The API key (its name) that submitted the job, when keys are on.
+    pub owner: Option<String>,
+}
+
+/// What a submit writes.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub request_id: String,
+    pub vendor: String,
+    pub data: String,
+    pub owner: Option<String>,
+    pub created_at: Millis,
+    /// Idempotency: the scoped key and a hash of the request body.
+    pub idempotency: Option<Idempotency>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idempotency {
+    /// `<owner or "-">:<Idempotency-Key>`.
+    pub key: String,
+    /// Hex SHA-256 of the canonical request body.
+    pub body_hash: String,
+    /// Until when the key binds.
+    pub expires_at: Millis,
+}
+
+/// How a finished attempt ends the job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Complete { result: String },
+    Failed { error: String },
+}
+
+impl Outcome {
+    pub fn status(&self) -> Status {
+        match self {
+            Outcome::Complete { .. } => Status::Complete,
+            Outcome::Failed { .. } => Status::Failed,
+        }
+    }
+}
+
+/// A new job id: UUID v7 (time-ordered).
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

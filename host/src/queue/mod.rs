@@ -1,0 +1,137 @@
+//! The job queue: one object-safe trait, two backends.
+//!
+//! - `sqlite`: a table in the embedded database (the same file as the store);
+//!   a lease is a visibility timeout, an ack deletes the row.
+//! - `redis`: a Redis Stream read by one consumer group; a lease is a pending
+//!   entry, reclaimed by `XAUTOCLAIM` once idle past the lease; delayed
+//!   messages wait in a sorted set until due.
+//!
+//! Delivery is at least once. The store's conditional updates make a second
+//! delivery harmless.
+
+pub mod redis;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+use crate::jobs::Millis;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("redis: {0}")]
+    Redis(#[from] ::redis::RedisError),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("queue backend closed")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, QueueError>;
+
+/// What the queue carries: which job, for which vendor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub request_id: String,
+    pub vendor: String,
+}
+
+impl Message {
+    pub fn new(request_id: impl Into<String>, vendor: impl Into<String>) -> Self {
+        Message { request_id: request_id.into(), vendor: vendor.into() }
+    }
+
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Parses a payload read back from the backend. Anything else than the
+    /// exact shape is malformed: the worker dead-letters it.
+    pub fn decode(raw: &str) -> std::result::Result<Message, String> {
+        let m: Message = serde_json::from_str(raw).map_err(|e| format!("malformed queue entry: {e}"))?;
+        if m.request_id.is_empty() || m.vendor.is_empty() {
+            return Err("malformed queue entry: empty request_id or vendor".into());
+        }
+        Ok(m)
+    }
+}
+
+/// One leased delivery. Until it is acked or released, no other consumer gets
+/// it; if the holder dies, it is delivered again after the lease.
+#[derive(Debug, Clone)]
+pub struct Lease {
+    /// The backend's id of this entry (stream id, row id).
+    pub entry_id: String,
+    /// The raw payload, as stored; `Message::decode` it.
+    pub payload: String,
+    /// How many times this entry has been delivered (1 on first delivery).
+    pub deliveries: u32,
+}
+
+/// A dead letter: a job (or a raw entry) that will not be retried.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct DeadLetter {
+    /// The dead letter's own id.
+    pub id: String,
+    /// The job, when the entry could be decoded.
+    pub request_id: Option<String>,
+    pub vendor: Option<String>,
+    /// The raw entry, for malformed ones.
+    pub payload: String,
+    pub reason: String,
+    /// Epoch milliseconds.
+    pub died_at: Millis,
+}
+
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Adds messages, visible at once.
+    async fn enqueue(&self, msgs: &[Message]) -> Result<()>;
+
+    /// Adds a message that becomes visible at `due` (epoch ms).
+    async fn schedule(&self, msg: &Message, due: Millis) -> Result<()>;
+
+    /// Leases up to `max` visible messages for `lease`, waiting up to `wait`
+    /// for the first. Entries whose lease expired are delivered again here.
+    async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>>;
+
+    /// Done with an entry: it will not be delivered again.
+    async fn ack(&self, lease: &Lease) -> Result<()>;
+
+    /// Gives an entry back, to be delivered again at `due` (epoch ms). Its
+    /// delivery count starts over: a release is a living worker's decision,
+    /// not a crash.
+    async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()>;
+
+    /// Moves an entry to the dead-letter queue (and acks it).
+    async fn dead_letter(&self, lease: Option<&Lease>, letter: DeadLetter) -> Result<()>;
+
+    /// Dead letters, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Removes a dead letter (after a replay); true if it existed.
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool>;
+
+    /// Messages waiting (visible or delayed) and leased.
+    async fn depth(&self) -> Result<QueueDepth>;
+
+    /// Drops dead letters older than `before`.
+    async fn purge_dead_letters(&self, before: Millis) -> Result<u64>;
+
+    /// Reachable?
+    async fn ping(&self) -> Result<()>;
+
+    /// A short name for logs: `sqlite` or `redis`.
+    fn kind(&self) -> &'static str;
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
+pub struct QueueDepth {
+    pub ready: u64,
+    pub delayed: u64,
+    pub leased: u64,
+    pub dead: u64,
+}

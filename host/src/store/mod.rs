@@ -1,0 +1,96 @@
+//! The job store: one object-safe trait, two backends (`sqlite`, `mongo`).
+//!
+//! Every state change is a conditional update in the backend itself, never
+//! read-then-write, so a duplicate delivery, a retry or a late webhook cannot
+//! move a finished job back or overwrite its result.
+
+pub mod mongo;
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::jobs::{Job, Millis, NewJob, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("mongodb: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store backend closed")]
+    Closed,
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What `insert` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inserted {
+    /// A new job. `enqueued` is true when the backend also put it on the
+    /// queue in the same transaction (the embedded SQLite backend does).
+    Created { enqueued: bool },
+    /// The idempotency key was used before with the same body: this job.
+    Existing { request_id: String },
+    /// The idempotency key was used before with another body.
+    KeyConflict,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Writes a new `pending` job (durable on return). With an idempotency key,
+    /// at most one job per key exists while the key binds, even under racing
+    /// inserts.
+    async fn insert(&self, job: &NewJob) -> Result<Inserted>;
+
+    /// Records that the job's queue message exists (so the sweeper leaves it).
+    async fn mark_queued(&self, request_ids: &[String]) -> Result<()>;
+
+    async fn get(&self, request_id: &str) -> Result<Option<Job>>;
+
+    /// `pending|processing → processing`, `attempts += 1`; returns the job
+    /// after the update, or None if it is finished (or unknown).
+    async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>>;
+
+    /// Records a retryable error on a job still in flight (`error` only;
+    /// the status stays).
+    async fn record_error(&self, request_id: &str, error: &str, now: Millis) -> Result<()>;
+
+    /// An async vendor accepted the job: remember its reference and when to
+    /// give up waiting for the webhook. Only while `processing`.
+    async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool>;
+
+    /// The job an async vendor's reference belongs to.
+    async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>>;
+
+    /// Ends a job: only from `pending|processing`. True if this call ended it;
+    /// false if it was already finished (or unknown).
+    async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool>;
+
+    /// Operator replay of a dead job: `failed → pending`, attempts reset. The
+    /// only backward move, and only from `failed`.
+    async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool>;
+
+    /// `pending` jobs created before `before` whose queue message was never
+    /// recorded (a crash between store write and enqueue).
+    async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>>;
+
+    /// Accepted async jobs whose webhook deadline passed.
+    async fn overdue_webhooks(&self, now: Millis, limit: usize) -> Result<Vec<String>>;
+
+    /// Remembers a webhook id; false if it was seen before (a replay).
+    async fn remember_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<bool>;
+
+    /// Forgets a webhook id (its handling failed, so the vendor may retry it).
+    async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()>;
+
+    /// Deletes finished jobs updated before `before`, and expired webhook ids
+    /// and idempotency keys. Returns the number of jobs deleted.
+    async fn purge(&self, before: Millis, now: Millis) -> Result<u64>;
+
+    /// Counts by status (for metrics and readiness).
+    async fn ping(&self) -> Result<()>;
+
+    fn kind(&self) -> &'static str;
+}
