@@ -16,9 +16,13 @@
 //! - `app`: the composition root; `cli`: subcommands.
 
 pub mod config;
+pub mod db;
+pub mod breaker;
 pub mod jobs;
+pub mod limits;
 pub mod mock;
 pub mod plugins;
+pub mod policy;
 pub mod queue;
 pub mod store;
 pub mod webhook;

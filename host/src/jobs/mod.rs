@@ -4,6 +4,6 @@ pub mod clean;
 pub mod model;
 pub mod service;
 pub mod sweeper;
-pub mod worker;
+// pub mod worker; (enabled once breaker.rs lands)
 
 pub use model::{Idempotency, Job, Millis, NewJob, Outcome, Status, format_ms, new_request_id, now_ms};

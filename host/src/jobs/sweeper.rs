@@ -1,0 +1,106 @@
+//! The sweeper: the periodic chores that keep "no job lost" true.
+//!
+//! - `pending` jobs never recorded as queued (a crash between the store write
+//!   and the enqueue) are enqueued;
+//! - accepted async jobs whose webhook never came fail at their deadline;
+//! - finished jobs, dead letters, webhook ids and idempotency keys past their
+//!   retention are deleted;
+//! - queue depth gauges are refreshed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::{QueueSettings, RetentionSettings};
+use crate::jobs::{Outcome, now_ms};
+use crate::queue::{DeadLetter, Message, Queue};
+use crate::store::Store;
+
+const BATCH: usize = 500;
+const PURGE_EVERY: Duration = Duration::from_secs(600);
+
+pub struct Sweeper {
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+    pub settings: QueueSettings,
+    pub retention: RetentionSettings,
+}
+
+impl Sweeper {
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.sweep_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+            if let Err(e) = self.sweep_once().await {
+                tracing::warn!(error = %e, "sweep failed; retrying next round");
+            }
+            if last_purge.elapsed() >= PURGE_EVERY {
+                last_purge = tokio::time::Instant::now();
+                self.purge().await;
+            }
+        }
+    }
+
+    /// One round of recovery; returns (re-enqueued, timed out).
+    pub async fn sweep_once(&self) -> Result<(usize, usize), String> {
+        let now = now_ms();
+        let before = now - self.settings.sweep_after.as_millis() as i64;
+        let stranded = self.store.unqueued_pending(before, BATCH).await.map_err(|e| e.to_string())?;
+        if !stranded.is_empty() {
+            let msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
+            self.queue.enqueue(&msgs).await.map_err(|e| e.to_string())?;
+            let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
+            self.store.mark_queued(&ids).await.map_err(|e| e.to_string())?;
+            tracing::warn!(count = ids.len(), "sweeper enqueued pending jobs that had no queue entry");
+            metrics::counter!("vendorhost_sweeper_requeued_total").increment(ids.len() as u64);
+        }
+        let overdue = self.store.overdue_webhooks(now, BATCH).await.map_err(|e| e.to_string())?;
+        let mut timed_out = 0;
+        for id in &overdue {
+            let Some(job) = self.store.get(id).await.map_err(|e| e.to_string())? else { continue };
+            let reason = "no webhook from the vendor before the deadline".to_string();
+            if self.store.finish(id, &Outcome::Failed { error: reason.clone() }, now).await.map_err(|e| e.to_string())? {
+                timed_out += 1;
+                metrics::counter!("vendorhost_jobs_failed_total", "vendor" => job.vendor.clone()).increment(1);
+                tracing::warn!(request_id = %id, vendor = %job.vendor, "async job timed out waiting for its webhook");
+                let letter = DeadLetter {
+                    id: String::new(),
+                    request_id: Some(id.clone()),
+                    vendor: Some(job.vendor.clone()),
+                    payload: Message::new(id, &job.vendor).encode(),
+                    reason,
+                    died_at: now,
+                };
+                self.queue.dead_letter(None, letter).await.map_err(|e| e.to_string())?;
+            }
+        }
+        if let Ok(d) = self.queue.depth().await {
+            metrics::gauge!("vendorhost_queue_depth", "state" => "ready").set(d.ready as f64);
+            metrics::gauge!("vendorhost_queue_depth", "state" => "delayed").set(d.delayed as f64);
+            metrics::gauge!("vendorhost_queue_depth", "state" => "leased").set(d.leased as f64);
+            metrics::gauge!("vendorhost_dead_letters").set(d.dead as f64);
+        }
+        Ok((stranded.len(), timed_out))
+    }
+
+    pub async fn purge(&self) {
+        let now = now_ms();
+        match self.store.purge(now - self.retention.jobs.as_millis() as i64, now).await {
+            Ok(n) if n > 0 => tracing::info!(deleted = n, "purged finished jobs past retention"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "purge of finished jobs failed"),
+        }
+        if let Err(e) = self.queue.purge_dead_letters(now - self.retention.dead_letters.as_millis() as i64).await {
+            tracing::warn!(error = %e, "purge of dead letters failed");
+        }
+    }
+}

@@ -1,0 +1,348 @@
+//! The worker: lease → plugin → rate limit → breaker → call → clean → store → ack.
+//!
+//! A job that may not be called yet (bulkhead full, rate limit, open
+//! breaker) goes back on the queue, delayed until it may be, and the worker
+//! slot is free at once: one slow or limited vendor never holds workers that
+//! other vendors' jobs need. Only a call that actually starts counts as an
+//! attempt.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::breaker::{Admission, Breakers, CallOutcome};
+use crate::config::QueueSettings;
+use crate::jobs::{Outcome, now_ms};
+use crate::limits::RateLimiter;
+use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
+use crate::policy::Policies;
+use crate::queue::{DeadLetter, Lease, Message, Queue};
+use crate::store::Store;
+
+/// Most entries leased in one round trip.
+const LEASE_BATCH: usize = 64;
+
+pub struct WorkerCtx {
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub policies: Arc<Policies>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub breakers: Arc<dyn Breakers>,
+    pub settings: QueueSettings,
+    /// Base of callback URLs: `<public_url>/vendor-webhook/<vendor>`.
+    pub public_url: String,
+    /// This process's consumer name (unique per process).
+    pub consumer: String,
+}
+
+/// Runs `concurrency` jobs at a time until `shutdown` turns true, then
+/// finishes in-flight jobs within the grace period and releases the rest.
+pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let in_flight: Arc<Mutex<HashMap<String, (Lease, Option<Message>)>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    tracing::info!(consumer = %ctx.consumer, concurrency, queue = ctx.queue.kind(), "worker started");
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while tasks.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => continue,
+        };
+        let want = (1 + slots.available_permits()).min(LEASE_BATCH);
+        let mut permits = vec![permit];
+        for _ in 1..want {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let leased = tokio::select! {
+            r = ctx.queue.lease(&ctx.consumer, permits.len(), ctx.settings.lease, ctx.settings.poll) => r,
+            _ = shutdown.changed() => continue,
+        };
+        let leases = match leased {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "queue lease failed; retrying");
+                metrics::counter!("vendorhost_queue_errors_total", "op" => "lease").increment(1);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        for lease in leases {
+            let Some(permit) = permits.pop() else { break };
+            let ctx = ctx.clone();
+            let in_flight = in_flight.clone();
+            if let Ok(mut m) = in_flight.lock() {
+                m.insert(lease.entry_id.clone(), (lease.clone(), Message::decode(&lease.payload).ok()));
+            }
+            tasks.spawn(async move {
+                let id = lease.entry_id.clone();
+                handle(&ctx, lease, permit).await;
+                if let Ok(mut m) = in_flight.lock() {
+                    m.remove(&id);
+                }
+            });
+        }
+    }
+    drain(&ctx, tasks, in_flight).await;
+}
+
+async fn drain(ctx: &WorkerCtx, mut tasks: JoinSet<()>, in_flight: Arc<Mutex<HashMap<String, (Lease, Option<Message>)>>>) {
+    let n = tasks.len();
+    if n > 0 {
+        tracing::info!(in_flight = n, grace = ?ctx.settings.shutdown_grace, "worker draining");
+    }
+    let drained = tokio::time::timeout(ctx.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+        let left: Vec<(Lease, Option<Message>)> = in_flight.lock().map(|mut m| m.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+        for (lease, msg) in left {
+            // Back on the queue now, for another worker; the job's status
+            // stays `processing` and its next attempt moves it on.
+            if let Some(msg) = msg {
+                if let Err(e) = ctx.queue.release(&lease, &msg, now_ms()).await {
+                    tracing::warn!(request_id = %msg.request_id, error = %e, "could not release job at shutdown; it returns after its lease");
+                }
+            }
+        }
+    }
+    tracing::info!(consumer = %ctx.consumer, "worker stopped");
+}
+
+/// Exponential backoff with full jitter: uniform in [0, min(max, base·2^(n-1))].
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let cap = exp.min(max);
+    let ms = cap.as_millis() as u64;
+    Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+}
+
+fn jitter(d: Duration) -> Duration {
+    let extra = rand::rng().random_range(0..=(d.as_millis() as u64 / 5).max(1));
+    d + Duration::from_millis(extra)
+}
+
+async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
+    let msg = match Message::decode(&lease.payload) {
+        Ok(m) => m,
+        Err(reason) => {
+            tracing::warn!(entry = %lease.entry_id, reason = %reason, "malformed queue entry dead-lettered");
+            let letter = DeadLetter {
+                id: String::new(),
+                request_id: None,
+                vendor: None,
+                payload: lease.payload.chars().take(64 * 1024).collect(),
+                reason,
+                died_at: now_ms(),
+            };
+            if let Err(e) = ctx.queue.dead_letter(Some(&lease), letter).await {
+                tracing::error!(error = %e, "could not dead-letter a malformed entry");
+            }
+            return;
+        }
+    };
+    let span = tracing::info_span!("job", request_id = %msg.request_id, vendor = %msg.vendor);
+    if let Err(e) = process(ctx, &lease, &msg).instrument(span.clone()).await {
+        // The backend failed us: leave the lease to expire so the job is
+        // delivered again; nothing is lost.
+        span.in_scope(|| tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"));
+        metrics::counter!("vendorhost_queue_errors_total", "op" => "process").increment(1);
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Queue(#[from] crate::queue::QueueError),
+}
+
+async fn fail(ctx: &WorkerCtx, lease: &Lease, msg: &Message, reason: String) -> Result<(), StepError> {
+    let ended = ctx.store.finish(&msg.request_id, &Outcome::Failed { error: reason.clone() }, now_ms()).await?;
+    if ended {
+        metrics::counter!("vendorhost_jobs_failed_total", "vendor" => msg.vendor.clone()).increment(1);
+        tracing::warn!(error = %reason, "job failed");
+    }
+    let letter = DeadLetter {
+        id: String::new(),
+        request_id: Some(msg.request_id.clone()),
+        vendor: Some(msg.vendor.clone()),
+        payload: lease.payload.clone(),
+        reason,
+        died_at: now_ms(),
+    };
+    if ended {
+        ctx.queue.dead_letter(Some(lease), letter).await?;
+    } else {
+        ctx.queue.ack(lease).await?;
+    }
+    Ok(())
+}
+
+async fn delay(ctx: &WorkerCtx, lease: &Lease, msg: &Message, wait: Duration, why: &'static str) -> Result<(), StepError> {
+    metrics::counter!("vendorhost_jobs_delayed_total", "vendor" => msg.vendor.clone(), "reason" => why).increment(1);
+    if why == "rate_limit" {
+        metrics::histogram!("vendorhost_rate_limit_delay_seconds", "vendor" => msg.vendor.clone()).record(wait.as_secs_f64());
+    }
+    ctx.queue.release(lease, msg, now_ms() + wait.as_millis() as i64).await?;
+    Ok(())
+}
+
+async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), StepError> {
+    let Some(job) = ctx.store.get(&msg.request_id).await? else {
+        let letter = DeadLetter {
+            id: String::new(),
+            request_id: Some(msg.request_id.clone()),
+            vendor: Some(msg.vendor.clone()),
+            payload: lease.payload.clone(),
+            reason: "queue entry names a job that does not exist".into(),
+            died_at: now_ms(),
+        };
+        ctx.queue.dead_letter(Some(lease), letter).await?;
+        return Ok(());
+    };
+    if job.status.is_terminal() {
+        // A duplicate delivery of a finished job: nothing to do.
+        ctx.queue.ack(lease).await?;
+        return Ok(());
+    }
+    if job.vendor_ref.is_some() {
+        // An async vendor already accepted this job; it waits for its webhook
+        // (or its deadline), not for another call.
+        ctx.queue.ack(lease).await?;
+        return Ok(());
+    }
+    if lease.deliveries > ctx.settings.max_deliveries {
+        let reason = format!(
+            "delivered {} times without finishing (a worker crashed or timed out each time); max_deliveries is {}",
+            lease.deliveries, ctx.settings.max_deliveries
+        );
+        return fail(ctx, lease, msg, reason).await;
+    }
+    let vendor = job.vendor.clone();
+    let Some(plugin) = ctx.registry.get(&vendor) else {
+        let since = ctx.registry.removed_at(&vendor).unwrap_or(job.updated_at);
+        let grace = ctx.settings.removed_vendor_grace.as_millis() as i64;
+        if now_ms() - since >= grace {
+            return fail(ctx, lease, msg, format!("vendor removed: no plugin provides {vendor:?}")).await;
+        }
+        let wait = Duration::from_millis(((since + grace - now_ms()).max(0) as u64).min(5_000));
+        return delay(ctx, lease, msg, jitter(wait), "vendor_missing").await;
+    };
+    let policy = ctx.policies.for_plugin(&plugin);
+
+    let Some(_bulkhead) = ctx.policies.try_bulkhead(&vendor, policy.max_in_flight) else {
+        return delay(ctx, lease, msg, jitter(Duration::from_millis(50)), "bulkhead").await;
+    };
+    match ctx.limiter.acquire(&vendor, policy.quota).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => return delay(ctx, lease, msg, wait, "rate_limit").await,
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
+            return delay(ctx, lease, msg, jitter(Duration::from_secs(1)), "limiter_error").await;
+        }
+    }
+    let probe = match ctx.breakers.admit(&vendor, &policy.breaker).await {
+        Ok(Admission::Allowed { probe }) => probe,
+        Ok(Admission::Rejected { retry_in }) => return delay(ctx, lease, msg, jitter(retry_in), "breaker_open").await,
+        Err(e) => {
+            tracing::warn!(error = %e, "breaker state unavailable; calling anyway");
+            false
+        }
+    };
+
+    let Some(job) = ctx.store.start_attempt(&msg.request_id, now_ms()).await? else {
+        ctx.queue.ack(lease).await?;
+        return Ok(());
+    };
+    let input = JobInput {
+        request_id: job.request_id.clone(),
+        data: job.data.clone(),
+        callback_url: format!("{}/vendor-webhook/{vendor}", ctx.public_url.trim_end_matches('/')),
+        attempt: job.attempts,
+    };
+    let started = Instant::now();
+    let result = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input).await;
+    let took = started.elapsed();
+    let outcome_label = match &result {
+        Ok(FetchOutcome::Complete(_)) => "complete",
+        Ok(FetchOutcome::Accepted(_)) => "accepted",
+        Err(e) => e.kind(),
+    };
+    metrics::histogram!("vendorhost_vendor_call_seconds", "vendor" => vendor.clone(), "outcome" => outcome_label).record(took.as_secs_f64());
+    // The client's mistakes say nothing about the vendor's health.
+    let healthy = match &result {
+        Ok(_) => true,
+        Err(CallError::Vendor(v)) => !v.is_retryable(),
+        Err(_) => false,
+    };
+    if let Err(e) = ctx.breakers.record(&vendor, &policy.breaker, CallOutcome { success: healthy, duration: took, probe }).await {
+        tracing::warn!(error = %e, "could not record call outcome in the breaker");
+    }
+
+    let now = now_ms();
+    match result {
+        Ok(FetchOutcome::Complete(text)) => {
+            let cleaned = ctx.policies.cleaner().clean_text(&text);
+            if ctx.store.finish(&job.request_id, &Outcome::Complete { result: cleaned }, now).await? {
+                metrics::counter!("vendorhost_jobs_completed_total", "vendor" => vendor.clone()).increment(1);
+                tracing::info!(attempts = job.attempts, took_ms = took.as_millis() as u64, "job complete");
+            }
+            ctx.queue.ack(lease).await?;
+        }
+        Ok(FetchOutcome::Accepted(vendor_ref)) => {
+            let deadline = now + policy.webhook_deadline.as_millis() as i64;
+            ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now).await?;
+            tracing::info!(vendor_ref = %vendor_ref, "job accepted by vendor; awaiting webhook");
+            ctx.queue.ack(lease).await?;
+        }
+        Err(e) if e.is_retryable() && job.attempts < policy.max_attempts => {
+            let mut wait = backoff(policy.backoff_base, policy.backoff_max, job.attempts);
+            if let CallError::Vendor(v) = &e
+                && let Some(ra) = v.retry_after()
+            {
+                wait = wait.max(ra);
+            }
+            let error = format!("attempt {} of {}: {e}", job.attempts, policy.max_attempts);
+            tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
+            metrics::counter!("vendorhost_job_retries_total", "vendor" => vendor.clone(), "kind" => e.kind()).increment(1);
+            ctx.store.record_error(&job.request_id, &error, now).await?;
+            ctx.queue.release(lease, msg, now + wait.as_millis() as i64).await?;
+        }
+        Err(e) => {
+            let reason = if e.is_retryable() {
+                format!("gave up after {} attempts: {e}", job.attempts)
+            } else {
+                e.to_string()
+            };
+            fail(ctx, lease, msg, reason).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_bounded_by_the_exponential_and_the_cap() {
+        for attempt in 1..10 {
+            let d = backoff(Duration::from_millis(100), Duration::from_secs(2), attempt);
+            let ceiling = Duration::from_millis(100 * (1 << (attempt - 1))).min(Duration::from_secs(2));
+            assert!(d <= ceiling, "attempt {attempt}: {d:?} > {ceiling:?}");
+        }
+    }
+}

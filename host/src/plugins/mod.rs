@@ -1,0 +1,32 @@
+//! The plugin runtime: vendor integrations as WASI components.
+//!
+//! - `bindings`: the generated WIT bindings (one `bindgen!`).
+//! - `types`: the host-side view of what plugins return (no wasmtime types leak out).
+//! - `grants`: outbound host patterns (pure, tested alone).
+//! - `engine`: the shared wasmtime Engine (pooling, epochs) and the Linker
+//!   holding the only capabilities a plugin gets.
+//! - `state`: per-call Store state and the `host` imports (`http-send`, `log`,
+//!   `now`, `config-get`).
+//! - `cache`: compiled components on disk, keyed by content and engine.
+//! - `loader`: validate a file against the world, compile, read `info`.
+//! - `runtime`: call `fetch`/`on-webhook` in a fresh Store with a deadline and
+//!   a memory cap; classify every failure.
+//! - `registry`: the loaded plugins, swapped atomically; `watch`: the
+//!   directory watcher that drives it.
+
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod grants;
+pub mod http;
+pub mod loader;
+pub mod registry;
+pub mod runtime;
+pub mod state;
+pub mod types;
+pub mod watch;
+
+pub use loader::LoadError;
+pub use registry::{Registry, Rejected, VendorSummary};
+pub use runtime::{CallPolicy, Runtime};
+pub use types::{CallError, FetchOutcome, JobInput, Mode, VendorError, VendorInfo, WebhookOutcome};

@@ -1,0 +1,211 @@
+//! The queue on the embedded database: a table whose rows are leased by
+//! pushing `visible_at` past the lease (a visibility timeout). A lease that
+//! expires makes the row visible again; the delivery count is the lease
+//! token, so a stale holder's ack cannot delete a newer lease.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::params;
+
+use super::{DeadLetter, Lease, Message, Queue, QueueDepth, QueueError, Result};
+use crate::db::{Db, DbError};
+use crate::jobs::{Millis, now_ms};
+
+pub struct SqliteQueue {
+    db: Arc<Db>,
+}
+
+impl SqliteQueue {
+    pub fn new(db: Arc<Db>) -> SqliteQueue {
+        SqliteQueue { db }
+    }
+}
+
+impl From<DbError> for QueueError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlite(e) => QueueError::Sqlite(e),
+            DbError::Closed => QueueError::Closed,
+            other => QueueError::Other(other.to_string()),
+        }
+    }
+}
+
+fn entry_id(lease: &Lease) -> Result<i64> {
+    lease.entry_id.parse().map_err(|_| QueueError::Other(format!("bad sqlite entry id {:?}", lease.entry_id)))
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn enqueue(&self, msgs: &[Message]) -> Result<()> {
+        let payloads: Vec<String> = msgs.iter().map(Message::encode).collect();
+        let now = now_ms();
+        self.db
+            .write(move |c| {
+                let mut st = c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?;
+                for p in &payloads {
+                    st.execute(params![p, now])?;
+                }
+                Ok(())
+            })
+            .await?;
+        self.db.queue_signal.notify_waiters();
+        Ok(())
+    }
+
+    async fn schedule(&self, msg: &Message, due: Millis) -> Result<()> {
+        let p = msg.encode();
+        self.db
+            .write(move |c| c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?.execute(params![p, due]))
+            .await?;
+        self.db.queue_signal.notify_waiters();
+        Ok(())
+    }
+
+    async fn lease(&self, _consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        let give_up = tokio::time::Instant::now() + wait;
+        loop {
+            // Register for the wake-up before looking, so an enqueue that
+            // commits between the look and the wait is not missed.
+            let notified = self.db.queue_signal.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = now_ms();
+            let lease_ms = lease.as_millis() as i64;
+            let (got, next_visible) = self
+                .db
+                .write(move |c| {
+                    let rows: Vec<Lease> = c
+                        .prepare_cached(
+                            "UPDATE queue SET visible_at = ?1 + ?2, deliveries = deliveries + 1, leased = 1
+                             WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?3)
+                             RETURNING id, payload, deliveries",
+                        )?
+                        .query_map(params![now, lease_ms, max as i64], |r| {
+                            Ok(Lease { entry_id: r.get::<_, i64>(0)?.to_string(), payload: r.get(1)?, deliveries: r.get::<_, i64>(2)?.max(0) as u32 })
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let next: Option<i64> = if rows.is_empty() {
+                        c.prepare_cached("SELECT MIN(visible_at) FROM queue")?.query_row([], |r| r.get(0))?
+                    } else {
+                        None
+                    };
+                    Ok((rows, next))
+                })
+                .await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now_i = tokio::time::Instant::now();
+            if now_i >= give_up {
+                return Ok(Vec::new());
+            }
+            let mut until = give_up;
+            if let Some(next) = next_visible {
+                let wait_ms = (next - now_ms()).max(1) as u64;
+                until = until.min(now_i + Duration::from_millis(wait_ms));
+            }
+            let _ = tokio::time::timeout_at(until, notified).await;
+        }
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
+        self.db.write(move |c| c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])).await?;
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()> {
+        let (id, token, p) = (entry_id(lease)?, lease.deliveries as i64, msg.encode());
+        self.db
+            .write(move |c| {
+                c.prepare_cached("UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, payload = ?4 WHERE id = ?1 AND deliveries = ?2")?
+                    .execute(params![id, token, due, p])
+            })
+            .await?;
+        self.db.queue_signal.notify_waiters();
+        Ok(())
+    }
+
+    async fn dead_letter(&self, lease: Option<&Lease>, letter: DeadLetter) -> Result<()> {
+        let held = match lease {
+            Some(l) => Some((entry_id(l)?, l.deliveries as i64)),
+            None => None,
+        };
+        self.db
+            .write(move |c| {
+                c.prepare_cached("INSERT INTO dead_letters (request_id, vendor, payload, reason, died_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+                    .execute(params![letter.request_id, letter.vendor, letter.payload, letter.reason, letter.died_at])?;
+                if let Some((id, token)) = held {
+                    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT id, request_id, vendor, payload, reason, died_at FROM dead_letters ORDER BY id LIMIT ?1")?
+                    .query_map([limit as i64], |r| {
+                        Ok(DeadLetter {
+                            id: r.get::<_, i64>(0)?.to_string(),
+                            request_id: r.get(1)?,
+                            vendor: r.get(2)?,
+                            payload: r.get(3)?,
+                            reason: r.get(4)?,
+                            died_at: r.get(5)?,
+                        })
+                    })?
+                    .collect()
+            })
+            .await?)
+    }
+
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool> {
+        let Ok(id) = id.parse::<i64>() else { return Ok(false) };
+        Ok(self.db.write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?.execute([id])).await? == 1)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth> {
+        let now = now_ms();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT
+                        (SELECT COUNT(*) FROM queue WHERE visible_at <= ?1),
+                        (SELECT COUNT(*) FROM queue WHERE visible_at > ?1 AND leased = 0),
+                        (SELECT COUNT(*) FROM queue WHERE visible_at > ?1 AND leased = 1),
+                        (SELECT COUNT(*) FROM dead_letters)",
+                )?
+                .query_row([now], |r| {
+                    Ok(QueueDepth {
+                        ready: r.get::<_, i64>(0)? as u64,
+                        delayed: r.get::<_, i64>(1)? as u64,
+                        leased: r.get::<_, i64>(2)? as u64,
+                        dead: r.get::<_, i64>(3)? as u64,
+                    })
+                })
+            })
+            .await?)
+    }
+
+    async fn purge_dead_letters(&self, before: Millis) -> Result<u64> {
+        Ok(self.db.write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE died_at < ?1")?.execute([before])).await? as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,295 @@
+//! The store on the embedded database. A submit writes the job and its queue
+//! entry in one transaction, so the embedded backend never needs the sweeper
+//! to recover a lost enqueue.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{Inserted, Result, Store, StoreError};
+use crate::db::{Db, DbError};
+use crate::jobs::{Job, Millis, NewJob, Outcome, Status};
+use crate::queue::Message;
+
+pub struct SqliteStore {
+    db: Arc<Db>,
+}
+
+impl SqliteStore {
+    pub fn new(db: Arc<Db>) -> SqliteStore {
+        SqliteStore { db }
+    }
+}
+
+impl From<DbError> for StoreError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Sqlite(e) => StoreError::Sqlite(e),
+            DbError::Closed => StoreError::Closed,
+            other => StoreError::Corrupt(other.to_string()),
+        }
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let status: String = r.get(2)?;
+    Ok(Job {
+        request_id: r.get(0)?,
+        vendor: r.get(1)?,
+        status: Status::parse(&status).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("unknown status {status:?}").into())
+        })?,
+        data: r.get(3)?,
+        created_at: r.get(4)?,
+        updated_at: r.get(5)?,
+        attempts: r.get::<_, i64>(6)?.max(0) as u32,
+        result: r.get(7)?,
+        error: r.get(8)?,
+        vendor_ref: r.get(9)?,
+        webhook_deadline: r.get(10)?,
+        owner: r.get(11)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert(&self, job: &NewJob) -> Result<Inserted> {
+        let job = job.clone();
+        let out = self
+            .db
+            .write(move |c| {
+                if let Some(idem) = &job.idempotency {
+                    let existing: Option<(String, Option<String>, Option<i64>)> = c
+                        .prepare_cached("SELECT request_id, idem_hash, idem_expires FROM jobs WHERE idem_key = ?1")?
+                        .query_row([&idem.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    if let Some((id, hash, expires)) = existing {
+                        if expires.unwrap_or(0) > job.created_at {
+                            return Ok(if hash.as_deref() == Some(idem.body_hash.as_str()) {
+                                Inserted::Existing { request_id: id }
+                            } else {
+                                Inserted::KeyConflict
+                            });
+                        }
+                        // The key expired: it binds the new job from now on.
+                        c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE request_id = ?1")?.execute([&id])?;
+                    }
+                }
+                let (key, hash, expires) = match &job.idempotency {
+                    Some(i) => (Some(i.key.as_str()), Some(i.body_hash.as_str()), Some(i.expires_at)),
+                    None => (None, None, None),
+                };
+                c.prepare_cached(
+                    "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, attempts, owner, queued, idem_key, idem_hash, idem_expires)
+                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, 0, ?5, 1, ?6, ?7, ?8)",
+                )?
+                .execute(params![job.request_id, job.vendor, job.data, job.created_at, job.owner, key, hash, expires])?;
+                c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
+                    .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
+                Ok(Inserted::Created { enqueued: true })
+            })
+            .await?;
+        if matches!(out, Inserted::Created { .. }) {
+            self.db.queue_signal.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn mark_queued(&self, request_ids: &[String]) -> Result<()> {
+        let ids = request_ids.to_vec();
+        self.db
+            .write(move |c| {
+                let mut st = c.prepare_cached("UPDATE jobs SET queued = 1 WHERE request_id = ?1")?;
+                for id in &ids {
+                    st.execute([id])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn get(&self, request_id: &str) -> Result<Option<Job>> {
+        let id = request_id.to_string();
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?1"))?
+                    .query_row([&id], job_from_row)
+                    .optional()
+            })
+            .await?)
+    }
+
+    async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>> {
+        let id = request_id.to_string();
+        Ok(self
+            .db
+            .write(move |c| {
+                c.prepare_cached(&format!(
+                    "UPDATE jobs SET status = 'processing', attempts = attempts + 1, updated_at = ?2
+                     WHERE request_id = ?1 AND status IN ('pending', 'processing') RETURNING {JOB_COLUMNS}"
+                ))?
+                .query_row(params![id, now], job_from_row)
+                .optional()
+            })
+            .await?)
+    }
+
+    async fn record_error(&self, request_id: &str, error: &str, now: Millis) -> Result<()> {
+        let (id, err) = (request_id.to_string(), error.to_string());
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE jobs SET error = ?2, updated_at = ?3 WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+                )?
+                .execute(params![id, err, now])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool> {
+        let (id, vref) = (request_id.to_string(), vendor_ref.to_string());
+        Ok(self
+            .db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4
+                     WHERE request_id = ?1 AND status = 'processing'",
+                )?
+                .execute(params![id, vref, deadline, now])
+            })
+            .await?
+            == 1)
+    }
+
+    async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>> {
+        let (v, r) = (vendor.to_string(), vendor_ref.to_string());
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT request_id FROM jobs WHERE vendor = ?1 AND vendor_ref = ?2")?
+                    .query_row([&v, &r], |row| row.get(0))
+                    .optional()
+            })
+            .await?)
+    }
+
+    async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool> {
+        let id = request_id.to_string();
+        let outcome = outcome.clone();
+        Ok(self
+            .db
+            .write(move |c| {
+                let (status, result, error) = match &outcome {
+                    Outcome::Complete { result } => ("complete", Some(result.as_str()), None),
+                    Outcome::Failed { error } => ("failed", None, Some(error.as_str())),
+                };
+                // On completion the last retry error is cleared; on failure it is the reason.
+                c.prepare_cached(
+                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL
+                     WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+                )?
+                .execute(params![id, status, result, error, now])
+            })
+            .await?
+            == 1)
+    }
+
+    async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool> {
+        let id = request_id.to_string();
+        let changed = self
+            .db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached(
+                        "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, vendor_ref = NULL,
+                         webhook_deadline = NULL, updated_at = ?2, queued = 1 WHERE request_id = ?1 AND status = 'failed'",
+                    )?
+                    .execute(params![id, now])?;
+                if n == 1 {
+                    let vendor: String = c.prepare_cached("SELECT vendor FROM jobs WHERE request_id = ?1")?.query_row([&id], |r| r.get(0))?;
+                    c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
+                        .execute(params![Message::new(&id, &vendor).encode(), now])?;
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        if changed {
+            self.db.queue_signal.notify_waiters();
+        }
+        Ok(changed)
+    }
+
+    async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT request_id, vendor FROM jobs WHERE status = 'pending' AND queued = 0 AND created_at < ?1 LIMIT ?2",
+                )?
+                .query_map(params![before, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect()
+            })
+            .await?)
+    }
+
+    async fn overdue_webhooks(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT request_id FROM jobs WHERE webhook_deadline IS NOT NULL AND status = 'processing' AND webhook_deadline < ?1 LIMIT ?2",
+                )?
+                .query_map(params![now, limit as i64], |r| r.get(0))?
+                .collect()
+            })
+            .await?)
+    }
+
+    async fn remember_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<bool> {
+        let key = format!("{vendor}:{webhook_id}");
+        Ok(self
+            .db
+            .write(move |c| {
+                c.prepare_cached("INSERT OR IGNORE INTO webhook_ids (key, expires_at) VALUES (?1, ?2)")?
+                    .execute(params![key, expires_at])
+            })
+            .await?
+            == 1)
+    }
+
+    async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()> {
+        let key = format!("{vendor}:{webhook_id}");
+        self.db.write(move |c| c.prepare_cached("DELETE FROM webhook_ids WHERE key = ?1")?.execute([key])).await?;
+        Ok(())
+    }
+
+    async fn purge(&self, before: Millis, now: Millis) -> Result<u64> {
+        Ok(self
+            .db
+            .write(move |c| {
+                let n = c
+                    .prepare_cached("DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1")?
+                    .execute([before])?;
+                c.prepare_cached("DELETE FROM webhook_ids WHERE expires_at < ?1")?.execute([now])?;
+                c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE idem_key IS NOT NULL AND idem_expires < ?1")?.execute([now])?;
+                Ok(n as u64)
+            })
+            .await?)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,134 @@
+//! The shared wasmtime Engine and Linker.
+//!
+//! One Engine for the process: the pooling allocator (instances are
+//! recycled slots, so a fresh Store per call is cheap) and epoch interruption
+//! (a ticker thread advances the epoch; each Store's callback yields to tokio
+//! on every tick and stops the call at its deadline).
+//!
+//! The Linker holds the only capabilities a plugin gets: our `host`
+//! interface, and of WASI just `wasi:cli` and `wasi:io` (what a Rust std guest
+//! links), with an empty context. Filesystem, sockets, clocks and random are
+//! never linked, so a plugin importing them fails to load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi::cli::{WasiCli, WasiCliView};
+use wasmtime_wasi::p2::bindings::{cli, io};
+
+use super::bindings::VendorPlugin;
+use super::state::State;
+
+/// How often the epoch advances: the granularity of deadlines and of the
+/// yields that keep a busy plugin from holding a tokio thread.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Instance slots in the pool: calls that can run at once.
+pub const POOL_INSTANCES: u32 = 1024;
+
+/// The largest memory any instance may have; per-vendor caps sit below it.
+pub const MAX_MEMORY_BYTES: usize = 1 << 30;
+
+#[derive(Clone)]
+pub struct PluginEngine {
+    pub engine: Engine,
+    pub linker: Arc<Linker<State>>,
+    /// Whether the pooling allocator is in use (false: on-demand fallback).
+    pub pooling: bool,
+    _ticker: Arc<Ticker>,
+}
+
+struct Ticker {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl PluginEngine {
+    pub fn new() -> anyhow::Result<PluginEngine> {
+        let (engine, pooling) = match Engine::new(&config(true)) {
+            Ok(e) => (e, true),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "pooling allocator unavailable; using on-demand instance allocation");
+                (Engine::new(&config(false)).map_err(|e| anyhow::anyhow!("{e:#}"))?, false)
+            }
+        };
+        let linker = Arc::new(linker(&engine).map_err(|e| anyhow::anyhow!("{e:#}"))?);
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let engine = engine.weak();
+            let stop = stop.clone();
+            std::thread::Builder::new().name("wasm-epoch".into()).spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match engine.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })?;
+        }
+        Ok(PluginEngine { engine, linker, pooling, _ticker: Arc::new(Ticker { stop }) })
+    }
+
+    /// A hash of everything that makes a compiled component loadable by this
+    /// engine: part of the compile cache key.
+    pub fn compatibility_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        "wasmtime-48".hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+}
+
+fn config(pooling: bool) -> Config {
+    let mut c = Config::new();
+    c.wasm_component_model(true);
+    c.epoch_interruption(true);
+    c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if pooling {
+        let mut p = PoolingAllocationConfig::default();
+        p.total_component_instances(POOL_INSTANCES);
+        p.total_core_instances(POOL_INSTANCES * 4);
+        p.total_memories(POOL_INSTANCES);
+        p.total_tables(POOL_INSTANCES * 2);
+        p.max_memories_per_component(2);
+        p.max_memory_size(MAX_MEMORY_BYTES);
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(p));
+    }
+    c
+}
+
+/// `wasi:io` resources live in the Store's ResourceTable.
+struct HasIo;
+
+impl HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
+    let mut l: Linker<State> = Linker::new(engine);
+    io::error::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
+    io::poll::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
+    io::streams::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
+    cli::exit::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::environment::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_input::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_output::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    cli::terminal_stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    VendorPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
+    Ok(l)
+}

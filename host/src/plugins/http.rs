@@ -1,0 +1,204 @@
+//! `http-send`: outbound HTTP done by the host, under the vendor's policy.
+//!
+//! Every hop (the first URL and each redirect) must be granted; a denied hop
+//! makes no connection. The call's deadline bounds the whole exchange, and
+//! response bodies are capped.
+
+use std::time::{Duration, Instant};
+
+use super::bindings::host::{HttpError, HttpRequest, HttpResponse};
+use super::bindings::types::Header;
+use super::runtime::CallPolicy;
+
+/// Largest response body a plugin may receive.
+pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+const MAX_REDIRECTS: usize = 5;
+
+/// The shared client: no automatic redirects (we check each hop's grant).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(256)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+pub async fn send(
+    client: &reqwest::Client,
+    policy: &CallPolicy,
+    request_id: &str,
+    deadline: Instant,
+    req: HttpRequest,
+) -> Result<HttpResponse, HttpError> {
+    let vendor = policy.vendor.as_str();
+    let started = Instant::now();
+    let result = send_inner(client, policy, request_id, deadline, req).await;
+    let outcome = match &result {
+        Ok(r) => status_class(r.status),
+        Err(HttpError::Denied(_)) => "denied",
+        Err(HttpError::Timeout) => "timeout",
+        Err(HttpError::Connect(_)) => "connect",
+        Err(HttpError::InvalidRequest(_)) => "invalid",
+        Err(HttpError::TooLarge) => "too_large",
+    };
+    metrics::counter!("vendorhost_plugin_http_requests_total", "vendor" => vendor.to_string(), "outcome" => outcome).increment(1);
+    metrics::histogram!("vendorhost_plugin_http_seconds", "vendor" => vendor.to_string()).record(started.elapsed().as_secs_f64());
+    result
+}
+
+fn status_class(s: u16) -> &'static str {
+    match s {
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        429 => "429",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+async fn send_inner(
+    client: &reqwest::Client,
+    policy: &CallPolicy,
+    request_id: &str,
+    deadline: Instant,
+    req: HttpRequest,
+) -> Result<HttpResponse, HttpError> {
+    let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| HttpError::InvalidRequest(format!("invalid method {:?}", req.method)))?;
+    let mut url = reqwest::Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    for h in &req.headers {
+        let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
+            .map_err(|_| HttpError::InvalidRequest(format!("invalid header name {:?}", h.name)))?;
+        let value = reqwest::header::HeaderValue::from_str(&h.value)
+            .map_err(|_| HttpError::InvalidRequest(format!("invalid value for header {:?}", h.name)))?;
+        headers.append(name, value);
+    }
+    let mut method = method;
+    let mut body = Some(req.body);
+    for _hop in 0..=MAX_REDIRECTS {
+        if !policy.grants.allows_url(&url) {
+            let host = url.host_str().unwrap_or("").to_string();
+            let target = match url.port_or_known_default() {
+                Some(p) => format!("{host}:{p}"),
+                None => host,
+            };
+            metrics::counter!("vendorhost_plugin_http_denied_total", "vendor" => policy.vendor.clone()).increment(1);
+            tracing::warn!(vendor = %policy.vendor, request_id, target = %target, "plugin http-send denied: host not granted");
+            return Err(HttpError::Denied(format!("{target} is not granted to vendor {}", policy.vendor)));
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(HttpError::Timeout);
+        }
+        let mut rb = client.request(method.clone(), url.clone()).headers(headers.clone()).timeout(remaining);
+        if let Some(b) = body.clone()
+            && !b.is_empty()
+        {
+            rb = rb.body(b);
+        }
+        let resp = match rb.send().await {
+            Ok(r) => r,
+            Err(e) if e.is_timeout() => return Err(HttpError::Timeout),
+            Err(e) if e.is_builder() => return Err(HttpError::InvalidRequest(e.to_string())),
+            Err(e) => return Err(HttpError::Connect(error_chain(&e))),
+        };
+        let status = resp.status();
+        if status.is_redirection()
+            && let Some(loc) = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok())
+        {
+            url = url.join(loc).map_err(|e| HttpError::InvalidRequest(format!("bad redirect location: {e}")))?;
+            if matches!(status.as_u16(), 301..=303) {
+                method = reqwest::Method::GET;
+                body = None;
+            }
+            continue;
+        }
+        return read_response(resp, deadline).await;
+    }
+    Err(HttpError::InvalidRequest(format!("more than {MAX_REDIRECTS} redirects")))
+}
+
+async fn read_response(mut resp: reqwest::Response, deadline: Instant) -> Result<HttpResponse, HttpError> {
+    let status = resp.status().as_u16();
+    let headers: Vec<Header> = resp
+        .headers()
+        .iter()
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| Header { name: k.as_str().to_string(), value: v.to_string() }))
+        .collect();
+    let retry_after_ms = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+        .map(|d| d.as_millis() as u64);
+    if resp.content_length().is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+        return Err(HttpError::TooLarge);
+    }
+    let mut body = Vec::new();
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let chunk = match tokio::time::timeout(remaining, resp.chunk()).await {
+            Err(_) => return Err(HttpError::Timeout),
+            Ok(Err(e)) if e.is_timeout() => return Err(HttpError::Timeout),
+            Ok(Err(e)) => return Err(HttpError::Connect(error_chain(&e))),
+            Ok(Ok(None)) => break,
+            Ok(Ok(Some(c))) => c,
+        };
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(HttpError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(HttpResponse { status, headers, body, retry_after_ms })
+}
+
+/// `Retry-After`: delay-seconds or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs.min(24 * 3600)));
+    }
+    let when = httpdate_parse(v)?;
+    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+}
+
+fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
+    // IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT": humantime parses RFC 3339,
+    // so rebuild one from the fixed fields.
+    let parts: Vec<&str> = v.split_whitespace().collect();
+    if parts.len() != 6 || parts[5] != "GMT" {
+        return None;
+    }
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| *m == parts[2])?
+        + 1;
+    let day: u32 = parts[1].parse().ok()?;
+    let year: u32 = parts[3].parse().ok()?;
+    humantime::parse_rfc3339(&format!("{year:04}-{month:02}-{day:02}T{}Z", parts[4])).ok()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_seconds_and_dates() {
+        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+}

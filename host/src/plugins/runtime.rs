@@ -1,0 +1,216 @@
+//! Calling plugins: a fresh Store per call, a deadline, a memory cap, and
+//! every failure turned into a `CallError` for that one call.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use super::bindings::{VendorPluginPre, types as wit};
+use super::engine::PluginEngine;
+use super::grants::Grants;
+use super::http;
+use super::state::State;
+use super::types::{CallError, FetchOutcome, JobInput, VendorInfo, WebhookOutcome};
+
+/// What one call of one vendor may do: computed from the operator's policy
+/// for that vendor (and nothing else), shared by all its calls until the
+/// configuration changes.
+#[derive(Debug, Clone)]
+pub struct CallPolicy {
+    pub vendor: String,
+    pub grants: Grants,
+    pub memory_cap_bytes: usize,
+    pub timeout: Duration,
+    /// `config-get` values; only this vendor's.
+    pub config: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl CallPolicy {
+    /// The policy used to read `info` at load: no network, short deadline.
+    pub fn for_load(file: &str) -> CallPolicy {
+        CallPolicy {
+            vendor: format!("(loading {file})"),
+            grants: Grants::deny_all(),
+            memory_cap_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
+            timeout: Duration::from_secs(2),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+pub struct Runtime {
+    pub engine: PluginEngine,
+    http: reqwest::Client,
+}
+
+impl Runtime {
+    pub fn new() -> anyhow::Result<Runtime> {
+        Ok(Runtime { engine: PluginEngine::new()?, http: http::client() })
+    }
+
+    fn store(&self, policy: Arc<CallPolicy>, request_id: &str, deadline: Instant) -> Store<State> {
+        let mut store = Store::new(&self.engine.engine, State::new(policy, self.http.clone(), request_id.to_string(), deadline));
+        store.limiter(|s| &mut s.limits);
+        // On every epoch tick: yield to tokio (a busy plugin never holds a
+        // thread), or stop the call once its deadline has passed.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                Ok(UpdateDeadline::Interrupt)
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        store
+    }
+
+    pub async fn info(&self, pre: &VendorPluginPre<State>, policy: Arc<CallPolicy>) -> Result<VendorInfo, CallError> {
+        let timeout = policy.timeout;
+        let deadline = Instant::now() + timeout;
+        let mut store = self.store(policy, "", deadline);
+        let res = {
+            let fut = async {
+                let inst = pre.instantiate_async(&mut store).await?;
+                inst.vendorhost_plugin_vendor().call_info(&mut store).await
+            };
+            tokio::time::timeout(timeout, fut).await
+        };
+        finish(&store, res, timeout).map(VendorInfo::from)
+    }
+
+    pub async fn fetch(&self, pre: &VendorPluginPre<State>, policy: Arc<CallPolicy>, job: &JobInput) -> Result<FetchOutcome, CallError> {
+        let timeout = policy.timeout;
+        let deadline = Instant::now() + timeout;
+        let wit_job = wit::Job {
+            request_id: job.request_id.clone(),
+            data: job.data.clone(),
+            callback_url: job.callback_url.clone(),
+            attempt: job.attempt,
+        };
+        let mut store = self.store(policy, &job.request_id, deadline);
+        let res = {
+            let fut = async {
+                let inst = pre.instantiate_async(&mut store).await?;
+                inst.vendorhost_plugin_vendor().call_fetch(&mut store, &wit_job).await
+            };
+            tokio::time::timeout(timeout, fut).await
+        };
+        log_output(&store);
+        match finish(&store, res, timeout)? {
+            Ok(wit::FetchOutcome::Complete(d)) => Ok(FetchOutcome::Complete(d)),
+            Ok(wit::FetchOutcome::Accepted(r)) => Ok(FetchOutcome::Accepted(r)),
+            Err(e) => Err(CallError::Vendor(e.into())),
+        }
+    }
+
+    pub async fn on_webhook(
+        &self,
+        pre: &VendorPluginPre<State>,
+        policy: Arc<CallPolicy>,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<WebhookOutcome, CallError> {
+        let timeout = policy.timeout;
+        let deadline = Instant::now() + timeout;
+        let headers: Vec<wit::Header> = headers.into_iter().map(|(name, value)| wit::Header { name, value }).collect();
+        let mut store = self.store(policy, "", deadline);
+        let res = {
+            let fut = async {
+                let inst = pre.instantiate_async(&mut store).await?;
+                inst.vendorhost_plugin_vendor().call_on_webhook(&mut store, &headers, &body).await
+            };
+            tokio::time::timeout(timeout, fut).await
+        };
+        log_output(&store);
+        match finish(&store, res, timeout)? {
+            Ok(w) => Ok(w.into()),
+            Err(e) => Err(CallError::Vendor(e.into())),
+        }
+    }
+}
+
+/// What the plugin printed goes to the log, tagged.
+fn log_output(store: &Store<State>) {
+    let s = store.data();
+    let out = s.stdout_text();
+    if !out.is_empty() {
+        tracing::info!(target: "plugin", vendor = %s.policy.vendor, request_id = %s.request_id, stdout = %out);
+    }
+}
+
+/// Classifies the end of a call. The Store is dropped right after: after a
+/// trap it is poisoned, and it is never reused anyway.
+fn finish<R>(
+    store: &Store<State>,
+    res: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> Result<R, CallError> {
+    let state = store.data();
+    let err = match res {
+        Err(_elapsed) => return Err(CallError::Timeout(timeout)),
+        Ok(Ok(r)) => return Ok(r),
+        Ok(Err(e)) => e,
+    };
+    if state.limits.exceeded {
+        return Err(CallError::MemoryExceeded { cap_mb: (state.limits.cap >> 20) as u64 });
+    }
+    if let Some(trap) = err.downcast_ref::<Trap>() {
+        if *trap == Trap::Interrupt {
+            return Err(CallError::Timeout(timeout));
+        }
+        let stderr = state.stderr_text();
+        let message = match panic_message(&stderr) {
+            Some(p) => format!("{trap}: {p}"),
+            None if !stderr.is_empty() => format!("{trap}: {}", tail(&stderr, 500)),
+            None => trap.to_string(),
+        };
+        tracing::warn!(vendor = %state.policy.vendor, request_id = %state.request_id, error = %message, "plugin trapped");
+        return Err(CallError::Trap { message });
+    }
+    let text = format!("{err:#}");
+    if text.contains("instance limit") || text.contains("instantiate") {
+        return Err(CallError::Instantiate(text));
+    }
+    let stderr = state.stderr_text();
+    let message = if stderr.is_empty() { text } else { format!("{text}: {}", tail(&stderr, 500)) };
+    Err(CallError::Trap { message })
+}
+
+/// The message of a Rust panic as a std guest prints it:
+/// "thread '<unnamed>' panicked at src/lib.rs:10:5:\n<message>\nnote: ...".
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.find("panicked at")?;
+    let rest = &stderr[start..];
+    let mut lines = rest.lines();
+    let location = lines.next()?.trim_start_matches("panicked at ").trim_end_matches(':').to_string();
+    let msg: Vec<&str> = lines.take_while(|l| !l.starts_with("note:")).collect();
+    Some(format!("panicked at {location}: {}", tail(msg.join("\n").trim(), 500)))
+}
+
+fn tail(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut cut = s.len() - max;
+    while !s.is_char_boundary(cut) {
+        cut += 1;
+    }
+    format!("…{}", &s[cut..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_message_is_extracted() {
+        let s = "thread '<unnamed>' panicked at src/lib.rs:12:9:\ntest-panic: deliberate\nnote: run with `RUST_BACKTRACE=1`";
+        assert_eq!(panic_message(s).as_deref(), Some("panicked at src/lib.rs:12:9: test-panic: deliberate"));
+        assert_eq!(panic_message("nothing"), None);
+    }
+}

@@ -1,0 +1,117 @@
+//! Per-call Store state and the `host` imports a plugin may call.
+//!
+//! A new `State` (and Store) is made for every call, so nothing one job does
+//! is visible to the next.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{host, types};
+use super::http;
+use super::runtime::CallPolicy;
+
+/// Bytes of a plugin's stdout/stderr kept per call (for logs and trap messages).
+const PIPE_CAPACITY: usize = 16 * 1024;
+
+pub struct State {
+    wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limits: MemoryCap,
+    pub(crate) policy: Arc<CallPolicy>,
+    pub(crate) http: reqwest::Client,
+    pub(crate) request_id: String,
+    pub(crate) deadline: Instant,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl State {
+    pub fn new(policy: Arc<CallPolicy>, http: reqwest::Client, request_id: String, deadline: Instant) -> State {
+        let stdout = MemoryOutputPipe::new(PIPE_CAPACITY);
+        let stderr = MemoryOutputPipe::new(PIPE_CAPACITY);
+        // No args, no env, no preopens, no network: an empty context whose
+        // only outputs are two capped in-memory pipes.
+        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        State {
+            wasi,
+            table: ResourceTable::new(),
+            limits: MemoryCap { cap: policy.memory_cap_bytes, exceeded: false },
+            policy,
+            http,
+            request_id,
+            deadline,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// What the plugin wrote to stderr (a panic message, say), trimmed.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents()).trim().to_string()
+    }
+
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.contents()).trim().to_string()
+    }
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A per-instance memory cap that remembers it was hit, so the failure is
+/// reported as what it is rather than as the guest's allocator abort.
+pub struct MemoryCap {
+    pub cap: usize,
+    pub exceeded: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.cap {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl types::Host for State {}
+
+impl host::Host for State {
+    async fn http_send(&mut self, request: host::HttpRequest) -> Result<host::HttpResponse, host::HttpError> {
+        http::send(&self.http, &self.policy, &self.request_id, self.deadline, request).await
+    }
+
+    fn log(&mut self, level: host::Level, message: String) {
+        let vendor = self.policy.vendor.as_str();
+        let request_id = self.request_id.as_str();
+        let message: String = message.chars().take(4096).collect();
+        match level {
+            host::Level::Trace => tracing::trace!(target: "plugin", vendor, request_id, "{message}"),
+            host::Level::Debug => tracing::debug!(target: "plugin", vendor, request_id, "{message}"),
+            host::Level::Info => tracing::info!(target: "plugin", vendor, request_id, "{message}"),
+            host::Level::Warn => tracing::warn!(target: "plugin", vendor, request_id, "{message}"),
+            host::Level::Error => tracing::error!(target: "plugin", vendor, request_id, "{message}"),
+        }
+    }
+
+    fn now(&mut self) -> u64 {
+        crate::jobs::now_ms().max(0) as u64
+    }
+
+    fn config_get(&mut self, key: String) -> Option<String> {
+        // Only this vendor's table: the policy was built for this vendor alone.
+        self.policy.config.get(&key).cloned()
+    }
+}

@@ -1,0 +1,145 @@
+//! Test plugin that echoes its input and does what the job's data asks, so
+//! host tests can drive every path of a call:
+//!
+//! - `"read_config": ["key", ..]` → `"config": {"key": value or null}`
+//! - `"url": "http://.."` → GET it; `"http": {"status": n}`, or the mapped
+//!   vendor error when the host refuses or fails the request
+//! - `"sleep_ms": n` → busy-wait n ms on the host clock (a slow call)
+//! - `"fail": "server" | "timeout" | "bad-request" | "connection" |
+//!   "rate-limited" | "unsupported" | "denied"` → that vendor error
+//!
+//! The reported version is 1.0.0, or 2.0.0 with the `v2` feature.
+
+wit_bindgen::generate!({ world: "vendor-plugin", path: "../../../wit" });
+
+use serde_json::{Map, Value, json};
+
+use exports::vendorhost::plugin::vendor::Guest;
+use vendorhost::plugin::host::{self, HttpError, HttpRequest, Level};
+use vendorhost::plugin::types::{
+    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo,
+    WebhookOutcome,
+};
+
+#[cfg(not(feature = "v2"))]
+const VERSION: &str = "1.0.0";
+#[cfg(feature = "v2")]
+const VERSION: &str = "2.0.0";
+
+struct Plugin;
+
+export!(Plugin);
+
+impl Guest for Plugin {
+    fn info() -> VendorInfo {
+        VendorInfo {
+            id: "test-echo".into(),
+            display_name: "Test echo plugin".into(),
+            mode: Mode::Sync,
+            version: VERSION.into(),
+            hosts: vec!["127.0.0.1".into()],
+            limits: Limits {
+                rate_per_second: 50.0,
+                burst: 20,
+                call_timeout_ms: 5000,
+            },
+        }
+    }
+
+    fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
+        host::log(Level::Info, &format!("echo fetch {}", job.request_id));
+        let data: Map<String, Value> = serde_json::from_str(&job.data)
+            .map_err(|e| VendorError::Unsupported(format!("echo takes a JSON object: {e}")))?;
+
+        if let Some(ms) = data.get("sleep_ms").and_then(Value::as_u64) {
+            let until = host::now().saturating_add(ms);
+            while host::now() < until {
+                std::hint::spin_loop();
+            }
+        }
+        if let Some(kind) = data.get("fail").and_then(Value::as_str) {
+            return Err(requested_failure(kind, &data));
+        }
+
+        let mut out = Map::new();
+        out.insert("plugin_version".into(), VERSION.into());
+        out.insert("attempt".into(), job.attempt.into());
+        out.insert("now".into(), host::now().into());
+        if let Some(keys) = data.get("read_config").and_then(Value::as_array) {
+            let config: Map<String, Value> = keys
+                .iter()
+                .filter_map(Value::as_str)
+                .map(|k| {
+                    (
+                        k.to_string(),
+                        host::config_get(k).map_or(Value::Null, Value::from),
+                    )
+                })
+                .collect();
+            out.insert("config".into(), config.into());
+        }
+        if let Some(url) = data.get("url").and_then(Value::as_str) {
+            let request = HttpRequest {
+                method: "GET".into(),
+                url: url.into(),
+                headers: vec![],
+                body: vec![],
+            };
+            let response = host::http_send(&request).map_err(map_http_error)?;
+            out.insert("http".into(), json!({ "status": response.status }));
+        }
+        out.insert("echo".into(), data.into());
+        Ok(FetchOutcome::Complete(Value::Object(out).to_string()))
+    }
+
+    fn on_webhook(_headers: Vec<Header>, body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
+        let mut body: Map<String, Value> = serde_json::from_slice(&body)
+            .map_err(|e| VendorError::BadRequest(format!("webhook body: {e}")))?;
+        let request_id = match body.get("request_id").and_then(Value::as_str) {
+            Some(id) => id.to_string(),
+            None => {
+                return Err(VendorError::BadRequest(
+                    "webhook body: missing \"request_id\"".into(),
+                ));
+            }
+        };
+        let result = body
+            .remove("result")
+            .ok_or_else(|| VendorError::BadRequest("webhook body: missing \"result\"".into()))?;
+        let vendor_ref = body
+            .get("vendor_ref")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        Ok(WebhookOutcome {
+            request_id,
+            vendor_ref,
+            outcome: JobOutcome::Complete(result.to_string()),
+        })
+    }
+}
+
+fn requested_failure(kind: &str, data: &Map<String, Value>) -> VendorError {
+    let message = format!("echo: requested {kind} failure");
+    match kind {
+        "server" => VendorError::Server(message),
+        "timeout" => VendorError::Timeout(message),
+        "bad-request" => VendorError::BadRequest(message),
+        "connection" => VendorError::Connection(message),
+        "denied" => VendorError::Denied(message),
+        "rate-limited" => VendorError::RateLimited(RateLimited {
+            retry_after_ms: data.get("retry_after_ms").and_then(Value::as_u64),
+            message,
+        }),
+        _ => VendorError::Unsupported(format!("echo: unknown \"fail\" kind {kind:?}")),
+    }
+}
+
+fn map_http_error(error: HttpError) -> VendorError {
+    match error {
+        HttpError::Denied(m) => VendorError::Denied(m),
+        HttpError::Timeout => VendorError::Timeout("vendor did not answer in time".into()),
+        HttpError::Connect(m) => VendorError::Connection(m),
+        HttpError::InvalidRequest(m) => VendorError::BadRequest(m),
+        HttpError::TooLarge => VendorError::Server("response too large".into()),
+    }
+}
