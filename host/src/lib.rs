@@ -17,6 +17,8 @@
 
 pub mod config;
 pub mod db;
+pub mod api;
+pub mod app;
 pub mod breaker;
 pub mod jobs;
 pub mod limits;
@@ -26,3 +28,6 @@ pub mod policy;
 pub mod queue;
 pub mod store;
 pub mod webhook;
+pub mod cli;
+pub mod commands;
+pub mod loadtest;

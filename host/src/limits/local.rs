@@ -1,0 +1,263 @@
+//! In-process rate limits (governor), one GCRA limiter per vendor.
+//!
+//! Each vendor gets a direct limiter rather than one keyed limiter because a
+//! keyed limiter shares a single quota across keys, and vendors differ.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+
+use super::{LimitError, Quota, RateLimiter};
+
+/// The slowest rate honoured (one call per ~11.6 days); slower rates are
+/// raised to it so intervals stay representable (and within Redis' `PX`).
+pub(crate) const MIN_RATE: f64 = 1e-6;
+
+/// The emission interval T = 1/rate of a quota, validated.
+pub(crate) fn emission_interval(quota: Quota) -> Result<Duration, LimitError> {
+    if !quota.rate.is_finite() || quota.rate <= 0.0 {
+        return Err(LimitError::Other(format!(
+            "rate must be a positive number, got {}",
+            quota.rate
+        )));
+    }
+    let period = Duration::from_secs_f64(1.0 / quota.rate.max(MIN_RATE));
+    // A rate above 1e9/s rounds to zero; the smallest interval is a nanosecond.
+    Ok(period.max(Duration::from_nanos(1)))
+}
+
+type Direct<C> =
+    governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+struct Entry<C: Clock> {
+    quota: Quota,
+    limiter: Arc<Direct<C>>,
+}
+
+/// Per-vendor GCRA limits held in this process.
+pub struct LocalLimiter<C: Clock = DefaultClock> {
+    clock: C,
+    vendors: Mutex<HashMap<String, Entry<C>>>,
+}
+
+impl LocalLimiter<DefaultClock> {
+    pub fn new() -> Self {
+        Self::with_clock(DefaultClock::default())
+    }
+}
+
+impl Default for LocalLimiter<DefaultClock> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock + Clone> LocalLimiter<C> {
+    /// With a custom clock (tests use `governor::clock::FakeRelativeClock`).
+    pub fn with_clock(clock: C) -> Self {
+        LocalLimiter {
+            clock,
+            vendors: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The vendor's limiter, replaced if its quota changed (config reload).
+    fn limiter(&self, vendor: &str, quota: Quota) -> Result<Arc<Direct<C>>, LimitError> {
+        // A panic elsewhere while holding the lock leaves the map usable.
+        let mut vendors = self.vendors.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = vendors.get(vendor)
+            && e.quota == quota
+        {
+            return Ok(e.limiter.clone());
+        }
+        let period = emission_interval(quota)?;
+        let burst = NonZeroU32::new(quota.burst).unwrap_or(NonZeroU32::MIN);
+        let gq = governor::Quota::with_period(period)
+            .ok_or_else(|| LimitError::Other("zero replenish interval".into()))?
+            .allow_burst(burst);
+        let limiter = Arc::new(governor::RateLimiter::direct_with_clock(
+            gq,
+            self.clock.clone(),
+        ));
+        vendors.insert(
+            vendor.to_string(),
+            Entry {
+                quota,
+                limiter: limiter.clone(),
+            },
+        );
+        Ok(limiter)
+    }
+}
+
+#[async_trait]
+impl<C> RateLimiter for LocalLimiter<C>
+where
+    C: Clock + Clone + Send + Sync + 'static,
+    C::Instant: Send + Sync,
+{
+    async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
+        let limiter = self.limiter(vendor, quota)?;
+        match limiter.check() {
+            Ok(()) => Ok(None),
+            Err(not_until) => Ok(Some(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::FakeRelativeClock;
+
+    fn fake() -> (FakeRelativeClock, LocalLimiter<FakeRelativeClock>) {
+        let clock = FakeRelativeClock::default();
+        (clock.clone(), LocalLimiter::with_clock(clock))
+    }
+
+    async fn granted_at_once(
+        l: &LocalLimiter<FakeRelativeClock>,
+        vendor: &str,
+        q: Quota,
+    ) -> (u32, Duration) {
+        let mut n = 0;
+        loop {
+            match l.acquire(vendor, q).await.unwrap() {
+                None => n += 1,
+                Some(wait) => return (n, wait),
+            }
+            assert!(n < 10_000, "limiter never said wait");
+        }
+    }
+
+    #[tokio::test]
+    async fn burst_then_interval() {
+        let (clock, l) = fake();
+        let q = Quota {
+            rate: 5.0,
+            burst: 5,
+        };
+        let (n, wait) = granted_at_once(&l, "a", q).await;
+        assert_eq!(n, 5);
+        assert_eq!(wait, Duration::from_millis(200));
+        clock.advance(Duration::from_millis(199));
+        assert!(l.acquire("a", q).await.unwrap().is_some());
+        clock.advance(Duration::from_millis(1));
+        assert_eq!(l.acquire("a", q).await.unwrap(), None);
+        assert_eq!(
+            l.acquire("a", q).await.unwrap(),
+            Some(Duration::from_millis(200))
+        );
+        // Vendors are independent.
+        assert_eq!(l.acquire("b", q).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn real_clock_wait_is_about_one_interval() {
+        let l = LocalLimiter::new();
+        let q = Quota {
+            rate: 5.0,
+            burst: 5,
+        };
+        for _ in 0..5 {
+            assert_eq!(l.acquire("a", q).await.unwrap(), None);
+        }
+        let wait = l.acquire("a", q).await.unwrap().unwrap();
+        assert!(
+            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
+            "{wait:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn fractional_rate() {
+        let (clock, l) = fake();
+        let q = Quota {
+            rate: 0.5,
+            burst: 1,
+        };
+        let (n, wait) = granted_at_once(&l, "slow", q).await;
+        assert_eq!((n, wait), (1, Duration::from_secs(2)));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(l.acquire("slow", q).await.unwrap(), None);
+
+        let q = Quota {
+            rate: 2.5,
+            burst: 2,
+        };
+        let (n, wait) = granted_at_once(&l, "frac", q).await;
+        assert_eq!((n, wait), (2, Duration::from_millis(400)));
+    }
+
+    #[tokio::test]
+    async fn quota_change_takes_effect() {
+        let (_clock, l) = fake();
+        let (n, _) = granted_at_once(
+            &l,
+            "v",
+            Quota {
+                rate: 1.0,
+                burst: 2,
+            },
+        )
+        .await;
+        assert_eq!(n, 2);
+        // A reload raising the limit gets a fresh limiter with the new burst.
+        let q = Quota {
+            rate: 100.0,
+            burst: 7,
+        };
+        let (n, wait) = granted_at_once(&l, "v", q).await;
+        assert_eq!((n, wait), (7, Duration::from_millis(10)));
+    }
+
+    #[tokio::test]
+    async fn bad_rates_are_errors_and_zero_burst_means_one() {
+        let (_clock, l) = fake();
+        for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(
+                l.acquire("x", Quota { rate, burst: 1 }).await.is_err(),
+                "{rate}"
+            );
+        }
+        let (n, _) = granted_at_once(
+            &l,
+            "z",
+            Quota {
+                rate: 1.0,
+                burst: 0,
+            },
+        )
+        .await;
+        assert_eq!(n, 1);
+        // Absurdly slow and fast rates stay representable.
+        assert!(
+            l.acquire(
+                "tiny",
+                Quota {
+                    rate: 1e-300,
+                    burst: 1
+                }
+            )
+            .await
+            .is_ok()
+        );
+        assert!(
+            l.acquire(
+                "huge",
+                Quota {
+                    rate: 1e300,
+                    burst: 1
+                }
+            )
+            .await
+            .is_ok()
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Rate limits shared by every worker process: GCRA in a Lua script.
+//!
+//! Key `{prefix}:rl:{vendor}` holds the theoretical arrival time (TAT) in
+//! microseconds. The clock is Redis' `TIME`, so workers with skewed clocks
+//! still agree. With emission interval T and burst b, a call at `now` is
+//! allowed iff `now >= TAT - (b-1)*T` (b calls pass at once from idle); it
+//! then sets `TAT = max(TAT, now) + T`. A refusal changes nothing and
+//! returns the wait until the condition holds.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::local::emission_interval;
+use super::{LimitError, Quota, RateLimiter};
+
+/// Long enough for a loaded server, short enough that a dead one delays jobs
+/// rather than stalling workers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+// ARGV[1] = T in microseconds (may be fractional), ARGV[2] = burst.
+// Returns {1, 0} (allowed) or {0, wait_us}. `%.0f` because Lua's tostring
+// writes large numbers in exponent form. The key expires once TAT is past:
+// an absent key then means the same as an idle one.
+const GCRA: &str = r#"
+local t = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local allow_at = tat - (burst - 1) * t
+if now < allow_at then
+  return {0, math.ceil(allow_at - now)}
+end
+local new_tat = tat + t
+local px = math.ceil((new_tat - now) / 1000) + 1
+redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(new_tat)), 'PX', string.format('%.0f', px))
+return {1, 0}
+"#;
+
+/// Per-vendor GCRA limits in Redis, shared across processes.
+pub struct RedisLimiter {
+    conn: ConnectionManager,
+    prefix: String,
+    script: Script,
+}
+
+impl RedisLimiter {
+    /// Connects with a 2 s response timeout.
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisLimiter, LimitError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
+        let conn = client.get_connection_manager_with_config(config).await?;
+        Ok(Self::new(conn, prefix))
+    }
+
+    /// Over an existing connection (its response timeout is the caller's).
+    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisLimiter {
+        RedisLimiter {
+            conn,
+            prefix: prefix.to_string(),
+            script: Script::new(GCRA),
+        }
+    }
+
+    fn key(&self, vendor: &str) -> String {
+        format!("{}:rl:{vendor}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
+        let t_us = emission_interval(quota)?.as_secs_f64() * 1e6;
+        let burst = quota.burst.max(1);
+        let mut conn = self.conn.clone();
+        let (allowed, wait_us): (i64, i64) = self
+            .script
+            .key(self.key(vendor))
+            .arg(t_us)
+            .arg(burst)
+            .invoke_async(&mut conn)
+            .await?;
+        if allowed == 1 {
+            Ok(None)
+        } else {
+            Ok(Some(Duration::from_micros(wait_us.max(1) as u64)))
+        }
+    }
+}

@@ -23,6 +23,7 @@ pub mod loader;
 pub mod registry;
 pub mod runtime;
 pub mod state;
+pub mod template;
 pub mod types;
 pub mod watch;
 

@@ -203,27 +203,17 @@ impl Store for SqliteStore {
 
     async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool> {
         let id = request_id.to_string();
-        let changed = self
+        Ok(self
             .db
             .write(move |c| {
-                let n = c
-                    .prepare_cached(
-                        "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, vendor_ref = NULL,
-                         webhook_deadline = NULL, updated_at = ?2, queued = 1 WHERE request_id = ?1 AND status = 'failed'",
-                    )?
-                    .execute(params![id, now])?;
-                if n == 1 {
-                    let vendor: String = c.prepare_cached("SELECT vendor FROM jobs WHERE request_id = ?1")?.query_row([&id], |r| r.get(0))?;
-                    c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
-                        .execute(params![Message::new(&id, &vendor).encode(), now])?;
-                }
-                Ok(n == 1)
+                c.prepare_cached(
+                    "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, vendor_ref = NULL,
+                     webhook_deadline = NULL, updated_at = ?2, queued = 0 WHERE request_id = ?1 AND status = 'failed'",
+                )?
+                .execute(params![id, now])
             })
-            .await?;
-        if changed {
-            self.db.queue_signal.notify_waiters();
-        }
-        Ok(changed)
+            .await?
+            == 1)
     }
 
     async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>> {

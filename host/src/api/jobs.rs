@@ -1,0 +1,137 @@
+//! `POST /jobs` and `GET /jobs/{request_id}`.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use super::{AppState, auth, body};
+use crate::jobs::{Job, Status, format_ms};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/jobs", post(submit)).route("/jobs/{request_id}", get(get_job))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    /// The job's id (UUID v7).
+    pub request_id: String,
+    pub status: Status,
+}
+
+/// A job as clients see it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct JobView {
+    pub request_id: String,
+    pub vendor: String,
+    pub status: Status,
+    /// RFC 3339.
+    pub created_at: String,
+    pub updated_at: String,
+    /// Vendor calls started so far.
+    pub attempts: u32,
+    /// The cleaned result, once complete.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub result: Option<Box<RawValue>>,
+    /// Why it failed, or the last retryable error while it is retried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<Job> for JobView {
+    fn from(j: Job) -> Self {
+        JobView {
+            result: j.result.and_then(|r| RawValue::from_string(r).ok()),
+            request_id: j.request_id,
+            vendor: j.vendor,
+            status: j.status,
+            created_at: format_ms(j.created_at),
+            updated_at: format_ms(j.updated_at),
+            attempts: j.attempts,
+            error: j.error,
+        }
+    }
+}
+
+/// Submit a job. Answers 202 once the job is durable, before any vendor is called.
+#[utoipa::path(post, path = "/jobs", tag = "jobs",
+    request_body(content = SubmitRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body within 24 h returns the same job")),
+    responses(
+        (status = 202, description = "Accepted", body = Accepted),
+        (status = 200, description = "An earlier job with the same Idempotency-Key", body = Accepted),
+        (status = 400, description = "Bad body, unknown vendor", body = super::openapi::ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body too large", body = super::openapi::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
+        (status = 503, description = "Overloaded or backend unavailable", body = super::openapi::ErrorBody),
+    ))]
+pub async fn submit(State(st): State<AppState>, headers: HeaderMap, bytes: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let owner = auth::caller(&st.auth, &headers)?;
+    body::require_json(&headers)?;
+    let bytes = bytes.map_err(|r| {
+        let status = r.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "payload_too_large", format!("the request body exceeds {} bytes", st.api.max_body_bytes))
+        } else {
+            ApiError::new(status, "bad_body", r.body_text())
+        }
+    })?;
+    let parsed = body::parse_submit(&bytes, st.api.max_json_depth)?;
+    let idempotency = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let key = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
+                ApiError::bad_request("invalid_header", "header `Idempotency-Key` must be 1 to 255 visible ASCII characters")
+            })?;
+            let scope = owner.as_deref().unwrap_or("-");
+            let hash = hex::encode(Sha256::new().chain_update(parsed.vendor.as_bytes()).chain_update([0]).chain_update(parsed.data.as_bytes()).finalize());
+            Some((format!("{scope}:{key}"), hash, st.api.idempotency_ttl))
+        }
+    };
+    let out = st.service.submit(&parsed.vendor, parsed.data, owner, idempotency).await?;
+    let status = if out.created { StatusCode::ACCEPTED } else { StatusCode::OK };
+    Ok((status, axum::Json(Accepted { request_id: out.request_id, status: Status::Pending })).into_response())
+}
+
+/// Poll a job.
+#[utoipa::path(get, path = "/jobs/{request_id}", tag = "jobs",
+    params(("request_id" = String, Path, description = "The id POST /jobs returned")),
+    responses(
+        (status = 200, description = "The job", body = JobView),
+        (status = 401, description = "Missing or unknown API key", body = super::openapi::ErrorBody),
+        (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+    ))]
+pub async fn get_job(State(st): State<AppState>, headers: HeaderMap, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+    let owner = auth::caller(&st.auth, &headers)?;
+    if request_id.len() > 64 {
+        return Err(ApiError::not_found(format!("no job {request_id:?}")));
+    }
+    let job = st.service.get(&request_id, owner.as_deref()).await?.ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
+    let mut view: JobView = job.into();
+    // A complete job whose status says so carries its result; the earlier
+    // retry error is history, not news.
+    if view.status == Status::Complete {
+        view.error = None;
+    }
+    Ok(axum::Json(view).into_response())
+}
+
+/// The body of `POST /jobs`.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct SubmitRequest {
+    /// A loaded vendor's id (see GET /vendors).
+    vendor: String,
+    /// Anything JSON; handed to the vendor's plugin as JSON text.
+    data: serde_json::Value,
+}

@@ -1,0 +1,91 @@
+//! The HTTP surface. Each area has its own router function; `router` joins
+//! them, adds the protective layers, and sets the state once.
+
+pub mod admin;
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod health;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod vendors;
+pub mod webhooks;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use tower::ServiceBuilder;
+
+use crate::breaker::Breakers;
+use crate::config::{ApiSettings, AuthSettings};
+use crate::jobs::callbacks::Callbacks;
+use crate::jobs::dead_letters::DeadLetters;
+use crate::jobs::service::JobService;
+use crate::plugins::Registry;
+use crate::policy::Policies;
+use crate::queue::Queue;
+use crate::store::Store;
+use error::ApiError;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub service: Arc<JobService>,
+    pub callbacks: Arc<Callbacks>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub registry: Arc<Registry>,
+    pub policies: Arc<Policies>,
+    pub breakers: Arc<dyn Breakers>,
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+    pub api: Arc<ApiSettings>,
+    pub auth: Arc<AuthSettings>,
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = state.api.clone();
+    Router::new()
+        .merge(jobs::routes())
+        .merge(webhooks::routes())
+        .merge(vendors::routes())
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .merge(openapi::routes())
+        .nest("/admin", admin::routes())
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
+        })
+        .layer(DefaultBodyLimit::max(api.max_body_bytes))
+        .layer(
+            ServiceBuilder::new()
+                .layer(HandleErrorLayer::new(|e: tower::BoxError| async move { overload_error(e) }))
+                .load_shed()
+                .concurrency_limit(api.max_concurrency)
+                .timeout(api.request_timeout),
+        )
+        .with_state(state)
+}
+
+/// Load shedding and timeouts answer at once, with a JSON body, instead of
+/// letting every request slow down.
+fn overload_error(e: tower::BoxError) -> axum::response::Response {
+    if e.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response()
+    } else if e.is::<tower::load_shed::error::Overloaded>() {
+        ::metrics::counter!("vendorhost_http_shed_total").increment(1);
+        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly") }
+            .into_response()
+    } else {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+    }
+}
+
+/// How long a client should wait before polling again.
+pub const POLL_HINT: Duration = Duration::from_millis(500);

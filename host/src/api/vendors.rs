@@ -1,0 +1,76 @@
+//! `GET /vendors`: what is loaded, with its effective limits and breaker
+//! state, and what was rejected and why.
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::get;
+use serde::Serialize;
+
+use super::error::ApiError;
+use super::{AppState, auth};
+use crate::breaker::BreakerSnapshot;
+use crate::plugins::{Rejected, VendorSummary};
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/vendors", get(list))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Limits {
+    pub rate_per_second: f64,
+    pub burst: u32,
+    pub max_in_flight: usize,
+    pub timeout_ms: u64,
+    pub memory_mb: u64,
+    pub max_attempts: u32,
+    /// Outbound hosts the operator granted.
+    pub allowed_hosts: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VendorView {
+    #[serde(flatten)]
+    pub plugin: VendorSummary,
+    pub limits: Limits,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub breaker: Option<BreakerSnapshot>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VendorList {
+    pub vendors: Vec<VendorView>,
+    pub rejected: Vec<Rejected>,
+}
+
+/// Loaded vendors and rejected plugin files.
+#[utoipa::path(get, path = "/vendors", tag = "vendors",
+    responses((status = 200, description = "Vendors", body = VendorList),
+              (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
+pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum::Json<VendorList>, ApiError> {
+    auth::admin(&st.auth, &headers)?;
+    let (summaries, rejected) = st.registry.summaries();
+    let cfg = st.policies.config();
+    let mut vendors = Vec::with_capacity(summaries.len());
+    for s in summaries {
+        let policy = match st.registry.get(&s.id) {
+            Some(p) => st.policies.for_plugin(&p),
+            None => continue,
+        };
+        let breaker = st.breakers.snapshot(&s.id).await.ok();
+        vendors.push(VendorView {
+            limits: Limits {
+                rate_per_second: policy.quota.rate,
+                burst: policy.quota.burst,
+                max_in_flight: policy.max_in_flight,
+                timeout_ms: policy.call.timeout.as_millis() as u64,
+                memory_mb: (policy.call.memory_cap_bytes >> 20) as u64,
+                max_attempts: policy.max_attempts,
+                allowed_hosts: cfg.vendor(&s.id).allowed_hosts.unwrap_or_default(),
+            },
+            plugin: s,
+            breaker,
+        });
+    }
+    Ok(axum::Json(VendorList { vendors, rejected }))
+}

@@ -1,0 +1,218 @@
+//! What each subcommand does (the flags live in `cli`).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::{self, Role};
+use crate::cli::{Cli, Command, DlqCommand, MockArgs, PluginsCommand, ServeArgs};
+use crate::config::Config;
+use crate::jobs::dead_letters::DeadLetters;
+use crate::plugins::cache::ComponentCache;
+use crate::plugins::grants::Grants;
+use crate::plugins::runtime::CallPolicy;
+use crate::plugins::{FetchOutcome, JobInput, Runtime, loader};
+
+pub async fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(a) => serve(a, Role::Serve).await,
+        Command::Api(a) => serve(a, Role::Api).await,
+        Command::Worker(a) => serve(a, Role::Worker).await,
+        Command::MockVendor(a) => mock_vendor(a).await,
+        Command::Plugins(p) => plugins(p).await,
+        Command::Dlq(d) => dlq(d).await,
+        Command::Loadtest(a) => match crate::loadtest::run(a).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("some jobs were lost (see the report above)".into()),
+            Err(e) => Err(format!("{e:#}")),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("vendorhost: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(a: &ServeArgs) -> Result<Config, String> {
+    Config::load(a.config.as_deref(), &a.overrides()).map_err(|e| format!("configuration: {e}"))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
+
+async fn serve(a: ServeArgs, role: Role) -> Result<(), String> {
+    let cfg = load_config(&a)?;
+    let path = a.config.clone();
+    app::run(cfg, path, role, None, shutdown_signal()).await.map_err(|e| e.to_string())
+}
+
+async fn mock_vendor(a: MockArgs) -> Result<(), String> {
+    let kind = if a.kind == "async" { crate::mock::MockKind::Async } else { crate::mock::MockKind::Sync };
+    let fault = a.fault.parse().map_err(|e| format!("--fault: {e}"))?;
+    let addr = format!("{}:{}", a.bind, a.port);
+    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e} (pick another --port)"))?;
+    let opts = crate::mock::MockOptions { latency_ms: a.latency_ms, fault, callback_delay_ms: a.callback_delay_ms, secret: a.secret };
+    let h = crate::mock::spawn(kind, listener, opts).await.map_err(|e| e.to_string())?;
+    println!("mock {} vendor listening on {}", a.kind, h.base_url());
+    shutdown_signal().await;
+    h.shutdown().await;
+    Ok(())
+}
+
+async fn runtime() -> Result<Arc<Runtime>, String> {
+    Runtime::new().map(Arc::new).map_err(|e| format!("plugin runtime: {e:#}"))
+}
+
+async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
+    match cmd {
+        PluginsCommand::Check { files } => {
+            let rt = runtime().await?;
+            let cache = ComponentCache::new(None, rt.engine.compatibility_key());
+            let mut bad = 0;
+            for f in &files {
+                match loader::load(&rt, &cache, f).await {
+                    Ok(p) => println!(
+                        "ok       {}: vendor {} ({}), mode {}, version {}, hosts [{}]",
+                        f.display(),
+                        p.info.id,
+                        p.info.display_name,
+                        p.info.mode.as_str(),
+                        p.info.version,
+                        p.info.hosts.join(", ")
+                    ),
+                    Err(e) => {
+                        bad += 1;
+                        println!("rejected {}: {e}", f.display());
+                    }
+                }
+            }
+            if bad > 0 { Err(format!("{bad} of {} file(s) rejected", files.len())) } else { Ok(()) }
+        }
+        PluginsCommand::List { dir } => {
+            let rt = runtime().await?;
+            let cache = ComponentCache::new(None, rt.engine.compatibility_key());
+            let registry = crate::plugins::Registry::new(rt, cache, dir.clone());
+            if !dir.is_dir() {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            registry.scan().await;
+            let (vendors, rejected) = registry.summaries();
+            println!("{}: {} would load, {} rejected", dir.display(), vendors.len(), rejected.len());
+            for v in vendors {
+                println!("  {:<14} {:<6} v{:<8} {}  hosts [{}]", v.id, v.mode.as_str(), v.version, v.file, v.hosts.join(", "));
+            }
+            for r in rejected {
+                println!("  rejected {}: {}", r.file, r.reason);
+            }
+            Ok(())
+        }
+        PluginsCommand::New { name, dir } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            crate::plugins::template::create(&name, &dir).map_err(|e| e.to_string())?;
+            println!("created plugin crate {} (vendor id {name})", dir.display());
+            println!("build it:  cd {} && cargo build --release --target wasm32-wasip2", dir.display());
+            println!("check it:  vendorhost plugins check {}/target/wasm32-wasip2/release/{}.wasm", dir.display(), name.replace('-', "_"));
+            Ok(())
+        }
+        PluginsCommand::Call { file, data, allow, config, callback_url, timeout_ms } => {
+            call(&file, data, allow, config, callback_url, timeout_ms).await
+        }
+    }
+}
+
+async fn call(file: &Path, data: String, allow: Vec<String>, config: Vec<String>, callback_url: String, timeout_ms: u64) -> Result<(), String> {
+    serde_json::from_str::<serde_json::Value>(&data).map_err(|e| format!("--data is not JSON: {e}"))?;
+    let rt = runtime().await?;
+    let cache = ComponentCache::new(None, rt.engine.compatibility_key());
+    let p = loader::load(&rt, &cache, file).await.map_err(|e| format!("{}: {e}", file.display()))?;
+    let mut cfg = std::collections::BTreeMap::new();
+    for kv in config {
+        let (k, v) = kv.split_once('=').ok_or_else(|| format!("--config {kv:?}: expected KEY=VALUE"))?;
+        cfg.insert(k.to_string(), v.to_string());
+    }
+    let policy = CallPolicy {
+        vendor: p.info.id.clone(),
+        grants: Grants::new(&allow).map_err(|e| format!("--allow: {e}"))?,
+        memory_cap_bytes: 64 << 20,
+        timeout: Duration::from_millis(timeout_ms),
+        config: cfg,
+    };
+    let job = JobInput {
+        request_id: crate::jobs::new_request_id(),
+        data,
+        callback_url: callback_url.replace("VENDOR", &p.info.id),
+        attempt: 1,
+    };
+    match rt.fetch(&p.pre, Arc::new(policy), &job).await {
+        Ok(FetchOutcome::Complete(d)) => {
+            println!("complete: {d}");
+            Ok(())
+        }
+        Ok(FetchOutcome::Accepted(r)) => {
+            println!("accepted: vendor_ref {r} (request_id {})", job.request_id);
+            Ok(())
+        }
+        Err(e) => Err(format!("{} ({})", e, if e.is_retryable() { "retryable" } else { "permanent" })),
+    }
+}
+
+async fn dlq(cmd: DlqCommand) -> Result<(), String> {
+    let backend = match &cmd {
+        DlqCommand::List { backend, .. } | DlqCommand::Replay { backend, .. } => backend.clone(),
+    };
+    let cfg = load_config(&backend)?;
+    let b = app::backends(&cfg).await.map_err(|e| e.to_string())?;
+    let dl = DeadLetters { queue: b.queue, store: b.store };
+    match cmd {
+        DlqCommand::List { limit, .. } => {
+            let letters = dl.list(limit).await.map_err(|e| e.to_string())?;
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for l in letters {
+                println!(
+                    "{}  {}  {}  {}  {}",
+                    l.id,
+                    crate::jobs::format_ms(l.died_at),
+                    l.vendor.as_deref().unwrap_or("-"),
+                    l.request_id.as_deref().unwrap_or("(malformed entry)"),
+                    l.reason
+                );
+            }
+            Ok(())
+        }
+        DlqCommand::Replay { id: Some(id), .. } => {
+            let job = dl.replay(&id).await.map_err(|e| e.to_string())?;
+            println!("replayed {id}: job {job} is pending again");
+            Ok(())
+        }
+        DlqCommand::Replay { .. } => {
+            let (done, skipped) = dl.replay_all().await.map_err(|e| e.to_string())?;
+            println!("replayed {} job(s); skipped {} dead letter(s) with no job", done.len(), skipped.len());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Working the dead-letter queue: list why jobs died, send them back.
+
+use std::sync::Arc;
+
+use crate::jobs::now_ms;
+use crate::queue::{DeadLetter, Message, Queue, QueueError};
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("no dead letter {0:?}")]
+    NotFound(String),
+    #[error("dead letter {0:?} is a malformed queue entry with no job; it cannot be replayed (remove it instead)")]
+    NoJob(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+pub struct DeadLetters {
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+}
+
+impl DeadLetters {
+    pub async fn list(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.queue.dead_letters(limit).await
+    }
+
+    /// Sends one dead job back through the queue: `failed → pending`,
+    /// attempts reset, enqueued; the dead letter is removed. Returns the job id.
+    pub async fn replay(&self, id: &str) -> Result<String, ReplayError> {
+        let letters = self.queue.dead_letters(usize::MAX >> 1).await?;
+        let letter = letters.into_iter().find(|l| l.id == id).ok_or_else(|| ReplayError::NotFound(id.to_string()))?;
+        let (Some(request_id), Some(vendor)) = (letter.request_id.clone(), letter.vendor.clone()) else {
+            return Err(ReplayError::NoJob(id.to_string()));
+        };
+        if self.store.reopen(&request_id, now_ms()).await? {
+            self.queue.enqueue(&[Message::new(&request_id, &vendor)]).await?;
+            self.store.mark_queued(std::slice::from_ref(&request_id)).await?;
+            tracing::info!(request_id = %request_id, vendor = %vendor, dead_letter = id, "dead job replayed");
+        }
+        self.queue.remove_dead_letter(id).await?;
+        Ok(request_id)
+    }
+
+    /// Replays every dead letter that names a job; returns (replayed, skipped).
+    pub async fn replay_all(&self) -> Result<(Vec<String>, Vec<String>), ReplayError> {
+        let letters = self.queue.dead_letters(100_000).await?;
+        let (mut done, mut skipped) = (Vec::new(), Vec::new());
+        for l in letters {
+            match self.replay(&l.id).await {
+                Ok(id) => done.push(id),
+                Err(ReplayError::NoJob(id)) | Err(ReplayError::NotFound(id)) => skipped.push(id),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((done, skipped))
+    }
+}
