@@ -193,7 +193,7 @@ pub async fn run(
     apply_overlay(&mut cfg, &overlay);
 
     let backends = backends(&cfg).await?;
-    let runtime = Arc::new(Runtime::new().map_err(|e| StartError::Runtime(format!("{e:#}")))?);
+    let runtime = Runtime::shared().map_err(|e| StartError::Runtime(format!("{e:#}")))?;
     let cache = ComponentCache::new(Some(cfg.cache_dir()), runtime.engine.compatibility_key());
     if let Err(e) = std::fs::create_dir_all(&cfg.plugins_dir) {
         tracing::warn!(dir = %cfg.plugins_dir.display(), error = %e, "cannot create plugins directory");

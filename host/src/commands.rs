@@ -83,7 +83,7 @@ async fn mock_vendor(a: MockArgs) -> Result<(), String> {
 }
 
 async fn runtime() -> Result<Arc<Runtime>, String> {
-    Runtime::new().map(Arc::new).map_err(|e| format!("plugin runtime: {e:#}"))
+    Runtime::shared().map_err(|e| format!("plugin runtime: {e:#}"))
 }
 
 async fn plugins(cmd: PluginsCommand) -> Result<(), String> {

@@ -274,7 +274,23 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         attempt: job.attempts,
     };
     let started = Instant::now();
-    let result = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input).await;
+    let result = {
+        // Keep the lease alive while the call runs, however long the vendor takes.
+        let call = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input);
+        tokio::pin!(call);
+        let mut beat = tokio::time::interval(ctx.settings.lease / 3);
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut call => break r,
+                _ = beat.tick() => {
+                    if let Err(e) = ctx.queue.extend(&ctx.consumer, lease, ctx.settings.lease).await {
+                        tracing::warn!(error = %e, "could not extend the lease of a running job");
+                    }
+                }
+            }
+        }
+    };
     let took = started.elapsed();
     let outcome_label = match &result {
         Ok(FetchOutcome::Complete(_)) => "complete",

@@ -53,6 +53,17 @@ impl Runtime {
         Ok(Runtime { engine: PluginEngine::new()?, http: http::client() })
     }
 
+    /// The process-wide runtime: one Engine (and one instance pool, one
+    /// epoch ticker) however many registries or apps the process runs.
+    pub fn shared() -> anyhow::Result<std::sync::Arc<Runtime>> {
+        static SHARED: std::sync::OnceLock<std::sync::Arc<Runtime>> = std::sync::OnceLock::new();
+        if let Some(rt) = SHARED.get() {
+            return Ok(rt.clone());
+        }
+        let rt = std::sync::Arc::new(Runtime::new()?);
+        Ok(SHARED.get_or_init(|| rt).clone())
+    }
+
     fn store(&self, policy: Arc<CallPolicy>, request_id: &str, deadline: Instant) -> Store<State> {
         let mut store = Store::new(&self.engine.engine, State::new(policy, self.http.clone(), request_id.to_string(), deadline));
         store.limiter(|s| &mut s.limits);

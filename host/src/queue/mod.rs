@@ -98,6 +98,10 @@ pub trait Queue: Send + Sync + 'static {
     /// for the first. Entries whose lease expired are delivered again here.
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>>;
 
+    /// Keeps a lease alive while its job is still being worked on (a long
+    /// vendor call): pushes its expiry `lease_for` from now.
+    async fn extend(&self, consumer: &str, lease: &Lease, lease_for: Duration) -> Result<()>;
+
     /// Done with an entry: it will not be delivered again.
     async fn ack(&self, lease: &Lease) -> Result<()>;
 

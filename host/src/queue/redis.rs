@@ -291,6 +291,21 @@ impl Queue for RedisQueue {
         Ok(out)
     }
 
+    async fn extend(&self, consumer: &str, lease: &Lease, _lease_for: Duration) -> Result<()> {
+        // XCLAIM with min-idle 0 by the holder resets the entry's idle time,
+        // so XAUTOCLAIM (which reclaims entries idle past the lease) leaves it.
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&self.keys.jobs)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(0)
+            .arg(&lease.entry_id)
+            .arg("JUSTID")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let id = [&lease.entry_id];
         let _: () = redis::pipe()

@@ -111,6 +111,15 @@ impl Queue for SqliteQueue {
         }
     }
 
+    async fn extend(&self, _consumer: &str, lease: &Lease, lease_for: Duration) -> Result<()> {
+        let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
+        let until = now_ms() + lease_for.as_millis() as i64;
+        self.db
+            .write(move |c| c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token, until]))
+            .await?;
+        Ok(())
+    }
+
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
         self.db.write(move |c| c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])).await?;

@@ -1,15 +1,12 @@
 //! Contract tests for the Redis queue and the Mongo store, against real
 //! servers started by `support::servers` (redis-server, nx-27017).
 
-mod support {
-    pub mod servers;
-}
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::servers;
+use crate::support::servers;
 use vendorhost::jobs::{Idempotency, NewJob, Outcome, Status, now_ms};
 use vendorhost::queue::redis::RedisQueue;
 use vendorhost::queue::{DeadLetter, Message, Queue};

@@ -1,14 +1,11 @@
 //! Rate limiters and circuit breakers shared through Redis (a real
 //! redis-server from `support::servers`), plus the local breakers via the trait.
 
-mod support {
-    pub mod servers;
-}
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::servers;
+use crate::support::servers;
 use vendorhost::breaker::{Admission, Breakers, CallOutcome, LocalBreakers, RedisBreakers};
 use vendorhost::config::BreakerPolicy;
 use vendorhost::limits::redis::RedisLimiter;
