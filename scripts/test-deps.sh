@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs what the tests need, only where it is missing:
+#   redis-server and docker-compose from Debian, nx-27017 (a MongoDB
+#   wire-protocol stand-in) and schemathesis from PyPI into .venv, and
+#   rustup's wasm32-wasip2 target (plugins/build.sh adds that one).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { echo "test-deps: $*"; }
+sudo_cmd() { if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
+
+apt_pkgs=()
+command -v redis-server >/dev/null 2>&1 || apt_pkgs+=(redis-server)
+command -v docker-compose >/dev/null 2>&1 || apt_pkgs+=(docker-compose)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 || { say "missing ${apt_pkgs[*]} and no apt-get: install them and retry"; exit 1; }
+    say "installing ${apt_pkgs[*]} (Debian)"
+    sudo_cmd apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive sudo_cmd apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null \
+        || { say "apt-get install ${apt_pkgs[*]} failed"; exit 1; }
+fi
+# The Debian redis package starts a system server on 6379; the tests start
+# their own on free ports and do not need it.
+
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv || { say "python3 -m venv failed (install python3-venv)"; exit 1; }
+fi
+py_pkgs=()
+[ -x .venv/bin/nx-27017 ] || py_pkgs+=(nx-27017)
+[ -x .venv/bin/schemathesis ] || py_pkgs+=(schemathesis)
+if [ ${#py_pkgs[@]} -gt 0 ]; then
+    say "installing ${py_pkgs[*]} into .venv (PyPI)"
+    .venv/bin/pip install -q --disable-pip-version-check "${py_pkgs[@]}" || { say "pip install ${py_pkgs[*]} failed"; exit 1; }
+fi
+say "ok: $(redis-server --version | cut -d' ' -f3), nx-27017 and schemathesis in .venv, $(docker-compose version --short 2>/dev/null || echo docker-compose)"
