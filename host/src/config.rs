@@ -46,8 +46,6 @@ pub struct Config {
     pub workers: usize,
     /// Run the in-process mock vendors (embedded default).
     pub mocks: bool,
-    /// Log format: `text` or `json`.
-    pub log_format: String,
     pub queue_settings: QueueSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
@@ -102,6 +100,10 @@ pub struct ApiSettings {
     /// How long an Idempotency-Key binds.
     #[serde(with = "duration")]
     pub idempotency_ttl: Duration,
+    /// A client must send a request's whole header within this, or the
+    /// connection is closed (slow-loris clients cannot hold connections).
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -125,6 +127,9 @@ pub struct RetentionSettings {
     /// Seen webhook ids are remembered this long (replay window).
     #[serde(with = "duration")]
     pub webhook_ids: Duration,
+    /// How often expired jobs, dead letters and ids are deleted.
+    #[serde(with = "duration")]
+    pub purge_interval: Duration,
 }
 
 /// One vendor's policy. Every field is optional: unset fields fall back to
@@ -225,6 +230,7 @@ impl Default for ApiSettings {
             max_concurrency: 4096,
             request_timeout: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            header_read_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -235,6 +241,7 @@ impl Default for RetentionSettings {
             jobs: Duration::from_secs(7 * 24 * 3600),
             dead_letters: Duration::from_secs(14 * 24 * 3600),
             webhook_ids: Duration::from_secs(24 * 3600),
+            purge_interval: Duration::from_secs(600),
         }
     }
 }
@@ -258,7 +265,6 @@ impl Default for Config {
             redis_prefix: "vendorhost".into(),
             workers: 64,
             mocks: true,
-            log_format: "text".into(),
             queue_settings: QueueSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
@@ -292,7 +298,7 @@ pub struct Overrides {
 }
 
 /// Env vars that are not configuration keys.
-const ENV_NOT_KEYS: &[&str] = &["CONFIG", "LOG"];
+const ENV_NOT_KEYS: &[&str] = &["CONFIG", "LOG", "LOG_FORMAT", "MOCK_SECRET"];
 
 impl Config {
     /// Loads defaults < file (if any) < env < overrides.
@@ -398,7 +404,14 @@ fn describe(e: figment::Error) -> String {
     let mut out = Vec::new();
     for err in e {
         let path = err.path.join(".");
-        let src = err.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+        let src = err
+            .metadata
+            .as_ref()
+            .map(|m| match &m.source {
+                Some(source) => format!("{} {source}", m.name),
+                None => m.name.to_string(),
+            })
+            .unwrap_or_default();
         let kind = err.kind.to_string();
         if path.is_empty() {
             out.push(format!("{kind} ({src})"));

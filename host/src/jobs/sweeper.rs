@@ -8,8 +8,6 @@
 //! - queue depth gauges are refreshed.
 
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio::sync::watch;
 
 use crate::config::{QueueSettings, RetentionSettings};
@@ -18,7 +16,6 @@ use crate::queue::{DeadLetter, Message, Queue};
 use crate::store::Store;
 
 const BATCH: usize = 500;
-const PURGE_EVERY: Duration = Duration::from_secs(600);
 
 pub struct Sweeper {
     pub queue: Arc<dyn Queue>,
@@ -43,7 +40,7 @@ impl Sweeper {
             if let Err(e) = self.sweep_once().await {
                 tracing::warn!(error = %e, "sweep failed; retrying next round");
             }
-            if last_purge.elapsed() >= PURGE_EVERY {
+            if last_purge.elapsed() >= self.retention.purge_interval {
                 last_purge = tokio::time::Instant::now();
                 self.purge().await;
             }

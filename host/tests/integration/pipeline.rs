@@ -301,3 +301,56 @@ async fn embedded_jobs_survive_sigkill() {
     let st = p2.term(Duration::from_secs(15));
     assert!(st.is_some_and(|s| s.success()), "serve did not exit 0 on SIGTERM:\n{}", p2.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn finished_jobs_expire_after_retention() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = embedded_config(d.path(), p.path());
+    cfg.retention.jobs = Duration::from_millis(300);
+    cfg.retention.purge_interval = Duration::from_millis(200);
+    let app = TestApp::start(cfg).await;
+    let id = app.submit("sync", json!("short-lived")).await;
+    assert_eq!(app.wait_terminal(&id, LONG).await["status"], "complete");
+    app::eventually(LONG, "the finished job to be purged", || async {
+        let r = app.client.get(app.url(&format!("/jobs/{id}"))).send().await.ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    app.stop().await;
+}
+
+/// A job whose deliveries keep dying (workers crash on it) is dead-lettered
+/// and failed after `max_deliveries`, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
+    use vendorhost::queue::{Message, Queue};
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = production_config(d.path(), p.path());
+    cfg.queue_settings.max_deliveries = 2;
+    cfg.queue_settings.lease = Duration::from_millis(300);
+    let store = vendorhost::store::mongo::MongoStore::connect(&cfg.store, &cfg.mongo_db).await.unwrap();
+    let queue = vendorhost::queue::redis::RedisQueue::connect(&cfg.queue, &cfg.redis_prefix).await.unwrap();
+    let id = vendorhost::jobs::new_request_id();
+    let job = NewJob { request_id: id.clone(), vendor: "sync".into(), data: "\"poison\"".into(), owner: None, created_at: now_ms(), idempotency: None };
+    store.insert(&job).await.unwrap();
+    queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();
+    store.mark_queued(std::slice::from_ref(&id)).await.unwrap();
+    // Two consumers lease it and "die" (never ack).
+    for consumer in ["crashed-1", "crashed-2"] {
+        let got = app::eventually(LONG, "a delivery", || async {
+            let l = queue.lease(consumer, 1, Duration::from_millis(300), Duration::from_millis(400)).await.unwrap();
+            (!l.is_empty()).then_some(l)
+        })
+        .await;
+        assert_eq!(got[0].payload, Message::new(&id, "sync").encode());
+    }
+    let app = TestApp::start(cfg).await;
+    let job = app.wait_terminal(&id, LONG).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("delivered 3 times"), "{job}");
+    let dead = app.get_json("/admin/dead-letters").await;
+    assert!(dead["dead_letters"].as_array().unwrap().iter().any(|l| l["request_id"] == id), "{dead}");
+    app.stop().await;
+}
