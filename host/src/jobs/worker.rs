@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::breaker::{Admission, Breakers, CallOutcome};
 use crate::config::QueueSettings;
 use crate::jobs::{Outcome, now_ms};
-use crate::limits::RateLimiter;
+use crate::limits::{LimitError, Quota, RateLimiter};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::Policies;
 use crate::queue::{DeadLetter, Lease, Message, Queue};
@@ -26,6 +26,8 @@ use crate::store::Store;
 
 /// Most entries leased in one round trip.
 const LEASE_BATCH: usize = 64;
+/// Longest wait in place for a rate-limit slot (see `rate_limit`).
+const MAX_LINGER: Duration = Duration::from_millis(50);
 
 pub struct WorkerCtx {
     pub queue: Arc<dyn Queue>,
@@ -126,6 +128,39 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
     let cap = exp.min(max);
     let ms = cap.as_millis() as u64;
     Duration::from_millis(if ms == 0 { 0 } else { rand::rng().random_range(0..=ms) })
+}
+
+/// Takes a rate-limit slot (None), or says how long to delay the job.
+///
+/// A refused job is booked a turn, so a backlog comes back one job per free
+/// slot rather than all at once every interval. A slot free within `linger`
+/// is waited for here instead: a booked job back a hair before its slot
+/// (queue latency varies) would otherwise lose its place in line.
+async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Result<Duration, LimitError>> {
+    let linger = if quota.rate.is_finite() && quota.rate > 0.0 {
+        Duration::from_secs_f64(0.5 / quota.rate).min(MAX_LINGER)
+    } else {
+        Duration::ZERO
+    };
+    let mut lingered = false;
+    loop {
+        let wait = match ctx.limiter.acquire_or_book(vendor, quota, if lingered { Duration::ZERO } else { linger }).await {
+            Ok(None) => return None,
+            Ok(Some(wait)) => wait,
+            Err(e) => return Some(Err(e)),
+        };
+        if lingered || wait > linger {
+            return Some(Ok(at_or_after(wait)));
+        }
+        lingered = true;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// `d` rounded up to whole milliseconds (the queue's resolution) plus one: a
+/// job back before its turn would be refused and booked again at the end.
+fn at_or_after(d: Duration) -> Duration {
+    Duration::from_millis(d.as_micros().div_ceil(1000) as u64 + 1)
 }
 
 fn jitter(d: Duration) -> Duration {
@@ -246,13 +281,14 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
     let Some(_bulkhead) = ctx.policies.try_bulkhead(&vendor, policy.max_in_flight) else {
         return delay(ctx, lease, msg, jitter(Duration::from_millis(50)), "bulkhead").await;
     };
-    match ctx.limiter.acquire(&vendor, policy.quota).await {
-        Ok(None) => {}
-        Ok(Some(wait)) => return delay(ctx, lease, msg, wait, "rate_limit").await,
-        Err(e) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
-            return delay(ctx, lease, msg, jitter(Duration::from_secs(1)), "limiter_error").await;
-        }
+    if let Some(wait) = rate_limit(ctx, &vendor, policy.quota).await {
+        return match wait {
+            Ok(wait) => delay(ctx, lease, msg, wait, "rate_limit").await,
+            Err(e) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
+                delay(ctx, lease, msg, jitter(Duration::from_secs(1)), "limiter_error").await
+            }
+        };
     }
     let probe = match ctx.breakers.admit(&vendor, &policy.breaker).await {
         Ok(Admission::Allowed { probe }) => probe,

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
+use governor::nanos::Nanos;
 use governor::middleware::NoOpMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 
@@ -35,9 +36,16 @@ pub(crate) fn emission_interval(quota: Quota) -> Result<Duration, LimitError> {
 type Direct<C> =
     governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// One vendor's limiter and the next turn to book for a refused caller.
+struct Limit<C: Clock> {
+    limiter: Direct<C>,
+    period: Duration,
+    next_turn: Mutex<Option<C::Instant>>,
+}
+
 struct Entry<C: Clock> {
     quota: Quota,
-    limiter: Arc<Direct<C>>,
+    limit: Arc<Limit<C>>,
 }
 
 /// Per-vendor GCRA limits held in this process.
@@ -68,31 +76,32 @@ impl<C: Clock + Clone> LocalLimiter<C> {
     }
 
     /// The vendor's limiter, replaced if its quota changed (config reload).
-    fn limiter(&self, vendor: &str, quota: Quota) -> Result<Arc<Direct<C>>, LimitError> {
+    fn limit(&self, vendor: &str, quota: Quota) -> Result<Arc<Limit<C>>, LimitError> {
         // A panic elsewhere while holding the lock leaves the map usable.
         let mut vendors = self.vendors.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(e) = vendors.get(vendor)
             && e.quota == quota
         {
-            return Ok(e.limiter.clone());
+            return Ok(e.limit.clone());
         }
         let period = emission_interval(quota)?;
         let burst = NonZeroU32::new(quota.burst).unwrap_or(NonZeroU32::MIN);
         let gq = governor::Quota::with_period(period)
             .ok_or_else(|| LimitError::Other("zero replenish interval".into()))?
             .allow_burst(burst);
-        let limiter = Arc::new(governor::RateLimiter::direct_with_clock(
-            gq,
-            self.clock.clone(),
-        ));
+        let limit = Arc::new(Limit {
+            limiter: governor::RateLimiter::direct_with_clock(gq, self.clock.clone()),
+            period,
+            next_turn: Mutex::new(None),
+        });
         vendors.insert(
             vendor.to_string(),
             Entry {
                 quota,
-                limiter: limiter.clone(),
+                limit: limit.clone(),
             },
         );
-        Ok(limiter)
+        Ok(limit)
     }
 }
 
@@ -103,11 +112,37 @@ where
     C::Instant: Send + Sync,
 {
     async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
-        let limiter = self.limiter(vendor, quota)?;
-        match limiter.check() {
+        let limit = self.limit(vendor, quota)?;
+        match limit.limiter.check() {
             Ok(()) => Ok(None),
             Err(not_until) => Ok(Some(not_until.wait_time_from(self.clock.now()))),
         }
+    }
+
+    async fn acquire_or_book(
+        &self,
+        vendor: &str,
+        quota: Quota,
+        linger: Duration,
+    ) -> Result<Option<Duration>, LimitError> {
+        let limit = self.limit(vendor, quota)?;
+        let not_until = match limit.limiter.check() {
+            Ok(()) => return Ok(None),
+            Err(n) => n,
+        };
+        let now = self.clock.now();
+        let wait = not_until.wait_time_from(now);
+        if wait <= linger {
+            return Ok(Some(wait));
+        }
+        let free_at = not_until.earliest_possible();
+        let mut next = limit.next_turn.lock().unwrap_or_else(|e| e.into_inner());
+        let turn = match *next {
+            Some(t) if t > free_at => t,
+            _ => free_at,
+        };
+        *next = Some(turn + Nanos::from(limit.period));
+        Ok(Some(Duration::from(turn.duration_since(now))))
     }
 }
 
@@ -172,6 +207,58 @@ mod tests {
         assert!(
             wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
             "{wait:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_callers_are_booked_one_interval_apart() {
+        let (clock, l) = fake();
+        let q = Quota {
+            rate: 5.0,
+            burst: 2,
+        };
+        assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
+        assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
+        let mut waits = Vec::new();
+        for _ in 0..3 {
+            waits.push(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap().unwrap());
+        }
+        assert_eq!(
+            waits,
+            [200, 400, 600].map(Duration::from_millis),
+            "one turn per slot"
+        );
+        // Each comes back at its turn and finds its slot free.
+        for _ in 0..3 {
+            clock.advance(Duration::from_millis(200));
+            assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
+        }
+        // Turns all past: the next refusal books the next free slot.
+        assert_eq!(
+            l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(),
+            Some(Duration::from_millis(200))
+        );
+        // A refusal within `linger` of the next slot books nothing.
+        clock.advance(Duration::from_millis(150));
+        assert_eq!(
+            l.acquire_or_book("a", q, Duration::from_millis(50)).await.unwrap(),
+            Some(Duration::from_millis(50))
+        );
+        assert_eq!(
+            l.acquire_or_book("a", q, Duration::from_millis(50)).await.unwrap(),
+            Some(Duration::from_millis(50)),
+            "the line did not move"
+        );
+        clock.advance(Duration::from_millis(50));
+        assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
+        // `acquire` books nothing: it always names the next free slot.
+        assert_eq!(
+            l.acquire("a", q).await.unwrap(),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            l.acquire("a", q).await.unwrap(),
+            Some(Duration::from_millis(200))
         );
     }
 

@@ -3,8 +3,12 @@
 //! - `local`: in-process (governor), for the embedded deployment.
 //! - `redis`: one limit shared by every worker process (a Lua GCRA script).
 //!
-//! `acquire` never sleeps: it takes a slot now or says how long until one is
-//! free, and the worker delays the job on the queue for that long.
+//! Neither method sleeps: each takes a slot now or says how long to wait, and
+//! the worker delays the job on the queue for that long. The worker uses
+//! `acquire_or_book`: were every refused job told "the next free slot", a
+//! backlog of N jobs would all come back at that instant, one would get the
+//! slot and N-1 would go round again, every interval (N queue round trips
+//! per call). Booked turns bring them back one per slot.
 
 pub mod local;
 pub mod redis;
@@ -34,4 +38,20 @@ pub trait RateLimiter: Send + Sync + 'static {
     /// Takes one slot for `vendor` now (`Ok(None)`), or returns how long to
     /// wait before one is free (`Ok(Some(wait))`, nothing taken).
     async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError>;
+
+    /// Like `acquire`, but a refused caller is also booked a turn: refused
+    /// callers get turns one emission interval apart, from the next free slot
+    /// on, and `Some(wait)` is the wait until the caller's own turn. At its
+    /// turn the caller asks again (a turn is a hint, not a held slot). A
+    /// refusal whose next free slot is at most `linger` away books nothing
+    /// and returns that wait: the caller is expected to wait in place and ask
+    /// again (a booked caller back a hair early would otherwise go to the end
+    /// of the line). For callers that ask once per refusal, like a delayed
+    /// job: one that asks again early books another turn further back.
+    async fn acquire_or_book(
+        &self,
+        vendor: &str,
+        quota: Quota,
+        linger: Duration,
+    ) -> Result<Option<Duration>, LimitError>;
 }

@@ -4,8 +4,9 @@
 //! microseconds. The clock is Redis' `TIME`, so workers with skewed clocks
 //! still agree. With emission interval T and burst b, a call at `now` is
 //! allowed iff `now >= TAT - (b-1)*T` (b calls pass at once from idle); it
-//! then sets `TAT = max(TAT, now) + T`. A refusal changes nothing and
-//! returns the wait until the condition holds.
+//! then sets `TAT = max(TAT, now) + T`. A refusal leaves the TAT alone and
+//! returns the wait until the condition holds; `acquire_or_book` also books
+//! the caller a turn in `{prefix}:rlq:{vendor}` (see `RateLimiter`).
 
 use std::time::Duration;
 
@@ -20,9 +21,11 @@ use super::{LimitError, Quota, RateLimiter};
 /// rather than stalling workers.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-// ARGV[1] = T in microseconds (may be fractional), ARGV[2] = burst.
-// Returns {1, 0} (allowed) or {0, wait_us}. `%.0f` because Lua's tostring
-// writes large numbers in exponent form. The key expires once TAT is past:
+// KEYS[1] = TAT; KEYS[2] (only to book turns) = the next turn to book, in
+// microseconds. ARGV[1] = T in microseconds (may be fractional), ARGV[2] =
+// burst, ARGV[3] = linger in microseconds (only with KEYS[2]). Returns
+// {1, 0} (allowed) or {0, wait_us}. `%.0f` because Lua's tostring writes
+// large numbers in exponent form. Both keys expire once their time is past:
 // an absent key then means the same as an idle one.
 const GCRA: &str = r#"
 local t = tonumber(ARGV[1])
@@ -33,7 +36,15 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then tat = now end
 local allow_at = tat - (burst - 1) * t
 if now < allow_at then
-  return {0, math.ceil(allow_at - now)}
+  if KEYS[2] == nil or allow_at - now <= tonumber(ARGV[3]) then
+    return {0, math.ceil(allow_at - now)}
+  end
+  local turn = tonumber(redis.call('GET', KEYS[2]) or '') or 0
+  if turn < allow_at then turn = allow_at end
+  local next_turn = turn + t
+  local px = math.ceil((next_turn - now) / 1000) + 1
+  redis.call('SET', KEYS[2], string.format('%.0f', math.ceil(next_turn)), 'PX', string.format('%.0f', px))
+  return {0, math.ceil(turn - now)}
 end
 local new_tat = tat + t
 local px = math.ceil((new_tat - now) / 1000) + 1
@@ -69,19 +80,25 @@ impl RedisLimiter {
     fn key(&self, vendor: &str) -> String {
         format!("{}:rl:{vendor}", self.prefix)
     }
-}
 
-#[async_trait]
-impl RateLimiter for RedisLimiter {
-    async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
+    /// `book`: Some(linger) to book turns (see `RateLimiter::acquire_or_book`).
+    async fn run(
+        &self,
+        vendor: &str,
+        quota: Quota,
+        book: Option<Duration>,
+    ) -> Result<Option<Duration>, LimitError> {
         let t_us = emission_interval(quota)?.as_secs_f64() * 1e6;
         let burst = quota.burst.max(1);
+        let mut invocation = self.script.key(self.key(vendor));
+        invocation.arg(t_us).arg(burst);
+        if let Some(linger) = book {
+            invocation
+                .key(format!("{}:rlq:{vendor}", self.prefix))
+                .arg(linger.as_micros() as u64);
+        }
         let mut conn = self.conn.clone();
-        let (allowed, wait_us): (i64, i64) = self
-            .script
-            .key(self.key(vendor))
-            .arg(t_us)
-            .arg(burst)
+        let (allowed, wait_us): (i64, i64) = invocation
             .invoke_async(&mut conn)
             .await?;
         if allowed == 1 {
@@ -89,5 +106,21 @@ impl RateLimiter for RedisLimiter {
         } else {
             Ok(Some(Duration::from_micros(wait_us.max(1) as u64)))
         }
+    }
+}
+
+#[async_trait]
+impl RateLimiter for RedisLimiter {
+    async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
+        self.run(vendor, quota, None).await
+    }
+
+    async fn acquire_or_book(
+        &self,
+        vendor: &str,
+        quota: Quota,
+        linger: Duration,
+    ) -> Result<Option<Duration>, LimitError> {
+        self.run(vendor, quota, Some(linger)).await
     }
 }
