@@ -1,7 +1,7 @@
 # vendorhost — the two commands README promises:
 #   make run    build the sample plugins and the host, start the embedded default on :8000
 #   make test   install what the tests need where missing, then run every test
-.PHONY: run test build build-plugins test-deps check-format
+.PHONY: run test build build-plugins test-deps check-format demo compose-check bench
 
 CARGO ?= cargo
 
@@ -25,3 +25,31 @@ test: test-deps build-plugins
 # plugins into plugins/dist-test/ (see plugins/build.sh).
 build-plugins:
 	@bash plugins/build.sh
+
+# Compose v2 (`docker compose`) when present, else the standalone docker-compose.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+# .env holds the demo's secrets (API keys, admin key, webhook secrets); it is
+# created from the committed sample on first use.
+.env:
+	@cp .env.example .env
+	@echo "created .env from .env.example (change its secrets before exposing the service)"
+
+# The production layout (API, 2 workers, Redis, MongoDB, mock vendors) in Docker.
+demo: .env
+	@if docker info >/dev/null 2>&1; then \
+		$(COMPOSE) up --build; \
+	else \
+		echo "make demo needs a running Docker engine (docker info failed); the embedded default runs without it: cargo run -p vendorhost"; \
+		exit 1; \
+	fi
+
+# Validates docker-compose.yml (and its interpolation of .env) without Docker.
+compose-check: .env
+	@$(COMPOSE) config -q && echo "docker-compose.yml: ok"
+
+# Throughput and latency of both deployments, beside the peers' figures
+# (scripts/bench.sh: builds release, starts the service on free ports;
+# BENCH_SECONDS=10 per run, BENCH_SCALE=1 adds the 1M-pending run).
+bench: build-plugins
+	@bash scripts/bench.sh

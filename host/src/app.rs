@@ -104,7 +104,8 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
         _ => Arc::new(
             MongoStore::connect(&cfg.store, &cfg.mongo_db)
                 .await
-                .map_err(|e| StartError::Mongo { url: redact(&cfg.store), message: e.to_string() })?,
+                .map_err(|e| StartError::Mongo { url: redact(&cfg.store), message: e.to_string() })?
+                .with_job_ttl(Some(cfg.retention.jobs)),
         ),
     };
     let description = format!(
@@ -257,21 +258,24 @@ pub async fn run(
                 store: backends.store.clone(),
                 api: Arc::new(cfg.api.clone()),
                 auth: Arc::new(cfg.auth.clone()),
-                metrics,
+                metrics: metrics.clone(),
             };
             let router = api::router(state);
+            let opts = api::serve::ServeOptions::from_settings(&cfg.api);
             let mut rx = stop_rx.clone();
             Some(tokio::spawn(async move {
                 let graceful = async move {
                     let _ = rx.wait_for(|s| *s).await;
                 };
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(graceful).await {
-                    tracing::error!(error = %e, "HTTP server failed");
-                }
+                api::serve::serve(listener, router, opts, graceful).await;
             }))
         }
         None => None,
     };
+
+    if role == Role::Worker && !cfg.metrics_listen.is_empty() {
+        tasks.spawn(serve_worker_metrics(cfg.metrics_listen.clone(), metrics.clone(), stop_rx.clone()));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: no new requests; draining workers");
@@ -288,6 +292,33 @@ pub async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// A worker process has no API; this tiny listener exposes its metrics (the
+/// job, call, retry, rate-limit and breaker series live in the workers).
+async fn serve_worker_metrics(
+    addr: String,
+    handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    mut stop: watch::Receiver<bool>,
+) {
+    use axum::routing::get;
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %addr, error = %e, "cannot serve worker metrics");
+            return;
+        }
+    };
+    println!("worker metrics on http://{addr}/metrics");
+    let router = axum::Router::new()
+        .route("/metrics", get(move || async move { handle.as_ref().map(|h| h.render()).unwrap_or_default() }))
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }));
+    let graceful = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(graceful).await {
+        tracing::error!(error = %e, "worker metrics listener failed");
+    }
 }
 
 fn hostname() -> String {
@@ -319,11 +350,16 @@ fn print_banner(cfg: &Config, role: Role, addr: Option<SocketAddr>, backends: &B
 }
 
 /// Reloads the vendor tables (grants, limits, secrets) when the config file
-/// changes, without a restart.
+/// changes, without a restart. Polled (editors and config-management tools
+/// replace files in ways watchers miss); a change is read only once the file
+/// has been still for a moment, so a half-saved file is not taken for an
+/// empty one. An invalid file is logged and ignored: the last good policies
+/// stay in force.
 async fn watch_config(path: PathBuf, policies: Arc<Policies>, overlay: Overlay, mut stop: watch::Receiver<bool>) {
-    let stamp = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    const TICK: std::time::Duration = std::time::Duration::from_millis(500);
+    let stamp = |p: &PathBuf| std::fs::metadata(p).ok().map(|m| (m.modified().ok(), m.len()));
     let mut last = stamp(&path);
-    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let mut tick = tokio::time::interval(TICK);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -336,15 +372,20 @@ async fn watch_config(path: PathBuf, policies: Arc<Policies>, overlay: Overlay, 
         if now == last {
             continue;
         }
+        tokio::time::sleep(plugin_watch::DEBOUNCE).await;
+        if stamp(&path) != now {
+            continue; // still being written: the next tick sees it again
+        }
         last = now;
         let current = policies.config();
         match current.reload_vendors(Some(&path)) {
             Ok(mut fresh) => {
                 apply_overlay(&mut fresh, &overlay);
+                let vendors: Vec<&str> = fresh.vendors.keys().map(String::as_str).collect();
+                tracing::info!(file = %path.display(), vendors = ?vendors, "configuration reloaded (vendor policies, grants, secrets)");
                 policies.set_config(fresh);
-                tracing::info!(file = %path.display(), "configuration reloaded (vendor policies, grants, secrets)");
             }
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "configuration change ignored: invalid"),
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "configuration change ignored: invalid; the previous settings stay in force"),
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Config {
     pub mongo_db: String,
     /// Redis key prefix (streams, sets, limits, breakers).
     pub redis_prefix: String,
+    /// Worker processes only: serve `/metrics` and `/healthz` here (empty: off).
+    pub metrics_listen: String,
     /// Worker tasks per process (jobs in flight at once, all vendors).
     pub workers: usize,
     /// Run the in-process mock vendors (embedded default).
@@ -263,6 +265,7 @@ impl Default for Config {
             store: "sqlite".into(),
             mongo_db: "vendorhost".into(),
             redis_prefix: "vendorhost".into(),
+            metrics_listen: String::new(),
             workers: 64,
             mocks: true,
             queue_settings: QueueSettings::default(),

@@ -1,6 +1,7 @@
 //! The one place errors become HTTP: every error body is
 //! `{"error": {"code": "...", "message": "...", ...}}`.
 
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -63,6 +64,19 @@ impl IntoResponse for ApiError {
     }
 }
 
+// Extractor rejections would otherwise answer in plain text.
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::new(r.status(), "invalid_path", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(r.status(), "invalid_query", r.body_text())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         tracing::error!(error = %e, "store error");
@@ -82,7 +96,10 @@ impl From<SubmitError> for ApiError {
         match e {
             SubmitError::UnknownVendor { vendor, known } => ApiError::bad_request(
                 "unknown_vendor",
-                format!("field `vendor`: unknown vendor {vendor:?}; known vendors: {}", if known.is_empty() { "none".to_string() } else { known.join(", ") }),
+                format!(
+                    "field `vendor`: unknown vendor {vendor:?}; known vendors: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
             )
             .with("known_vendors", json!(known)),
             SubmitError::IdempotencyConflict => ApiError::new(

@@ -1,16 +1,14 @@
 //! `GET /healthz` (the process answers) and `GET /readyz` (queue, store and
 //! plugins are ready).
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
 use serde::Serialize;
 
-use super::AppState;
+use super::{AppState, Route};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz))
+pub fn routes() -> Vec<Route> {
+    vec![Route::get("/healthz", healthz), Route::get("/readyz", readyz)]
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -27,13 +25,13 @@ pub struct Readiness {
 }
 
 /// Liveness.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "Alive", body = Health)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz", responses((status = 200, description = "Alive", body = Health)))]
 pub async fn healthz() -> axum::Json<Health> {
     axum::Json(Health { status: "ok" })
 }
 
 /// Readiness: queue and store reachable, at least one plugin loaded.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+#[utoipa::path(get, path = "/readyz", tag = "health", operation_id = "readyz", responses(
     (status = 200, description = "Ready", body = Readiness),
     (status = 503, description = "Not ready", body = Readiness)))]
 pub async fn readyz(State(st): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {

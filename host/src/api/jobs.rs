@@ -1,22 +1,20 @@
 //! `POST /jobs` and `GET /jobs/{request_id}`.
 
-use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::{AppState, auth, body};
+use super::{AppState, Route, auth, body};
 use crate::jobs::{Job, Status, format_ms};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/jobs", post(submit)).route("/jobs/{request_id}", get(get_job))
+pub fn routes() -> Vec<Route> {
+    vec![Route::post("/jobs", submit), Route::get("/jobs/{request_id}", get_job)]
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -62,9 +60,11 @@ impl From<Job> for JobView {
 }
 
 /// Submit a job. Answers 202 once the job is durable, before any vendor is called.
-#[utoipa::path(post, path = "/jobs", tag = "jobs",
+#[utoipa::path(post, path = "/jobs", tag = "jobs", operation_id = "submit_job",
+    security((), ("api_key" = [])),
     request_body(content = SubmitRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header, description = "Same key + same body within 24 h returns the same job")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
+        description = "Same key + same body within `api.idempotency_ttl` (24 h) returns the same job; keys are scoped per API key")),
     responses(
         (status = 202, description = "Accepted", body = Accepted),
         (status = 200, description = "An earlier job with the same Idempotency-Key", body = Accepted),
@@ -75,27 +75,32 @@ impl From<Job> for JobView {
         (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
         (status = 503, description = "Overloaded or backend unavailable", body = super::openapi::ErrorBody),
     ))]
-pub async fn submit(State(st): State<AppState>, headers: HeaderMap, bytes: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let owner = auth::caller(&st.auth, &headers)?;
-    body::require_json(&headers)?;
-    let bytes = bytes.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "payload_too_large", format!("the request body exceeds {} bytes", st.api.max_body_bytes))
-        } else {
-            ApiError::new(status, "bad_body", r.body_text())
-        }
-    })?;
+pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
+    // Key and content type first: a stranger cannot make us buffer a body.
+    let owner = auth::caller(&st.auth, req.headers())?;
+    body::require_json(req.headers())?;
+    let idempotency_key = req.headers().get("idempotency-key").cloned();
+    let bytes = Bytes::from_request(req, &st).await.map_err(|r| body::rejected(r, st.api.max_body_bytes))?;
     let parsed = body::parse_submit(&bytes, st.api.max_json_depth)?;
-    let idempotency = match headers.get("idempotency-key") {
+    let idempotency = match idempotency_key {
         None => None,
         Some(v) => {
             let key = v.to_str().ok().map(str::trim).filter(|k| !k.is_empty() && k.len() <= 255).ok_or_else(|| {
-                ApiError::bad_request("invalid_header", "header `Idempotency-Key` must be 1 to 255 visible ASCII characters")
+                ApiError::bad_request(
+                    "invalid_header",
+                    "header `Idempotency-Key` must be 1 to 255 visible ASCII characters",
+                )
             })?;
-            let scope = owner.as_deref().unwrap_or("-");
-            let hash = hex::encode(Sha256::new().chain_update(parsed.vendor.as_bytes()).chain_update([0]).chain_update(parsed.data.as_bytes()).finalize());
-            Some((format!("{scope}:{key}"), hash, st.api.idempotency_ttl))
+            // Length-prefixed, so no owner name and key can pose as another pair.
+            let scope = owner.as_deref().unwrap_or("");
+            let hash = hex::encode(
+                Sha256::new()
+                    .chain_update(parsed.vendor.as_bytes())
+                    .chain_update([0])
+                    .chain_update(parsed.data.as_bytes())
+                    .finalize(),
+            );
+            Some((format!("{}:{scope}:{key}", scope.len()), hash, st.api.idempotency_ttl))
         }
     };
     let out = st.service.submit(&parsed.vendor, parsed.data, owner, idempotency).await?;
@@ -104,19 +109,30 @@ pub async fn submit(State(st): State<AppState>, headers: HeaderMap, bytes: Resul
 }
 
 /// Poll a job.
-#[utoipa::path(get, path = "/jobs/{request_id}", tag = "jobs",
+#[utoipa::path(get, path = "/jobs/{request_id}", tag = "jobs", operation_id = "get_job",
+    security((), ("api_key" = [])),
     params(("request_id" = String, Path, description = "The id POST /jobs returned")),
     responses(
         (status = 200, description = "The job", body = JobView),
+        (status = 400, description = "Bad path", body = super::openapi::ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = super::openapi::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
     ))]
-pub async fn get_job(State(st): State<AppState>, headers: HeaderMap, Path(request_id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_job(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
     let owner = auth::caller(&st.auth, &headers)?;
+    let Path(request_id) = path?;
     if request_id.len() > 64 {
         return Err(ApiError::not_found(format!("no job {request_id:?}")));
     }
-    let job = st.service.get(&request_id, owner.as_deref()).await?.ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
+    let job = st
+        .service
+        .get(&request_id, owner.as_deref())
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
     let mut view: JobView = job.into();
     // A complete job whose status says so carries its result; the earlier
     // retry error is history, not news.
@@ -131,7 +147,11 @@ pub async fn get_job(State(st): State<AppState>, headers: HeaderMap, Path(reques
 #[allow(dead_code)]
 pub struct SubmitRequest {
     /// A loaded vendor's id (see GET /vendors).
+    #[schema(example = "sync", min_length = 1)]
     vendor: String,
-    /// Anything JSON; handed to the vendor's plugin as JSON text.
+    /// Anything JSON, nested at most `api.max_json_depth - 1` levels; handed
+    /// to the vendor's plugin as the client's own JSON text (numbers of any
+    /// size are kept exactly).
+    #[schema(example = json!("test"))]
     data: serde_json::Value,
 }

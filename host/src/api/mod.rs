@@ -9,6 +9,7 @@ pub mod health;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod serve;
 pub mod vendors;
 pub mod webhooks;
 
@@ -18,8 +19,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
+use axum::handler::Handler;
+use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
+use axum::routing::MethodRouter;
 use tower::ServiceBuilder;
 
 use crate::breaker::Breakers;
@@ -48,16 +51,52 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+/// One served endpoint. The route table below is the single source of what
+/// the router serves, so a test can compare it with the OpenAPI document.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    handler: MethodRouter<AppState>,
+}
+
+impl Route {
+    pub fn get<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Route {
+        Route { method: Method::GET, path, handler: axum::routing::get(handler) }
+    }
+
+    pub fn post<H: Handler<T, AppState>, T: 'static>(path: &'static str, handler: H) -> Route {
+        Route { method: Method::POST, path, handler: axum::routing::post(handler) }
+    }
+}
+
+/// Every endpoint, with its full path.
+pub fn routes() -> Vec<Route> {
+    [
+        jobs::routes(),
+        webhooks::routes(),
+        vendors::routes(),
+        health::routes(),
+        metrics::routes(),
+        openapi::routes(),
+        admin::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// What the router serves: (method, path with `{param}`s).
+pub fn route_list() -> Vec<(Method, &'static str)> {
+    routes().into_iter().map(|r| (r.method, r.path)).collect()
+}
+
 pub fn router(state: AppState) -> Router {
     let api = state.api.clone();
-    Router::new()
-        .merge(jobs::routes())
-        .merge(webhooks::routes())
-        .merge(vendors::routes())
-        .merge(health::routes())
-        .merge(metrics::routes())
-        .merge(openapi::routes())
-        .nest("/admin", admin::routes())
+    let mut router = Router::new();
+    for r in routes() {
+        router = router.route(r.path, r.handler);
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
@@ -80,8 +119,11 @@ fn overload_error(e: tower::BoxError) -> axum::response::Response {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response()
     } else if e.is::<tower::load_shed::error::Overloaded>() {
         ::metrics::counter!("vendorhost_http_shed_total").increment(1);
-        ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly") }
-            .into_response()
+        ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly")
+        }
+        .into_response()
     } else {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
     }

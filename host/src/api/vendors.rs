@@ -1,19 +1,17 @@
 //! `GET /vendors`: what is loaded, with its effective limits and breaker
 //! state, and what was rejected and why.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::get;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::{AppState, auth};
+use super::{AppState, Route, auth};
 use crate::breaker::BreakerSnapshot;
 use crate::plugins::{Rejected, VendorSummary};
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/vendors", get(list))
+pub fn routes() -> Vec<Route> {
+    vec![Route::get("/vendors", list)]
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -44,7 +42,8 @@ pub struct VendorList {
 }
 
 /// Loaded vendors and rejected plugin files.
-#[utoipa::path(get, path = "/vendors", tag = "vendors",
+#[utoipa::path(get, path = "/vendors", tag = "vendors", operation_id = "list_vendors",
+    security((), ("admin_key" = [])),
     responses((status = 200, description = "Vendors", body = VendorList),
               (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum::Json<VendorList>, ApiError> {

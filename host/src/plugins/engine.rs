@@ -89,13 +89,28 @@ impl PluginEngine {
     }
 }
 
+fn knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
 fn config(pooling: bool) -> Config {
     let mut c = Config::new();
     c.wasm_component_model(true);
     c.epoch_interruption(true);
     c.cranelift_opt_level(wasmtime::OptLevel::Speed);
+    if knob("VHB_CONC") == Some(0) { c.concurrency_support(false); }
+    if knob("VHB_BT") == Some(0) { c.wasm_backtrace_max_frames(None); }
+    if knob("VHB_OPT") == Some(2) { c.cranelift_opt_level(wasmtime::OptLevel::SpeedAndSize); }
+    if knob("VHB_COW") == Some(0) { c.memory_init_cow(false); }
+    if let Some(n) = knob("VHB_RES") { c.memory_reservation(n as u64); }
+    if let Some(n) = knob("VHB_GUARD") { c.memory_guard_size(n as u64); }
+    if let Some(n) = knob("VHB_STACK") { c.async_stack_size(n); c.max_wasm_stack(n / 2); }
     if pooling {
         let mut p = PoolingAllocationConfig::default();
+        if let Some(n) = knob("VHB_KEEP") { p.linear_memory_keep_resident(n); p.table_keep_resident(n); }
+        if let Some(n) = knob("VHB_BATCH") { p.decommit_batch_size(n); }
+        if let Some(n) = knob("VHB_WARM") { p.max_unused_warm_slots(n as u32); }
+        if knob("VHB_PAGEMAP") == Some(1) { p.pagemap_scan(wasmtime::Enabled::Yes); }
         p.total_component_instances(POOL_INSTANCES);
         p.total_core_instances(POOL_INSTANCES * 4);
         p.total_memories(POOL_INSTANCES);

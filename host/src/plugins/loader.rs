@@ -123,8 +123,8 @@ pub fn validate_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 64 {
         return Err(format!("vendor id {id:?} must be 1 to 64 characters"));
     }
-    if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_') {
-        return Err(format!("vendor id {id:?} may hold only lowercase letters, digits, '-' and '_'"));
+    if !id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Err(format!("vendor id {id:?} may hold only lowercase letters, digits and '-'"));
     }
     Ok(())
 }

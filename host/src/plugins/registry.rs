@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -38,20 +38,38 @@ pub struct VendorSummary {
     pub hosts: Vec<String>,
 }
 
+/// A file that fails to load this soon after its last change may still be
+/// being written: it is retried, not rejected, until it has been still this
+/// long.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
 #[derive(Default)]
 pub struct Snapshot {
     pub plugins: BTreeMap<String, Arc<Plugin>>,
-    /// File → (its signature when last read, the vendor it provides if loaded).
-    files: BTreeMap<PathBuf, (FileSig, Option<String>)>,
+    files: BTreeMap<PathBuf, FileState>,
     pub rejected: BTreeMap<PathBuf, Rejected>,
     /// Vendors whose plugin was removed, and when.
     pub removed: BTreeMap<String, Millis>,
 }
 
+/// What a file looked like when last read. The inode catches a rename over
+/// the file even when its size and timestamp happen to match.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileSig {
     len: u64,
     modified: Option<SystemTime>,
+    inode: u64,
+}
+
+#[derive(Debug, Clone)]
+struct FileState {
+    sig: FileSig,
+    /// The vendor this file provides (or, after a failed upgrade, still
+    /// provides with its previous version).
+    vendor: Option<String>,
+    /// Refused because this id was taken by another file: retried as soon as
+    /// the id is free again.
+    blocked_on: Option<String>,
 }
 
 /// What one scan changed, for logs and tests.
@@ -60,6 +78,9 @@ pub struct ScanReport {
     pub loaded: Vec<String>,
     pub removed: Vec<String>,
     pub rejected: Vec<Rejected>,
+    /// Files that changed while being read, or failed to load while still
+    /// fresh: scan again after `SETTLE`.
+    pub pending: Vec<String>,
 }
 
 pub struct Registry {
@@ -134,104 +155,202 @@ impl Registry {
     /// Reads the directory and applies what changed: new and changed files
     /// are loaded, removed files unregister their vendor. A file that fails to
     /// load is listed as rejected, and the vendor's previous version (if any)
-    /// keeps serving.
+    /// keeps serving. The new state is swapped in whole, once.
     pub async fn scan(&self) -> ScanReport {
+        self.scan_with(false).await
+    }
+
+    /// `scan` for the watcher: a file that fails to load within `SETTLE` of
+    /// its last change may still be being copied, so it is reported as
+    /// `pending` (to be scanned again) rather than rejected.
+    pub async fn scan_live(&self) -> ScanReport {
+        self.scan_with(true).await
+    }
+
+    async fn scan_with(&self, defer_fresh: bool) -> ScanReport {
         let _guard = self.scan_lock.lock().await;
         let old = self.snapshot.load_full();
-        let mut report = ScanReport::default();
         let found = match list_wasm(&self.dir) {
             Ok(f) => f,
             Err(e) => {
+                // Keep serving what is loaded: a directory that is briefly
+                // gone (a volume remount) must not unload every vendor.
                 tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins directory");
-                return report;
+                return ScanReport::default();
             }
         };
-
-        let mut plugins = old.plugins.clone();
-        let mut files = old.files.clone();
-        let mut rejected = old.rejected.clone();
-        let mut removed = old.removed.clone();
+        let mut work = Work {
+            plugins: old.plugins.clone(),
+            files: old.files.clone(),
+            rejected: old.rejected.clone(),
+            removed: old.removed.clone(),
+            report: ScanReport::default(),
+            changed: false,
+            defer_fresh,
+        };
 
         // Files that are gone take their vendor with them.
-        let gone: Vec<PathBuf> = files.keys().filter(|p| !found.iter().any(|(f, _)| f == *p)).cloned().collect();
+        let gone: Vec<PathBuf> = work.files.keys().filter(|p| !found.iter().any(|(f, _)| f == *p)).cloned().collect();
         for path in gone {
-            rejected.remove(&path);
-            if let Some((_, Some(vendor))) = files.remove(&path)
-                && plugins.get(&vendor).is_some_and(|p| p.file == path)
+            work.changed |= work.rejected.remove(&path).is_some();
+            if let Some(FileState { vendor: Some(vendor), .. }) = work.files.remove(&path)
+                && work.plugins.get(&vendor).is_some_and(|p| p.file == path)
             {
-                plugins.remove(&vendor);
-                removed.insert(vendor.clone(), now_ms());
+                work.plugins.remove(&vendor);
+                work.removed.insert(vendor.clone(), now_ms());
                 tracing::info!(vendor = %vendor, file = %file_name(&path), "plugin removed");
-                report.removed.push(vendor);
+                work.report.removed.push(vendor);
+                work.changed = true;
             }
         }
 
-        for (path, sig) in found {
-            if files.get(&path).is_some_and(|(s, _)| *s == sig) {
-                continue;
+        for (path, sig) in &found {
+            // Unchanged, and not waiting for an id that is free now.
+            let settled = work
+                .files
+                .get(path)
+                .is_some_and(|s| s.sig == *sig && s.blocked_on.as_ref().is_none_or(|id| work.plugins.contains_key(id)));
+            if !settled {
+                work.consider(self, path, *sig).await;
             }
-            let previous = files.get(&path).and_then(|(_, v)| v.clone());
-            match loader::load(&self.runtime, &self.cache, &path).await {
-                Ok(plugin) => {
-                    let id = plugin.info.id.clone();
-                    if let Some(other) = plugins.get(&id).filter(|p| p.file != path) {
-                        let reason = format!("vendor id {id:?} is already provided by {}", file_name(&other.file));
-                        tracing::warn!(file = %file_name(&path), reason = %reason, "plugin rejected");
-                        let r = Rejected { file: file_name(&path), reason };
-                        report.rejected.push(r.clone());
-                        rejected.insert(path.clone(), r);
-                        files.insert(path, (sig, None));
-                        continue;
-                    }
-                    // The same file now providing another id frees the old one.
-                    if let Some(prev) = previous.filter(|p| *p != id)
-                        && plugins.get(&prev).is_some_and(|p| p.file == path)
-                    {
-                        plugins.remove(&prev);
-                        removed.insert(prev.clone(), now_ms());
-                        report.removed.push(prev);
-                    }
-                    let old_version = plugins.get(&id).map(|p| p.info.version.clone());
-                    tracing::info!(
-                        vendor = %id,
-                        file = %file_name(&path),
-                        version = %plugin.info.version,
-                        previous_version = old_version.as_deref().unwrap_or("-"),
-                        mode = plugin.info.mode.as_str(),
-                        source = ?plugin.source,
-                        load_ms = plugin.load_time.as_secs_f64() * 1000.0,
-                        "plugin loaded"
-                    );
-                    removed.remove(&id);
-                    rejected.remove(&path);
-                    report.loaded.push(id.clone());
-                    plugins.insert(id.clone(), Arc::new(plugin));
-                    files.insert(path, (sig, Some(id)));
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    tracing::warn!(file = %file_name(&path), reason = %reason, "plugin rejected");
-                    metrics::counter!("vendorhost_plugins_rejected_total").increment(1);
-                    let r = Rejected { file: file_name(&path), reason };
-                    report.rejected.push(r.clone());
-                    rejected.insert(path.clone(), r);
-                    // Keep serving the previous good version of this file's vendor.
-                    files.insert(path, (sig, previous));
-                }
+        }
+        // A file refused for an id clash gets the id once its holder is gone
+        // or now provides another id (possibly decided later in this scan).
+        for (path, sig) in &found {
+            let free = work.files.get(path).is_some_and(|s| {
+                s.sig == *sig && s.blocked_on.as_ref().is_some_and(|id| !work.plugins.contains_key(id))
+            });
+            if free {
+                work.consider(self, path, *sig).await;
             }
         }
 
-        if !(report.loaded.is_empty() && report.removed.is_empty() && report.rejected.is_empty()) {
+        let Work { plugins, files, rejected, removed, report, changed, .. } = work;
+        if changed {
+            let loaded = plugins.len();
             self.snapshot.store(Arc::new(Snapshot { plugins, files, rejected, removed }));
-            metrics::gauge!("vendorhost_plugins_loaded").set(self.snapshot.load().plugins.len() as f64);
+            metrics::gauge!("vendorhost_plugins_loaded").set(loaded as f64);
             self.changed.send_modify(|n| *n += 1);
         }
         report
     }
 }
 
+/// The next snapshot, being built by one scan.
+struct Work {
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    files: BTreeMap<PathBuf, FileState>,
+    rejected: BTreeMap<PathBuf, Rejected>,
+    removed: BTreeMap<String, Millis>,
+    report: ScanReport,
+    changed: bool,
+    defer_fresh: bool,
+}
+
+impl Work {
+    /// Loads one new or changed file and records the outcome.
+    async fn consider(&mut self, registry: &Registry, path: &Path, sig: FileSig) {
+        let name = file_name(path);
+        let previous = self.files.get(path).and_then(|s| s.vendor.clone());
+        let result = loader::load(&registry.runtime, &registry.cache, path).await;
+        // Changed while it was read (a copy in progress): it is read again
+        // when the writer's next event arrives, or after SETTLE.
+        if file_sig(path).ok() != Some(sig) {
+            tracing::debug!(file = %name, "plugin file changed while being read; will retry");
+            self.report.pending.push(name);
+            return;
+        }
+        let plugin = match result {
+            Ok(p) => p,
+            Err(e) if self.defer_fresh && is_fresh(&sig) => {
+                tracing::debug!(file = %name, error = %e, "fresh plugin file does not load yet; retrying once it is still");
+                self.report.pending.push(name);
+                return;
+            }
+            Err(e) => {
+                self.reject(path, sig, previous, None, e.to_string());
+                return;
+            }
+        };
+        let id = plugin.info.id.clone();
+        if let Some(other) = self.plugins.get(&id).filter(|p| p.file != path) {
+            let reason = format!(
+                "vendor id {id:?} is already provided by {}; remove one of the two files",
+                file_name(&other.file)
+            );
+            self.reject(path, sig, previous, Some(id), reason);
+            return;
+        }
+        // The same file now providing another id frees the old one.
+        if let Some(prev) = previous.filter(|p| *p != id)
+            && self.plugins.get(&prev).is_some_and(|p| p.file == path)
+        {
+            self.plugins.remove(&prev);
+            self.removed.insert(prev.clone(), now_ms());
+            tracing::info!(vendor = %prev, file = %name, "plugin removed (its file now provides another vendor)");
+            self.report.removed.push(prev);
+        }
+        let old_version = self.plugins.get(&id).map(|p| p.info.version.clone());
+        tracing::info!(
+            vendor = %id,
+            file = %name,
+            version = %plugin.info.version,
+            previous_version = old_version.as_deref().unwrap_or("-"),
+            mode = plugin.info.mode.as_str(),
+            source = ?plugin.source,
+            load_ms = plugin.load_time.as_secs_f64() * 1000.0,
+            "plugin loaded"
+        );
+        self.removed.remove(&id);
+        self.rejected.remove(path);
+        self.report.loaded.push(id.clone());
+        self.plugins.insert(id.clone(), Arc::new(plugin));
+        self.files.insert(path.to_path_buf(), FileState { sig, vendor: Some(id), blocked_on: None });
+        self.changed = true;
+    }
+
+    /// Lists the file as rejected; the vendor it provided (if any) keeps
+    /// serving its previous version.
+    fn reject(
+        &mut self,
+        path: &Path,
+        sig: FileSig,
+        previous: Option<String>,
+        blocked_on: Option<String>,
+        reason: String,
+    ) {
+        let name = file_name(path);
+        tracing::warn!(file = %name, reason = %reason, still_serving = previous.as_deref().unwrap_or("-"), "plugin rejected");
+        metrics::counter!("vendorhost_plugins_rejected_total").increment(1);
+        let r = Rejected { file: name, reason };
+        self.report.rejected.push(r.clone());
+        self.rejected.insert(path.to_path_buf(), r);
+        self.files.insert(path.to_path_buf(), FileState { sig, vendor: previous, blocked_on });
+        self.changed = true;
+    }
+}
+
 pub fn file_name(p: &Path) -> String {
     p.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_else(|| p.display().to_string())
+}
+
+/// Modified less than `SETTLE` ago.
+fn is_fresh(sig: &FileSig) -> bool {
+    sig.modified.and_then(|m| SystemTime::now().duration_since(m).ok()).is_some_and(|age| age < SETTLE)
+}
+
+/// Follows symlinks: a mounted volume (a Kubernetes ConfigMap, say) often
+/// presents its files as links.
+fn file_sig(path: &Path) -> std::io::Result<FileSig> {
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    #[cfg(unix)]
+    let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+    #[cfg(not(unix))]
+    let inode = 0;
+    Ok(FileSig { len: meta.len(), modified: meta.modified().ok(), inode })
 }
 
 /// `*.wasm` files directly in `dir` (dotfiles skipped: a copy in progress
@@ -240,16 +359,13 @@ fn list_wasm(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileSig)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        let path = entry.path();
         let name = entry.file_name().to_string_lossy().to_string();
         if name.starts_with('.') || !name.ends_with(".wasm") {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.is_file() {
-            continue;
-        }
-        out.push((path, FileSig { len: meta.len(), modified: meta.modified().ok() }));
+        let path = entry.path();
+        let Ok(sig) = file_sig(&path) else { continue };
+        out.push((path, sig));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)

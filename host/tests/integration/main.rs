@@ -4,5 +4,10 @@
 mod support;
 
 mod backends;
+mod lifecycle;
 mod limits;
+mod loadtest;
 mod pipeline;
+mod plugin_runtime;
+mod resilience;
+mod security;

@@ -58,9 +58,10 @@ impl Guest for Plugin {
                 name: "content-type".into(),
                 value: "application/json".into(),
             }],
-            // `job.data` is the client's JSON text; a real plugin usually
-            // reshapes it (e.g. with serde_json) into the vendor's format.
-            body: job.data.into_bytes(),
+            // `job.data` is the client's JSON text (valid JSON, checked by the
+            // host); a real plugin usually reshapes it (e.g. with serde_json)
+            // into the vendor's format. The mock vendor takes this envelope.
+            body: format!(r#"{{"request_id":"{}","data":{}}}"#, job.request_id, job.data).into_bytes(),
         };
         let response = host::http_send(&request).map_err(|e| match e {
             HttpError::Denied(m) => VendorError::Denied(m),

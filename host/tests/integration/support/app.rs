@@ -111,6 +111,20 @@ impl TestApp {
         app
     }
 
+    /// Like `start`, and `config_path` is watched: edits to its vendor
+    /// tables (grants, limits, secrets) apply without a restart.
+    pub async fn start_with_config_file(cfg: Config, config_path: PathBuf) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(app::run(cfg, Some(config_path), Role::Serve, Some(listener), async move {
+            let _ = rx.await;
+        }));
+        let app = TestApp { base, client: reqwest::Client::new(), data: tempfile::tempdir().unwrap(), stop: Some(tx), task: Some(task) };
+        app.wait_ready().await;
+        app
+    }
+
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

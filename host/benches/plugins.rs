@@ -1,0 +1,171 @@
+//! Plugin call cost on the production path (`Runtime::info`/`fetch`: async,
+//! a fresh Store per call), and compile vs cached-load time.
+//!
+//! `cargo bench -p vendorhost --bench plugins` (release). `BENCH_ITERS`
+//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile`
+//! runs one part (for profiling). Needs the built plugins (`make build-plugins`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vendorhost::plugins::cache::ComponentCache;
+use vendorhost::plugins::grants::Grants;
+use vendorhost::plugins::loader::{self, Plugin};
+use vendorhost::plugins::{CallPolicy, FetchOutcome, JobInput, Runtime};
+
+/// The goal for instantiate + call with a fresh Store, p50.
+const GOAL_US: f64 = 15.0;
+
+fn main() {
+    let iters: usize = std::env::var("BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // Spawned, not block_on'd: the calls run on a worker thread as in the service.
+    rt.block_on(async move { tokio::spawn(run(iters)).await.unwrap() });
+}
+
+fn plugin_path(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    assert!(p.exists(), "{} is missing: run `make build-plugins`", p.display());
+    p
+}
+
+async fn run(iters: usize) {
+    let runtime = Arc::new(Runtime::new().unwrap());
+    let cache = ComponentCache::new(None, runtime.engine.compatibility_key());
+    let load = |rel: &'static str| {
+        let runtime = runtime.clone();
+        let cache = cache.clone();
+        async move { loader::load(&runtime, &cache, &plugin_path(rel)).await.unwrap() }
+    };
+    let sync: Plugin = load("plugins/dist/sync.wasm").await;
+    let echo: Plugin = load("plugins/dist-test/echo-v1.wasm").await;
+    let server = fake_vendor().await;
+
+    let policy = |grants: &[String], config: &[(&str, String)]| {
+        Arc::new(CallPolicy {
+            vendor: "bench".into(),
+            grants: Grants::new(grants).unwrap(),
+            memory_cap_bytes: 64 << 20,
+            timeout: Duration::from_secs(5),
+            config: config.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        })
+    };
+    let none = policy(&[], &[]);
+    let to_server = policy(&[server.to_string()], &[("base_url", format!("http://{server}"))]);
+    let job = |data: &str| JobInput {
+        request_id: "bench-1".into(),
+        data: data.into(),
+        callback_url: "http://127.0.0.1:9/cb".into(),
+        attempt: 1,
+    };
+    let echo_job = job("{}");
+    let sync_job = job(r#"{"name":"Ada"}"#);
+
+    println!("plugin call cost: {iters} iterations each (after {} warm-up), fresh Store per call", iters / 10);
+    println!("{:<40} {:>9} {:>9} {:>9} {:>10}", "", "p50 µs", "p99 µs", "mean µs", "p50/goal");
+    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let on = |part: &str| only.is_empty() || only == part;
+    if on("info") {
+        let info = measure(iters, || async { runtime.info(&echo.pre, none.clone()).await.unwrap() }).await;
+        row("info (instantiate + call)", &info);
+    }
+    if on("echo") {
+        let fetch = measure(iters, || async {
+            let out = runtime.fetch(&echo.pre, none.clone(), &echo_job).await.unwrap();
+            assert!(matches!(out, FetchOutcome::Complete(_)));
+        })
+        .await;
+        row("echo fetch (instantiate + call, JSON)", &fetch);
+    }
+    if on("http") {
+        let http = measure(iters, || async {
+            let out = runtime.fetch(&sync.pre, to_server.clone(), &sync_job).await.unwrap();
+            assert!(matches!(out, FetchOutcome::Complete(_)));
+        })
+        .await;
+        row("sync fetch (+ loopback HTTP)", &http);
+    }
+    if on("compile") {
+        compile_vs_cache(&runtime);
+    }
+}
+
+/// Per-call latencies in ns, sorted.
+async fn measure<F, Fut>(iters: usize, mut f: F) -> Vec<u64>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future,
+{
+    for _ in 0..iters / 10 {
+        f().await;
+    }
+    let mut ns = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        f().await;
+        ns.push(t.elapsed().as_nanos() as u64);
+    }
+    ns.sort_unstable();
+    ns
+}
+
+fn row(name: &str, ns: &[u64]) {
+    let pct = |p: f64| ns[((ns.len() as f64 * p) as usize).min(ns.len() - 1)] as f64 / 1000.0;
+    let mean = ns.iter().sum::<u64>() as f64 / ns.len() as f64 / 1000.0;
+    let p50 = pct(0.50);
+    println!("{name:<40} {p50:>9.1} {:>9.1} {mean:>9.1} {:>9.2}x", pct(0.99), p50 / GOAL_US);
+}
+
+/// Compiling sync.wasm vs loading its serialized form (the compile cache).
+fn compile_vs_cache(runtime: &Runtime) {
+    use wasmtime::component::Component;
+    let engine = &runtime.engine.engine;
+    let bytes = std::fs::read(plugin_path("plugins/dist/sync.wasm")).unwrap();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut compile = Vec::new();
+    let mut component = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        component = Some(Component::new(engine, &bytes).unwrap());
+        compile.push(ms(t.elapsed()));
+    }
+    let serialized = component.unwrap().serialize().unwrap();
+    let mut load = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        // SAFETY: bytes serialized just above by this engine.
+        let c = unsafe { Component::deserialize(engine, &serialized) }.unwrap();
+        load.push(ms(t.elapsed()));
+        drop(c);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "sync.wasm ({} KB): compile {:.1} ms (median of 5), cached load {:.3} ms (median of 50, {} KB serialized)",
+        bytes.len() / 1024,
+        median(&mut compile),
+        median(&mut load),
+        serialized.len() / 1024
+    );
+}
+
+/// A vendor answering every lookup with the same JSON, on loopback.
+async fn fake_vendor() -> std::net::SocketAddr {
+    use axum::routing::post;
+    let app = axum::Router::new().route(
+        "/v1/lookup",
+        post(|| async {
+            (
+                [("content-type", "application/json")],
+                r#"{"request_id":"bench-1","source":"bench","record":{"name":"Ada Lovelace"}}"#,
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
