@@ -8,6 +8,7 @@
 #   BENCH_SECONDS=10      length of each measurement
 #   BENCH_CONNECTIONS=200 connections for the POST and GET throughput runs
 #   BENCH_IDS=10000       distinct jobs the GET runs cycle over
+#   BENCH_PENDING="1000 100000"  backlog sizes for the pending-jobs runs
 #   BENCH_SCALE=1         also measure with 1M pending jobs (slow)
 #   BENCH_SKIP_BUILD=1    use target/release/vendorhost as it is
 #   BENCH_KEEP=1          keep the work directory (service logs, raw JSON)
@@ -489,7 +490,7 @@ if wants nx; then
   worker_scaling
 fi
 if wants scale || wants scale-embedded; then
-  sizes=(1000 100000)
+  read -r -a sizes <<<"${BENCH_PENDING:-1000 100000}"
   [ "$SCALE" = 1 ] && sizes+=(1000000)
   for n in "${sizes[@]}"; do
     backlog embedded "$n"

@@ -274,7 +274,7 @@ pub async fn run(
     };
 
     if role == Role::Worker && !cfg.metrics_listen.is_empty() {
-        tasks.spawn(serve_worker_metrics(cfg.metrics_listen.clone(), metrics.clone(), stop_rx.clone()));
+        tasks.spawn(serve_worker_metrics(cfg.metrics_listen.clone(), cfg.api.clone(), metrics.clone(), stop_rx.clone()));
     }
 
     shutdown.await;
@@ -298,6 +298,7 @@ pub async fn run(
 /// job, call, retry, rate-limit and breaker series live in the workers).
 async fn serve_worker_metrics(
     addr: String,
+    api_settings: crate::config::ApiSettings,
     handle: Option<metrics_exporter_prometheus::PrometheusHandle>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -316,9 +317,7 @@ async fn serve_worker_metrics(
     let graceful = async move {
         let _ = stop.wait_for(|s| *s).await;
     };
-    if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(graceful).await {
-        tracing::error!(error = %e, "worker metrics listener failed");
-    }
+    api::serve::serve(listener, router, api::serve::ServeOptions::from_settings(&api_settings), graceful).await;
 }
 
 fn hostname() -> String {

@@ -83,6 +83,7 @@ pub struct DeadLetter {
     pub payload: String,
     pub reason: String,
     /// Epoch milliseconds.
+    #[schema(value_type = i64)]
     pub died_at: Millis,
 }
 
