@@ -117,8 +117,13 @@ async fn async_fetch_is_accepted_and_webhooks_parse() {
         let pol = pol.clone();
         let pre = p.pre.clone();
         async move {
-            rt.on_webhook(&pre, pol, vec![("content-type".into(), "application/json".into())], body.to_string().into_bytes())
-                .await
+            rt.on_webhook(
+                &pre,
+                pol,
+                vec![("content-type".into(), "application/json".into())],
+                body.to_string().into_bytes(),
+            )
+            .await
         }
     };
     let done = hook(json!({"vendor_ref": "ref-1", "request_id": "r1", "status": "complete", "result": {"a": 1}}))
@@ -180,6 +185,29 @@ async fn panic_is_a_trap_with_the_guests_message_and_the_next_call_works() {
         other => panic!("expected a trap, got {other:?}"),
     }
     good.assert_works("a panic").await;
+}
+
+/// Instance slots are recycled with only their dirty pages reset (see
+/// `engine::config`): calls that follow a memory bomb in the same slots must
+/// see pristine memory.
+#[tokio::test]
+async fn recycled_slots_start_clean() {
+    let echo = load(&test_plugin("echo-v1")).await;
+    let alloc = load(&test_plugin("test-alloc")).await;
+    let rt = runtime();
+    let mut bomb = (*policy("test-alloc", &[], &[])).clone();
+    bomb.memory_cap_bytes = 8 << 20;
+    let bomb = Arc::new(bomb);
+    for i in 0..200u32 {
+        if i % 50 == 0 {
+            let res = rt.fetch(&alloc.pre, bomb.clone(), &job("bomb", json!({}))).await;
+            assert!(matches!(res, Err(CallError::MemoryExceeded { .. })), "{res:?}");
+        }
+        let out = rt.fetch(&echo.pre, policy("echo", &[], &[]), &job(&format!("r{i}"), json!({"i": i}))).await.unwrap();
+        let FetchOutcome::Complete(text) = out else { panic!("{out:?}") };
+        let v: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["echo"], json!({"i": i}), "call {i}");
+    }
 }
 
 #[tokio::test]
@@ -250,11 +278,8 @@ async fn compile_cache_hits_and_survives_bad_entries() {
 
 /// Runs `vendorhost <args>`; returns (success, stdout + stderr).
 fn cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vendorhost"))
-        .args(args)
-        .env("VENDORHOST_LOG", "error")
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_vendorhost")).args(args).env("VENDORHOST_LOG", "error").output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     (out.status.success(), text)
 }
