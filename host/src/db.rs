@@ -151,6 +151,31 @@ impl Db {
         rx.await.map_err(|_| DbError::Closed)?
     }
 
+    /// Runs a point lookup (one indexed row) on this thread's own read
+    /// connection, inline: under WAL a reader never waits for the writer, and
+    /// such a query costs a few microseconds, less than handing it to the
+    /// blocking pool. Scans and counts go through `read`.
+    pub fn lookup<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, DbError> {
+        thread_local! {
+            static CONNS: std::cell::RefCell<Vec<(PathBuf, Connection)>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        CONNS.with(|cell| {
+            let mut conns = cell.borrow_mut();
+            let idx = match conns.iter().position(|(p, _)| *p == self.path) {
+                Some(i) => i,
+                None => {
+                    // A handful of databases per process at most (tests run several).
+                    if conns.len() >= 8 {
+                        conns.remove(0);
+                    }
+                    conns.push((self.path.clone(), open(&self.path, true)?));
+                    conns.len() - 1
+                }
+            };
+            f(&conns[idx].1).map_err(DbError::from)
+        })
+    }
+
     /// Runs `f` on a read connection, off the async threads.
     pub async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R, DbError>
     where

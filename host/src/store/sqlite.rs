@@ -114,15 +114,11 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<Job>> {
-        let id = request_id.to_string();
-        Ok(self
-            .db
-            .read(move |c| {
-                c.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?1"))?
-                    .query_row([&id], job_from_row)
-                    .optional()
-            })
-            .await?)
+        Ok(self.db.lookup(|c| {
+            c.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE request_id = ?1"))?
+                .query_row([request_id], job_from_row)
+                .optional()
+        })?)
     }
 
     async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>> {
@@ -169,15 +165,11 @@ impl Store for SqliteStore {
     }
 
     async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>> {
-        let (v, r) = (vendor.to_string(), vendor_ref.to_string());
-        Ok(self
-            .db
-            .read(move |c| {
-                c.prepare_cached("SELECT request_id FROM jobs WHERE vendor = ?1 AND vendor_ref = ?2")?
-                    .query_row([&v, &r], |row| row.get(0))
-                    .optional()
-            })
-            .await?)
+        Ok(self.db.lookup(|c| {
+            c.prepare_cached("SELECT request_id FROM jobs WHERE vendor = ?1 AND vendor_ref = ?2")?
+                .query_row([vendor, vendor_ref], |row| row.get(0))
+                .optional()
+        })?)
     }
 
     async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool> {
