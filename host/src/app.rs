@@ -100,7 +100,7 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
         }
     };
     let store: Arc<dyn Store> = match &db {
-        Some(db) if cfg.is_embedded_store() => Arc::new(SqliteStore::new(db.clone())),
+        Some(db) if cfg.is_embedded_store() => Arc::new(SqliteStore::new(db.clone(), cfg.is_embedded_queue())),
         _ => Arc::new(
             MongoStore::connect(&cfg.store, &cfg.mongo_db)
                 .await

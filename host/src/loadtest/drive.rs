@@ -60,11 +60,19 @@ where
         Some(rate) => open_loop(plan, rate, begin, measure_from, stop_at, started.clone(), op).await,
         None => closed_loop(plan, measure_from, stop_at, started.clone(), op).await,
     }
-    Driven { window: Instant::now().saturating_duration_since(measure_from), started: started.0.load(Ordering::Relaxed) }
+    Driven {
+        window: Instant::now().saturating_duration_since(measure_from),
+        started: started.0.load(Ordering::Relaxed),
+    }
 }
 
-async fn closed_loop<F, Fut>(plan: &Plan, measure_from: Instant, stop_at: Option<Instant>, started: Arc<Started>, op: Arc<F>)
-where
+async fn closed_loop<F, Fut>(
+    plan: &Plan,
+    measure_from: Instant,
+    stop_at: Option<Instant>,
+    started: Arc<Started>,
+    op: Arc<F>,
+) where
     F: Fn(Shot) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {

@@ -145,7 +145,11 @@ impl Tracker {
             s.seq += 1;
             s.open += 1;
             let seq = s.seq;
-            s.heap.push(Reverse(Due { at: Instant::now() + FIRST_LOOK, seq, item: Item { id, sent_wall_ms, sent, looks: 0 } }));
+            s.heap.push(Reverse(Due {
+                at: Instant::now() + FIRST_LOOK,
+                seq,
+                item: Item { id, sent_wall_ms, sent, looks: 0 },
+            }));
         }
         self.touch();
         self.wake.notify_one();
@@ -192,7 +196,9 @@ impl Tracker {
             };
             let path = format!("/jobs/{}", item.id);
             let seen = match pool.send("GET", &path, None).await {
-                Ok(r) if r.ok() => serde_json::from_slice::<View>(&r.body).ok().map(|v| (v.status == "complete", v.status == "failed", v.updated_at.and_then(stamp_ms))),
+                Ok(r) if r.ok() => serde_json::from_slice::<View>(&r.body)
+                    .ok()
+                    .map(|v| (v.status == "complete", v.status == "failed", v.updated_at.and_then(stamp_ms))),
                 _ => None,
             };
             match seen {

@@ -125,19 +125,29 @@ impl Pool {
     fn encode(&self, method: &str, path: &str, body: Option<&[u8]>) -> Vec<u8> {
         let body = body.unwrap_or_default();
         let mut r = Vec::with_capacity(160 + body.len());
-        r.extend_from_slice(format!("{method} {}{path} HTTP/1.1\r\nhost: {}\r\n", self.prefix, self.authority).as_bytes());
+        r.extend_from_slice(
+            format!("{method} {}{path} HTTP/1.1\r\nhost: {}\r\n", self.prefix, self.authority).as_bytes(),
+        );
         if let Some(a) = &self.auth {
             r.extend_from_slice(format!("authorization: {a}\r\n").as_bytes());
         }
         if method != "GET" {
-            r.extend_from_slice(format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()).as_bytes());
+            r.extend_from_slice(
+                format!("content-type: application/json\r\ncontent-length: {}\r\n", body.len()).as_bytes(),
+            );
         }
         r.extend_from_slice(b"\r\n");
         r.extend_from_slice(body);
         r
     }
 
-    async fn send_tls(&self, client: &reqwest::Client, method: &str, path: &str, body: Option<&[u8]>) -> Result<Reply, HttpError> {
+    async fn send_tls(
+        &self,
+        client: &reqwest::Client,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> Result<Reply, HttpError> {
         let url = format!("{}{}{path}", self.base.origin().ascii_serialization(), self.prefix);
         let mut req = if method == "GET" { client.get(url) } else { client.post(url) };
         if let Some(a) = &self.auth {
@@ -165,7 +175,9 @@ struct Conn {
 
 impl Conn {
     async fn open(authority: &str) -> Result<Conn, HttpError> {
-        let stream = TcpStream::connect(authority).await.map_err(|e| HttpError::Connect { addr: authority.to_string(), source: e })?;
+        let stream = TcpStream::connect(authority)
+            .await
+            .map_err(|e| HttpError::Connect { addr: authority.to_string(), source: e })?;
         stream.set_nodelay(true)?;
         Ok(Conn { stream, buf: Vec::with_capacity(4096) })
     }
@@ -227,7 +239,8 @@ impl Conn {
         let mut body = Vec::new();
         loop {
             let line = self.line().await?;
-            let size_text = std::str::from_utf8(&line).ok().and_then(|s| s.split(';').next()).map(str::trim).unwrap_or("");
+            let size_text =
+                std::str::from_utf8(&line).ok().and_then(|s| s.split(';').next()).map(str::trim).unwrap_or("");
             let size = usize::from_str_radix(size_text, 16).map_err(|_| HttpError::Malformed("bad chunk size"))?;
             if size == 0 {
                 // Trailers, then the empty line.
@@ -299,7 +312,8 @@ mod tests {
 
     #[test]
     fn parses_status_length_and_connection() {
-        let h = Head::parse(b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nContent-Length: 12\r\n\r\n").unwrap();
+        let h = Head::parse(b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\nContent-Length: 12\r\n\r\n")
+            .unwrap();
         assert_eq!(h.status, 202);
         assert!(matches!(h.length, Length::Fixed(12)));
         assert!(h.keep_alive);
@@ -317,7 +331,9 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut b = [0u8; 1024];
             let _ = s.read(&mut b).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n").await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+                .await
+                .unwrap();
             let _ = s.read(&mut b).await.unwrap();
             s.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\nno").await.unwrap();
         });

@@ -127,10 +127,12 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<Report> {
     if args.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         anyhow::bail!("--rate must be a positive number");
     }
-    let data: serde_json::Value = serde_json::from_str(&args.data).map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
+    let data: serde_json::Value =
+        serde_json::from_str(&args.data).map_err(|e| anyhow::anyhow!("--data is not JSON: {e}"))?;
     let body = Arc::new(serde_json::to_vec(&serde_json::json!({"vendor": args.vendor, "data": data}))?);
     // Pollers and the get-mode prefill share the pool with the senders.
-    let pool = Arc::new(Pool::new(&args.url, args.concurrency.max(1) + args.pollers, args.timeout, args.api_key.as_deref())?);
+    let pool =
+        Arc::new(Pool::new(&args.url, args.concurrency.max(1) + args.pollers, args.timeout, args.api_key.as_deref())?);
     preflight(&pool, &args.url, &body).await?;
     let plan = Plan {
         total: args.jobs.or(if args.duration.is_some() { None } else { Some(1000) }),
@@ -174,7 +176,11 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<Report> {
             let started = Arc::new(Started::default());
             let bar = progress(args, plan.total, "e2e", started.clone(), rec.clone(), Some(tracker.clone()));
             let first_wall = e2e::wall_ms();
-            let follow = Follow { tracker: tracker.clone(), retries: args.submit_retries, max_open: args.max_open.unwrap_or(u64::MAX) };
+            let follow = Follow {
+                tracker: tracker.clone(),
+                retries: args.submit_retries,
+                max_open: args.max_open.unwrap_or(u64::MAX),
+            };
             let op = submitter(pool.clone(), body, rec.clone(), Some(follow));
             let submitting = async {
                 let d = drive::drive(&plan, started, op).await;
@@ -194,7 +200,10 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<Report> {
 
 /// Fails fast, with the reason, if the service is not there or refuses the job.
 async fn preflight(pool: &Pool, url: &str, body: &[u8]) -> anyhow::Result<()> {
-    let r = pool.send("GET", "/healthz", None).await.map_err(|e| anyhow::anyhow!("cannot reach the service at {url}: {e}"))?;
+    let r = pool
+        .send("GET", "/healthz", None)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the service at {url}: {e}"))?;
     if !r.ok() {
         anyhow::bail!("{url}/healthz answered {}", r.status);
     }
@@ -235,7 +244,12 @@ type BoxFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
 
 /// The submit operation; in e2e mode accepted jobs are followed and
 /// refusals are retried.
-fn submitter(pool: Arc<Pool>, body: Arc<Vec<u8>>, rec: Arc<Recorder>, follow: Option<Follow>) -> impl Fn(Shot) -> BoxFuture + Send + Sync + 'static {
+fn submitter(
+    pool: Arc<Pool>,
+    body: Arc<Vec<u8>>,
+    rec: Arc<Recorder>,
+    follow: Option<Follow>,
+) -> impl Fn(Shot) -> BoxFuture + Send + Sync + 'static {
     move |shot: Shot| {
         let (pool, body, rec, follow) = (pool.clone(), body.clone(), rec.clone(), follow.clone());
         Box::pin(async move {
@@ -257,7 +271,10 @@ fn submitter(pool: Arc<Pool>, body: Arc<Vec<u8>>, rec: Arc<Recorder>, follow: Op
                 }
                 if let Some(f) = &follow {
                     match &result {
-                        Ok(r) if r.ok() && let Ok(a) = serde_json::from_slice::<Accepted>(&r.body) => {
+                        Ok(r)
+                            if r.ok()
+                                && let Ok(a) = serde_json::from_slice::<Accepted>(&r.body) =>
+                        {
                             f.tracker.add(a.request_id, sent_wall, shot.t0)
                         }
                         _ => f.tracker.release(),
@@ -276,7 +293,13 @@ async fn prefill(pool: &Arc<Pool>, body: &Arc<Vec<u8>>, args: &LoadtestArgs) -> 
     let n = args.ids.max(1);
     let ids = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n as usize)));
     let tracker = Arc::new(Tracker::default());
-    let plan = Plan { total: Some(n), duration: None, concurrency: args.concurrency.max(1), rate: None, warmup: Duration::ZERO };
+    let plan = Plan {
+        total: Some(n),
+        duration: None,
+        concurrency: args.concurrency.max(1),
+        rate: None,
+        warmup: Duration::ZERO,
+    };
     let (p, b, i, t) = (pool.clone(), body.clone(), ids.clone(), tracker.clone());
     let submitting = async {
         drive::drive(&plan, Arc::default(), move |shot: Shot| {
@@ -305,7 +328,14 @@ async fn prefill(pool: &Arc<Pool>, body: &Arc<Vec<u8>>, args: &LoadtestArgs) -> 
 }
 
 /// A progress bar on stderr (hidden when asked, with --json, or off a terminal).
-fn progress(args: &LoadtestArgs, total: Option<u64>, what: &'static str, started: Arc<Started>, rec: Arc<Recorder>, tracker: Option<Arc<Tracker>>) -> ProgressBar {
+fn progress(
+    args: &LoadtestArgs,
+    total: Option<u64>,
+    what: &'static str,
+    started: Arc<Started>,
+    rec: Arc<Recorder>,
+    tracker: Option<Arc<Tracker>>,
+) -> ProgressBar {
     let bar = match total {
         Some(t) => ProgressBar::new(t),
         None => ProgressBar::new_spinner(),
@@ -314,7 +344,8 @@ fn progress(args: &LoadtestArgs, total: Option<u64>, what: &'static str, started
         bar.set_draw_target(ProgressDrawTarget::hidden());
         return bar;
     }
-    let style = ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}").unwrap_or_else(|_| ProgressStyle::default_bar());
+    let style = ProgressStyle::with_template("{spinner} {prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
     bar.set_prefix(what);
     let b = bar.clone();

@@ -93,7 +93,11 @@ impl Report {
             Some(r) => format!("open loop at {r}/s, up to {} connections", self.concurrency),
             None => format!("closed loop, {} in flight", self.concurrency),
         };
-        let _ = writeln!(s, "loadtest {} against {} (vendor {}; {shape}; {:.1} s)", self.mode, self.url, self.vendor, self.elapsed_s);
+        let _ = writeln!(
+            s,
+            "loadtest {} against {} (vendor {}; {shape}; {:.1} s)",
+            self.mode, self.url, self.vendor, self.elapsed_s
+        );
         if let Some(sub) = &self.submit {
             let _ = writeln!(s, "  POST /jobs       {}", sub.line());
         }

@@ -78,7 +78,11 @@ impl Recorder {
         Summary {
             ok,
             per_sec: if secs > 0.0 { ok as f64 / secs } else { 0.0 },
-            non_2xx: self.statuses.lock().map(|s| s.iter().map(|(k, v)| (k.to_string(), *v)).collect()).unwrap_or_default(),
+            non_2xx: self
+                .statuses
+                .lock()
+                .map(|s| s.iter().map(|(k, v)| (k.to_string(), *v)).collect())
+                .unwrap_or_default(),
             errors: self.errors.load(Ordering::Relaxed),
             first_error: self.first_error.lock().ok().and_then(|f| f.clone()),
             latency: Latency::of(&h),
@@ -144,7 +148,11 @@ impl Summary {
             s.push_str(&format!("  non-2xx: {}", parts.join(" ")));
         }
         if self.errors > 0 {
-            s.push_str(&format!("  transport errors: {} (first: {})", self.errors, self.first_error.as_deref().unwrap_or("?")));
+            s.push_str(&format!(
+                "  transport errors: {} (first: {})",
+                self.errors,
+                self.first_error.as_deref().unwrap_or("?")
+            ));
         }
         s
     }

@@ -14,11 +14,14 @@ use crate::queue::Message;
 
 pub struct SqliteStore {
     db: Arc<Db>,
+    /// The queue is the same database: write the queue row with the job.
+    /// False when the queue is elsewhere (Redis): the service enqueues.
+    queue_inline: bool,
 }
 
 impl SqliteStore {
-    pub fn new(db: Arc<Db>) -> SqliteStore {
-        SqliteStore { db }
+    pub fn new(db: Arc<Db>, queue_inline: bool) -> SqliteStore {
+        SqliteStore { db, queue_inline }
     }
 }
 
@@ -59,6 +62,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
 impl Store for SqliteStore {
     async fn insert(&self, job: &NewJob) -> Result<Inserted> {
         let job = job.clone();
+        let inline = self.queue_inline;
         let out = self
             .db
             .write(move |c| {
@@ -85,12 +89,14 @@ impl Store for SqliteStore {
                 };
                 c.prepare_cached(
                     "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, attempts, owner, queued, idem_key, idem_hash, idem_expires)
-                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, 0, ?5, 1, ?6, ?7, ?8)",
+                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8)",
                 )?
-                .execute(params![job.request_id, job.vendor, job.data, job.created_at, job.owner, key, hash, expires])?;
-                c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
-                    .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
-                Ok(Inserted::Created { enqueued: true })
+                .execute(params![job.request_id, job.vendor, job.data, job.created_at, job.owner, key, hash, expires, inline])?;
+                if inline {
+                    c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
+                        .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
+                }
+                Ok(Inserted::Created { enqueued: inline })
             })
             .await?;
         if matches!(out, Inserted::Created { .. }) {

@@ -35,7 +35,12 @@ async fn every_job_reaches_a_terminal_state() {
     assert_eq!(closed.submit.as_ref().unwrap().ok, 200);
 
     // Open loop: 100 jobs on a 400/s schedule, latency from the schedule.
-    let open = loadtest::measure(&args(&app.base, &["--mode", "e2e", "-n", "100", "-c", "8", "--rate", "400", "--max-open", "50"])).await.unwrap();
+    let open = loadtest::measure(&args(
+        &app.base,
+        &["--mode", "e2e", "-n", "100", "-c", "8", "--rate", "400", "--max-open", "50"],
+    ))
+    .await
+    .unwrap();
     let e = open.e2e.as_ref().unwrap();
     assert_eq!((e.terminal, e.lost), (100, 0), "{}", open.text());
     assert!(open.elapsed_s >= 0.2, "100 at 400/s takes about 0.25 s: {}", open.text());
@@ -43,7 +48,9 @@ async fn every_job_reaches_a_terminal_state() {
     // Submit and get modes count 2xx replies only.
     let sub = loadtest::measure(&args(&app.base, &["--mode", "submit", "-n", "300", "-c", "32"])).await.unwrap();
     assert_eq!(sub.submit.as_ref().unwrap().ok, 300, "{}", sub.text());
-    let get = loadtest::measure(&args(&app.base, &["--mode", "get", "--ids", "50", "--duration", "500ms", "-c", "8"])).await.unwrap();
+    let get = loadtest::measure(&args(&app.base, &["--mode", "get", "--ids", "50", "--duration", "500ms", "-c", "8"]))
+        .await
+        .unwrap();
     let g = get.get.as_ref().unwrap();
     assert!(g.ok > 0 && g.errors == 0 && g.non_2xx.is_empty(), "{}", get.text());
 

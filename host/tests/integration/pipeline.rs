@@ -354,3 +354,17 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
     assert!(dead["dead_letters"].as_array().unwrap().iter().any(|l| l["request_id"] == id), "{dead}");
     app.stop().await;
 }
+
+/// Mixed backends work too: a Redis queue with the embedded store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_queue_with_the_embedded_store() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = embedded_config(d.path(), p.path());
+    cfg.queue = servers::redis().url.clone();
+    cfg.redis_prefix = servers::unique("vh");
+    let app = TestApp::start(cfg).await;
+    let id = app.submit("sync", json!("mixed")).await;
+    assert_eq!(app.wait_terminal(&id, LONG).await["status"], "complete");
+    app.stop().await;
+}
