@@ -53,10 +53,7 @@ pub fn recorder() -> Option<PrometheusHandle> {
 pub async fn render(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::admin(&st.auth, &headers)?;
     if let Ok(d) = st.queue.depth().await {
-        ::metrics::gauge!("vendorhost_queue_depth", "state" => "ready").set(d.ready as f64);
-        ::metrics::gauge!("vendorhost_queue_depth", "state" => "delayed").set(d.delayed as f64);
-        ::metrics::gauge!("vendorhost_queue_depth", "state" => "leased").set(d.leased as f64);
-        ::metrics::gauge!("vendorhost_dead_letters").set(d.dead as f64);
+        d.publish();
     }
     // Breaker state lives in the workers (or Redis): read it for every loaded
     // vendor so the gauge is here too, and present before any transition.

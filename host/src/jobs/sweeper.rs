@@ -81,10 +81,7 @@ impl Sweeper {
             }
         }
         if let Ok(d) = self.queue.depth().await {
-            metrics::gauge!("vendorhost_queue_depth", "state" => "ready").set(d.ready as f64);
-            metrics::gauge!("vendorhost_queue_depth", "state" => "delayed").set(d.delayed as f64);
-            metrics::gauge!("vendorhost_queue_depth", "state" => "leased").set(d.leased as f64);
-            metrics::gauge!("vendorhost_dead_letters").set(d.dead as f64);
+            d.publish();
         }
         Ok((stranded.len(), timed_out))
     }

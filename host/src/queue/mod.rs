@@ -140,3 +140,13 @@ pub struct QueueDepth {
     pub leased: u64,
     pub dead: u64,
 }
+
+impl QueueDepth {
+    /// Sets the queue-depth and dead-letter gauges.
+    pub fn publish(&self) {
+        metrics::gauge!("vendorhost_queue_depth", "state" => "ready").set(self.ready as f64);
+        metrics::gauge!("vendorhost_queue_depth", "state" => "delayed").set(self.delayed as f64);
+        metrics::gauge!("vendorhost_queue_depth", "state" => "leased").set(self.leased as f64);
+        metrics::gauge!("vendorhost_dead_letters").set(self.dead as f64);
+    }
+}
