@@ -202,6 +202,15 @@ up() { # kind workers
       start "$INST-$role" "$role" "VENDORHOST_LISTEN=127.0.0.1:$port" "VENDORHOST_DATA=$WORK/data-$INST/vendorhost.db"
       SVC_PIDS+=("$STARTED")
       ;;
+    streams)
+      # Redis Streams as the queue, the embedded SQLite store: isolates the
+      # queue's cost from the Mongo stand-in's.
+      local role=serve
+      if [ "$workers" = 0 ]; then role=api; fi
+      start "$INST-$role" "$role" "VENDORHOST_LISTEN=127.0.0.1:$port" "VENDORHOST_DATA=$WORK/data-$INST/vendorhost.db" \
+        "VENDORHOST_QUEUE=$REDIS_URL" "VENDORHOST_REDIS_PREFIX=bench$INST"
+      SVC_PIDS+=("$STARTED")
+      ;;
     nx)
       nx_env
       start "$INST-api" api "VENDORHOST_LISTEN=127.0.0.1:$port" "${NX_ENV[@]}"
@@ -305,9 +314,9 @@ backlog() { # kind n
   record_value "$kind.depth_$n" "$(depth)"
   measured "$kind.submit_pending_$n" loadtest --mode submit -c "$CONNS" --duration 3s --warmup 500ms
   log "$kind: draining it"
-  if [ "$kind" = embedded ]; then
+  if [ "$kind" = embedded ] || [ "$kind" = streams ]; then
     down
-    up embedded 1
+    up "$kind" 1
   else
     add_workers 1
   fi
@@ -440,7 +449,7 @@ e = [get("nx.e2e.e2e.completed_per_sec"), get("nx.e2e_w2.e2e.completed_per_sec")
 if any(v is not None for v in e):
     out.append(f"  {'end to end jobs/s, 1 / 2 / 4 workers':<{W}}{' / '.join(num(v) for v in e):>24}   (Redis + nx-27017; stand-in bound)")
 for n in (1000, 100000, 1000000):
-    for kind, name in (("embedded", "embedded queue"), ("nx", "Redis Streams (+ nx-27017)")):
+    for kind, name in (("embedded", "embedded queue"), ("streams", "Redis Streams (+ SQLite store)"), ("nx", "Redis Streams (+ nx-27017)")):
         if f"{kind}.drain_{n}" not in rows:
             continue
         p99 = get(f"{kind}.submit_pending_{n}.submit.latency.p99_ms")
@@ -466,7 +475,8 @@ out.append("")
 out.append("Where the CPU went (% of one core over each run; 2 cores = 200%; client = the load generator or sampler)")
 for rid, label in (("embedded.submit", "embedded POST flood"), ("embedded.get", "embedded GET"), ("embedded.e2e", "embedded end to end"),
                    ("nx.submit", "nx POST flood"), ("nx.get", "nx GET"), ("nx.e2e", "nx end to end, 1 worker"), ("nx.e2e_w4", "nx end to end, 4 workers"),
-                   ("embedded.drain_100000", "embedded drain, 100k pending"), ("nx.drain_100000", "nx drain, 100k pending")):
+                   ("embedded.drain_100000", "embedded drain, 100k pending"), ("streams.drain_100000", "Redis Streams drain, 100k pending"),
+                   ("nx.drain_100000", "nx drain, 100k pending")):
     r = rows.get(rid)
     if not r or not r.get("wall_s"):
         continue
@@ -548,6 +558,7 @@ if wants scale; then
   if [ "$SCALE" = 1 ]; then sizes+=(1000000); fi
   for n in "${sizes[@]}"; do
     backlog embedded "$n"
+    if [ -n "${REDIS_URL:-}" ]; then backlog streams "$n"; fi
     # nx-27017 accepts ~1k jobs/s: a 1M fill would take ~17 minutes.
     if [ -n "${MONGO_URL:-}" ] && [ "$n" -le "${BENCH_NX_MAX_PENDING:-100000}" ]; then backlog nx "$n"; fi
   done
