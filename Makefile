@@ -1,7 +1,7 @@
 # vendorhost — the two commands README promises:
 #   make run    build the sample plugins and the host, start the embedded default on :8000
 #   make test   install what the tests need where missing, then run every test
-.PHONY: run test build build-plugins test-deps check-format demo compose-check bench
+.PHONY: run test build build-plugins test-deps lint demo compose-check bench
 
 CARGO ?= cargo
 
@@ -17,9 +17,17 @@ build: build-plugins
 test-deps:
 	@bash scripts/test-deps.sh
 
-test: test-deps build-plugins
+test: test-deps build-plugins lint
 	NX_27017=$(CURDIR)/.venv/bin/nx-27017 $(CARGO) test --workspace
 	@bash scripts/ci-extra.sh
+
+# Formatting (rustfmt.toml) and clippy with warnings as errors, on the host
+# workspace and on the plugins workspace (built for wasm32-wasip2).
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	cd plugins && $(CARGO) fmt --all --check
+	cd plugins && $(CARGO) clippy --workspace --target wasm32-wasip2 -- -D warnings
 
 # Builds the wasm32-wasip2 vendor plugins into plugins/dist/ and the test
 # plugins into plugins/dist-test/ (see plugins/build.sh).

@@ -249,8 +249,21 @@ impl Default for RetentionSettings {
 }
 
 pub const DEFAULT_PII_KEYS: &[&str] = &[
-    "email", "e_mail", "phone", "phone_number", "mobile", "ssn", "social_security_number", "password",
-    "passport", "passport_number", "credit_card", "card_number", "iban", "dob", "date_of_birth",
+    "email",
+    "e_mail",
+    "phone",
+    "phone_number",
+    "mobile",
+    "ssn",
+    "social_security_number",
+    "password",
+    "passport",
+    "passport_number",
+    "credit_card",
+    "card_number",
+    "iban",
+    "dob",
+    "date_of_birth",
 ];
 
 impl Default for Config {
@@ -317,7 +330,11 @@ impl Config {
             fig = fig.merge(Toml::file(path));
         }
         fig = fig
-            .merge(Env::prefixed("VENDORHOST_").split("__").filter(|k| !ENV_NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))))
+            .merge(
+                Env::prefixed("VENDORHOST_")
+                    .split("__")
+                    .filter(|k| !ENV_NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
+            )
             .merge(Serialized::defaults(overrides));
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
         cfg.validate()?;
@@ -345,7 +362,8 @@ impl Config {
                 self.queue
             )));
         }
-        if !(self.store == "sqlite" || self.store.starts_with("mongodb://") || self.store.starts_with("mongodb+srv://")) {
+        if !(self.store == "sqlite" || self.store.starts_with("mongodb://") || self.store.starts_with("mongodb+srv://"))
+        {
             return Err(ConfigError::Invalid(format!(
                 "store = {:?}: expected \"sqlite\" or a mongodb:// URL",
                 self.store
@@ -431,7 +449,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if let Ok(ms) = s.parse::<u64>() {
         return Ok(Duration::from_millis(ms));
     }
-    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e} (use milliseconds or e.g. \"250ms\", \"5s\")"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use milliseconds or e.g. \"250ms\", \"5s\")"))
 }
 
 mod duration {

@@ -11,6 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use crate::telemetry;
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
 
@@ -92,7 +93,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, DbError> {
     } else {
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
-    let conn = Connection::open_with_flags(path, flags).map_err(|e| DbError::Open { path: path.to_owned(), message: e.to_string() })?;
+    let conn = Connection::open_with_flags(path, flags)
+        .map_err(|e| DbError::Open { path: path.to_owned(), message: e.to_string() })?;
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
     conn.set_prepared_statement_cache_capacity(64);
     if !read_only {
@@ -110,7 +112,10 @@ impl Db {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir).map_err(|e| DbError::Open { path: path.to_owned(), message: format!("cannot create its directory: {e}") })?;
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Open {
+                path: path.to_owned(),
+                message: format!("cannot create its directory: {e}"),
+            })?;
         }
         let conn = open(path, false)?;
         conn.execute_batch(SCHEMA)?;
@@ -123,7 +128,12 @@ impl Db {
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| DbError::Open { path: path.to_owned(), message: format!("cannot start writer: {e}") })?;
-        Ok(Arc::new(Db { path: path.to_owned(), writer: tx, readers: Mutex::new(readers), queue_signal: Notify::new() }))
+        Ok(Arc::new(Db {
+            path: path.to_owned(),
+            writer: tx,
+            readers: Mutex::new(readers),
+            queue_signal: Notify::new(),
+        }))
     }
 
     pub fn path(&self) -> &Path {
@@ -246,7 +256,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
         });
-        metrics::histogram!("vendorhost_sqlite_batch_size").record(done.len() as f64);
+        metrics::histogram!(telemetry::SQLITE_BATCH_SIZE).record(done.len() as f64);
         for c in done.drain(..) {
             c(committed.clone());
         }

@@ -1,33 +1,44 @@
 //! vendorhost: unified access to external data vendors, each one a WASI
 //! component plugin loaded at run time.
 //!
-//! Modules, dependencies flowing one way (`api → jobs → {queue, store,
-//! plugins, limits, breaker}`; `plugins` never imports `api`, `jobs`, `queue`
-//! or `store`):
-//! - `config`: the layered configuration tree.
+//! Modules from the bottom up; every import points down (docs/ARCHITECTURE.md
+//! draws it):
+//! - leaves: `model` (job, dead letter, time), `config`, `clean` (result
+//!   cleaning), `telemetry` (metric names and help), `webhook` (Standard
+//!   Webhooks signing), `db` (the embedded SQLite file), `redis_conn` (the
+//!   shared Redis connection), `shutdown` (the stop signal).
+//! - seams: `queue` and `store` (each a trait with SQLite and a production
+//!   backend: Redis Streams, MongoDB), `limits` and `breaker` (in-process or
+//!   shared through Redis), `plugins` (the wasmtime runtime, registry,
+//!   loader, watcher; it never imports `jobs`, `queue`, `store` or `api`).
+//! - `policy`: the effective per-vendor policy (config over plugin info).
+//! - `jobs`: submit/get, the worker, webhooks, the sweeper, dead letters.
 //! - `api`: the HTTP surface (axum routers, one error → HTTP mapping).
-//! - `jobs`: the job model, cleaning, submit/get, the worker, the sweeper.
-//! - `queue`, `store`: the two backend seams, each with SQLite and a
-//!   production backend (Redis Streams, MongoDB).
-//! - `plugins`: the wasmtime runtime, registry, loader and watcher.
-//! - `limits`, `breaker`: rate limits and circuit breakers per vendor.
-//! - `webhook`: Standard Webhooks signing and verification.
-//! - `mock`: the mock vendor servers; `loadtest`: the load generator.
-//! - `app`: the composition root; `cli`: subcommands.
+//! - `mock`: the mock vendor servers.
+//! - `app`: the composition root; `cli`: subcommands. The load generator
+//!   behind `vendorhost loadtest` is its own crate, `tools/loadtest`.
 
+pub mod clean;
 pub mod config;
 pub mod db;
-pub mod api;
-pub mod app;
+pub mod model;
+pub mod redis_conn;
+pub mod shutdown;
+pub mod telemetry;
+pub mod webhook;
+
 pub mod breaker;
-pub mod jobs;
 pub mod limits;
-pub mod mock;
 pub mod plugins;
-pub mod policy;
 pub mod queue;
 pub mod store;
-pub mod webhook;
+
+pub mod policy;
+
+pub mod jobs;
+
+pub mod api;
+pub mod mock;
+
+pub mod app;
 pub mod cli;
-pub mod commands;
-pub mod loadtest;

@@ -24,5 +24,5 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(vendorhost::commands::run(cli))
+    rt.block_on(vendorhost::cli::commands::run(cli))
 }

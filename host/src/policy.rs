@@ -10,12 +10,12 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::clean::Cleaner;
 use crate::config::{BreakerPolicy, Config};
-use crate::jobs::clean::Cleaner;
 use crate::limits::Quota;
 use crate::plugins::grants::Grants;
 use crate::plugins::loader::Plugin;
-use crate::plugins::runtime::{CallPolicy, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT};
+use crate::plugins::policy::{CallPolicy, DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT};
 
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -51,7 +51,8 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         },
     };
     let info = plugin.map(|p| &p.info);
-    let timeout = p.timeout.or_else(|| info.map(|i| i.call_timeout).filter(|d| !d.is_zero())).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout =
+        p.timeout.or_else(|| info.map(|i| i.call_timeout).filter(|d| !d.is_zero())).unwrap_or(DEFAULT_TIMEOUT);
     let rate = p.rate.or_else(|| info.map(|i| i.rate_per_second)).unwrap_or(10.0);
     let burst = p.burst.or_else(|| info.map(|i| i.burst)).unwrap_or(10).max(1);
     Resolved {

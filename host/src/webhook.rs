@@ -69,9 +69,7 @@ impl Secret {
     pub fn parse(text: &str) -> Result<Secret, WebhookError> {
         let text = text.trim();
         let b64 = text.strip_prefix(SECRET_PREFIX).unwrap_or(text);
-        let key = B64
-            .decode(b64)
-            .map_err(|_| WebhookError::BadSecret("not base64"))?;
+        let key = B64.decode(b64).map_err(|_| WebhookError::BadSecret("not base64"))?;
         if key.is_empty() {
             return Err(WebhookError::BadSecret("empty"));
         }
@@ -104,20 +102,12 @@ impl Secret {
 
 /// `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.
 pub fn sign(secret: &Secret, msg_id: &str, timestamp_secs: i64, body: &[u8]) -> String {
-    let tag = secret
-        .mac(msg_id, &timestamp_secs.to_string(), body)
-        .finalize()
-        .into_bytes();
+    let tag = secret.mac(msg_id, &timestamp_secs.to_string(), body).finalize().into_bytes();
     format!("v1,{}", B64.encode(tag))
 }
 
 /// The three headers a sender attaches, in the order id, timestamp, signature.
-pub fn headers(
-    secret: &Secret,
-    msg_id: &str,
-    timestamp_secs: i64,
-    body: &[u8],
-) -> [(&'static str, String); 3] {
+pub fn headers(secret: &Secret, msg_id: &str, timestamp_secs: i64, body: &[u8]) -> [(&'static str, String); 3] {
     [
         (HEADER_ID, msg_id.to_owned()),
         (HEADER_TIMESTAMP, timestamp_secs.to_string()),
@@ -141,19 +131,13 @@ pub fn verify(
     let timestamp = timestamp.ok_or(WebhookError::Missing(HEADER_TIMESTAMP))?;
     let signature = signature.ok_or(WebhookError::Missing(HEADER_SIGNATURE))?;
 
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| WebhookError::BadTimestamp)?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| WebhookError::BadTimestamp)?;
     if now_secs.abs_diff(ts) > tolerance.as_secs() {
         return Err(WebhookError::Stale);
     }
 
     // Sign the timestamp as sent; parsing above only proved it is an integer.
-    let macs: Vec<HmacSha256> = secrets
-        .iter()
-        .map(|s| s.mac(msg_id, timestamp.trim(), body))
-        .collect();
+    let macs: Vec<HmacSha256> = secrets.iter().map(|s| s.mac(msg_id, timestamp.trim(), body)).collect();
     let candidates = signature
         .split_whitespace()
         .filter_map(|entry| entry.split_once(','))
@@ -161,10 +145,7 @@ pub fn verify(
         .filter_map(|(_, b64)| B64.decode(b64).ok());
     for candidate in candidates {
         // verify_slice compares in constant time.
-        if macs
-            .iter()
-            .any(|m| m.clone().verify_slice(&candidate).is_ok())
-        {
+        if macs.iter().any(|m| m.clone().verify_slice(&candidate).is_ok()) {
             return Ok(());
         }
     }
@@ -178,23 +159,9 @@ mod tests {
 
     const NOW: i64 = 1_700_000_000;
 
-    fn check(
-        secrets: &[Secret],
-        id: &str,
-        ts: i64,
-        sig: &str,
-        body: &[u8],
-    ) -> Result<(), WebhookError> {
+    fn check(secrets: &[Secret], id: &str, ts: i64, sig: &str, body: &[u8]) -> Result<(), WebhookError> {
         let ts = ts.to_string();
-        verify(
-            secrets,
-            Some(id),
-            Some(&ts),
-            Some(sig),
-            body,
-            NOW,
-            DEFAULT_TOLERANCE,
-        )
+        verify(secrets, Some(id), Some(&ts), Some(sig), body, NOW, DEFAULT_TOLERANCE)
     }
 
     #[test]
@@ -211,10 +178,7 @@ mod tests {
         let b = Secret::parse("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
         assert_eq!(a, b);
         assert_eq!(a.to_text(), "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
-        assert_eq!(
-            Secret::parse("whsec_!!!").unwrap_err().reason(),
-            "bad_secret"
-        );
+        assert_eq!(Secret::parse("whsec_!!!").unwrap_err().reason(), "bad_secret");
         assert_eq!(Secret::parse("whsec_").unwrap_err().reason(), "bad_secret");
         assert!(!format!("{a:?}").contains("MfKQ"));
     }
@@ -233,26 +197,11 @@ mod tests {
         let sig = sign(&s, "m", NOW, b"x");
         let secrets = [s];
         let v = |id, ts, sig| verify(&secrets, id, ts, sig, b"x", NOW, DEFAULT_TOLERANCE);
-        assert_eq!(
-            v(None, Some("1"), Some(&sig)),
-            Err(WebhookError::Missing("webhook-id"))
-        );
-        assert_eq!(
-            v(Some("m"), None, Some(&sig)),
-            Err(WebhookError::Missing("webhook-timestamp"))
-        );
-        assert_eq!(
-            v(Some("m"), Some("1"), None),
-            Err(WebhookError::Missing("webhook-signature"))
-        );
-        assert_eq!(
-            v(Some("m"), Some("12a"), Some(&sig)),
-            Err(WebhookError::BadTimestamp)
-        );
-        assert_eq!(
-            WebhookError::Missing("webhook-id").reason(),
-            "missing_header"
-        );
+        assert_eq!(v(None, Some("1"), Some(&sig)), Err(WebhookError::Missing("webhook-id")));
+        assert_eq!(v(Some("m"), None, Some(&sig)), Err(WebhookError::Missing("webhook-timestamp")));
+        assert_eq!(v(Some("m"), Some("1"), None), Err(WebhookError::Missing("webhook-signature")));
+        assert_eq!(v(Some("m"), Some("12a"), Some(&sig)), Err(WebhookError::BadTimestamp));
+        assert_eq!(WebhookError::Missing("webhook-id").reason(), "missing_header");
     }
 
     #[test]
@@ -261,16 +210,10 @@ mod tests {
         let secrets = [s.clone()];
         for ts in [NOW - 301, NOW + 301] {
             let sig = sign(&s, "m", ts, b"x");
-            assert_eq!(
-                check(&secrets, "m", ts, &sig, b"x"),
-                Err(WebhookError::Stale)
-            );
+            assert_eq!(check(&secrets, "m", ts, &sig, b"x"), Err(WebhookError::Stale));
         }
         let edge = NOW - 300;
-        assert_eq!(
-            check(&secrets, "m", edge, &sign(&s, "m", edge, b"x"), b"x"),
-            Ok(())
-        );
+        assert_eq!(check(&secrets, "m", edge, &sign(&s, "m", edge, b"x"), b"x"), Ok(()));
     }
 
     #[test]
@@ -279,35 +222,18 @@ mod tests {
         let good = sign(&s, "m", NOW, b"x");
         let b64 = good.trim_start_matches("v1,");
         let secrets = [s];
-        assert_eq!(
-            check(&secrets, "m", NOW, &format!("v2,{b64}"), b"x"),
-            Err(WebhookError::Mismatch)
-        );
+        assert_eq!(check(&secrets, "m", NOW, &format!("v2,{b64}"), b"x"), Err(WebhookError::Mismatch));
         let mixed = format!("v1a,{b64} nocomma v1,%%% {good}");
         assert_eq!(check(&secrets, "m", NOW, &mixed, b"x"), Ok(()));
-        assert_eq!(
-            check(&[], "m", NOW, &good, b"x"),
-            Err(WebhookError::Mismatch)
-        );
+        assert_eq!(check(&[], "m", NOW, &good, b"x"), Err(WebhookError::Mismatch));
     }
 
     #[test]
     fn headers_helper_verifies() {
         let (s, _) = Secret::generate();
         let [(k1, id), (k2, ts), (k3, sig)] = headers(&s, "msg_1", NOW, b"{}");
-        assert_eq!(
-            [k1, k2, k3],
-            [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE]
-        );
-        let r = verify(
-            &[s],
-            Some(&id),
-            Some(&ts),
-            Some(&sig),
-            b"{}",
-            NOW,
-            DEFAULT_TOLERANCE,
-        );
+        assert_eq!([k1, k2, k3], [HEADER_ID, HEADER_TIMESTAMP, HEADER_SIGNATURE]);
+        let r = verify(&[s], Some(&id), Some(&ts), Some(&sig), b"{}", NOW, DEFAULT_TOLERANCE);
         assert_eq!(r, Ok(()));
     }
 

@@ -3,13 +3,12 @@
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
+use super::views::DeadLetterView;
 use super::{AppState, Route, auth};
-use crate::jobs::dead_letters::ReplayError;
-use crate::queue::DeadLetter;
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -29,7 +28,7 @@ pub struct ListParams {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DeadLetterList {
-    pub dead_letters: Vec<DeadLetter>,
+    pub dead_letters: Vec<DeadLetterView>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -44,8 +43,8 @@ pub struct Replayed {
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", operation_id = "list_dead_letters", params(ListParams),
     security((), ("admin_key" = [])),
     responses((status = 200, description = "Dead letters", body = DeadLetterList),
-              (status = 400, description = "Bad query string", body = super::openapi::ErrorBody),
-              (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
+              (status = 400, description = "Bad query string", body = super::error::ErrorBody),
+              (status = 401, description = "Admin key required", body = super::error::ErrorBody)))]
 pub async fn list(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -54,16 +53,8 @@ pub async fn list(
     auth::admin(&st.auth, &headers)?;
     let Query(p) = query?;
     let limit = p.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(axum::Json(DeadLetterList { dead_letters: st.dead_letters.list(limit).await? }))
-}
-
-fn replay_error(e: ReplayError) -> ApiError {
-    match e {
-        ReplayError::NotFound(_) => ApiError::not_found(e.to_string()),
-        ReplayError::NoJob(_) => ApiError::new(StatusCode::CONFLICT, "not_replayable", e.to_string()),
-        ReplayError::Store(e) => e.into(),
-        ReplayError::Queue(e) => e.into(),
-    }
+    let dead_letters = st.dead_letters.list(limit).await?.into_iter().map(DeadLetterView::from).collect();
+    Ok(axum::Json(DeadLetterList { dead_letters }))
 }
 
 /// Send one dead job back through the queue.
@@ -71,10 +62,10 @@ fn replay_error(e: ReplayError) -> ApiError {
     params(("id" = String, Path, description = "Dead letter id")),
     security((), ("admin_key" = [])),
     responses((status = 200, description = "Replayed", body = Replayed),
-              (status = 400, description = "Bad path", body = super::openapi::ErrorBody),
-              (status = 401, description = "Admin key required", body = super::openapi::ErrorBody),
-              (status = 404, description = "No such dead letter", body = super::openapi::ErrorBody),
-              (status = 409, description = "Not replayable", body = super::openapi::ErrorBody)))]
+              (status = 400, description = "Bad path", body = super::error::ErrorBody),
+              (status = 401, description = "Admin key required", body = super::error::ErrorBody),
+              (status = 404, description = "No such dead letter", body = super::error::ErrorBody),
+              (status = 409, description = "Not replayable", body = super::error::ErrorBody)))]
 pub async fn replay(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -82,7 +73,7 @@ pub async fn replay(
 ) -> Result<axum::Json<Replayed>, ApiError> {
     auth::admin(&st.auth, &headers)?;
     let Path(id) = path?;
-    let job = st.dead_letters.replay(&id).await.map_err(replay_error)?;
+    let job = st.dead_letters.replay(&id).await?;
     Ok(axum::Json(Replayed { replayed: vec![job], skipped: vec![] }))
 }
 
@@ -90,9 +81,9 @@ pub async fn replay(
 #[utoipa::path(post, path = "/admin/dead-letters/replay", tag = "admin", operation_id = "replay_all_dead_letters",
     security((), ("admin_key" = [])),
     responses((status = 200, description = "Replayed", body = Replayed),
-              (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
+              (status = 401, description = "Admin key required", body = super::error::ErrorBody)))]
 pub async fn replay_all(State(st): State<AppState>, headers: HeaderMap) -> Result<axum::Json<Replayed>, ApiError> {
     auth::admin(&st.auth, &headers)?;
-    let (replayed, skipped) = st.dead_letters.replay_all().await.map_err(replay_error)?;
+    let (replayed, skipped) = st.dead_letters.replay_all().await?;
     Ok(axum::Json(Replayed { replayed, skipped }))
 }

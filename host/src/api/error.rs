@@ -1,29 +1,47 @@
-//! The one place errors become HTTP: every error body is
-//! `{"error": {"code": "...", "message": "...", ...}}`.
+//! The one place errors become HTTP: every error body is an `ErrorBody`,
+//! `{"error": {"code": "...", "message": "...", ...}}`, serialised from the
+//! same types the OpenAPI document describes.
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde::Serialize;
 
 use crate::jobs::callbacks::CallbackError;
+use crate::jobs::dead_letters::ReplayError;
 use crate::jobs::service::SubmitError;
 use crate::queue::QueueError;
 use crate::store::StoreError;
+
+/// Every error: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, e.g. `unknown_vendor`.
+    pub code: String,
+    pub message: String,
+    /// With `unknown_vendor`: the vendors that exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub known_vendors: Option<Vec<String>>,
+}
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
-    /// Extra fields beside code and message (e.g. the known vendors).
-    pub extra: Option<(&'static str, Value)>,
+    /// With `unknown_vendor`: the vendors that exist.
+    pub known_vendors: Option<Vec<String>>,
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), extra: None, retry_after: None }
+        ApiError { status, code, message: message.into(), known_vendors: None, retry_after: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -42,19 +60,22 @@ impl ApiError {
         ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message) }
     }
 
-    pub fn with(mut self, key: &'static str, value: Value) -> ApiError {
-        self.extra = Some((key, value));
+    pub fn with_known_vendors(mut self, known: Vec<String>) -> ApiError {
+        self.known_vendors = Some(known);
         self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut err = json!({"code": self.code, "message": self.message});
-        if let (Some((k, v)), Some(obj)) = (self.extra, err.as_object_mut()) {
-            obj.insert(k.to_string(), v);
-        }
-        let mut resp = (self.status, axum::Json(json!({ "error": err }))).into_response();
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+                known_vendors: self.known_vendors,
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
@@ -101,7 +122,7 @@ impl From<SubmitError> for ApiError {
                     if known.is_empty() { "none".to_string() } else { known.join(", ") }
                 ),
             )
-            .with("known_vendors", json!(known)),
+            .with_known_vendors(known),
             SubmitError::IdempotencyConflict => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_conflict",
@@ -124,6 +145,18 @@ impl From<CallbackError> for ApiError {
             CallbackError::UnknownJob(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_job", msg),
             CallbackError::Plugin(_) => ApiError::bad_request("unreadable_webhook", msg),
             CallbackError::Store(e) => e.into(),
+            CallbackError::Queue(e) => e.into(),
+        }
+    }
+}
+
+impl From<ReplayError> for ApiError {
+    fn from(e: ReplayError) -> Self {
+        match e {
+            ReplayError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ReplayError::NoJob(_) => ApiError::new(StatusCode::CONFLICT, "not_replayable", e.to_string()),
+            ReplayError::Store(e) => e.into(),
+            ReplayError::Queue(e) => e.into(),
         }
     }
 }

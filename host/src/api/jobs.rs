@@ -10,8 +10,9 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
+use super::views::JobStatus;
 use super::{AppState, Route, auth, body};
-use crate::jobs::{Job, Status, format_ms};
+use crate::model::{Job, format_ms};
 
 pub fn routes() -> Vec<Route> {
     vec![Route::post("/jobs", submit), Route::get("/jobs/{request_id}", get_job)]
@@ -21,7 +22,7 @@ pub fn routes() -> Vec<Route> {
 pub struct Accepted {
     /// The job's id (UUID v7).
     pub request_id: String,
-    pub status: Status,
+    pub status: JobStatus,
 }
 
 /// A job as clients see it.
@@ -29,7 +30,7 @@ pub struct Accepted {
 pub struct JobView {
     pub request_id: String,
     pub vendor: String,
-    pub status: Status,
+    pub status: JobStatus,
     /// RFC 3339.
     pub created_at: String,
     pub updated_at: String,
@@ -50,7 +51,7 @@ impl From<Job> for JobView {
             result: j.result.and_then(|r| RawValue::from_string(r).ok()),
             request_id: j.request_id,
             vendor: j.vendor,
-            status: j.status,
+            status: j.status.into(),
             created_at: format_ms(j.created_at),
             updated_at: format_ms(j.updated_at),
             attempts: j.attempts,
@@ -68,12 +69,12 @@ impl From<Job> for JobView {
     responses(
         (status = 202, description = "Accepted", body = Accepted),
         (status = 200, description = "An earlier job with the same Idempotency-Key", body = Accepted),
-        (status = 400, description = "Bad body, unknown vendor", body = super::openapi::ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = super::openapi::ErrorBody),
-        (status = 413, description = "Body too large", body = super::openapi::ErrorBody),
-        (status = 415, description = "Not application/json", body = super::openapi::ErrorBody),
-        (status = 422, description = "Idempotency-Key reused with another body", body = super::openapi::ErrorBody),
-        (status = 503, description = "Overloaded or backend unavailable", body = super::openapi::ErrorBody),
+        (status = 400, description = "Bad body, unknown vendor", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 415, description = "Not application/json", body = super::error::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with another body", body = super::error::ErrorBody),
+        (status = 503, description = "Overloaded or backend unavailable", body = super::error::ErrorBody),
     ))]
 pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     // Key and content type first: a stranger cannot make us buffer a body.
@@ -105,7 +106,7 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     };
     let out = st.service.submit(&parsed.vendor, parsed.data, owner, idempotency).await?;
     let status = if out.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, axum::Json(Accepted { request_id: out.request_id, status: Status::Pending })).into_response())
+    Ok((status, axum::Json(Accepted { request_id: out.request_id, status: JobStatus::Pending })).into_response())
 }
 
 /// Poll a job.
@@ -114,9 +115,9 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     params(("request_id" = String, Path, description = "The id POST /jobs returned")),
     responses(
         (status = 200, description = "The job", body = JobView),
-        (status = 400, description = "Bad path", body = super::openapi::ErrorBody),
-        (status = 401, description = "Missing or unknown API key", body = super::openapi::ErrorBody),
-        (status = 404, description = "No such job (or not yours)", body = super::openapi::ErrorBody),
+        (status = 400, description = "Bad path", body = super::error::ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
+        (status = 404, description = "No such job (or not yours)", body = super::error::ErrorBody),
     ))]
 pub async fn get_job(
     State(st): State<AppState>,
@@ -136,7 +137,7 @@ pub async fn get_job(
     let mut view: JobView = job.into();
     // A complete job whose status says so carries its result; the earlier
     // retry error is history, not news.
-    if view.status == Status::Complete {
+    if view.status == JobStatus::Complete {
         view.error = None;
     }
     Ok(axum::Json(view).into_response())

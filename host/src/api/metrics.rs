@@ -2,13 +2,43 @@
 
 use std::sync::OnceLock;
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::{FromRef, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::error::ApiError;
 use super::{AppState, Route, auth};
+use crate::breaker::Breakers;
+use crate::config::AuthSettings;
+use crate::plugins::Registry;
+use crate::queue::Queue;
+use crate::telemetry;
+
+/// What `/metrics` reads: part of the API's state, and all a worker process
+/// has (its metrics listener serves this same handler).
+#[derive(Clone)]
+pub struct MetricsState {
+    pub auth: Arc<AuthSettings>,
+    pub queue: Arc<dyn Queue>,
+    pub registry: Arc<Registry>,
+    pub breakers: Arc<dyn Breakers>,
+    pub handle: Option<PrometheusHandle>,
+}
+
+impl FromRef<AppState> for MetricsState {
+    fn from_ref(st: &AppState) -> MetricsState {
+        MetricsState {
+            auth: st.auth.clone(),
+            queue: st.queue.clone(),
+            registry: st.registry.clone(),
+            breakers: st.breakers.clone(),
+            handle: st.metrics.clone(),
+        }
+    }
+}
 
 pub fn routes() -> Vec<Route> {
     vec![Route::get("/metrics", render)]
@@ -29,12 +59,15 @@ pub fn recorder() -> Option<PrometheusHandle> {
                 )
                 .ok()?
                 .set_buckets_for_metric(
-                    Matcher::Full("vendorhost_sqlite_batch_size".into()),
+                    Matcher::Full(telemetry::SQLITE_BATCH_SIZE.into()),
                     &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
                 )
                 .ok()?;
             match builder.install_recorder() {
-                Ok(h) => Some(h),
+                Ok(h) => {
+                    telemetry::describe();
+                    Some(h)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed");
                     None
@@ -49,8 +82,8 @@ pub fn recorder() -> Option<PrometheusHandle> {
     security((), ("admin_key" = [])),
     responses(
     (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
-    (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
-pub async fn render(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    (status = 401, description = "Admin key required", body = super::error::ErrorBody)))]
+pub async fn render(State(st): State<MetricsState>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::admin(&st.auth, &headers)?;
     if let Ok(d) = st.queue.depth().await {
         d.publish();
@@ -64,9 +97,9 @@ pub async fn render(State(st): State<AppState>, headers: HeaderMap) -> Result<Re
                 "half_open" => 2.0,
                 _ => 0.0,
             };
-            ::metrics::gauge!("vendorhost_breaker_state", "vendor" => id).set(v);
+            ::metrics::gauge!(telemetry::BREAKER_STATE, "vendor" => id).set(v);
         }
     }
-    let body = st.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    let body = st.handle.as_ref().map(|h| h.render()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())
 }

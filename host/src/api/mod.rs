@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod vendors;
+pub mod views;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -34,7 +35,9 @@ use crate::plugins::Registry;
 use crate::policy::Policies;
 use crate::queue::Queue;
 use crate::store::Store;
+use crate::telemetry;
 use error::ApiError;
+pub use metrics::MetricsState;
 
 #[derive(Clone)]
 pub struct AppState {
@@ -112,13 +115,23 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// A worker process's listener: the same `/metrics` and `/healthz`
+/// handlers as the API's.
+pub fn worker_router(state: MetricsState) -> Router {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics::render))
+        .route("/healthz", axum::routing::get(health::healthz))
+        .fallback(|| async { ApiError::not_found("a worker serves only /metrics and /healthz") })
+        .with_state(state)
+}
+
 /// Load shedding and timeouts answer at once, with a JSON body, instead of
 /// letting every request slow down.
 fn overload_error(e: tower::BoxError) -> axum::response::Response {
     if e.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "timeout", "the request took too long").into_response()
     } else if e.is::<tower::load_shed::error::Overloaded>() {
-        ::metrics::counter!("vendorhost_http_shed_total").increment(1);
+        ::metrics::counter!(telemetry::HTTP_SHED).increment(1);
         ApiError {
             retry_after: Some(1),
             ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "too many requests in flight; retry shortly")

@@ -1,32 +1,18 @@
 //! `GET /openapi.json`: the API described from the handlers themselves.
+//! This module only assembles the document; each handler and type
+//! describes itself where it is defined.
 
 use std::sync::OnceLock;
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Header, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use super::Route;
-
-/// Every error: `{"error": {"code": "...", "message": "..."}}`.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// A stable machine-readable code, e.g. `unknown_vendor`.
-    pub code: String,
-    pub message: String,
-    /// With `unknown_vendor`: the vendors that exist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub known_vendors: Option<Vec<String>>,
-}
+use super::error::{ErrorBody, ErrorDetail};
 
 #[derive(OpenApi)]
 #[openapi(

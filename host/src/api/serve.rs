@@ -29,6 +29,7 @@ use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 use crate::config::ApiSettings;
+use crate::telemetry;
 
 /// Open connections at once, by default (each is a file descriptor).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -122,7 +123,7 @@ pub async fn serve(listener: TcpListener, router: Router, opts: ServeOptions, sh
                 r = conn.as_mut() => r,
                 _ = tokio::time::sleep(header_deadline) => {
                     if !seen_request.load(Ordering::Relaxed) {
-                        ::metrics::counter!("vendorhost_http_header_timeouts_total").increment(1);
+                        ::metrics::counter!(telemetry::HTTP_HEADER_TIMEOUTS).increment(1);
                         return;
                     }
                     conn.await
@@ -142,7 +143,7 @@ pub async fn serve(listener: TcpListener, router: Router, opts: ServeOptions, sh
 /// briefly first: closing on unread data would reset the connection and
 /// could lose the answer. Bounded in time, so a flood cannot pile these up.
 fn refuse(mut stream: TcpStream) {
-    ::metrics::counter!("vendorhost_http_connections_refused_total").increment(1);
+    ::metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED).increment(1);
     tokio::spawn(async move {
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
             stream.write_all(OVER_CAPACITY).await?;
@@ -165,14 +166,14 @@ struct OpenGauge;
 
 impl OpenGauge {
     fn new() -> OpenGauge {
-        ::metrics::gauge!("vendorhost_http_connections").increment(1.0);
+        ::metrics::gauge!(telemetry::HTTP_CONNECTIONS).increment(1.0);
         OpenGauge
     }
 }
 
 impl Drop for OpenGauge {
     fn drop(&mut self) {
-        ::metrics::gauge!("vendorhost_http_connections").decrement(1.0);
+        ::metrics::gauge!(telemetry::HTTP_CONNECTIONS).decrement(1.0);
     }
 }
 

@@ -6,9 +6,8 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::views::{BreakerView, PluginView, RejectedView};
 use super::{AppState, Route, auth};
-use crate::breaker::BreakerSnapshot;
-use crate::plugins::{Rejected, VendorSummary};
 
 pub fn routes() -> Vec<Route> {
     vec![Route::get("/vendors", list)]
@@ -29,23 +28,23 @@ pub struct Limits {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct VendorView {
     #[serde(flatten)]
-    pub plugin: VendorSummary,
+    pub plugin: PluginView,
     pub limits: Limits,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub breaker: Option<BreakerSnapshot>,
+    pub breaker: Option<BreakerView>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct VendorList {
     pub vendors: Vec<VendorView>,
-    pub rejected: Vec<Rejected>,
+    pub rejected: Vec<RejectedView>,
 }
 
 /// Loaded vendors and rejected plugin files.
 #[utoipa::path(get, path = "/vendors", tag = "vendors", operation_id = "list_vendors",
     security((), ("admin_key" = [])),
     responses((status = 200, description = "Vendors", body = VendorList),
-              (status = 401, description = "Admin key required", body = super::openapi::ErrorBody)))]
+              (status = 401, description = "Admin key required", body = super::error::ErrorBody)))]
 pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum::Json<VendorList>, ApiError> {
     auth::admin(&st.auth, &headers)?;
     let (summaries, rejected) = st.registry.summaries();
@@ -56,7 +55,7 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             Some(p) => st.policies.for_plugin(&p),
             None => continue,
         };
-        let breaker = st.breakers.snapshot(&s.id).await.ok();
+        let breaker = st.breakers.snapshot(&s.id).await.ok().map(BreakerView::from);
         vendors.push(VendorView {
             limits: Limits {
                 rate_per_second: policy.quota.rate,
@@ -67,9 +66,9 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
                 max_attempts: policy.max_attempts,
                 allowed_hosts: cfg.vendor(&s.id).allowed_hosts.unwrap_or_default(),
             },
-            plugin: s,
+            plugin: s.into(),
             breaker,
         });
     }
-    Ok(axum::Json(VendorList { vendors, rejected }))
+    Ok(axum::Json(VendorList { vendors, rejected: rejected.into_iter().map(RejectedView::from).collect() }))
 }

@@ -7,8 +7,8 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::views::JobStatus;
 use super::{AppState, Route};
-use crate::jobs::Status;
 use crate::jobs::callbacks::CallbackOutcome;
 
 pub fn routes() -> Vec<Route> {
@@ -22,7 +22,7 @@ pub struct WebhookReply {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
+    pub status: Option<JobStatus>,
 }
 
 /// Receive a vendor's callback (Standard Webhooks signature required).
@@ -36,10 +36,10 @@ pub struct WebhookReply {
     request_body(content = serde_json::Value, description = "The vendor's payload, exactly as signed; its plugin reads it", content_type = "application/json"),
     responses(
         (status = 200, description = "Applied, already finished, or a replay (no change)", body = WebhookReply),
-        (status = 400, description = "The plugin could not read the body", body = super::openapi::ErrorBody),
-        (status = 401, description = "Missing, wrong or stale signature", body = super::openapi::ErrorBody),
-        (status = 404, description = "Unknown vendor, or no such job of this vendor", body = super::openapi::ErrorBody),
-        (status = 413, description = "Body too large", body = super::openapi::ErrorBody),
+        (status = 400, description = "The plugin could not read the body", body = super::error::ErrorBody),
+        (status = 401, description = "Missing, wrong or stale signature", body = super::error::ErrorBody),
+        (status = 404, description = "Unknown vendor, or no such job of this vendor", body = super::error::ErrorBody),
+        (status = 413, description = "Body too large", body = super::error::ErrorBody),
     ))]
 pub async fn receive(
     State(st): State<AppState>,
@@ -56,10 +56,10 @@ pub async fn receive(
     let out = st.callbacks.receive(&vendor, headers, body.to_vec()).await?;
     Ok(axum::Json(match out {
         CallbackOutcome::Applied { request_id, status } => {
-            WebhookReply { result: "applied", request_id: Some(request_id), status: Some(status) }
+            WebhookReply { result: "applied", request_id: Some(request_id), status: Some(status.into()) }
         }
         CallbackOutcome::AlreadyFinished { request_id, status } => {
-            WebhookReply { result: "already_finished", request_id: Some(request_id), status: Some(status) }
+            WebhookReply { result: "already_finished", request_id: Some(request_id), status: Some(status.into()) }
         }
         CallbackOutcome::Duplicate => WebhookReply { result: "duplicate", request_id: None, status: None },
     }))

@@ -5,11 +5,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use super::{
-    Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, now_ms, report,
-    transition,
-};
+use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, report, transition};
 use crate::config::BreakerPolicy;
+use crate::model::now_ms;
 
 #[derive(Default)]
 pub struct LocalBreakers {
@@ -44,12 +42,7 @@ impl Breakers for LocalBreakers {
         Ok(self.update(vendor, |s| s.admit(now_ms(), policy)))
     }
 
-    async fn record(
-        &self,
-        vendor: &str,
-        policy: &BreakerPolicy,
-        outcome: CallOutcome,
-    ) -> Result<(), BreakerError> {
+    async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
         self.update(vendor, |s| s.record(now_ms(), policy, outcome));
         Ok(())
     }

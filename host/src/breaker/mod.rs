@@ -24,6 +24,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 use crate::config::BreakerPolicy;
+use crate::model::millis as ms;
+use crate::telemetry;
 
 pub use local::LocalBreakers;
 pub use redis::RedisBreakers;
@@ -35,12 +37,12 @@ const HALF_OPEN_RETRY: Duration = Duration::from_secs(1);
 pub enum BreakerError {
     #[error("redis: {0}")]
     Redis(#[from] ::redis::RedisError),
-    #[error(
-        "breaker state for {vendor} kept changing underneath; gave up after {attempts} attempts"
-    )]
+    #[error("breaker state for {vendor} kept changing underneath; gave up after {attempts} attempts")]
     Contended { vendor: String, attempts: u32 },
     #[error("breaker state: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
 }
 
 /// Where a vendor's breaker state lives.
@@ -49,12 +51,7 @@ pub trait Breakers: Send + Sync + 'static {
     /// May a call go to `vendor` now? Moves open → half-open when due.
     async fn admit(&self, vendor: &str, policy: &BreakerPolicy) -> Result<Admission, BreakerError>;
     /// Records the outcome of a call that `admit` allowed.
-    async fn record(
-        &self,
-        vendor: &str,
-        policy: &BreakerPolicy,
-        outcome: CallOutcome,
-    ) -> Result<(), BreakerError>;
+    async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError>;
     async fn snapshot(&self, vendor: &str) -> Result<BreakerSnapshot, BreakerError>;
 }
 
@@ -153,9 +150,7 @@ impl<'de> Deserialize<'de> for Window {
         let text = String::deserialize(d)?;
         let marks = text.bytes().map(|b| match b {
             b'0'..=b'3' => Ok(Mark(b - b'0')),
-            _ => Err(serde::de::Error::custom(
-                "breaker window: expected digits 0-3",
-            )),
+            _ => Err(serde::de::Error::custom("breaker window: expected digits 0-3")),
         });
         Ok(Window(marks.collect::<Result<_, _>>()?))
     }
@@ -171,7 +166,7 @@ impl Window {
 }
 
 /// Transitions made so far, for snapshots and tests.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TransitionCounts {
     pub opened: u64,
     pub half_opened: u64,
@@ -189,16 +184,12 @@ pub struct BreakerState {
 
 impl Default for BreakerState {
     fn default() -> Self {
-        BreakerState {
-            state: State::Closed,
-            window: Window::default(),
-            transitions: TransitionCounts::default(),
-        }
+        BreakerState { state: State::Closed, window: Window::default(), transitions: TransitionCounts::default() }
     }
 }
 
 /// What the admin API shows for a vendor's breaker.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BreakerSnapshot {
     /// `closed`, `open` or `half_open` (an open breaker past its time shows
     /// as `half_open`: the next call is a probe).
@@ -215,15 +206,7 @@ pub struct BreakerSnapshot {
 }
 
 fn percent(part: u32, whole: u32) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        f64::from(part) * 100.0 / f64::from(whole)
-    }
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    if whole == 0 { 0.0 } else { f64::from(part) * 100.0 / f64::from(whole) }
 }
 
 impl BreakerState {
@@ -246,23 +229,10 @@ impl BreakerState {
                 let wait = Duration::from_millis((until_ms - now_ms) as u64);
                 return Admission::Rejected { retry_in: wait };
             }
-            self.state = State::HalfOpen {
-                issued: 0,
-                succeeded: 0,
-                failed: 0,
-                slow: 0,
-                last_issue_ms: now_ms,
-            };
+            self.state = State::HalfOpen { issued: 0, succeeded: 0, failed: 0, slow: 0, last_issue_ms: now_ms };
             self.transitions.half_opened += 1;
         }
-        let State::HalfOpen {
-            issued,
-            succeeded,
-            failed,
-            last_issue_ms,
-            ..
-        } = &mut self.state
-        else {
+        let State::HalfOpen { issued, succeeded, failed, last_issue_ms, .. } = &mut self.state else {
             return Admission::Allowed { probe: false };
         };
         let probes = policy.half_open_probes.max(1);
@@ -277,18 +247,11 @@ impl BreakerState {
             *last_issue_ms = now_ms;
             Admission::Allowed { probe: true }
         } else {
-            Admission::Rejected {
-                retry_in: HALF_OPEN_RETRY,
-            }
+            Admission::Rejected { retry_in: HALF_OPEN_RETRY }
         }
     }
 
-    pub fn record(
-        &mut self,
-        now_ms: i64,
-        policy: &BreakerPolicy,
-        outcome: CallOutcome,
-    ) -> Option<Transition> {
+    pub fn record(&mut self, now_ms: i64, policy: &BreakerPolicy, outcome: CallOutcome) -> Option<Transition> {
         let slow = outcome.duration > policy.slow_call;
         let failed = !outcome.success;
         match &mut self.state {
@@ -309,12 +272,7 @@ impl BreakerState {
             // Calls admitted before the breaker opened say nothing new.
             State::Open { .. } => None,
             State::HalfOpen { .. } if !outcome.probe => None,
-            State::HalfOpen {
-                succeeded,
-                failed: nfailed,
-                slow: nslow,
-                ..
-            } => {
+            State::HalfOpen { succeeded, failed: nfailed, slow: nslow, .. } => {
                 if failed {
                     *nfailed += 1;
                 } else {
@@ -325,18 +283,15 @@ impl BreakerState {
                 if done < policy.half_open_probes.max(1) {
                     return None;
                 }
-                let tripped = percent(*nfailed, done) >= policy.failure_rate
-                    || percent(*nslow, done) >= policy.slow_call_rate;
+                let tripped =
+                    percent(*nfailed, done) >= policy.failure_rate || percent(*nslow, done) >= policy.slow_call_rate;
                 if tripped {
                     Some(self.open(now_ms, policy))
                 } else {
                     self.state = State::Closed;
                     self.window.0.clear();
                     self.transitions.closed += 1;
-                    Some(Transition {
-                        from: "half_open",
-                        to: "closed",
-                    })
+                    Some(Transition { from: "half_open", to: "closed" })
                 }
             }
         }
@@ -344,9 +299,7 @@ impl BreakerState {
 
     fn open(&mut self, now_ms: i64, policy: &BreakerPolicy) -> Transition {
         let from = self.state.name();
-        self.state = State::Open {
-            until_ms: now_ms.saturating_add(ms(policy.open_for)),
-        };
+        self.state = State::Open { until_ms: now_ms.saturating_add(ms(policy.open_for)) };
         self.window.0.clear();
         self.transitions.opened += 1;
         Transition { from, to: "open" }
@@ -354,27 +307,12 @@ impl BreakerState {
 
     pub fn snapshot(&self, now_ms: i64) -> BreakerSnapshot {
         let (state, calls, failures, slow_calls, open_until) = match self.state {
-            State::Closed => (
-                "closed",
-                self.window.0.len() as u32,
-                self.window.failures(),
-                self.window.slow(),
-                None,
-            ),
+            State::Closed => ("closed", self.window.0.len() as u32, self.window.failures(), self.window.slow(), None),
             State::Open { until_ms } => {
-                let name = if now_ms >= until_ms {
-                    "half_open"
-                } else {
-                    "open"
-                };
+                let name = if now_ms >= until_ms { "half_open" } else { "open" };
                 (name, 0, 0, 0, Some(until_ms))
             }
-            State::HalfOpen {
-                succeeded,
-                failed,
-                slow,
-                ..
-            } => ("half_open", succeeded + failed, failed, slow, None),
+            State::HalfOpen { succeeded, failed, slow, .. } => ("half_open", succeeded + failed, failed, slow, None),
         };
         BreakerSnapshot {
             state,
@@ -399,26 +337,10 @@ pub(crate) fn report(vendor: &str, t: Transition) {
     if t.to == "open" {
         tracing::warn!(vendor, from = t.from, to = t.to, "circuit breaker opened");
     } else {
-        tracing::info!(
-            vendor,
-            from = t.from,
-            to = t.to,
-            "circuit breaker transition"
-        );
+        tracing::info!(vendor, from = t.from, to = t.to, "circuit breaker transition");
     }
-    metrics::counter!("vendorhost_breaker_transitions_total", "vendor" => vendor.to_string(), "to" => t.to)
-        .increment(1);
-    metrics::gauge!("vendorhost_breaker_state", "vendor" => vendor.to_string())
-        .set(State::gauge(t.to));
-}
-
-/// Wall-clock epoch milliseconds (breaker times only; skew between workers
-/// shifts `open_for` by the skew, which is acceptable).
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(ms)
-        .unwrap_or(0)
+    metrics::counter!(telemetry::BREAKER_TRANSITIONS, "vendor" => vendor.to_string(), "to" => t.to).increment(1);
+    metrics::gauge!(telemetry::BREAKER_STATE, "vendor" => vendor.to_string()).set(State::gauge(t.to));
 }
 
 #[cfg(test)]

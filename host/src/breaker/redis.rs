@@ -6,14 +6,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
-use super::{
-    Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, now_ms, report,
-    transition,
-};
+use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, report, transition};
 use crate::config::BreakerPolicy;
+use crate::model::now_ms;
+use crate::redis_conn::RedisConn;
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Compare-and-set attempts before giving up on a contended breaker.
@@ -41,21 +40,14 @@ pub struct RedisBreakers {
 }
 
 impl RedisBreakers {
-    /// Connects with a 2 s response timeout.
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisBreakers, BreakerError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self::new(conn, prefix))
+    /// Over the process's shared connection.
+    pub fn new(conn: &RedisConn, prefix: &str) -> RedisBreakers {
+        RedisBreakers { conn: conn.manager.clone(), prefix: prefix.to_string(), cas: Script::new(CAS) }
     }
 
-    /// Over an existing connection (its response timeout is the caller's).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisBreakers {
-        RedisBreakers {
-            conn,
-            prefix: prefix.to_string(),
-            cas: Script::new(CAS),
-        }
+    /// Its own connection (tests, tools).
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisBreakers, BreakerError> {
+        Ok(Self::new(&RedisConn::connect(url).await?, prefix))
     }
 
     fn key(&self, vendor: &str) -> String {
@@ -63,12 +55,9 @@ impl RedisBreakers {
     }
 
     /// The stored value as read (to compare against) and the state it holds.
-    async fn load(
-        &self,
-        key: &str,
-        vendor: &str,
-    ) -> Result<(Option<String>, BreakerState), BreakerError> {
-        let raw: Option<String> = self.conn.clone().get(key).await?;
+    async fn load(&self, key: &str, vendor: &str) -> Result<(Option<String>, BreakerState), BreakerError> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = bounded(conn.get(key)).await?;
         let state = match raw.as_deref().map(serde_json::from_str::<BreakerState>) {
             None => BreakerState::default(),
             Some(Ok(s)) => s,
@@ -84,11 +73,7 @@ impl RedisBreakers {
 
     /// Runs `f` on the current state and stores the result if it changed,
     /// retrying from a fresh read when another worker wrote in between.
-    async fn update<R>(
-        &self,
-        vendor: &str,
-        mut f: impl FnMut(&mut BreakerState) -> R,
-    ) -> Result<R, BreakerError> {
+    async fn update<R>(&self, vendor: &str, mut f: impl FnMut(&mut BreakerState) -> R) -> Result<R, BreakerError> {
         let key = self.key(vendor);
         let ttl_ms = STATE_TTL.as_millis() as u64;
         for attempt in 1..=MAX_ATTEMPTS {
@@ -100,15 +85,9 @@ impl RedisBreakers {
                 return Ok(result);
             }
             let mut conn = self.conn.clone();
-            let written: i64 = self
-                .cas
-                .key(&key)
-                .arg(if raw.is_some() { "1" } else { "0" })
-                .arg(raw.as_deref().unwrap_or(""))
-                .arg(&new)
-                .arg(ttl_ms)
-                .invoke_async(&mut conn)
-                .await?;
+            let mut cas = self.cas.key(&key);
+            cas.arg(if raw.is_some() { "1" } else { "0" }).arg(raw.as_deref().unwrap_or("")).arg(&new).arg(ttl_ms);
+            let written: i64 = bounded(cas.invoke_async(&mut conn)).await?;
             if written == 1 {
                 if let Some(t) = transition(before, state.state().name()) {
                     report(vendor, t);
@@ -119,10 +98,16 @@ impl RedisBreakers {
             let jitter = rand::random_range(0..=u64::from(attempt) * 2);
             tokio::time::sleep(Duration::from_millis(jitter)).await;
         }
-        Err(BreakerError::Contended {
-            vendor: vendor.to_string(),
-            attempts: MAX_ATTEMPTS,
-        })
+        Err(BreakerError::Contended { vendor: vendor.to_string(), attempts: MAX_ATTEMPTS })
+    }
+}
+
+/// A command on the shared connection, given up after `RESPONSE_TIMEOUT`:
+/// a slow Redis must not hold a job longer than the breaker is worth.
+async fn bounded<T>(cmd: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, BreakerError> {
+    match tokio::time::timeout(RESPONSE_TIMEOUT, cmd).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(BreakerError::Timeout(RESPONSE_TIMEOUT)),
     }
 }
 
@@ -132,15 +117,8 @@ impl Breakers for RedisBreakers {
         self.update(vendor, |s| s.admit(now_ms(), policy)).await
     }
 
-    async fn record(
-        &self,
-        vendor: &str,
-        policy: &BreakerPolicy,
-        outcome: CallOutcome,
-    ) -> Result<(), BreakerError> {
-        self.update(vendor, |s| s.record(now_ms(), policy, outcome))
-            .await
-            .map(|_| ())
+    async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
+        self.update(vendor, |s| s.record(now_ms(), policy, outcome)).await.map(|_| ())
     }
 
     async fn snapshot(&self, vendor: &str) -> Result<BreakerSnapshot, BreakerError> {

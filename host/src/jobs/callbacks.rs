@@ -4,11 +4,13 @@
 
 use std::sync::Arc;
 
-use crate::jobs::{Outcome, Status, now_ms};
+use crate::jobs::finish::{FinishError, Via, finish};
+use crate::model::{Outcome, Status, now_ms};
 use crate::plugins::{CallError, Registry};
 use crate::policy::Policies;
-use crate::queue::{DeadLetter, Message, Queue};
+use crate::queue::{Queue, QueueError};
 use crate::store::{Store, StoreError};
+use crate::telemetry;
 use crate::webhook::{self, Secret, WebhookError};
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +27,17 @@ pub enum CallbackError {
     Plugin(CallError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+impl From<FinishError> for CallbackError {
+    fn from(e: FinishError) -> Self {
+        match e {
+            FinishError::Store(e) => CallbackError::Store(e),
+            FinishError::Queue(e) => CallbackError::Queue(e),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,7 +65,12 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 
 impl Callbacks {
     /// `headers` with lowercase names.
-    pub async fn receive(&self, vendor: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Result<CallbackOutcome, CallbackError> {
+    pub async fn receive(
+        &self,
+        vendor: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<CallbackOutcome, CallbackError> {
         let result = self.receive_inner(vendor, headers, body).await;
         let label = match &result {
             Ok(CallbackOutcome::Applied { .. }) => "applied",
@@ -64,14 +82,20 @@ impl Callbacks {
             Err(CallbackError::UnknownJob(_)) => "unknown_job",
             Err(CallbackError::Plugin(_)) => "unparsable",
             Err(CallbackError::Store(_)) => "store_error",
+            Err(CallbackError::Queue(_)) => "queue_error",
         };
         let accepted = matches!(result, Ok(CallbackOutcome::Applied { .. } | CallbackOutcome::AlreadyFinished { .. }));
-        let name = if accepted { "vendorhost_webhooks_accepted_total" } else { "vendorhost_webhooks_rejected_total" };
+        let name = if accepted { telemetry::WEBHOOKS_ACCEPTED } else { telemetry::WEBHOOKS_REJECTED };
         metrics::counter!(name, "vendor" => vendor.to_string(), "reason" => label).increment(1);
         result
     }
 
-    async fn receive_inner(&self, vendor: &str, headers: Vec<(String, String)>, body: Vec<u8>) -> Result<CallbackOutcome, CallbackError> {
+    async fn receive_inner(
+        &self,
+        vendor: &str,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    ) -> Result<CallbackOutcome, CallbackError> {
         let plugin = self.registry.get(vendor).ok_or_else(|| CallbackError::UnknownVendor(vendor.to_string()))?;
         let policy = self.policies.for_plugin(&plugin);
         let secrets: Vec<Secret> = policy
@@ -122,16 +146,30 @@ impl Callbacks {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<CallbackOutcome, CallbackError> {
-        let parsed = self.registry.runtime().on_webhook(&plugin.pre, call, headers, body).await.map_err(CallbackError::Plugin)?;
+        let parsed = self
+            .registry
+            .runtime()
+            .on_webhook(&plugin.pre, call, headers, body)
+            .await
+            .map_err(CallbackError::Plugin)?;
         let request_id = if !parsed.request_id.is_empty() {
             parsed.request_id.clone()
         } else {
             match &parsed.vendor_ref {
-                Some(r) => self.store.find_by_vendor_ref(vendor, r).await?.ok_or_else(|| CallbackError::UnknownJob(vendor.to_string()))?,
+                Some(r) => self
+                    .store
+                    .find_by_vendor_ref(vendor, r)
+                    .await?
+                    .ok_or_else(|| CallbackError::UnknownJob(vendor.to_string()))?,
                 None => return Err(CallbackError::UnknownJob(vendor.to_string())),
             }
         };
-        let job = self.store.get(&request_id).await?.filter(|j| j.vendor == vendor).ok_or_else(|| CallbackError::UnknownJob(vendor.to_string()))?;
+        let job = self
+            .store
+            .get(&request_id)
+            .await?
+            .filter(|j| j.vendor == vendor)
+            .ok_or_else(|| CallbackError::UnknownJob(vendor.to_string()))?;
         if job.status.is_terminal() {
             return Ok(CallbackOutcome::AlreadyFinished { request_id, status: job.status });
         }
@@ -140,23 +178,7 @@ impl Callbacks {
             Err(reason) => Outcome::Failed { error: format!("vendor reported failure: {reason}") },
         };
         let status = outcome.status();
-        if self.store.finish(&request_id, &outcome, now_ms()).await? {
-            let name = if status == Status::Complete { "vendorhost_jobs_completed_total" } else { "vendorhost_jobs_failed_total" };
-            metrics::counter!(name, "vendor" => vendor.to_string()).increment(1);
-            tracing::info!(request_id = %request_id, vendor, status = status.as_str(), "job finished by webhook");
-            if let Outcome::Failed { error } = &outcome {
-                let letter = DeadLetter {
-                    id: String::new(),
-                    request_id: Some(request_id.clone()),
-                    vendor: Some(vendor.to_string()),
-                    payload: Message::new(&request_id, vendor).encode(),
-                    reason: error.clone(),
-                    died_at: now_ms(),
-                };
-                if let Err(e) = self.queue.dead_letter(None, letter).await {
-                    tracing::warn!(request_id = %request_id, error = %e, "could not copy failed job to the dead-letter queue");
-                }
-            }
+        if finish(&*self.store, &*self.queue, &request_id, vendor, outcome, None, Via::Webhook).await? {
             Ok(CallbackOutcome::Applied { request_id, status })
         } else {
             let now = self.store.get(&request_id).await?.map(|j| j.status).unwrap_or(status);

@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use crate::jobs::now_ms;
-use crate::queue::{DeadLetter, Message, Queue, QueueError};
+use crate::model::{DeadLetter, now_ms};
+use crate::queue::{Message, Queue, QueueError};
 use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,9 @@
-//! Jobs: the model (no I/O), cleaning (pure), submit/get, and the worker loop.
+//! Jobs in motion: submit/get, the worker loop, webhooks, the sweeper, the
+//! dead-letter queue. The job model itself is in `model`; cleaning in `clean`.
 
 pub mod callbacks;
-pub mod clean;
 pub mod dead_letters;
-pub mod model;
+pub mod finish;
 pub mod service;
 pub mod sweeper;
 pub mod worker;
-
-pub use model::{Idempotency, Job, Millis, NewJob, Outcome, Status, format_ms, new_request_id, now_ms};

@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::jobs::{Idempotency, Job, NewJob, new_request_id, now_ms};
+use crate::model::{Idempotency, Job, NewJob, new_request_id, now_ms};
 use crate::plugins::Registry;
 use crate::queue::{Message, Queue, QueueError};
 use crate::store::{Inserted, Store, StoreError};
+use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
@@ -69,7 +70,7 @@ impl JobService {
             Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false }),
             Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
         }
-        metrics::counter!("vendorhost_jobs_submitted_total", "vendor" => job.vendor.clone()).increment(1);
+        metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
         tracing::debug!(request_id = %job.request_id, vendor = %job.vendor, "job submitted");
         Ok(Submitted { request_id: job.request_id, created: true })
     }

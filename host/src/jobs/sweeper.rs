@@ -11,9 +11,12 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{QueueSettings, RetentionSettings};
-use crate::jobs::{Outcome, now_ms};
-use crate::queue::{DeadLetter, Message, Queue};
+use crate::jobs::finish::{Via, finish};
+use crate::model::{Outcome, millis, now_ms};
+use crate::queue::{Message, Queue};
+use crate::shutdown;
 use crate::store::Store;
+use crate::telemetry;
 
 const BATCH: usize = 500;
 
@@ -29,14 +32,7 @@ impl Sweeper {
         let mut tick = tokio::time::interval(self.settings.sweep_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = tokio::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => {}
-            }
-            if *shutdown.borrow() {
-                break;
-            }
+        while shutdown::next_tick(&mut tick, &mut shutdown).await {
             if let Err(e) = self.sweep_once().await {
                 tracing::warn!(error = %e, "sweep failed; retrying next round");
             }
@@ -50,7 +46,7 @@ impl Sweeper {
     /// One round of recovery; returns (re-enqueued, timed out).
     pub async fn sweep_once(&self) -> Result<(usize, usize), String> {
         let now = now_ms();
-        let before = now - self.settings.sweep_after.as_millis() as i64;
+        let before = now - millis(self.settings.sweep_after);
         let stranded = self.store.unqueued_pending(before, BATCH).await.map_err(|e| e.to_string())?;
         if !stranded.is_empty() {
             let msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
@@ -58,26 +54,18 @@ impl Sweeper {
             let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
             self.store.mark_queued(&ids).await.map_err(|e| e.to_string())?;
             tracing::warn!(count = ids.len(), "sweeper enqueued pending jobs that had no queue entry");
-            metrics::counter!("vendorhost_sweeper_requeued_total").increment(ids.len() as u64);
+            metrics::counter!(telemetry::SWEEPER_REQUEUED).increment(ids.len() as u64);
         }
         let overdue = self.store.overdue_webhooks(now, BATCH).await.map_err(|e| e.to_string())?;
         let mut timed_out = 0;
         for id in &overdue {
             let Some(job) = self.store.get(id).await.map_err(|e| e.to_string())? else { continue };
-            let reason = "no webhook from the vendor before the deadline".to_string();
-            if self.store.finish(id, &Outcome::Failed { error: reason.clone() }, now).await.map_err(|e| e.to_string())? {
+            let outcome = Outcome::Failed { error: "no webhook from the vendor before the deadline".to_string() };
+            if finish(&*self.store, &*self.queue, id, &job.vendor, outcome, None, Via::Sweeper)
+                .await
+                .map_err(|e| e.to_string())?
+            {
                 timed_out += 1;
-                metrics::counter!("vendorhost_jobs_failed_total", "vendor" => job.vendor.clone()).increment(1);
-                tracing::warn!(request_id = %id, vendor = %job.vendor, "async job timed out waiting for its webhook");
-                let letter = DeadLetter {
-                    id: String::new(),
-                    request_id: Some(id.clone()),
-                    vendor: Some(job.vendor.clone()),
-                    payload: Message::new(id, &job.vendor).encode(),
-                    reason,
-                    died_at: now,
-                };
-                self.queue.dead_letter(None, letter).await.map_err(|e| e.to_string())?;
             }
         }
         if let Ok(d) = self.queue.depth().await {

@@ -1,4 +1,5 @@
-//! The worker: lease → plugin → rate limit → breaker → call → clean → store → ack.
+//! The worker: lease → gate (bulkhead, rate limit, breaker) → call →
+//! settle (clean, store, ack; or retry later).
 //!
 //! A job that may not be called yet (bulkhead full, rate limit, open
 //! breaker) goes back on the queue, delayed until it may be, and the worker
@@ -17,12 +18,14 @@ use tracing::Instrument;
 
 use crate::breaker::{Admission, Breakers, CallOutcome};
 use crate::config::QueueSettings;
-use crate::jobs::{Outcome, now_ms};
+use crate::jobs::finish::{FinishError, Via, finish};
 use crate::limits::{LimitError, Quota, RateLimiter};
+use crate::model::{DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
-use crate::policy::Policies;
-use crate::queue::{DeadLetter, Lease, Message, Queue};
+use crate::policy::{Policies, Resolved};
+use crate::queue::{Lease, Message, Queue};
 use crate::store::Store;
+use crate::telemetry;
 
 /// Most entries leased in one round trip.
 const LEASE_BATCH: usize = 64;
@@ -43,11 +46,15 @@ pub struct WorkerCtx {
     pub consumer: String,
 }
 
+/// The deliveries being worked on, by entry id (released at shutdown if
+/// their task does not finish within the grace period).
+type InFlight = Arc<Mutex<HashMap<String, (Lease, Option<Message>)>>>;
+
 /// Runs `concurrency` jobs at a time until `shutdown` turns true, then
 /// finishes in-flight jobs within the grace period and releases the rest.
 pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(concurrency));
-    let in_flight: Arc<Mutex<HashMap<String, (Lease, Option<Message>)>>> = Arc::default();
+    let in_flight: InFlight = Arc::default();
     let mut tasks = JoinSet::new();
     tracing::info!(consumer = %ctx.consumer, concurrency, queue = ctx.queue.kind(), "worker started");
     loop {
@@ -75,7 +82,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(error = %e, "queue lease failed; retrying");
-                metrics::counter!("vendorhost_queue_errors_total", "op" => "lease").increment(1);
+                metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "lease").increment(1);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             }
@@ -99,23 +106,25 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
     drain(&ctx, tasks, in_flight).await;
 }
 
-async fn drain(ctx: &WorkerCtx, mut tasks: JoinSet<()>, in_flight: Arc<Mutex<HashMap<String, (Lease, Option<Message>)>>>) {
+async fn drain(ctx: &WorkerCtx, mut tasks: JoinSet<()>, in_flight: InFlight) {
     let n = tasks.len();
     if n > 0 {
         tracing::info!(in_flight = n, grace = ?ctx.settings.shutdown_grace, "worker draining");
     }
-    let drained = tokio::time::timeout(ctx.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
+    let drained =
+        tokio::time::timeout(ctx.settings.shutdown_grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        let left: Vec<(Lease, Option<Message>)> = in_flight.lock().map(|mut m| m.drain().map(|(_, v)| v).collect()).unwrap_or_default();
+        let left: Vec<(Lease, Option<Message>)> =
+            in_flight.lock().map(|mut m| m.drain().map(|(_, v)| v).collect()).unwrap_or_default();
         for (lease, msg) in left {
             // Back on the queue now, for another worker; the job's status
             // stays `processing` and its next attempt moves it on.
-            if let Some(msg) = msg {
-                if let Err(e) = ctx.queue.release(&lease, &msg, now_ms()).await {
-                    tracing::warn!(request_id = %msg.request_id, error = %e, "could not release job at shutdown; it returns after its lease");
-                }
+            if let Some(msg) = msg
+                && let Err(e) = ctx.queue.release(&lease, &msg, now_ms()).await
+            {
+                tracing::warn!(request_id = %msg.request_id, error = %e, "could not release job at shutdown; it returns after its lease");
             }
         }
     }
@@ -144,11 +153,12 @@ async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Resul
     };
     let mut lingered = false;
     loop {
-        let wait = match ctx.limiter.acquire_or_book(vendor, quota, if lingered { Duration::ZERO } else { linger }).await {
-            Ok(None) => return None,
-            Ok(Some(wait)) => wait,
-            Err(e) => return Some(Err(e)),
-        };
+        let wait =
+            match ctx.limiter.acquire_or_book(vendor, quota, if lingered { Duration::ZERO } else { linger }).await {
+                Ok(None) => return None,
+                Ok(Some(wait)) => wait,
+                Err(e) => return Some(Err(e)),
+            };
         if lingered || wait > linger {
             return Some(Ok(at_or_after(wait)));
         }
@@ -173,14 +183,7 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
         Ok(m) => m,
         Err(reason) => {
             tracing::warn!(entry = %lease.entry_id, reason = %reason, "malformed queue entry dead-lettered");
-            let letter = DeadLetter {
-                id: String::new(),
-                request_id: None,
-                vendor: None,
-                payload: lease.payload.chars().take(64 * 1024).collect(),
-                reason,
-                died_at: now_ms(),
-            };
+            let letter = DeadLetter::new(None, &lease.payload, reason);
             if let Err(e) = ctx.queue.dead_letter(Some(&lease), letter).await {
                 tracing::error!(error = %e, "could not dead-letter a malformed entry");
             }
@@ -191,8 +194,10 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
     if let Err(e) = process(ctx, &lease, &msg).instrument(span.clone()).await {
         // The backend failed us: leave the lease to expire so the job is
         // delivered again; nothing is lost.
-        span.in_scope(|| tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"));
-        metrics::counter!("vendorhost_queue_errors_total", "op" => "process").increment(1);
+        span.in_scope(
+            || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"),
+        );
+        metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
     }
 }
 
@@ -202,60 +207,49 @@ enum StepError {
     Store(#[from] crate::store::StoreError),
     #[error(transparent)]
     Queue(#[from] crate::queue::QueueError),
+    #[error(transparent)]
+    Finish(#[from] FinishError),
 }
 
+/// Ends the job failed (and its delivery with it).
 async fn fail(ctx: &WorkerCtx, lease: &Lease, msg: &Message, reason: String) -> Result<(), StepError> {
-    let ended = ctx.store.finish(&msg.request_id, &Outcome::Failed { error: reason.clone() }, now_ms()).await?;
-    if ended {
-        metrics::counter!("vendorhost_jobs_failed_total", "vendor" => msg.vendor.clone()).increment(1);
-        tracing::warn!(error = %reason, "job failed");
-    }
-    let letter = DeadLetter {
-        id: String::new(),
-        request_id: Some(msg.request_id.clone()),
-        vendor: Some(msg.vendor.clone()),
-        payload: lease.payload.clone(),
-        reason,
-        died_at: now_ms(),
-    };
-    if ended {
-        ctx.queue.dead_letter(Some(lease), letter).await?;
-    } else {
-        ctx.queue.ack(lease).await?;
-    }
+    let outcome = Outcome::Failed { error: reason };
+    finish(&*ctx.store, &*ctx.queue, &msg.request_id, &msg.vendor, outcome, Some(lease), Via::Worker).await?;
     Ok(())
 }
 
-async fn delay(ctx: &WorkerCtx, lease: &Lease, msg: &Message, wait: Duration, why: &'static str) -> Result<(), StepError> {
-    metrics::counter!("vendorhost_jobs_delayed_total", "vendor" => msg.vendor.clone(), "reason" => why).increment(1);
+/// Puts the job back on the queue, due in `wait`, before any call.
+async fn delay(
+    ctx: &WorkerCtx,
+    lease: &Lease,
+    msg: &Message,
+    wait: Duration,
+    why: &'static str,
+) -> Result<(), StepError> {
+    metrics::counter!(telemetry::JOBS_DELAYED, "vendor" => msg.vendor.clone(), "reason" => why).increment(1);
     if why == "rate_limit" {
-        metrics::histogram!("vendorhost_rate_limit_delay_seconds", "vendor" => msg.vendor.clone()).record(wait.as_secs_f64());
+        metrics::histogram!(telemetry::RATE_LIMIT_DELAY, "vendor" => msg.vendor.clone()).record(wait.as_secs_f64());
     }
-    ctx.queue.release(lease, msg, now_ms() + wait.as_millis() as i64).await?;
+    ctx.queue.release(lease, msg, now_ms() + millis(wait)).await?;
     Ok(())
 }
 
+/// One delivery: check the job still wants a call, pass the gate, call the
+/// plugin, settle the outcome.
 async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), StepError> {
     let Some(job) = ctx.store.get(&msg.request_id).await? else {
-        let letter = DeadLetter {
-            id: String::new(),
-            request_id: Some(msg.request_id.clone()),
-            vendor: Some(msg.vendor.clone()),
-            payload: lease.payload.clone(),
-            reason: "queue entry names a job that does not exist".into(),
-            died_at: now_ms(),
-        };
+        let letter = DeadLetter::new(
+            Some((&msg.request_id, &msg.vendor)),
+            &lease.payload,
+            "queue entry names a job that does not exist",
+        );
         ctx.queue.dead_letter(Some(lease), letter).await?;
         return Ok(());
     };
-    if job.status.is_terminal() {
-        // A duplicate delivery of a finished job: nothing to do.
-        ctx.queue.ack(lease).await?;
-        return Ok(());
-    }
-    if job.vendor_ref.is_some() {
-        // An async vendor already accepted this job; it waits for its webhook
-        // (or its deadline), not for another call.
+    if job.status.is_terminal() || job.vendor_ref.is_some() {
+        // A duplicate delivery of a finished job, or an async job its vendor
+        // already accepted (it waits for its webhook or deadline, not for
+        // another call): nothing to do.
         ctx.queue.ack(lease).await?;
         return Ok(());
     }
@@ -269,7 +263,7 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
     let vendor = job.vendor.clone();
     let Some(plugin) = ctx.registry.get(&vendor) else {
         let since = ctx.registry.removed_at(&vendor).unwrap_or(job.updated_at);
-        let grace = ctx.settings.removed_vendor_grace.as_millis() as i64;
+        let grace = millis(ctx.settings.removed_vendor_grace);
         if now_ms() - since >= grace {
             return fail(ctx, lease, msg, format!("vendor removed: no plugin provides {vendor:?}")).await;
         }
@@ -277,26 +271,9 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         return delay(ctx, lease, msg, jitter(wait), "vendor_missing").await;
     };
     let policy = ctx.policies.for_plugin(&plugin);
-
-    let Some(_bulkhead) = ctx.policies.try_bulkhead(&vendor, policy.max_in_flight) else {
-        return delay(ctx, lease, msg, jitter(Duration::from_millis(50)), "bulkhead").await;
-    };
-    if let Some(wait) = rate_limit(ctx, &vendor, policy.quota).await {
-        return match wait {
-            Ok(wait) => delay(ctx, lease, msg, wait, "rate_limit").await,
-            Err(e) => {
-                tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
-                delay(ctx, lease, msg, jitter(Duration::from_secs(1)), "limiter_error").await
-            }
-        };
-    }
-    let probe = match ctx.breakers.admit(&vendor, &policy.breaker).await {
-        Ok(Admission::Allowed { probe }) => probe,
-        Ok(Admission::Rejected { retry_in }) => return delay(ctx, lease, msg, jitter(retry_in), "breaker_open").await,
-        Err(e) => {
-            tracing::warn!(error = %e, "breaker state unavailable; calling anyway");
-            false
-        }
+    let (_bulkhead, probe) = match gate(ctx, &vendor, &policy).await {
+        Gate::Pass { bulkhead, probe } => (bulkhead, probe),
+        Gate::Wait { wait, why } => return delay(ctx, lease, msg, wait, why).await,
     };
 
     let Some(job) = ctx.store.start_attempt(&msg.request_id, now_ms()).await? else {
@@ -320,7 +297,7 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
             tokio::select! {
                 r = &mut call => break r,
                 _ = beat.tick() => {
-                    if let Err(e) = ctx.queue.extend(&ctx.consumer, lease, ctx.settings.lease).await {
+                    if let Err(e) = ctx.queue.extend(&ctx.consumer, lease).await {
                         tracing::warn!(error = %e, "could not extend the lease of a running job");
                     }
                 }
@@ -333,29 +310,79 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         Ok(FetchOutcome::Accepted(_)) => "accepted",
         Err(e) => e.kind(),
     };
-    metrics::histogram!("vendorhost_vendor_call_seconds", "vendor" => vendor.clone(), "outcome" => outcome_label).record(took.as_secs_f64());
+    metrics::histogram!(telemetry::VENDOR_CALL, "vendor" => vendor.clone(), "outcome" => outcome_label)
+        .record(took.as_secs_f64());
     // The client's mistakes say nothing about the vendor's health.
     let healthy = match &result {
         Ok(_) => true,
         Err(CallError::Vendor(v)) => !v.is_retryable(),
         Err(_) => false,
     };
-    if let Err(e) = ctx.breakers.record(&vendor, &policy.breaker, CallOutcome { success: healthy, duration: took, probe }).await {
+    if let Err(e) =
+        ctx.breakers.record(&vendor, &policy.breaker, CallOutcome { success: healthy, duration: took, probe }).await
+    {
         tracing::warn!(error = %e, "could not record call outcome in the breaker");
     }
+    tracing::debug!(
+        attempts = job.attempts,
+        took_ms = took.as_millis() as u64,
+        outcome = outcome_label,
+        "vendor call returned"
+    );
+    settle(ctx, lease, msg, &job, &policy, result).await
+}
 
+/// What the gate decided.
+enum Gate {
+    /// Call now, holding a bulkhead slot; `probe`: the call is a half-open
+    /// breaker's trial.
+    Pass { bulkhead: OwnedSemaphorePermit, probe: bool },
+    /// Not yet: back on the queue, due in `wait`.
+    Wait { wait: Duration, why: &'static str },
+}
+
+/// The checks before a call, cheapest first: the vendor's bulkhead (calls in
+/// flight in this process), its rate limit, its circuit breaker.
+async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
+    let Some(bulkhead) = ctx.policies.try_bulkhead(vendor, policy.max_in_flight) else {
+        return Gate::Wait { wait: jitter(Duration::from_millis(50)), why: "bulkhead" };
+    };
+    match rate_limit(ctx, vendor, policy.quota).await {
+        None => {}
+        Some(Ok(wait)) => return Gate::Wait { wait, why: "rate_limit" },
+        Some(Err(e)) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
+            return Gate::Wait { wait: jitter(Duration::from_secs(1)), why: "limiter_error" };
+        }
+    }
+    match ctx.breakers.admit(vendor, &policy.breaker).await {
+        Ok(Admission::Allowed { probe }) => Gate::Pass { bulkhead, probe },
+        Ok(Admission::Rejected { retry_in }) => Gate::Wait { wait: jitter(retry_in), why: "breaker_open" },
+        Err(e) => {
+            tracing::warn!(error = %e, "breaker state unavailable; calling anyway");
+            Gate::Pass { bulkhead, probe: false }
+        }
+    }
+}
+
+/// After the call: finish the job, hand it to its async vendor, or schedule
+/// its retry.
+async fn settle(
+    ctx: &WorkerCtx,
+    lease: &Lease,
+    msg: &Message,
+    job: &Job,
+    policy: &Resolved,
+    result: Result<FetchOutcome, CallError>,
+) -> Result<(), StepError> {
     let now = now_ms();
     match result {
         Ok(FetchOutcome::Complete(text)) => {
-            let cleaned = ctx.policies.cleaner().clean_text(&text);
-            if ctx.store.finish(&job.request_id, &Outcome::Complete { result: cleaned }, now).await? {
-                metrics::counter!("vendorhost_jobs_completed_total", "vendor" => vendor.clone()).increment(1);
-                tracing::info!(attempts = job.attempts, took_ms = took.as_millis() as u64, "job complete");
-            }
-            ctx.queue.ack(lease).await?;
+            let outcome = Outcome::Complete { result: ctx.policies.cleaner().clean_text(&text) };
+            finish(&*ctx.store, &*ctx.queue, &job.request_id, &job.vendor, outcome, Some(lease), Via::Worker).await?;
         }
         Ok(FetchOutcome::Accepted(vendor_ref)) => {
-            let deadline = now + policy.webhook_deadline.as_millis() as i64;
+            let deadline = now + millis(policy.webhook_deadline);
             ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now).await?;
             tracing::info!(vendor_ref = %vendor_ref, "job accepted by vendor; awaiting webhook");
             ctx.queue.ack(lease).await?;
@@ -369,16 +396,13 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
             }
             let error = format!("attempt {} of {}: {e}", job.attempts, policy.max_attempts);
             tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
-            metrics::counter!("vendorhost_job_retries_total", "vendor" => vendor.clone(), "kind" => e.kind()).increment(1);
+            metrics::counter!(telemetry::JOB_RETRIES, "vendor" => job.vendor.clone(), "kind" => e.kind()).increment(1);
             ctx.store.record_error(&job.request_id, &error, now).await?;
-            ctx.queue.release(lease, msg, now + wait.as_millis() as i64).await?;
+            ctx.queue.release(lease, msg, now.saturating_add(millis(wait))).await?;
         }
         Err(e) => {
-            let reason = if e.is_retryable() {
-                format!("gave up after {} attempts: {e}", job.attempts)
-            } else {
-                e.to_string()
-            };
+            let reason =
+                if e.is_retryable() { format!("gave up after {} attempts: {e}", job.attempts) } else { e.to_string() };
             fail(ctx, lease, msg, reason).await?;
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock, Reference};
-use governor::nanos::Nanos;
 use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
 use super::{LimitError, Quota, RateLimiter};
@@ -23,18 +23,14 @@ pub(crate) const MIN_RATE: f64 = 1e-6;
 /// The emission interval T = 1/rate of a quota, validated.
 pub(crate) fn emission_interval(quota: Quota) -> Result<Duration, LimitError> {
     if !quota.rate.is_finite() || quota.rate <= 0.0 {
-        return Err(LimitError::Other(format!(
-            "rate must be a positive number, got {}",
-            quota.rate
-        )));
+        return Err(LimitError::Other(format!("rate must be a positive number, got {}", quota.rate)));
     }
     let period = Duration::from_secs_f64(1.0 / quota.rate.max(MIN_RATE));
     // A rate above 1e9/s rounds to zero; the smallest interval is a nanosecond.
     Ok(period.max(Duration::from_nanos(1)))
 }
 
-type Direct<C> =
-    governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Direct<C> = governor::RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// One vendor's limiter and the next turn to book for a refused caller.
 struct Limit<C: Clock> {
@@ -69,10 +65,7 @@ impl Default for LocalLimiter<DefaultClock> {
 impl<C: Clock + Clone> LocalLimiter<C> {
     /// With a custom clock (tests use `governor::clock::FakeRelativeClock`).
     pub fn with_clock(clock: C) -> Self {
-        LocalLimiter {
-            clock,
-            vendors: Mutex::new(HashMap::new()),
-        }
+        LocalLimiter { clock, vendors: Mutex::new(HashMap::new()) }
     }
 
     /// The vendor's limiter, replaced if its quota changed (config reload).
@@ -94,13 +87,7 @@ impl<C: Clock + Clone> LocalLimiter<C> {
             period,
             next_turn: Mutex::new(None),
         });
-        vendors.insert(
-            vendor.to_string(),
-            Entry {
-                quota,
-                limit: limit.clone(),
-            },
-        );
+        vendors.insert(vendor.to_string(), Entry { quota, limit: limit.clone() });
         Ok(limit)
     }
 }
@@ -156,11 +143,7 @@ mod tests {
         (clock.clone(), LocalLimiter::with_clock(clock))
     }
 
-    async fn granted_at_once(
-        l: &LocalLimiter<FakeRelativeClock>,
-        vendor: &str,
-        q: Quota,
-    ) -> (u32, Duration) {
+    async fn granted_at_once(l: &LocalLimiter<FakeRelativeClock>, vendor: &str, q: Quota) -> (u32, Duration) {
         let mut n = 0;
         loop {
             match l.acquire(vendor, q).await.unwrap() {
@@ -174,10 +157,7 @@ mod tests {
     #[tokio::test]
     async fn burst_then_interval() {
         let (clock, l) = fake();
-        let q = Quota {
-            rate: 5.0,
-            burst: 5,
-        };
+        let q = Quota { rate: 5.0, burst: 5 };
         let (n, wait) = granted_at_once(&l, "a", q).await;
         assert_eq!(n, 5);
         assert_eq!(wait, Duration::from_millis(200));
@@ -185,10 +165,7 @@ mod tests {
         assert!(l.acquire("a", q).await.unwrap().is_some());
         clock.advance(Duration::from_millis(1));
         assert_eq!(l.acquire("a", q).await.unwrap(), None);
-        assert_eq!(
-            l.acquire("a", q).await.unwrap(),
-            Some(Duration::from_millis(200))
-        );
+        assert_eq!(l.acquire("a", q).await.unwrap(), Some(Duration::from_millis(200)));
         // Vendors are independent.
         assert_eq!(l.acquire("b", q).await.unwrap(), None);
     }
@@ -196,48 +173,32 @@ mod tests {
     #[tokio::test]
     async fn real_clock_wait_is_about_one_interval() {
         let l = LocalLimiter::new();
-        let q = Quota {
-            rate: 5.0,
-            burst: 5,
-        };
+        let q = Quota { rate: 5.0, burst: 5 };
         for _ in 0..5 {
             assert_eq!(l.acquire("a", q).await.unwrap(), None);
         }
         let wait = l.acquire("a", q).await.unwrap().unwrap();
-        assert!(
-            wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
     }
 
     #[tokio::test]
     async fn refused_callers_are_booked_one_interval_apart() {
         let (clock, l) = fake();
-        let q = Quota {
-            rate: 5.0,
-            burst: 2,
-        };
+        let q = Quota { rate: 5.0, burst: 2 };
         assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
         assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
         let mut waits = Vec::new();
         for _ in 0..3 {
             waits.push(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap().unwrap());
         }
-        assert_eq!(
-            waits,
-            [200, 400, 600].map(Duration::from_millis),
-            "one turn per slot"
-        );
+        assert_eq!(waits, [200, 400, 600].map(Duration::from_millis), "one turn per slot");
         // Each comes back at its turn and finds its slot free.
         for _ in 0..3 {
             clock.advance(Duration::from_millis(200));
             assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
         }
         // Turns all past: the next refusal books the next free slot.
-        assert_eq!(
-            l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(),
-            Some(Duration::from_millis(200))
-        );
+        assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), Some(Duration::from_millis(200)));
         // A refusal within `linger` of the next slot books nothing.
         clock.advance(Duration::from_millis(150));
         assert_eq!(
@@ -252,32 +213,20 @@ mod tests {
         clock.advance(Duration::from_millis(50));
         assert_eq!(l.acquire_or_book("a", q, Duration::ZERO).await.unwrap(), None);
         // `acquire` books nothing: it always names the next free slot.
-        assert_eq!(
-            l.acquire("a", q).await.unwrap(),
-            Some(Duration::from_millis(200))
-        );
-        assert_eq!(
-            l.acquire("a", q).await.unwrap(),
-            Some(Duration::from_millis(200))
-        );
+        assert_eq!(l.acquire("a", q).await.unwrap(), Some(Duration::from_millis(200)));
+        assert_eq!(l.acquire("a", q).await.unwrap(), Some(Duration::from_millis(200)));
     }
 
     #[tokio::test]
     async fn fractional_rate() {
         let (clock, l) = fake();
-        let q = Quota {
-            rate: 0.5,
-            burst: 1,
-        };
+        let q = Quota { rate: 0.5, burst: 1 };
         let (n, wait) = granted_at_once(&l, "slow", q).await;
         assert_eq!((n, wait), (1, Duration::from_secs(2)));
         clock.advance(Duration::from_secs(2));
         assert_eq!(l.acquire("slow", q).await.unwrap(), None);
 
-        let q = Quota {
-            rate: 2.5,
-            burst: 2,
-        };
+        let q = Quota { rate: 2.5, burst: 2 };
         let (n, wait) = granted_at_once(&l, "frac", q).await;
         assert_eq!((n, wait), (2, Duration::from_millis(400)));
     }
@@ -285,21 +234,10 @@ mod tests {
     #[tokio::test]
     async fn quota_change_takes_effect() {
         let (_clock, l) = fake();
-        let (n, _) = granted_at_once(
-            &l,
-            "v",
-            Quota {
-                rate: 1.0,
-                burst: 2,
-            },
-        )
-        .await;
+        let (n, _) = granted_at_once(&l, "v", Quota { rate: 1.0, burst: 2 }).await;
         assert_eq!(n, 2);
         // A reload raising the limit gets a fresh limiter with the new burst.
-        let q = Quota {
-            rate: 100.0,
-            burst: 7,
-        };
+        let q = Quota { rate: 100.0, burst: 7 };
         let (n, wait) = granted_at_once(&l, "v", q).await;
         assert_eq!((n, wait), (7, Duration::from_millis(10)));
     }
@@ -308,43 +246,12 @@ mod tests {
     async fn bad_rates_are_errors_and_zero_burst_means_one() {
         let (_clock, l) = fake();
         for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-            assert!(
-                l.acquire("x", Quota { rate, burst: 1 }).await.is_err(),
-                "{rate}"
-            );
+            assert!(l.acquire("x", Quota { rate, burst: 1 }).await.is_err(), "{rate}");
         }
-        let (n, _) = granted_at_once(
-            &l,
-            "z",
-            Quota {
-                rate: 1.0,
-                burst: 0,
-            },
-        )
-        .await;
+        let (n, _) = granted_at_once(&l, "z", Quota { rate: 1.0, burst: 0 }).await;
         assert_eq!(n, 1);
         // Absurdly slow and fast rates stay representable.
-        assert!(
-            l.acquire(
-                "tiny",
-                Quota {
-                    rate: 1e-300,
-                    burst: 1
-                }
-            )
-            .await
-            .is_ok()
-        );
-        assert!(
-            l.acquire(
-                "huge",
-                Quota {
-                    rate: 1e300,
-                    burst: 1
-                }
-            )
-            .await
-            .is_ok()
-        );
+        assert!(l.acquire("tiny", Quota { rate: 1e-300, burst: 1 }).await.is_ok());
+        assert!(l.acquire("huge", Quota { rate: 1e300, burst: 1 }).await.is_ok());
     }
 }

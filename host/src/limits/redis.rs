@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use super::local::emission_interval;
 use super::{LimitError, Quota, RateLimiter};
+use crate::redis_conn::RedisConn;
 
 /// Long enough for a loaded server, short enough that a dead one delays jobs
 /// rather than stalling workers.
@@ -60,21 +61,14 @@ pub struct RedisLimiter {
 }
 
 impl RedisLimiter {
-    /// Connects with a 2 s response timeout.
-    pub async fn connect(url: &str, prefix: &str) -> Result<RedisLimiter, LimitError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client.get_connection_manager_with_config(config).await?;
-        Ok(Self::new(conn, prefix))
+    /// Over the process's shared connection.
+    pub fn new(conn: &RedisConn, prefix: &str) -> RedisLimiter {
+        RedisLimiter { conn: conn.manager.clone(), prefix: prefix.to_string(), script: Script::new(GCRA) }
     }
 
-    /// Over an existing connection (its response timeout is the caller's).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> RedisLimiter {
-        RedisLimiter {
-            conn,
-            prefix: prefix.to_string(),
-            script: Script::new(GCRA),
-        }
+    /// Its own connection (tests, tools).
+    pub async fn connect(url: &str, prefix: &str) -> Result<RedisLimiter, LimitError> {
+        Ok(Self::new(&RedisConn::connect(url).await?, prefix))
     }
 
     fn key(&self, vendor: &str) -> String {
@@ -82,30 +76,19 @@ impl RedisLimiter {
     }
 
     /// `book`: Some(linger) to book turns (see `RateLimiter::acquire_or_book`).
-    async fn run(
-        &self,
-        vendor: &str,
-        quota: Quota,
-        book: Option<Duration>,
-    ) -> Result<Option<Duration>, LimitError> {
+    async fn run(&self, vendor: &str, quota: Quota, book: Option<Duration>) -> Result<Option<Duration>, LimitError> {
         let t_us = emission_interval(quota)?.as_secs_f64() * 1e6;
         let burst = quota.burst.max(1);
         let mut invocation = self.script.key(self.key(vendor));
         invocation.arg(t_us).arg(burst);
         if let Some(linger) = book {
-            invocation
-                .key(format!("{}:rlq:{vendor}", self.prefix))
-                .arg(linger.as_micros() as u64);
+            invocation.key(format!("{}:rlq:{vendor}", self.prefix)).arg(linger.as_micros() as u64);
         }
         let mut conn = self.conn.clone();
-        let (allowed, wait_us): (i64, i64) = invocation
-            .invoke_async(&mut conn)
-            .await?;
-        if allowed == 1 {
-            Ok(None)
-        } else {
-            Ok(Some(Duration::from_micros(wait_us.max(1) as u64)))
-        }
+        let (allowed, wait_us): (i64, i64) = tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| LimitError::Other(format!("redis did not answer within {RESPONSE_TIMEOUT:?}")))??;
+        if allowed == 1 { Ok(None) } else { Ok(Some(Duration::from_micros(wait_us.max(1) as u64))) }
     }
 }
 

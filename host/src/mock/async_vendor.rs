@@ -27,20 +27,11 @@ pub(super) async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         Ok(call) => call,
         Err(resp) => return resp,
     };
-    let url = match call
-        .request
-        .get("callback_url")
-        .and_then(Value::as_str)
-        .map(reqwest::Url::parse)
-    {
+    let url = match call.request.get("callback_url").and_then(Value::as_str).map(reqwest::Url::parse) {
         Some(Ok(url)) if matches!(url.scheme(), "http" | "https") => url,
         _ => return bad_request("callback_url (an http or https URL) is required"),
     };
-    let delay = call
-        .data
-        .get("_delay_ms")
-        .and_then(Value::as_u64)
-        .map_or(shared.callback_delay, Duration::from_millis);
+    let delay = call.data.get("_delay_ms").and_then(Value::as_u64).map_or(shared.callback_delay, Duration::from_millis);
     let vendor_ref = format!("ref-{}", Uuid::new_v4());
     let payload = match call.plan.callback {
         Callback::Complete => Some(json!({
@@ -60,11 +51,7 @@ pub(super) async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
     if let Some(payload) = payload {
         tokio::spawn(deliver(shared.clone(), url, payload, delay));
     }
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "vendor_ref": vendor_ref })),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, Json(json!({ "vendor_ref": vendor_ref }))).into_response()
 }
 
 /// Waits `delay`, then POSTs until a 2xx, `MAX_RETRIES` retries or shutdown.
@@ -76,10 +63,7 @@ async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: 
     let msg_id = format!("msg_{}", Uuid::new_v4());
     let mut backoff = FIRST_BACKOFF;
     for attempt in 0..=MAX_RETRIES {
-        let outcome = match shared
-            .until_stopped(send_once(&shared, &url, &msg_id, &body))
-            .await
-        {
+        let outcome = match shared.until_stopped(send_once(&shared, &url, &msg_id, &body)).await {
             Some(outcome) => outcome,
             None => return,
         };
@@ -98,33 +82,18 @@ async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: 
     tracing::warn!(%url, msg_id, "mock callback given up");
 }
 
-async fn send_once(
-    shared: &Shared,
-    url: &reqwest::Url,
-    msg_id: &str,
-    body: &[u8],
-) -> Result<(), String> {
+async fn send_once(shared: &Shared, url: &reqwest::Url, msg_id: &str, body: &[u8]) -> Result<(), String> {
     let ts = stats::now_secs();
-    let mut req = shared
-        .http
-        .post(url.clone())
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.to_vec());
+    let mut req = shared.http.post(url.clone()).header(header::CONTENT_TYPE, "application/json").body(body.to_vec());
     req = match &shared.secret {
-        Some(secret) => webhook::headers(secret, msg_id, ts, body)
-            .into_iter()
-            .fold(req, |req, (k, v)| req.header(k, v)),
+        Some(secret) => {
+            webhook::headers(secret, msg_id, ts, body).into_iter().fold(req, |req, (k, v)| req.header(k, v))
+        }
         // Unsigned, but the id and timestamp still let a receiver dedupe.
-        None => req
-            .header(webhook::HEADER_ID, msg_id)
-            .header(webhook::HEADER_TIMESTAMP, ts.to_string()),
+        None => req.header(webhook::HEADER_ID, msg_id).header(webhook::HEADER_TIMESTAMP, ts.to_string()),
     };
     let resp = req.send().await.map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("status {}", resp.status()))
-    }
+    if resp.status().is_success() { Ok(()) } else { Err(format!("status {}", resp.status())) }
 }
 
 #[cfg(test)]
@@ -176,16 +145,10 @@ mod tests {
     }
 
     async fn next(rx: &mut mpsc::UnboundedReceiver<Delivery>) -> Delivery {
-        tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .unwrap()
-            .unwrap()
+        tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap()
     }
 
-    fn check_signature(
-        secret: &Secret,
-        (headers, body): &Delivery,
-    ) -> Result<(), webhook::WebhookError> {
+    fn check_signature(secret: &Secret, (headers, body): &Delivery) -> Result<(), webhook::WebhookError> {
         let h = |name| headers.get(name).and_then(|v| v.to_str().ok());
         webhook::verify(
             std::slice::from_ref(secret),
@@ -199,11 +162,7 @@ mod tests {
     }
 
     fn signed_mock_options(text: String) -> MockOptions {
-        MockOptions {
-            callback_delay_ms: 20,
-            secret: Some(text),
-            ..MockOptions::default()
-        }
+        MockOptions { callback_delay_ms: 20, secret: Some(text), ..MockOptions::default() }
     }
 
     #[tokio::test]
@@ -219,12 +178,7 @@ mod tests {
 
         let delivery = next(&mut rx).await;
         assert_eq!(check_signature(&secret, &delivery), Ok(()));
-        assert!(
-            delivery.0[webhook::HEADER_ID]
-                .to_str()
-                .unwrap()
-                .starts_with("msg_")
-        );
+        assert!(delivery.0[webhook::HEADER_ID].to_str().unwrap().starts_with("msg_"));
         let cb: Value = serde_json::from_slice(&delivery.1).unwrap();
         assert_eq!(cb["vendor_ref"], vendor_ref.as_str());
         assert_eq!(cb["request_id"], "req-9");
@@ -254,23 +208,11 @@ mod tests {
 
     #[tokio::test]
     async fn failed_and_missing_callbacks_unsigned() {
-        let mock = start(
-            MockKind::Async,
-            MockOptions {
-                callback_delay_ms: 20,
-                ..MockOptions::default()
-            },
-        )
-        .await;
+        let mock = start(MockKind::Async, MockOptions { callback_delay_ms: 20, ..MockOptions::default() }).await;
         let (url, mut rx) = receiver(0).await;
         let r = submit_job(&mock, &url, json!({"_fault": "no_callback"})).await;
         assert_eq!(r.status(), 202);
-        let r = submit_job(
-            &mock,
-            &url,
-            json!({"_fault": "callback_failed", "_delay_ms": 300}),
-        )
-        .await;
+        let r = submit_job(&mock, &url, json!({"_fault": "callback_failed", "_delay_ms": 300})).await;
         assert_eq!(r.status(), 202);
         let (headers, body) = next(&mut rx).await;
         assert!(headers.get(webhook::HEADER_SIGNATURE).is_none());
@@ -286,22 +228,12 @@ mod tests {
 
     #[tokio::test]
     async fn faults_and_bad_callback_urls_send_nothing() {
-        let mock = start(
-            MockKind::Async,
-            MockOptions {
-                callback_delay_ms: 0,
-                ..MockOptions::default()
-            },
-        )
-        .await;
+        let mock = start(MockKind::Async, MockOptions { callback_delay_ms: 0, ..MockOptions::default() }).await;
         let (url, mut rx) = receiver(0).await;
         let r = submit_job(&mock, &url, json!({"_fault": "429:2"})).await;
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "2");
-        assert_eq!(
-            submit_job(&mock, "ftp://nope", json!(1)).await.status(),
-            400
-        );
+        assert_eq!(submit_job(&mock, "ftp://nope", json!(1)).await.status(), 400);
         let none = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;
         assert!(none.is_err());
         mock.shutdown().await;

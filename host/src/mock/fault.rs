@@ -46,9 +46,7 @@ impl FromStr for Fault {
             "malformed" => Fault::Malformed,
             other => {
                 let secs = other.strip_prefix("429:").ok_or_else(bad)?;
-                Fault::RateLimit {
-                    retry_after_s: secs.parse().map_err(|_| bad())?,
-                }
+                Fault::RateLimit { retry_after_s: secs.parse().map_err(|_| bad())? }
             }
         })
     }
@@ -100,10 +98,7 @@ pub(super) struct FaultState {
 
 impl FaultState {
     pub fn new(fault: Fault, latency_ms: u64) -> Self {
-        FaultState {
-            standing: Setting { fault, latency_ms },
-            counted: None,
-        }
+        FaultState { standing: Setting { fault, latency_ms }, counted: None }
     }
 
     /// `count: None` changes the standing setting; `Some(n)` covers the next n calls.
@@ -140,8 +135,7 @@ impl FaultState {
     }
 
     pub fn describe(&self) -> Value {
-        let setting =
-            |s: &Setting| json!({"fault": s.fault.to_string(), "latency_ms": s.latency_ms});
+        let setting = |s: &Setting| json!({"fault": s.fault.to_string(), "latency_ms": s.latency_ms});
         json!({
             "standing": setting(&self.standing),
             "counted": self.counted.as_ref().map(|(s, left)| {
@@ -155,11 +149,7 @@ impl FaultState {
 
 /// Picks the fault and latency for a call whose request `data` may carry
 /// `_fault` / `_latency_ms`. A per-request `_fault` does not use up a counted setting.
-pub(super) fn plan(
-    state: &mut FaultState,
-    data: &Value,
-    allow_callback: bool,
-) -> Result<Plan, String> {
+pub(super) fn plan(state: &mut FaultState, data: &Value, allow_callback: bool) -> Result<Plan, String> {
     let own_fault = match data.get("_fault") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.as_str()),
@@ -167,10 +157,7 @@ pub(super) fn plan(
     };
     let own_latency = match data.get("_latency_ms") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or("_latency_ms must be a non-negative integer")?,
-        ),
+        Some(v) => Some(v.as_u64().ok_or("_latency_ms must be a non-negative integer")?),
     };
     let (fault, callback, latency_ms) = match own_fault {
         Some("callback_failed" | "no_callback") if !allow_callback => {
@@ -178,21 +165,13 @@ pub(super) fn plan(
         }
         Some("callback_failed") => (Fault::None, Callback::Failed, state.latency_ms()),
         Some("no_callback") => (Fault::None, Callback::Never, state.latency_ms()),
-        Some(s) => (
-            s.parse().map_err(|e: ParseFaultError| e.to_string())?,
-            Callback::Complete,
-            state.latency_ms(),
-        ),
+        Some(s) => (s.parse().map_err(|e: ParseFaultError| e.to_string())?, Callback::Complete, state.latency_ms()),
         None => {
             let s = state.take();
             (s.fault, Callback::Complete, s.latency_ms)
         }
     };
-    Ok(Plan {
-        fault,
-        latency_ms: own_latency.unwrap_or(latency_ms),
-        callback,
-    })
+    Ok(Plan { fault, latency_ms: own_latency.unwrap_or(latency_ms), callback })
 }
 
 /// The response a fault makes, or `None` to answer normally.
@@ -204,9 +183,7 @@ pub(super) async fn respond(shared: &Shared, fault: &Fault) -> Option<Response> 
             let retry = [(header::RETRY_AFTER, retry_after_s.to_string())];
             (retry, error(StatusCode::TOO_MANY_REQUESTS, "rate limited")).into_response()
         }
-        Fault::ServerError => {
-            error(StatusCode::INTERNAL_SERVER_ERROR, "internal vendor error").into_response()
-        }
+        Fault::ServerError => error(StatusCode::INTERNAL_SERVER_ERROR, "internal vendor error").into_response(),
         Fault::Hang => {
             // Only shutdown ends this early; otherwise the caller's timeout fires first.
             shared.sleep(Duration::from_secs(3600)).await;
@@ -230,10 +207,7 @@ mod tests {
         for s in ["none", "429:7", "500", "hang", "malformed"] {
             assert_eq!(s.parse::<Fault>().unwrap().to_string(), s);
         }
-        assert_eq!(
-            "429".parse::<Fault>().unwrap(),
-            Fault::RateLimit { retry_after_s: 1 }
-        );
+        assert_eq!("429".parse::<Fault>().unwrap(), Fault::RateLimit { retry_after_s: 1 });
         assert!("429:x".parse::<Fault>().is_err());
         assert!("503".parse::<Fault>().is_err());
     }
@@ -243,13 +217,8 @@ mod tests {
         let mut st = FaultState::new(Fault::Hang, 5);
         st.set(Fault::ServerError, 0, Some(2));
         let none = json!(null);
-        let faults: Vec<Fault> = (0..3)
-            .map(|_| plan(&mut st, &none, false).unwrap().fault)
-            .collect();
-        assert_eq!(
-            faults,
-            [Fault::ServerError, Fault::ServerError, Fault::Hang]
-        );
+        let faults: Vec<Fault> = (0..3).map(|_| plan(&mut st, &none, false).unwrap().fault).collect();
+        assert_eq!(faults, [Fault::ServerError, Fault::ServerError, Fault::Hang]);
     }
 
     #[test]
@@ -258,30 +227,16 @@ mod tests {
         st.set(Fault::ServerError, 0, Some(1));
         let own = json!({"_fault": "429:3", "_latency_ms": 9});
         let p = plan(&mut st, &own, false).unwrap();
-        assert_eq!(
-            (p.fault, p.latency_ms),
-            (Fault::RateLimit { retry_after_s: 3 }, 9)
-        );
-        assert_eq!(
-            plan(&mut st, &json!({}), false).unwrap().fault,
-            Fault::ServerError
-        );
+        assert_eq!((p.fault, p.latency_ms), (Fault::RateLimit { retry_after_s: 3 }, 9));
+        assert_eq!(plan(&mut st, &json!({}), false).unwrap().fault, Fault::ServerError);
         assert!(plan(&mut st, &json!({"_fault": "no_callback"}), false).is_err());
-        assert_eq!(
-            plan(&mut st, &json!({"_fault": "no_callback"}), true)
-                .unwrap()
-                .callback,
-            Callback::Never
-        );
+        assert_eq!(plan(&mut st, &json!({"_fault": "no_callback"}), true).unwrap().callback, Callback::Never);
         assert!(plan(&mut st, &json!({"_fault": "teapot"}), true).is_err());
     }
 
     #[tokio::test]
     async fn rate_limit_carries_retry_after() {
-        let opts = MockOptions {
-            fault: Fault::RateLimit { retry_after_s: 7 },
-            ..MockOptions::default()
-        };
+        let opts = MockOptions { fault: Fault::RateLimit { retry_after_s: 7 }, ..MockOptions::default() };
         let mock = start(MockKind::Sync, opts).await;
         let r = client()
             .post(format!("{}/v1/lookup", mock.base_url()))
@@ -317,12 +272,8 @@ mod tests {
             statuses.push(r.status().as_u16());
         }
         assert_eq!(statuses, [500, 500, 200]);
-        let bad = http
-            .post(format!("{}/faults", mock.base_url()))
-            .json(&json!({"fault": "teapot"}))
-            .send()
-            .await
-            .unwrap();
+        let bad =
+            http.post(format!("{}/faults", mock.base_url())).json(&json!({"fault": "teapot"})).send().await.unwrap();
         assert_eq!(bad.status(), 400);
         mock.shutdown().await;
     }
@@ -346,10 +297,7 @@ mod tests {
     #[tokio::test]
     async fn hang_outlasts_the_client_timeout() {
         let mock = start(MockKind::Sync, MockOptions::default()).await;
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_millis(300))
-            .build()
-            .unwrap();
+        let http = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
         let r = http
             .post(format!("{}/v1/lookup", mock.base_url()))
             .json(&json!({"request_id": "r1", "data": {"_fault": "hang"}}))

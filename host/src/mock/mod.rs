@@ -51,12 +51,7 @@ pub struct MockOptions {
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions {
-            latency_ms: 0,
-            fault: Fault::None,
-            callback_delay_ms: 200,
-            secret: None,
-        }
+        MockOptions { latency_ms: 0, fault: Fault::None, callback_delay_ms: 200, secret: None }
     }
 }
 
@@ -141,12 +136,7 @@ pub async fn spawn(
         }
     });
     tracing::info!(%addr, ?kind, "mock vendor listening");
-    Ok(MockHandle {
-        addr,
-        stop,
-        task,
-        shared,
-    })
+    Ok(MockHandle { addr, stop, task, shared })
 }
 
 fn invalid_input(msg: String) -> std::io::Error {
@@ -195,11 +185,7 @@ impl Shared {
 }
 
 fn bad_request(msg: impl std::fmt::Display) -> Response {
-    (
-        StatusCode::BAD_REQUEST,
-        Json(json!({ "error": msg.to_string() })),
-    )
-        .into_response()
+    (StatusCode::BAD_REQUEST, Json(json!({ "error": msg.to_string() }))).into_response()
 }
 
 #[derive(serde::Deserialize)]
@@ -256,8 +242,7 @@ async fn admit(shared: &Shared, kind: MockKind, body: &[u8]) -> Result<Admitted,
     };
     let request_id = request_id.to_owned();
     let data = req.get("data").cloned().unwrap_or(Value::Null);
-    let plan =
-        fault::plan(&mut shared.faults(), &data, kind == MockKind::Async).map_err(bad_request)?;
+    let plan = fault::plan(&mut shared.faults(), &data, kind == MockKind::Async).map_err(bad_request)?;
     if plan.fault != Fault::None {
         shared.stats().record_fault();
     }
@@ -267,12 +252,7 @@ async fn admit(shared: &Shared, kind: MockKind, body: &[u8]) -> Result<Admitted,
     if let Some(resp) = fault::respond(shared, &plan.fault).await {
         return Err(resp);
     }
-    Ok(Admitted {
-        request_id,
-        data,
-        plan,
-        request: req,
-    })
+    Ok(Admitted { request_id, data, plan, request: req })
 }
 
 #[cfg(test)]
@@ -285,10 +265,7 @@ pub(crate) mod test_util {
     }
 
     pub fn client() -> reqwest::Client {
-        reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap()
+        reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap()
     }
 }
 
@@ -300,11 +277,7 @@ mod tests {
     #[tokio::test]
     async fn healthz_and_shutdown() {
         let mock = start(MockKind::Sync, MockOptions::default()).await;
-        let r = client()
-            .get(format!("{}/healthz", mock.base_url()))
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(format!("{}/healthz", mock.base_url())).send().await.unwrap();
         assert_eq!(r.status(), 200);
         mock.shutdown().await;
     }
@@ -312,10 +285,7 @@ mod tests {
     #[tokio::test]
     async fn a_bad_secret_is_refused_at_spawn() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let opts = MockOptions {
-            secret: Some("whsec_***".into()),
-            ..MockOptions::default()
-        };
+        let opts = MockOptions { secret: Some("whsec_***".into()), ..MockOptions::default() };
         let err = spawn(MockKind::Async, listener, opts).await.unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
     }
@@ -325,16 +295,10 @@ mod tests {
         let mock = start(MockKind::Sync, MockOptions::default()).await;
         let url = format!("{}/v1/lookup", mock.base_url());
         let call = tokio::spawn(async move {
-            client()
-                .post(url)
-                .json(&json!({"request_id": "r", "data": {"_fault": "hang"}}))
-                .send()
-                .await
+            client().post(url).json(&json!({"request_id": "r", "data": {"_fault": "hang"}})).send().await
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
-        tokio::time::timeout(Duration::from_secs(3), mock.shutdown())
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(3), mock.shutdown()).await.unwrap();
         // The hung call got an answer (or a closed connection), not a client timeout.
         let r = call.await.unwrap();
         assert!(r.map(|r| r.status() == 503).unwrap_or(true));

@@ -60,9 +60,7 @@ impl Counter {
 }
 
 pub(super) fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 #[cfg(test)]
@@ -98,25 +96,14 @@ mod tests {
         }
         // Not even valid JSON, still counted.
         http.post(&lookup).body("nope").send().await.unwrap();
-        let s: Stats = http
-            .get(format!("{}/stats", mock.base_url()))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let s: Stats = http.get(format!("{}/stats", mock.base_url())).send().await.unwrap().json().await.unwrap();
         assert_eq!((s.total, s.faults), (4, 1));
         assert_eq!(s.per_second.iter().map(|(_, n)| n).sum::<u64>(), 4);
         assert!(s.per_second.windows(2).all(|w| w[0].0 < w[1].0));
         assert!(s.max_per_second >= 2);
         assert_eq!(mock.stats(), s);
 
-        let r = http
-            .post(format!("{}/stats/reset", mock.base_url()))
-            .send()
-            .await
-            .unwrap();
+        let r = http.post(format!("{}/stats/reset", mock.base_url())).send().await.unwrap();
         assert!(r.status().is_success());
         assert_eq!(mock.stats(), Stats::default());
         mock.shutdown().await;

@@ -55,12 +55,8 @@ mod tests {
     #[tokio::test]
     async fn rejects_a_request_without_request_id() {
         let mock = start(MockKind::Sync, MockOptions::default()).await;
-        let r = client()
-            .post(format!("{}/v1/lookup", mock.base_url()))
-            .json(&json!({"data": "Ada"}))
-            .send()
-            .await
-            .unwrap();
+        let r =
+            client().post(format!("{}/v1/lookup", mock.base_url())).json(&json!({"data": "Ada"})).send().await.unwrap();
         assert_eq!(r.status(), 400);
         mock.shutdown().await;
     }

@@ -33,7 +33,9 @@ impl Grants {
             Pattern::Any => true,
             Pattern::Host { host: h, port: pp, subdomains } => {
                 let host_ok = if *subdomains {
-                    host.len() > h.len() + 1 && host.ends_with(h.as_str()) && host.as_bytes()[host.len() - h.len() - 1] == b'.'
+                    host.len() > h.len() + 1
+                        && host.ends_with(h.as_str())
+                        && host.as_bytes()[host.len() - h.len() - 1] == b'.'
                 } else {
                     host == h
                 };

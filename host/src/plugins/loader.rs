@@ -8,7 +8,8 @@ use std::time::Instant;
 
 use super::bindings::{HOST_IMPORT, TYPES_IMPORT, VENDOR_EXPORT, VendorPluginPre};
 use super::cache::{ComponentCache, Source, sha256_hex};
-use super::runtime::{CallPolicy, Runtime};
+use super::policy::CallPolicy;
+use super::runtime::Runtime;
 use super::state::State;
 use super::types::{CallError, VendorInfo};
 
@@ -22,7 +23,7 @@ pub struct Plugin {
     pub pre: VendorPluginPre<State>,
     pub source: Source,
     pub load_time: std::time::Duration,
-    pub loaded_at: crate::jobs::Millis,
+    pub loaded_at: crate::model::Millis,
 }
 
 impl std::fmt::Debug for Plugin {
@@ -47,7 +48,9 @@ pub enum LoadError {
     WrongWorld(String),
     #[error("contract version mismatch: the plugin exports `{found}`, this host speaks `{VENDOR_EXPORT}`")]
     ContractVersion { found: String },
-    #[error("imports `{0}`, which vendorhost does not grant (plugins get only vendorhost:plugin/host, wasi:cli and wasi:io; no filesystem, sockets, clocks or random)")]
+    #[error(
+        "imports `{0}`, which vendorhost does not grant (plugins get only vendorhost:plugin/host, wasi:cli and wasi:io; no filesystem, sockets, clocks or random)"
+    )]
     ForbiddenImport(String),
     #[error("cannot link: {0}")]
     Link(String),
@@ -115,7 +118,7 @@ pub async fn load(runtime: &Arc<Runtime>, cache: &ComponentCache, path: &Path) -
         pre,
         source,
         load_time: started.elapsed(),
-        loaded_at: crate::jobs::now_ms(),
+        loaded_at: crate::model::now_ms(),
     })
 }
 

@@ -5,8 +5,10 @@
 //! - `grants`: outbound host patterns (pure, tested alone).
 //! - `engine`: the shared wasmtime Engine (pooling, epochs) and the Linker
 //!   holding the only capabilities a plugin gets.
-//! - `state`: per-call Store state and the `host` imports (`http-send`, `log`,
-//!   `now`, `config-get`).
+//! - `policy`: what one call may do (grants, memory cap, deadline, config).
+//! - `state`: per-call Store state (WASI context, memory cap, deadline).
+//! - `caps`: the `host` imports (`http-send` in `caps/http`, `log`, `now`,
+//!   `config-get`).
 //! - `cache`: compiled components on disk, keyed by content and engine.
 //! - `loader`: validate a file against the world, compile, read `info`.
 //! - `runtime`: call `fetch`/`on-webhook` in a fresh Store with a deadline and
@@ -16,18 +18,19 @@
 
 pub mod bindings;
 pub mod cache;
+pub mod caps;
 pub mod engine;
 pub mod grants;
-pub mod http;
 pub mod loader;
+pub mod policy;
 pub mod registry;
 pub mod runtime;
 pub mod state;
-pub mod template;
 pub mod types;
 pub mod watch;
 
 pub use loader::LoadError;
+pub use policy::CallPolicy;
 pub use registry::{Registry, Rejected, VendorSummary};
-pub use runtime::{CallPolicy, Runtime};
+pub use runtime::Runtime;
 pub use types::{CallError, FetchOutcome, JobInput, Mode, VendorError, VendorInfo, WebhookOutcome};

@@ -17,9 +17,10 @@ use super::cache::ComponentCache;
 use super::loader::{self, Plugin};
 use super::runtime::Runtime;
 use super::types::Mode;
-use crate::jobs::{Millis, now_ms};
+use crate::model::{Millis, now_ms};
+use crate::telemetry;
 
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Rejected {
     /// The file name in the plugins directory.
     pub file: String,
@@ -27,7 +28,7 @@ pub struct Rejected {
 }
 
 /// What `GET /vendors` says about a loaded plugin.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize)]
 pub struct VendorSummary {
     pub id: String,
     pub display_name: String,
@@ -229,7 +230,7 @@ impl Registry {
         if changed {
             let loaded = plugins.len();
             self.snapshot.store(Arc::new(Snapshot { plugins, files, rejected, removed }));
-            metrics::gauge!("vendorhost_plugins_loaded").set(loaded as f64);
+            metrics::gauge!(telemetry::PLUGINS_LOADED).set(loaded as f64);
             self.changed.send_modify(|n| *n += 1);
         }
         report
@@ -321,7 +322,7 @@ impl Work {
     ) {
         let name = file_name(path);
         tracing::warn!(file = %name, reason = %reason, still_serving = previous.as_deref().unwrap_or("-"), "plugin rejected");
-        metrics::counter!("vendorhost_plugins_rejected_total").increment(1);
+        metrics::counter!(telemetry::PLUGINS_REJECTED).increment(1);
         let r = Rejected { file: name, reason };
         self.report.rejected.push(r.clone());
         self.rejected.insert(path.to_path_buf(), r);

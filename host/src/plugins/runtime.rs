@@ -1,47 +1,17 @@
 //! Calling plugins: a fresh Store per call, a deadline, a memory cap, and
 //! every failure turned into a `CallError` for that one call.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{VendorPluginPre, types as wit};
+use super::caps::http;
 use super::engine::PluginEngine;
-use super::grants::Grants;
-use super::http;
+use super::policy::CallPolicy;
 use super::state::State;
 use super::types::{CallError, FetchOutcome, JobInput, VendorInfo, WebhookOutcome};
-
-/// What one call of one vendor may do: computed from the operator's policy
-/// for that vendor (and nothing else), shared by all its calls until the
-/// configuration changes.
-#[derive(Debug, Clone)]
-pub struct CallPolicy {
-    pub vendor: String,
-    pub grants: Grants,
-    pub memory_cap_bytes: usize,
-    pub timeout: Duration,
-    /// `config-get` values; only this vendor's.
-    pub config: BTreeMap<String, String>,
-}
-
-pub const DEFAULT_MEMORY_MB: u64 = 64;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
-impl CallPolicy {
-    /// The policy used to read `info` at load: no network, short deadline.
-    pub fn for_load(file: &str) -> CallPolicy {
-        CallPolicy {
-            vendor: format!("(loading {file})"),
-            grants: Grants::deny_all(),
-            memory_cap_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
-            timeout: Duration::from_secs(2),
-            config: BTreeMap::new(),
-        }
-    }
-}
 
 pub struct Runtime {
     pub engine: PluginEngine,
@@ -65,7 +35,8 @@ impl Runtime {
     }
 
     fn store(&self, policy: Arc<CallPolicy>, request_id: &str, deadline: Instant) -> Store<State> {
-        let mut store = Store::new(&self.engine.engine, State::new(policy, self.http.clone(), request_id.to_string(), deadline));
+        let mut store =
+            Store::new(&self.engine.engine, State::new(policy, self.http.clone(), request_id.to_string(), deadline));
         store.limiter(|s| &mut s.limits);
         // On every epoch tick: yield to tokio (a busy plugin never holds a
         // thread), or stop the call once its deadline has passed.
@@ -94,7 +65,12 @@ impl Runtime {
         finish(&store, res, timeout).map(VendorInfo::from)
     }
 
-    pub async fn fetch(&self, pre: &VendorPluginPre<State>, policy: Arc<CallPolicy>, job: &JobInput) -> Result<FetchOutcome, CallError> {
+    pub async fn fetch(
+        &self,
+        pre: &VendorPluginPre<State>,
+        policy: Arc<CallPolicy>,
+        job: &JobInput,
+    ) -> Result<FetchOutcome, CallError> {
         let timeout = policy.timeout;
         let deadline = Instant::now() + timeout;
         let wit_job = wit::Job {

@@ -1,4 +1,5 @@
-//! Per-call Store state and the `host` imports a plugin may call.
+//! Per-call Store state: the WASI context, the memory cap, the call's policy
+//! and deadline. The `host` imports a plugin may call are in `caps`.
 //!
 //! A new `State` (and Store) is made for every call, so nothing one job does
 //! is visible to the next.
@@ -10,9 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{host, types};
-use super::http;
-use super::runtime::CallPolicy;
+use super::policy::CallPolicy;
 
 /// Bytes of a plugin's stdout/stderr kept per call (for logs and trap messages).
 const PIPE_CAPACITY: usize = 16 * 1024;
@@ -83,35 +82,5 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
-    }
-}
-
-impl types::Host for State {}
-
-impl host::Host for State {
-    async fn http_send(&mut self, request: host::HttpRequest) -> Result<host::HttpResponse, host::HttpError> {
-        http::send(&self.http, &self.policy, &self.request_id, self.deadline, request).await
-    }
-
-    fn log(&mut self, level: host::Level, message: String) {
-        let vendor = self.policy.vendor.as_str();
-        let request_id = self.request_id.as_str();
-        let message: String = message.chars().take(4096).collect();
-        match level {
-            host::Level::Trace => tracing::trace!(target: "plugin", vendor, request_id, "{message}"),
-            host::Level::Debug => tracing::debug!(target: "plugin", vendor, request_id, "{message}"),
-            host::Level::Info => tracing::info!(target: "plugin", vendor, request_id, "{message}"),
-            host::Level::Warn => tracing::warn!(target: "plugin", vendor, request_id, "{message}"),
-            host::Level::Error => tracing::error!(target: "plugin", vendor, request_id, "{message}"),
-        }
-    }
-
-    fn now(&mut self) -> u64 {
-        crate::jobs::now_ms().max(0) as u64
-    }
-
-    fn config_get(&mut self, key: String) -> Option<String> {
-        // Only this vendor's table: the policy was built for this vendor alone.
-        self.policy.config.get(&key).cloned()
     }
 }

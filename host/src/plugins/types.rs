@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::bindings::types as wit;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Sync,
@@ -94,7 +94,10 @@ impl VendorError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            VendorError::Timeout(_) | VendorError::RateLimited { .. } | VendorError::Server(_) | VendorError::Connection(_)
+            VendorError::Timeout(_)
+                | VendorError::RateLimited { .. }
+                | VendorError::Server(_)
+                | VendorError::Connection(_)
         )
     }
 

@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::jobs::Millis;
+use crate::model::{DeadLetter, Millis};
+use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -69,22 +70,8 @@ pub struct Lease {
     pub payload: String,
     /// How many times this entry has been delivered (1 on first delivery).
     pub deliveries: u32,
-}
-
-/// A dead letter: a job (or a raw entry) that will not be retried.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct DeadLetter {
-    /// The dead letter's own id.
-    pub id: String,
-    /// The job, when the entry could be decoded.
-    pub request_id: Option<String>,
-    pub vendor: Option<String>,
-    /// The raw entry, for malformed ones.
-    pub payload: String,
-    pub reason: String,
-    /// Epoch milliseconds.
-    #[schema(value_type = i64)]
-    pub died_at: Millis,
+    /// The lease it was taken with (what `extend` renews).
+    pub lease_for: Duration,
 }
 
 #[async_trait]
@@ -92,16 +79,13 @@ pub trait Queue: Send + Sync + 'static {
     /// Adds messages, visible at once.
     async fn enqueue(&self, msgs: &[Message]) -> Result<()>;
 
-    /// Adds a message that becomes visible at `due` (epoch ms).
-    async fn schedule(&self, msg: &Message, due: Millis) -> Result<()>;
-
     /// Leases up to `max` visible messages for `lease`, waiting up to `wait`
     /// for the first. Entries whose lease expired are delivered again here.
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>>;
 
     /// Keeps a lease alive while its job is still being worked on (a long
-    /// vendor call): pushes its expiry `lease_for` from now.
-    async fn extend(&self, consumer: &str, lease: &Lease, lease_for: Duration) -> Result<()>;
+    /// vendor call): renews it, from now, for the lease it was taken with.
+    async fn extend(&self, consumer: &str, lease: &Lease) -> Result<()>;
 
     /// Done with an entry: it will not be delivered again.
     async fn ack(&self, lease: &Lease) -> Result<()>;
@@ -133,7 +117,7 @@ pub trait Queue: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct QueueDepth {
     pub ready: u64,
     pub delayed: u64,
@@ -144,9 +128,9 @@ pub struct QueueDepth {
 impl QueueDepth {
     /// Sets the queue-depth and dead-letter gauges.
     pub fn publish(&self) {
-        metrics::gauge!("vendorhost_queue_depth", "state" => "ready").set(self.ready as f64);
-        metrics::gauge!("vendorhost_queue_depth", "state" => "delayed").set(self.delayed as f64);
-        metrics::gauge!("vendorhost_queue_depth", "state" => "leased").set(self.leased as f64);
-        metrics::gauge!("vendorhost_dead_letters").set(self.dead as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "state" => "ready").set(self.ready as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "state" => "delayed").set(self.delayed as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "state" => "leased").set(self.leased as f64);
+        metrics::gauge!(telemetry::DEAD_LETTERS).set(self.dead as f64);
     }
 }

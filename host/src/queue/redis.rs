@@ -11,14 +11,15 @@
 //!   dead letters, listed oldest first and purged by age.
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::aio::{ConnectionManager, MultiplexedConnection};
 use redis::streams::{StreamId, StreamPendingCountReply, StreamPendingReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{DeadLetter, Lease, Message, Queue, QueueDepth, QueueError, Result};
-use crate::jobs::{Millis, now_ms};
+use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
+use crate::model::{DeadLetter, Millis, now_ms};
+use crate::redis_conn::RedisConn;
 
 const GROUP: &str = "workers";
 /// Delayed entries moved per script call (bounds the script's run time).
@@ -27,8 +28,6 @@ const PROMOTE_BATCH: usize = 1000;
 const ENQUEUE_BATCH: usize = 1000;
 /// Idle blocking connections kept for reuse.
 const BLOCKING_POOL: usize = 16;
-/// Response timeout for the shared (never blocking) connection.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Moves due delayed members onto the stream; returns the count moved and the
 /// next due score ('' if none), so a lease can stop blocking when one is due.
@@ -81,14 +80,17 @@ pub struct RedisQueue {
 }
 
 impl RedisQueue {
-    /// Connects and creates the consumer group (and the stream) if missing.
+    /// Its own connection (tests, tools).
     pub async fn connect(url: &str, prefix: &str) -> std::result::Result<RedisQueue, QueueError> {
-        let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new().set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let conn = client.get_connection_manager_with_config(config).await?;
+        Self::new(&RedisConn::connect(url).await?, prefix).await
+    }
+
+    /// Over the process's shared connection; creates the consumer group (and
+    /// the stream) if missing.
+    pub async fn new(conn: &RedisConn, prefix: &str) -> std::result::Result<RedisQueue, QueueError> {
         let queue = RedisQueue {
-            client,
-            conn,
+            client: conn.client.clone(),
+            conn: conn.manager.clone(),
             blocking: Mutex::new(Vec::new()),
             keys: Keys {
                 jobs: format!("{prefix}:jobs"),
@@ -180,13 +182,19 @@ impl RedisQueue {
             .zip(counts)
             .map(|((entry_id, payload), count)| {
                 let deliveries = count.ids.first().map(|p| p.times_delivered).unwrap_or(1);
-                Lease { entry_id, payload, deliveries: deliveries.clamp(1, u32::MAX as usize) as u32 }
+                Lease { entry_id, payload, deliveries: deliveries.clamp(1, u32::MAX as usize) as u32, lease_for: lease }
             })
             .collect())
     }
 
     /// Reads never-delivered entries, blocking up to `block` for the first.
-    async fn read_new(&self, consumer: &str, count: usize, block: Option<Duration>) -> Result<Vec<Lease>> {
+    async fn read_new(
+        &self,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+        lease: Duration,
+    ) -> Result<Vec<Lease>> {
         let mut opts = StreamReadOptions::default().group(GROUP, consumer).count(count);
         let reply: Option<StreamReadReply> = match block {
             None => {
@@ -209,7 +217,7 @@ impl RedisQueue {
         Ok(entries
             .unwrap_or_default()
             .into_iter()
-            .map(|e| Lease { payload: payload_of(&e), entry_id: e.id, deliveries: 1 })
+            .map(|e| Lease { payload: payload_of(&e), entry_id: e.id, deliveries: 1, lease_for: lease })
             .collect())
     }
 
@@ -262,13 +270,6 @@ impl Queue for RedisQueue {
         Ok(())
     }
 
-    async fn schedule(&self, msg: &Message, due: Millis) -> Result<()> {
-        let mut pipe = redis::pipe();
-        self.add_at(&mut pipe, &msg.encode(), due);
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
-        Ok(())
-    }
-
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
         if max == 0 {
             return Ok(Vec::new());
@@ -286,14 +287,15 @@ impl Queue for RedisQueue {
                 None
             };
             let room = max - out.len();
-            out.extend(self.with_group(|| self.read_new(consumer, room, block)).await?);
+            out.extend(self.with_group(|| self.read_new(consumer, room, block, lease)).await?);
         }
         Ok(out)
     }
 
-    async fn extend(&self, consumer: &str, lease: &Lease, _lease_for: Duration) -> Result<()> {
+    async fn extend(&self, consumer: &str, lease: &Lease) -> Result<()> {
         // XCLAIM with min-idle 0 by the holder resets the entry's idle time,
-        // so XAUTOCLAIM (which reclaims entries idle past the lease) leaves it.
+        // so XAUTOCLAIM (which reclaims entries idle past the lease every
+        // consumer is configured with) leaves it for another lease.
         let _: redis::Value = redis::cmd("XCLAIM")
             .arg(&self.keys.jobs)
             .arg(GROUP)

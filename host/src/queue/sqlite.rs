@@ -9,9 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::params;
 
-use super::{DeadLetter, Lease, Message, Queue, QueueDepth, QueueError, Result};
+use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
 use crate::db::{Db, DbError};
-use crate::jobs::{Millis, now_ms};
+use crate::model::{DeadLetter, Millis, millis, now_ms};
 
 pub struct SqliteQueue {
     db: Arc<Db>,
@@ -55,15 +55,6 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
-    async fn schedule(&self, msg: &Message, due: Millis) -> Result<()> {
-        let p = msg.encode();
-        self.db
-            .write(move |c| c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?.execute(params![p, due]))
-            .await?;
-        self.db.queue_signal.notify_waiters();
-        Ok(())
-    }
-
     async fn lease(&self, _consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
         let give_up = tokio::time::Instant::now() + wait;
         loop {
@@ -84,7 +75,12 @@ impl Queue for SqliteQueue {
                              RETURNING id, payload, deliveries",
                         )?
                         .query_map(params![now, lease_ms, max as i64], |r| {
-                            Ok(Lease { entry_id: r.get::<_, i64>(0)?.to_string(), payload: r.get(1)?, deliveries: r.get::<_, i64>(2)?.max(0) as u32 })
+                            Ok(Lease {
+                                entry_id: r.get::<_, i64>(0)?.to_string(),
+                                payload: r.get(1)?,
+                                deliveries: r.get::<_, i64>(2)?.max(0) as u32,
+                                lease_for: lease,
+                            })
                         })?
                         .collect::<rusqlite::Result<_>>()?;
                     let next: Option<i64> = if rows.is_empty() {
@@ -111,18 +107,25 @@ impl Queue for SqliteQueue {
         }
     }
 
-    async fn extend(&self, _consumer: &str, lease: &Lease, lease_for: Duration) -> Result<()> {
+    async fn extend(&self, _consumer: &str, lease: &Lease) -> Result<()> {
         let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
-        let until = now_ms() + lease_for.as_millis() as i64;
+        let until = now_ms().saturating_add(millis(lease.lease_for));
         self.db
-            .write(move |c| c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token, until]))
+            .write(move |c| {
+                c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND deliveries = ?2")?
+                    .execute(params![id, token, until])
+            })
             .await?;
         Ok(())
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
-        self.db.write(move |c| c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])).await?;
+        self.db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])
+            })
+            .await?;
         Ok(())
     }
 
@@ -160,25 +163,28 @@ impl Queue for SqliteQueue {
         Ok(self
             .db
             .read(move |c| {
-                c.prepare_cached("SELECT id, request_id, vendor, payload, reason, died_at FROM dead_letters ORDER BY id LIMIT ?1")?
-                    .query_map([limit as i64], |r| {
-                        Ok(DeadLetter {
-                            id: r.get::<_, i64>(0)?.to_string(),
-                            request_id: r.get(1)?,
-                            vendor: r.get(2)?,
-                            payload: r.get(3)?,
-                            reason: r.get(4)?,
-                            died_at: r.get(5)?,
-                        })
-                    })?
-                    .collect()
+                c.prepare_cached(
+                    "SELECT id, request_id, vendor, payload, reason, died_at FROM dead_letters ORDER BY died_at, id LIMIT ?1",
+                )?
+                .query_map([limit as i64], |r| {
+                    Ok(DeadLetter {
+                        id: r.get::<_, i64>(0)?.to_string(),
+                        request_id: r.get(1)?,
+                        vendor: r.get(2)?,
+                        payload: r.get(3)?,
+                        reason: r.get(4)?,
+                        died_at: r.get(5)?,
+                    })
+                })?
+                .collect()
             })
             .await?)
     }
 
     async fn remove_dead_letter(&self, id: &str) -> Result<bool> {
         let Ok(id) = id.parse::<i64>() else { return Ok(false) };
-        Ok(self.db.write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?.execute([id])).await? == 1)
+        Ok(self.db.write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?.execute([id])).await?
+            == 1)
     }
 
     async fn depth(&self) -> Result<QueueDepth> {
@@ -206,7 +212,10 @@ impl Queue for SqliteQueue {
     }
 
     async fn purge_dead_letters(&self, before: Millis) -> Result<u64> {
-        Ok(self.db.write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE died_at < ?1")?.execute([before])).await? as u64)
+        Ok(self
+            .db
+            .write(move |c| c.prepare_cached("DELETE FROM dead_letters WHERE died_at < ?1")?.execute([before]))
+            .await? as u64)
     }
 
     async fn ping(&self) -> Result<()> {

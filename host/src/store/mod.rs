@@ -9,7 +9,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::jobs::{Job, Millis, NewJob, Outcome};
+use crate::model::{Job, Millis, NewJob, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,8 +72,9 @@ pub trait Store: Send + Sync + 'static {
     /// only backward move, and only from `failed`.
     async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool>;
 
-    /// `pending` jobs created before `before` whose queue message was never
-    /// recorded (a crash between store write and enqueue).
+    /// `pending` jobs created and last updated before `before` whose queue
+    /// message was never recorded (a crash between store write and enqueue,
+    /// or a replay whose enqueue was lost).
     async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>>;
 
     /// Accepted async jobs whose webhook deadline passed.
@@ -89,8 +90,9 @@ pub trait Store: Send + Sync + 'static {
     /// and idempotency keys. Returns the number of jobs deleted.
     async fn purge(&self, before: Millis, now: Millis) -> Result<u64>;
 
-    /// Counts by status (for metrics and readiness).
+    /// Reachable? (readiness)
     async fn ping(&self) -> Result<()>;
 
+    /// A short name for logs: `sqlite` or `mongodb`.
     fn kind(&self) -> &'static str;
 }

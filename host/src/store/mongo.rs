@@ -20,7 +20,7 @@ use mongodb::{Client, Collection, IndexModel};
 use std::time::Duration;
 
 use super::{Inserted, Result, Store, StoreError};
-use crate::jobs::{Job, Millis, NewJob, Outcome, Status, now_ms};
+use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
 
 const IN_FLIGHT: [&str; 2] = ["pending", "processing"];
 const FINISHED: [&str; 2] = ["complete", "failed"];
@@ -84,7 +84,7 @@ impl MongoStore {
 
     /// Claims the idempotency key for `job` (already inserted). Returns what
     /// the insert amounts to; on anything but Created the caller's job goes.
-    async fn claim_key(&self, job: &NewJob, key: &crate::jobs::Idempotency) -> Result<Inserted> {
+    async fn claim_key(&self, job: &NewJob, key: &crate::model::Idempotency) -> Result<Inserted> {
         let fresh = doc! {
             "_id": &key.key,
             "body_hash": &key.body_hash,
@@ -226,7 +226,7 @@ impl Store for MongoStore {
         // lost; `unqueued_pending` also waits on `updated_at`, so not at once.
         let update = doc! {
             "$set": { "status": Status::Pending.as_str(), "attempts": 0_i64, "updated_at": now, "queued": false },
-            "$unset": { "ttl": "", "vendor_ref": "", "webhook_deadline": "" },
+            "$unset": { "ttl": "", "vendor_ref": "", "webhook_deadline": "", "error": "", "result": "" },
         };
         Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
     }

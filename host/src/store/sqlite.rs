@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Inserted, Result, Store, StoreError};
 use crate::db::{Db, DbError};
-use crate::jobs::{Job, Millis, NewJob, Outcome, Status};
+use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
 use crate::queue::Message;
 
 pub struct SqliteStore {
@@ -35,8 +35,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-const JOB_COLUMNS: &str =
-    "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner";
+const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = r.get(2)?;
@@ -44,7 +43,11 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         request_id: r.get(0)?,
         vendor: r.get(1)?,
         status: Status::parse(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(2, rusqlite::types::Type::Text, format!("unknown status {status:?}").into())
+            rusqlite::Error::FromSqlConversionFailure(
+                2,
+                rusqlite::types::Type::Text,
+                format!("unknown status {status:?}").into(),
+            )
         })?,
         data: r.get(3)?,
         created_at: r.get(4)?,
@@ -219,7 +222,10 @@ impl Store for SqliteStore {
             .db
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT request_id, vendor FROM jobs WHERE status = 'pending' AND queued = 0 AND created_at < ?1 LIMIT ?2",
+                    // `updated_at` too: a replayed job (reopened, its enqueue on the way)
+                    // is not the sweeper's until it has waited as long.
+                    "SELECT request_id, vendor FROM jobs WHERE status = 'pending' AND queued = 0 AND created_at < ?1
+                     AND updated_at < ?1 LIMIT ?2",
                 )?
                 .query_map(params![before, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect()
@@ -245,8 +251,12 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                c.prepare_cached("INSERT OR IGNORE INTO webhook_ids (key, expires_at) VALUES (?1, ?2)")?
-                    .execute(params![key, expires_at])
+                // Seen, but an expired record not yet purged does not count.
+                c.prepare_cached(
+                    "INSERT INTO webhook_ids (key, expires_at) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE expires_at < ?3",
+                )?
+                .execute(params![key, expires_at, now_ms()])
             })
             .await?
             == 1)
@@ -266,7 +276,8 @@ impl Store for SqliteStore {
                     .prepare_cached("DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1")?
                     .execute([before])?;
                 c.prepare_cached("DELETE FROM webhook_ids WHERE expires_at < ?1")?.execute([now])?;
-                c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE idem_key IS NOT NULL AND idem_expires < ?1")?.execute([now])?;
+                c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE idem_key IS NOT NULL AND idem_expires < ?1")?
+                    .execute([now])?;
                 Ok(n as u64)
             })
             .await?)

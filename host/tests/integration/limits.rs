@@ -1,7 +1,6 @@
 //! Rate limiters and circuit breakers shared through Redis (a real
 //! redis-server from `support::servers`), plus the local breakers via the trait.
 
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,15 +11,11 @@ use vendorhost::limits::redis::RedisLimiter;
 use vendorhost::limits::{Quota, RateLimiter};
 
 async fn limiter(prefix: &str) -> RedisLimiter {
-    RedisLimiter::connect(&servers::redis().url, prefix)
-        .await
-        .unwrap()
+    RedisLimiter::connect(&servers::redis().url, prefix).await.unwrap()
 }
 
 async fn breakers(prefix: &str) -> RedisBreakers {
-    RedisBreakers::connect(&servers::redis().url, prefix)
-        .await
-        .unwrap()
+    RedisBreakers::connect(&servers::redis().url, prefix).await.unwrap()
 }
 
 /// Calls granted back to back before the first refusal, and that refusal's wait.
@@ -38,98 +33,39 @@ async fn at_once(l: &dyn RateLimiter, vendor: &str, q: Quota) -> (u32, Duration)
 #[tokio::test]
 async fn redis_limiter_burst_then_interval() {
     let l = limiter(&servers::unique("vh")).await;
-    let (n, wait) = at_once(
-        &l,
-        "a",
-        Quota {
-            rate: 5.0,
-            burst: 5,
-        },
-    )
-    .await;
+    let (n, wait) = at_once(&l, "a", Quota { rate: 5.0, burst: 5 }).await;
     assert_eq!(n, 5, "burst 5 lets exactly 5 through from idle");
-    assert!(
-        wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
-        "{wait:?}"
-    );
+    assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
 
-    let (n, wait) = at_once(
-        &l,
-        "half",
-        Quota {
-            rate: 0.5,
-            burst: 1,
-        },
-    )
-    .await;
+    let (n, wait) = at_once(&l, "half", Quota { rate: 0.5, burst: 1 }).await;
     assert_eq!(n, 1);
-    assert!(
-        wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2),
-        "{wait:?}"
-    );
+    assert!(wait > Duration::from_millis(1900) && wait <= Duration::from_secs(2), "{wait:?}");
 
     // Waiting out the refusal grants the next call.
-    let q = Quota {
-        rate: 20.0,
-        burst: 1,
-    };
+    let q = Quota { rate: 20.0, burst: 1 };
     let (_, wait) = at_once(&l, "c", q).await;
     tokio::time::sleep(wait).await;
     assert_eq!(l.acquire("c", q).await.unwrap(), None);
 
     // A changed quota applies at once (the key holds only the TAT).
-    let (n, _) = at_once(
-        &l,
-        "c",
-        Quota {
-            rate: 20.0,
-            burst: 4,
-        },
-    )
-    .await;
+    let (n, _) = at_once(&l, "c", Quota { rate: 20.0, burst: 4 }).await;
     assert!((3..=4).contains(&n), "{n}");
 
-    assert!(
-        l.acquire(
-            "bad",
-            Quota {
-                rate: 0.0,
-                burst: 1
-            }
-        )
-        .await
-        .is_err()
-    );
+    assert!(l.acquire("bad", Quota { rate: 0.0, burst: 1 }).await.is_err());
 }
 
 #[tokio::test]
 async fn redis_limiter_idle_key_expires() {
     let prefix = servers::unique("vh");
     let l = limiter(&prefix).await;
-    at_once(
-        &l,
-        "v",
-        Quota {
-            rate: 10.0,
-            burst: 2,
-        },
-    )
-    .await;
+    at_once(&l, "v", Quota { rate: 10.0, burst: 2 }).await;
     let client = redis::Client::open(servers::redis().url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let key = format!("{prefix}:rl:v");
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 202, "{ttl}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let exists: bool = redis::cmd("EXISTS")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let exists: bool = redis::cmd("EXISTS").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(!exists);
 }
 
@@ -137,14 +73,8 @@ async fn redis_limiter_idle_key_expires() {
 async fn redis_limiter_shared_by_two_processes() {
     let prefix = servers::unique("vh");
     // Two connections: two worker processes sharing one vendor's limit.
-    let limiters: [Arc<dyn RateLimiter>; 2] = [
-        Arc::new(limiter(&prefix).await),
-        Arc::new(limiter(&prefix).await),
-    ];
-    let q = Quota {
-        rate: 10.0,
-        burst: 5,
-    };
+    let limiters: [Arc<dyn RateLimiter>; 2] = [Arc::new(limiter(&prefix).await), Arc::new(limiter(&prefix).await)];
+    let q = Quota { rate: 10.0, burst: 5 };
     let run_for = Duration::from_secs(2);
     let start = Instant::now();
     let deadline = start + run_for;
@@ -157,10 +87,7 @@ async fn redis_limiter_shared_by_two_processes() {
                 match l.acquire("shared", q).await.unwrap() {
                     None => granted.push(start.elapsed()),
                     Some(wait) => {
-                        tokio::time::sleep(
-                            wait.min(deadline.saturating_duration_since(Instant::now())),
-                        )
-                        .await
+                        tokio::time::sleep(wait.min(deadline.saturating_duration_since(Instant::now()))).await
                     }
                 }
             }
@@ -195,11 +122,7 @@ fn policy() -> BreakerPolicy {
 }
 
 fn outcome(success: bool, probe: bool) -> CallOutcome {
-    CallOutcome {
-        success,
-        duration: Duration::from_millis(1),
-        probe,
-    }
+    CallOutcome { success, duration: Duration::from_millis(1), probe }
 }
 
 /// Drives one breaker store through closed → open → half-open → closed,
@@ -207,46 +130,24 @@ fn outcome(success: bool, probe: bool) -> CallOutcome {
 async fn lifecycle(a: &dyn Breakers, b: &dyn Breakers) {
     let p = policy();
     for _ in 0..5 {
-        assert_eq!(
-            a.admit("v", &p).await.unwrap(),
-            Admission::Allowed { probe: false }
-        );
+        assert_eq!(a.admit("v", &p).await.unwrap(), Admission::Allowed { probe: false });
         a.record("v", &p, outcome(false, false)).await.unwrap();
     }
     let snap = b.snapshot("v").await.unwrap();
     assert_eq!(snap.state, "open");
     assert!(snap.open_until.is_some());
-    assert!(matches!(
-        b.admit("v", &p).await.unwrap(),
-        Admission::Rejected { .. }
-    ));
+    assert!(matches!(b.admit("v", &p).await.unwrap(), Admission::Rejected { .. }));
 
     tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        b.admit("v", &p).await.unwrap(),
-        Admission::Allowed { probe: true }
-    );
-    assert_eq!(
-        a.admit("v", &p).await.unwrap(),
-        Admission::Allowed { probe: true }
-    );
-    assert!(matches!(
-        a.admit("v", &p).await.unwrap(),
-        Admission::Rejected { .. }
-    ));
+    assert_eq!(b.admit("v", &p).await.unwrap(), Admission::Allowed { probe: true });
+    assert_eq!(a.admit("v", &p).await.unwrap(), Admission::Allowed { probe: true });
+    assert!(matches!(a.admit("v", &p).await.unwrap(), Admission::Rejected { .. }));
     assert_eq!(a.snapshot("v").await.unwrap().state, "half_open");
     a.record("v", &p, outcome(true, true)).await.unwrap();
     b.record("v", &p, outcome(true, true)).await.unwrap();
     let snap = a.snapshot("v").await.unwrap();
     assert_eq!((snap.state, snap.calls), ("closed", 0));
-    assert_eq!(
-        (
-            snap.transitions.opened,
-            snap.transitions.half_opened,
-            snap.transitions.closed
-        ),
-        (1, 1, 1)
-    );
+    assert_eq!((snap.transitions.opened, snap.transitions.half_opened, snap.transitions.closed), (1, 1, 1));
 }
 
 #[tokio::test]
@@ -266,15 +167,8 @@ async fn local_breakers_lifecycle() {
 /// 16 tasks over two stores record concurrently; none of it may be lost.
 async fn concurrent_records(window: u32, per_task: u32) -> u32 {
     let prefix = servers::unique("vh");
-    let stores: [Arc<dyn Breakers>; 2] = [
-        Arc::new(breakers(&prefix).await),
-        Arc::new(breakers(&prefix).await),
-    ];
-    let p = BreakerPolicy {
-        window,
-        min_calls: window,
-        ..policy()
-    };
+    let stores: [Arc<dyn Breakers>; 2] = [Arc::new(breakers(&prefix).await), Arc::new(breakers(&prefix).await)];
+    let p = BreakerPolicy { window, min_calls: window, ..policy() };
     let mut tasks = Vec::new();
     for i in 0..16 {
         let (s, p) = (stores[i % 2].clone(), p.clone());

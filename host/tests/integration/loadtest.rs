@@ -2,7 +2,7 @@
 //! submits is followed to a terminal state, closed and open loop.
 
 use clap::Parser;
-use vendorhost::loadtest::{self, LoadtestArgs};
+use vendorhost_loadtest::{self as loadtest, LoadtestArgs};
 
 use crate::support::app::{TestApp, embedded_config, plugin, plugins_dir};
 

@@ -4,6 +4,7 @@
 mod support;
 
 mod backends;
+mod contract;
 mod lifecycle;
 mod limits;
 mod loadtest;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use vendorhost::jobs::{NewJob, now_ms};
+use vendorhost::model::{NewJob, now_ms};
 use vendorhost::store::Store;
 
 use crate::support::app::{self, Proc, TestApp, embedded_config, plugin, plugins_dir, production_config, test_plugin};
@@ -109,7 +109,12 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         (br#"{"vendor": "sync"}"#.to_vec(), json_ct, 400, "missing_field"),
         (br#"{"vendor": "nope", "data": 1}"#.to_vec(), json_ct, 400, "unknown_vendor"),
         (br#"{"vendor": "sync", "data": 1}"#.to_vec(), "text/plain", 415, "unsupported_media_type"),
-        (format!(r#"{{"vendor": "sync", "data": "{}"}}"#, "x".repeat(1_100_000)).into_bytes(), json_ct, 413, "payload_too_large"),
+        (
+            format!(r#"{{"vendor": "sync", "data": "{}"}}"#, "x".repeat(1_100_000)).into_bytes(),
+            json_ct,
+            413,
+            "payload_too_large",
+        ),
     ];
     for (body, ct, status, code) in cases {
         let (s, b) = post(body, ct).await;
@@ -157,7 +162,7 @@ async fn a_crash_between_store_write_and_enqueue_is_swept() {
     let cfg = production_config(d.path(), p.path());
     // The store write happens; the enqueue never does (as if the API died).
     let store = vendorhost::store::mongo::MongoStore::connect(&cfg.store, &cfg.mongo_db).await.unwrap();
-    let id = vendorhost::jobs::new_request_id();
+    let id = vendorhost::model::new_request_id();
     let job = NewJob {
         request_id: id.clone(),
         vendor: "sync".into(),
@@ -226,7 +231,14 @@ async fn a_malformed_stream_entry_is_dead_lettered_and_work_goes_on() {
     let client = redis::Client::open(cfg.queue.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     for garbage in ["[1,2,3]", "{\"request_id\": 5}", "\u{0}\u{1}not json"] {
-        let _: String = redis::cmd("XADD").arg(format!("{}:jobs", cfg.redis_prefix)).arg("*").arg("m").arg(garbage).query_async(&mut conn).await.unwrap();
+        let _: String = redis::cmd("XADD")
+            .arg(format!("{}:jobs", cfg.redis_prefix))
+            .arg("*")
+            .arg("m")
+            .arg(garbage)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
     }
     let letters = app::eventually(LONG, "3 dead letters", || async {
         let v = app.get_json("/admin/dead-letters").await;
@@ -254,7 +266,10 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     env.push(("VENDORHOST_VENDORS__TEST-ECHO__TIMEOUT", "20000".into()));
     let mut w1 = Proc::spawn(&["worker"], &env, d.path().join("w1.log"));
     let id = api.submit("test-echo", json!({"sleep_ms": 4000})).await;
-    app::eventually(LONG, "the job to be processing", || async { (api.job(&id).await["status"] == "processing").then_some(()) }).await;
+    app::eventually(LONG, "the job to be processing", || async {
+        (api.job(&id).await["status"] == "processing").then_some(())
+    })
+    .await;
     w1.kill9();
     let mut w2 = Proc::spawn(&["worker"], &env, d.path().join("w2.log"));
     let job = api.wait_terminal(&id, Duration::from_secs(60)).await;
@@ -263,7 +278,41 @@ async fn a_killed_worker_s_job_is_finished_by_another() {
     // Exactly one terminal state: nothing else finishes it again.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(api.job(&id).await["updated_at"], job["updated_at"]);
-    assert!(w2.term(Duration::from_secs(15)).is_some_and(|s| s.success()), "worker did not exit 0 on SIGTERM:\n{}", w2.log_text());
+    assert!(
+        w2.term(Duration::from_secs(15)).is_some_and(|s| s.success()),
+        "worker did not exit 0 on SIGTERM:\n{}",
+        w2.log_text()
+    );
+    api.stop().await;
+}
+
+/// A worker process serves the API's own `/metrics` (with HELP text) and
+/// `/healthz` on its metrics listener, behind the admin key when one is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_serves_its_metrics_behind_the_admin_key() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = production_config(d.path(), p.path());
+    cfg.auth.admin_key = "admin-secret".into();
+    let api = TestApp::start_role(cfg.clone(), vendorhost::app::Role::Api, tempfile::tempdir().unwrap()).await;
+    let port = servers::free_port();
+    let mut env = app::env_for(&cfg);
+    env.push(("VENDORHOST_METRICS_LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("VENDORHOST_AUTH__ADMIN_KEY", "admin-secret".into()));
+    let mut w = Proc::spawn(&["worker"], &env, d.path().join("w.log"));
+    let id = api.submit("test-echo", json!({"n": 1})).await;
+    assert_eq!(api.wait_terminal(&id, LONG).await["status"], "complete", "{}", w.log_text());
+    let metrics = format!("http://127.0.0.1:{port}/metrics");
+    let client = reqwest::Client::new();
+    let health: Value =
+        client.get(format!("http://127.0.0.1:{port}/healthz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+    let r = client.get(&metrics).send().await.unwrap();
+    assert_eq!(r.status(), 401, "the worker's metrics are open without the admin key");
+    let text = client.get(&metrics).bearer_auth("admin-secret").send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("vendorhost_jobs_completed_total{vendor=\"test-echo\"} 1"), "{text}");
+    assert!(text.contains("# HELP vendorhost_jobs_completed_total "), "no HELP text: {text}");
+    assert!(w.term(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", w.log_text());
     api.stop().await;
 }
 
@@ -283,7 +332,12 @@ async fn embedded_jobs_survive_sigkill() {
     let mut p1 = Proc::spawn(&["serve"], &env, d.path().join("s1.log"));
     let client = reqwest::Client::new();
     let id = app::eventually(LONG, "the server to accept a job", || async {
-        let r = client.post(format!("{base}/jobs")).json(&json!({"vendor": "test-echo", "data": {"sleep_ms": 3000}})).send().await.ok()?;
+        let r = client
+            .post(format!("{base}/jobs"))
+            .json(&json!({"vendor": "test-echo", "data": {"sleep_ms": 3000}}))
+            .send()
+            .await
+            .ok()?;
         (r.status() == 202).then_some(())?;
         r.json::<Value>().await.ok()?["request_id"].as_str().map(String::from)
     })
@@ -332,8 +386,15 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
     cfg.queue_settings.lease = Duration::from_millis(300);
     let store = vendorhost::store::mongo::MongoStore::connect(&cfg.store, &cfg.mongo_db).await.unwrap();
     let queue = vendorhost::queue::redis::RedisQueue::connect(&cfg.queue, &cfg.redis_prefix).await.unwrap();
-    let id = vendorhost::jobs::new_request_id();
-    let job = NewJob { request_id: id.clone(), vendor: "sync".into(), data: "\"poison\"".into(), owner: None, created_at: now_ms(), idempotency: None };
+    let id = vendorhost::model::new_request_id();
+    let job = NewJob {
+        request_id: id.clone(),
+        vendor: "sync".into(),
+        data: "\"poison\"".into(),
+        owner: None,
+        created_at: now_ms(),
+        idempotency: None,
+    };
     store.insert(&job).await.unwrap();
     queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();
     store.mark_queued(std::slice::from_ref(&id)).await.unwrap();

@@ -483,7 +483,7 @@ async fn a_rate_limited_backlog_waits_in_line_instead_of_stampeding() {
     let ids = futures::future::join_all((0..JOBS).map(|i| app.submit("test-echo", json!({"i": i})))).await;
     tokio::time::sleep(ms(500)).await;
     let db = rusqlite::Connection::open_with_flags(&s.cfg.data, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let now = vendorhost::jobs::now_ms();
+    let now = vendorhost::model::now_ms();
     let (waiting, last_due): (i64, Option<i64>) = db
         .query_row("SELECT count(*), max(visible_at) FROM queue WHERE leased = 0", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();

@@ -9,8 +9,7 @@ use serde_json::value::RawValue;
 use exports::vendorhost::plugin::vendor::Guest;
 use vendorhost::plugin::host::{self, HttpError, HttpRequest, HttpResponse};
 use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo,
-    WebhookOutcome,
+    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo, WebhookOutcome,
 };
 
 /// Where the mock vendor listens unless the operator sets `base_url`.
@@ -57,17 +56,13 @@ impl Guest for Plugin {
             mode: Mode::Async,
             version: "0.1.0".into(),
             hosts: vec!["127.0.0.1".into()],
-            limits: Limits {
-                rate_per_second: 50.0,
-                burst: 20,
-                call_timeout_ms: 5000,
-            },
+            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
         }
     }
 
     fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
-        let data: &RawValue = serde_json::from_str(&job.data)
-            .map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
+        let data: &RawValue =
+            serde_json::from_str(&job.data).map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
         let body = serde_json::to_string(&SubmitRequest {
             request_id: &job.request_id,
             data,
@@ -78,10 +73,7 @@ impl Guest for Plugin {
         let request = HttpRequest {
             method: "POST".into(),
             url: format!("{}/v1/jobs", base.trim_end_matches('/')),
-            headers: vec![Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            }],
+            headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
             body: body.into_bytes(),
         };
         let response = host::http_send(&request).map_err(map_http_error)?;
@@ -92,9 +84,7 @@ impl Guest for Plugin {
             .map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
         match answer.vendor_ref {
             Some(vendor_ref) if !vendor_ref.is_empty() => Ok(FetchOutcome::Accepted(vendor_ref)),
-            _ => Err(VendorError::Server(
-                "malformed response: no \"vendor_ref\"".into(),
-            )),
+            _ => Err(VendorError::Server("malformed response: no \"vendor_ref\"".into())),
         }
     }
 
@@ -103,8 +93,8 @@ impl Guest for Plugin {
         if body.trim_ascii_start().first() != Some(&b'{') {
             return Err(bad_webhook("not a JSON object"));
         }
-        let callback: Callback = serde_json::from_slice(&body)
-            .map_err(|e| VendorError::BadRequest(format!("webhook body: {e}")))?;
+        let callback: Callback =
+            serde_json::from_slice(&body).map_err(|e| VendorError::BadRequest(format!("webhook body: {e}")))?;
         let vendor_ref = match callback.vendor_ref {
             Some(r) if !r.is_empty() => r,
             _ => return Err(bad_webhook("missing \"vendor_ref\"")),
@@ -115,15 +105,10 @@ impl Guest for Plugin {
                 None => return Err(bad_webhook("status \"complete\" without \"result\"")),
             },
             Some("failed") => JobOutcome::Failed(
-                callback
-                    .error
-                    .filter(|e| !e.is_empty())
-                    .unwrap_or_else(|| "vendor reported failure".into()),
+                callback.error.filter(|e| !e.is_empty()).unwrap_or_else(|| "vendor reported failure".into()),
             ),
             Some(other) => {
-                return Err(bad_webhook(&format!(
-                    "\"status\" is {other:?}, expected \"complete\" or \"failed\""
-                )));
+                return Err(bad_webhook(&format!("\"status\" is {other:?}, expected \"complete\" or \"failed\"")));
             }
             None => return Err(bad_webhook("missing \"status\"")),
         };
@@ -145,10 +130,7 @@ fn bad_webhook(what: &str) -> VendorError {
 fn map_status(response: &HttpResponse) -> VendorError {
     let message = format!("HTTP {}: {}", response.status, short_body(&response.body));
     match response.status {
-        429 => VendorError::RateLimited(RateLimited {
-            retry_after_ms: response.retry_after_ms,
-            message,
-        }),
+        429 => VendorError::RateLimited(RateLimited { retry_after_ms: response.retry_after_ms, message }),
         400..=499 => VendorError::BadRequest(message),
         // 5xx, and anything else unexpected: retryable, so a transient oddity
         // does not fail the job outright.

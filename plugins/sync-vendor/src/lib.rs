@@ -34,32 +34,22 @@ impl Guest for Plugin {
             mode: Mode::Sync,
             version: "0.1.0".into(),
             hosts: vec!["127.0.0.1".into()],
-            limits: Limits {
-                rate_per_second: 50.0,
-                burst: 20,
-                call_timeout_ms: 5000,
-            },
+            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
         }
     }
 
     fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
         // RawValue checks and embeds the client's JSON without building a
         // tree, and without float parsing/printing (~25 KB of wasm).
-        let data: &RawValue = serde_json::from_str(&job.data)
+        let data: &RawValue =
+            serde_json::from_str(&job.data).map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
+        let body = serde_json::to_string(&LookupRequest { request_id: &job.request_id, data })
             .map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
-        let body = serde_json::to_string(&LookupRequest {
-            request_id: &job.request_id,
-            data,
-        })
-        .map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
         let base = host::config_get("base_url").unwrap_or_else(|| DEFAULT_BASE.into());
         let request = HttpRequest {
             method: "POST".into(),
             url: format!("{}/v1/lookup", base.trim_end_matches('/')),
-            headers: vec![Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            }],
+            headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
             body: body.into_bytes(),
         };
         let response = host::http_send(&request).map_err(map_http_error)?;
@@ -68,17 +58,15 @@ impl Guest for Plugin {
         }
         // The host cleans the result; here we only make sure it is JSON at all,
         // and pass the vendor's text through unchanged.
-        let text = String::from_utf8(response.body)
-            .map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
+        let text =
+            String::from_utf8(response.body).map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
         serde_json::from_str::<&RawValue>(&text)
             .map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
         Ok(FetchOutcome::Complete(text))
     }
 
     fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported(
-            "sync vendor takes no webhooks".into(),
-        ))
+        Err(VendorError::Unsupported("sync vendor takes no webhooks".into()))
     }
 }
 
@@ -86,10 +74,7 @@ impl Guest for Plugin {
 fn map_status(response: &HttpResponse) -> VendorError {
     let message = format!("HTTP {}: {}", response.status, short_body(&response.body));
     match response.status {
-        429 => VendorError::RateLimited(RateLimited {
-            retry_after_ms: response.retry_after_ms,
-            message,
-        }),
+        429 => VendorError::RateLimited(RateLimited { retry_after_ms: response.retry_after_ms, message }),
         400..=499 => VendorError::BadRequest(message),
         // 5xx, and anything else unexpected (1xx, other 2xx, unfollowed 3xx):
         // retryable, so a transient oddity does not fail the job outright.

@@ -15,9 +15,7 @@ wit_bindgen::generate!({ world: "vendor-plugin", path: "../../wit" });
 
 use exports::vendorhost::plugin::vendor::Guest;
 use vendorhost::plugin::host::{self, HttpError, HttpRequest, Level};
-use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome,
-};
+use vendorhost::plugin::types::{FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome};
 
 /// Used when the operator does not set `base_url` in `[vendors.template.config]`.
 const DEFAULT_BASE: &str = "http://127.0.0.1:9001";
@@ -39,11 +37,7 @@ impl Guest for Plugin {
             // Informational: the operator's grant decides what is reachable.
             hosts: vec!["127.0.0.1".into()],
             // Suggestions; the operator's configuration overrides each.
-            limits: Limits {
-                rate_per_second: 10.0,
-                burst: 5,
-                call_timeout_ms: 5000,
-            },
+            limits: Limits { rate_per_second: 10.0, burst: 5, call_timeout_ms: 5000 },
         }
     }
 
@@ -54,10 +48,7 @@ impl Guest for Plugin {
         let request = HttpRequest {
             method: "POST".into(),
             url: format!("{}/v1/lookup", base.trim_end_matches('/')),
-            headers: vec![Header {
-                name: "content-type".into(),
-                value: "application/json".into(),
-            }],
+            headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
             // `job.data` is the client's JSON text (valid JSON, checked by the
             // host); a real plugin usually reshapes it (e.g. with serde_json)
             // into the vendor's format. The mock vendor takes this envelope.
@@ -76,12 +67,10 @@ impl Guest for Plugin {
             200 => String::from_utf8(response.body)
                 .map(FetchOutcome::Complete)
                 .map_err(|_| VendorError::Server("response is not UTF-8".into())),
-            429 => Err(VendorError::RateLimited(
-                vendorhost::plugin::types::RateLimited {
-                    retry_after_ms: response.retry_after_ms,
-                    message: "HTTP 429".into(),
-                },
-            )),
+            429 => Err(VendorError::RateLimited(vendorhost::plugin::types::RateLimited {
+                retry_after_ms: response.retry_after_ms,
+                message: "HTTP 429".into(),
+            })),
             status @ 400..=499 => Err(VendorError::BadRequest(format!("HTTP {status}"))),
             status => Err(VendorError::Server(format!("HTTP {status}"))),
         }
@@ -90,8 +79,6 @@ impl Guest for Plugin {
     /// Async vendors turn the callback body into an outcome here; a sync
     /// vendor gets no callbacks.
     fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported(
-            "template vendor takes no webhooks".into(),
-        ))
+        Err(VendorError::Unsupported("template vendor takes no webhooks".into()))
     }
 }

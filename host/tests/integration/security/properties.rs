@@ -2,7 +2,7 @@
 
 use proptest::prelude::*;
 use serde_json::Value;
-use vendorhost::jobs::clean::Cleaner;
+use vendorhost::clean::Cleaner;
 use vendorhost::webhook::{self, Secret, sign};
 
 use super::now_secs;

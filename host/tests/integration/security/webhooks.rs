@@ -101,7 +101,9 @@ async fn forged_expired_and_unsigned_webhooks_are_401_and_a_rotated_secret_still
     let mut bad_ts = signed(&[&new], "msg_ts", now, &body);
     bad_ts[1].1 = "12abc".into();
     let (b, t) = (body.as_slice(), tampered.as_slice());
-    let cases: Vec<(&str, Vec<(&str, String)>, &[u8])> = vec![
+    // (what is wrong, the webhook headers, the body)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, &'a [u8]);
+    let cases: Vec<Case> = vec![
         ("unsigned", vec![], b),
         ("no signature", signed(&[&new], "msg_1", now, b)[..2].to_vec(), b),
         ("forged with a retired secret", signed(&[&retired], "msg_2", now, b), b),

@@ -58,12 +58,14 @@ pub fn plugins_dir(files: &[PathBuf]) -> tempfile::TempDir {
 
 /// Embedded configuration with short durations, data in `data_dir`.
 pub fn embedded_config(data_dir: &Path, plugins: &Path) -> Config {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.data = data_dir.join("vendorhost.db");
-    cfg.plugins_dir = plugins.to_path_buf();
-    cfg.cache_dir = cache_dir();
-    cfg.workers = 16;
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        data: data_dir.join("vendorhost.db"),
+        plugins_dir: plugins.to_path_buf(),
+        cache_dir: cache_dir(),
+        workers: 16,
+        ..Config::default()
+    };
     cfg.queue_settings.lease = Duration::from_secs(5);
     cfg.queue_settings.poll = Duration::from_millis(200);
     cfg.queue_settings.sweep_after = Duration::from_millis(500);
@@ -120,7 +122,13 @@ impl TestApp {
         let task = tokio::spawn(app::run(cfg, Some(config_path), Role::Serve, Some(listener), async move {
             let _ = rx.await;
         }));
-        let app = TestApp { base, client: reqwest::Client::new(), data: tempfile::tempdir().unwrap(), stop: Some(tx), task: Some(task) };
+        let app = TestApp {
+            base,
+            client: reqwest::Client::new(),
+            data: tempfile::tempdir().unwrap(),
+            stop: Some(tx),
+            task: Some(task),
+        };
         app.wait_ready().await;
         app
     }

@@ -43,11 +43,7 @@ pub fn free_port() -> u16 {
 /// prefix and a MongoDB database name.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A server process under its watchdog.
@@ -74,11 +70,7 @@ impl Watched {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         let stdin = watchdog.stdin.take();
-        Watched {
-            watchdog,
-            stdin,
-            dir,
-        }
+        Watched { watchdog, stdin, dir }
     }
 
     /// False once the server process is gone (or a zombie).
@@ -87,10 +79,7 @@ impl Watched {
             return true; // not written yet: still starting
         };
         match std::fs::read_to_string(format!("/proc/{}/stat", pid.trim())) {
-            Ok(stat) => stat
-                .rsplit(')')
-                .next()
-                .is_some_and(|rest| !rest.trim_start().starts_with('Z')),
+            Ok(stat) => stat.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')),
             Err(_) => false,
         }
     }
@@ -102,28 +91,17 @@ impl Watched {
     }
 
     /// Polls `ready` until it holds, the server dies, or `timeout` passes.
-    fn wait_ready(
-        &self,
-        what: &str,
-        timeout: Duration,
-        mut ready: impl FnMut() -> bool,
-    ) -> Result<(), String> {
+    fn wait_ready(&self, what: &str, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         loop {
             if ready() {
                 return Ok(());
             }
             if !self.alive() {
-                return Err(format!(
-                    "{what} exited during start-up; its log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("{what} exited during start-up; its log:\n{}", self.log()));
             }
             if Instant::now() > deadline {
-                return Err(format!(
-                    "{what} not ready after {timeout:?}; its log:\n{}",
-                    self.log()
-                ));
+                return Err(format!("{what} not ready after {timeout:?}; its log:\n{}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -138,19 +116,13 @@ impl Drop for Watched {
 }
 
 fn temp_dir(prefix: &str) -> PathBuf {
-    tempfile::Builder::new()
-        .prefix(prefix)
-        .tempdir()
-        .expect("create a temp dir")
-        .keep()
+    tempfile::Builder::new().prefix(prefix).tempdir().expect("create a temp dir").keep()
 }
 
 /// `name` on PATH.
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
 }
 
 /// The repository root (the parent of this crate).
@@ -173,9 +145,7 @@ impl RedisServer {
         let program = std::env::var_os("REDIS_SERVER")
             .map(PathBuf::from)
             .or_else(|| on_path("redis-server"))
-            .unwrap_or_else(|| {
-                panic!("redis-server not found: run `make test`, which installs it")
-            });
+            .unwrap_or_else(|| panic!("redis-server not found: run `make test`, which installs it"));
         let mut last = String::new();
         // A free port can be taken before the server binds it: retry.
         for _ in 0..3 {
@@ -197,15 +167,9 @@ impl RedisServer {
             .map(|s| s.to_string())
             .collect();
             let proc = Watched::spawn(&program, &args, dir);
-            match proc.wait_ready("redis-server", Duration::from_secs(10), || {
-                redis_pings(port)
-            }) {
+            match proc.wait_ready("redis-server", Duration::from_secs(10), || redis_pings(port)) {
                 Ok(()) => {
-                    return RedisServer {
-                        port,
-                        url: format!("redis://127.0.0.1:{port}/"),
-                        proc,
-                    };
+                    return RedisServer { port, url: format!("redis://127.0.0.1:{port}/"), proc };
                 }
                 Err(e) => last = e,
             }
@@ -254,9 +218,7 @@ impl MongoServer {
             let proc = Watched::spawn(&program, &args, dir);
             let uri = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
             let ready = proc
-                .wait_ready("nx-27017", Duration::from_secs(30), || {
-                    TcpStream::connect(("127.0.0.1", port)).is_ok()
-                })
+                .wait_ready("nx-27017", Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok())
                 .and_then(|()| mongo_pings(&uri));
             match ready {
                 Ok(()) => return MongoServer { port, uri, proc },
@@ -275,33 +237,20 @@ pub fn nx_27017() -> Option<PathBuf> {
         Some(repo_root().join(".venv/bin/nx-27017")),
         Some(PathBuf::from("/tmp/nxvenv/bin/nx-27017")),
     ];
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|p| p.is_file())
-        .or_else(|| on_path("nx-27017"))
+    candidates.into_iter().flatten().find(|p| p.is_file()).or_else(|| on_path("nx-27017"))
 }
 
 /// A MongoDB `ping`, on a thread of its own (callers may be inside a runtime).
 fn mongo_pings(uri: &str) -> Result<(), String> {
     let uri = uri.to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
         rt.block_on(async {
-            let mut opts = mongodb::options::ClientOptions::parse(&uri)
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut opts = mongodb::options::ClientOptions::parse(&uri).await.map_err(|e| e.to_string())?;
             opts.server_selection_timeout = Some(Duration::from_secs(10));
             let client = mongodb::Client::with_options(opts).map_err(|e| e.to_string())?;
-            let ping = client
-                .database("admin")
-                .run_command(mongodb::bson::doc! { "ping": 1 })
-                .await;
-            ping.map(|_| ())
-                .map_err(|e| format!("nx-27017 does not answer ping: {e}"))
+            let ping = client.database("admin").run_command(mongodb::bson::doc! { "ping": 1 }).await;
+            ping.map(|_| ()).map_err(|e| format!("nx-27017 does not answer ping: {e}"))
         })
     })
     .join()

@@ -17,8 +17,7 @@ use serde_json::{Map, Value, json};
 use exports::vendorhost::plugin::vendor::Guest;
 use vendorhost::plugin::host::{self, HttpError, HttpRequest, Level};
 use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo,
-    WebhookOutcome,
+    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo, WebhookOutcome,
 };
 
 #[cfg(not(feature = "v2"))]
@@ -38,11 +37,7 @@ impl Guest for Plugin {
             mode: Mode::Sync,
             version: VERSION.into(),
             hosts: vec!["127.0.0.1".into()],
-            limits: Limits {
-                rate_per_second: 50.0,
-                burst: 20,
-                call_timeout_ms: 5000,
-            },
+            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
         }
     }
 
@@ -69,22 +64,12 @@ impl Guest for Plugin {
             let config: Map<String, Value> = keys
                 .iter()
                 .filter_map(Value::as_str)
-                .map(|k| {
-                    (
-                        k.to_string(),
-                        host::config_get(k).map_or(Value::Null, Value::from),
-                    )
-                })
+                .map(|k| (k.to_string(), host::config_get(k).map_or(Value::Null, Value::from)))
                 .collect();
             out.insert("config".into(), config.into());
         }
         if let Some(url) = data.get("url").and_then(Value::as_str) {
-            let request = HttpRequest {
-                method: "GET".into(),
-                url: url.into(),
-                headers: vec![],
-                body: vec![],
-            };
+            let request = HttpRequest { method: "GET".into(), url: url.into(), headers: vec![], body: vec![] };
             let response = host::http_send(&request).map_err(map_http_error)?;
             out.insert("http".into(), json!({ "status": response.status }));
         }
@@ -93,28 +78,18 @@ impl Guest for Plugin {
     }
 
     fn on_webhook(_headers: Vec<Header>, body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        let mut body: Map<String, Value> = serde_json::from_slice(&body)
-            .map_err(|e| VendorError::BadRequest(format!("webhook body: {e}")))?;
+        let mut body: Map<String, Value> =
+            serde_json::from_slice(&body).map_err(|e| VendorError::BadRequest(format!("webhook body: {e}")))?;
         let request_id = match body.get("request_id").and_then(Value::as_str) {
             Some(id) => id.to_string(),
             None => {
-                return Err(VendorError::BadRequest(
-                    "webhook body: missing \"request_id\"".into(),
-                ));
+                return Err(VendorError::BadRequest("webhook body: missing \"request_id\"".into()));
             }
         };
-        let result = body
-            .remove("result")
-            .ok_or_else(|| VendorError::BadRequest("webhook body: missing \"result\"".into()))?;
-        let vendor_ref = body
-            .get("vendor_ref")
-            .and_then(Value::as_str)
-            .map(str::to_string);
-        Ok(WebhookOutcome {
-            request_id,
-            vendor_ref,
-            outcome: JobOutcome::Complete(result.to_string()),
-        })
+        let result =
+            body.remove("result").ok_or_else(|| VendorError::BadRequest("webhook body: missing \"result\"".into()))?;
+        let vendor_ref = body.get("vendor_ref").and_then(Value::as_str).map(str::to_string);
+        Ok(WebhookOutcome { request_id, vendor_ref, outcome: JobOutcome::Complete(result.to_string()) })
     }
 }
 

@@ -5,9 +5,7 @@
 wit_bindgen::generate!({ world: "vendor-plugin", path: "../../../wit" });
 
 use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome,
-};
+use vendorhost::plugin::types::{FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome};
 
 struct Plugin;
 
@@ -21,11 +19,7 @@ impl Guest for Plugin {
             mode: Mode::Sync,
             version: "0.1.0".into(),
             hosts: vec![],
-            limits: Limits {
-                rate_per_second: 50.0,
-                burst: 20,
-                call_timeout_ms: 5000,
-            },
+            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
         }
     }
 
@@ -37,8 +31,6 @@ impl Guest for Plugin {
     }
 
     fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported(
-            "test plugin takes no webhooks".into(),
-        ))
+        Err(VendorError::Unsupported("test plugin takes no webhooks".into()))
     }
 }

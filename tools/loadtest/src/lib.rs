@@ -1,5 +1,9 @@
-//! The load generator: `vendorhost loadtest` drives a running service over
-//! HTTP (either deployment) and reports throughput and latency.
+//! vendorhost-loadtest: the load generator behind `vendorhost loadtest`.
+//!
+//! It talks to the service only over HTTP, through the API's JSON shapes
+//! (`POST /jobs`, `GET /jobs/{id}`, `GET /healthz`), and shares no code with
+//! the server: it drives a running service (either deployment) and reports
+//! throughput and latency.
 //!
 //! Modes: `submit` (POST /jobs only), `get` (submit `--ids` jobs, then GET
 //! them round-robin), `e2e` (submit and follow every job to a terminal
@@ -47,8 +51,18 @@ impl Mode {
     }
 }
 
+/// Parses a duration flag the way the service's configuration does
+/// (`vendorhost::config::parse_duration`): a bare integer is milliseconds,
+/// anything else goes to `humantime` ("250ms", "5s", "1m 30s").
+/// `humantime::parse_duration` alone would reject a bare number other than
+/// "0", hence the integer case first.
 fn duration(s: &str) -> Result<Duration, String> {
-    crate::config::parse_duration(s)
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid duration {s:?}: {e} (use milliseconds or e.g. \"250ms\", \"5s\")"))
 }
 
 #[derive(clap::Args, Debug, Clone)]

@@ -46,7 +46,7 @@ panic = "abort"
 }
 
 pub fn create(name: &str, dir: &Path) -> Result<(), TemplateError> {
-    super::loader::validate_id(name).map_err(TemplateError::BadName)?;
+    crate::plugins::loader::validate_id(name).map_err(TemplateError::BadName)?;
     if dir.exists() {
         return Err(TemplateError::Exists(dir.display().to_string()));
     }

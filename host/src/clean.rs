@@ -93,8 +93,12 @@ mod tests {
         leaf.prop_recursive(4, 32, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
-                prop::collection::btree_map(prop_oneof![Just("email".to_string()), Just("Phone".to_string()), "[a-z]{1,6}"], inner, 0..6)
-                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                prop::collection::btree_map(
+                    prop_oneof![Just("email".to_string()), Just("Phone".to_string()), "[a-z]{1,6}"],
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
     }

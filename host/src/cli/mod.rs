@@ -1,4 +1,8 @@
-//! Command-line interface: subcommands and their flags.
+//! Command-line interface: subcommands and their flags (here), what each
+//! does (`commands`), and the plugin scaffolding (`template`).
+
+pub mod commands;
+pub mod template;
 
 use std::path::PathBuf;
 
@@ -39,7 +43,7 @@ pub enum Command {
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// Generate load against a running service and report throughput and latency.
-    Loadtest(crate::loadtest::LoadtestArgs),
+    Loadtest(vendorhost_loadtest::LoadtestArgs),
 }
 
 #[derive(Args, Debug, Clone, Default)]

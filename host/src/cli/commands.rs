@@ -9,9 +9,9 @@ use crate::app::{self, Role};
 use crate::cli::{Cli, Command, DlqCommand, MockArgs, PluginsCommand, ServeArgs};
 use crate::config::Config;
 use crate::jobs::dead_letters::DeadLetters;
+use crate::plugins::CallPolicy;
 use crate::plugins::cache::ComponentCache;
 use crate::plugins::grants::Grants;
-use crate::plugins::runtime::CallPolicy;
 use crate::plugins::{FetchOutcome, JobInput, Runtime, loader};
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -22,7 +22,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::MockVendor(a) => mock_vendor(a).await,
         Command::Plugins(p) => plugins(p).await,
         Command::Dlq(d) => dlq(d).await,
-        Command::Loadtest(a) => match crate::loadtest::run(a).await {
+        Command::Loadtest(a) => match vendorhost_loadtest::run(a).await {
             Ok(true) => Ok(()),
             Ok(false) => Err("some jobs were lost (see the report above)".into()),
             Err(e) => Err(format!("{e:#}")),
@@ -73,8 +73,15 @@ async fn mock_vendor(a: MockArgs) -> Result<(), String> {
     let kind = if a.kind == "async" { crate::mock::MockKind::Async } else { crate::mock::MockKind::Sync };
     let fault = a.fault.parse().map_err(|e| format!("--fault: {e}"))?;
     let addr = format!("{}:{}", a.bind, a.port);
-    let listener = tokio::net::TcpListener::bind(&addr).await.map_err(|e| format!("cannot listen on {addr}: {e} (pick another --port)"))?;
-    let opts = crate::mock::MockOptions { latency_ms: a.latency_ms, fault, callback_delay_ms: a.callback_delay_ms, secret: a.secret };
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (pick another --port)"))?;
+    let opts = crate::mock::MockOptions {
+        latency_ms: a.latency_ms,
+        fault,
+        callback_delay_ms: a.callback_delay_ms,
+        secret: a.secret,
+    };
     let h = crate::mock::spawn(kind, listener, opts).await.map_err(|e| e.to_string())?;
     println!("mock {} vendor listening on {}", a.kind, h.base_url());
     shutdown_signal().await;
@@ -122,7 +129,14 @@ async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
             let (vendors, rejected) = registry.summaries();
             println!("{}: {} would load, {} rejected", dir.display(), vendors.len(), rejected.len());
             for v in vendors {
-                println!("  {:<14} {:<6} v{:<8} {}  hosts [{}]", v.id, v.mode.as_str(), v.version, v.file, v.hosts.join(", "));
+                println!(
+                    "  {:<14} {:<6} v{:<8} {}  hosts [{}]",
+                    v.id,
+                    v.mode.as_str(),
+                    v.version,
+                    v.file,
+                    v.hosts.join(", ")
+                );
             }
             for r in rejected {
                 println!("  rejected {}: {}", r.file, r.reason);
@@ -131,10 +145,14 @@ async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
         }
         PluginsCommand::New { name, dir } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
-            crate::plugins::template::create(&name, &dir).map_err(|e| e.to_string())?;
+            super::template::create(&name, &dir).map_err(|e| e.to_string())?;
             println!("created plugin crate {} (vendor id {name})", dir.display());
             println!("build it:  cd {} && cargo build --release --target wasm32-wasip2", dir.display());
-            println!("check it:  vendorhost plugins check {}/target/wasm32-wasip2/release/{}.wasm", dir.display(), name.replace('-', "_"));
+            println!(
+                "check it:  vendorhost plugins check {}/target/wasm32-wasip2/release/{}.wasm",
+                dir.display(),
+                name.replace('-', "_")
+            );
             Ok(())
         }
         PluginsCommand::Call { file, data, allow, config, callback_url, timeout_ms } => {
@@ -143,7 +161,14 @@ async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
     }
 }
 
-async fn call(file: &Path, data: String, allow: Vec<String>, config: Vec<String>, callback_url: String, timeout_ms: u64) -> Result<(), String> {
+async fn call(
+    file: &Path,
+    data: String,
+    allow: Vec<String>,
+    config: Vec<String>,
+    callback_url: String,
+    timeout_ms: u64,
+) -> Result<(), String> {
     serde_json::from_str::<serde_json::Value>(&data).map_err(|e| format!("--data is not JSON: {e}"))?;
     let rt = runtime().await?;
     let cache = ComponentCache::new(None, rt.engine.compatibility_key());
@@ -161,7 +186,7 @@ async fn call(file: &Path, data: String, allow: Vec<String>, config: Vec<String>
         config: cfg,
     };
     let job = JobInput {
-        request_id: crate::jobs::new_request_id(),
+        request_id: crate::model::new_request_id(),
         data,
         callback_url: callback_url.replace("VENDOR", &p.info.id),
         attempt: 1,
@@ -196,7 +221,7 @@ async fn dlq(cmd: DlqCommand) -> Result<(), String> {
                 println!(
                     "{}  {}  {}  {}  {}",
                     l.id,
-                    crate::jobs::format_ms(l.died_at),
+                    crate::model::format_ms(l.died_at),
                     l.vendor.as_deref().unwrap_or("-"),
                     l.request_id.as_deref().unwrap_or("(malformed entry)"),
                     l.reason

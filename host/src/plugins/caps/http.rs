@@ -6,9 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use super::bindings::host::{HttpError, HttpRequest, HttpResponse};
-use super::bindings::types::Header;
-use super::runtime::CallPolicy;
+use crate::plugins::bindings::host::{HttpError, HttpRequest, HttpResponse};
+use crate::plugins::bindings::types::Header;
+use crate::plugins::policy::CallPolicy;
+use crate::telemetry;
 
 /// Largest response body a plugin may receive.
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
@@ -42,8 +43,10 @@ pub async fn send(
         Err(HttpError::InvalidRequest(_)) => "invalid",
         Err(HttpError::TooLarge) => "too_large",
     };
-    metrics::counter!("vendorhost_plugin_http_requests_total", "vendor" => vendor.to_string(), "outcome" => outcome).increment(1);
-    metrics::histogram!("vendorhost_plugin_http_seconds", "vendor" => vendor.to_string()).record(started.elapsed().as_secs_f64());
+    metrics::counter!(telemetry::PLUGIN_HTTP_REQUESTS, "vendor" => vendor.to_string(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(telemetry::PLUGIN_HTTP_SECONDS, "vendor" => vendor.to_string())
+        .record(started.elapsed().as_secs_f64());
     result
 }
 
@@ -66,7 +69,8 @@ async fn send_inner(
 ) -> Result<HttpResponse, HttpError> {
     let method = reqwest::Method::from_bytes(req.method.to_ascii_uppercase().as_bytes())
         .map_err(|_| HttpError::InvalidRequest(format!("invalid method {:?}", req.method)))?;
-    let mut url = reqwest::Url::parse(&req.url).map_err(|e| HttpError::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
+    let mut url = reqwest::Url::parse(&req.url)
+        .map_err(|e| HttpError::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
     let mut headers = reqwest::header::HeaderMap::new();
     for h in &req.headers {
         let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
@@ -84,7 +88,7 @@ async fn send_inner(
                 Some(p) => format!("{host}:{p}"),
                 None => host,
             };
-            metrics::counter!("vendorhost_plugin_http_denied_total", "vendor" => policy.vendor.clone()).increment(1);
+            metrics::counter!(telemetry::PLUGIN_HTTP_DENIED, "vendor" => policy.vendor.clone()).increment(1);
             tracing::warn!(vendor = %policy.vendor, request_id, target = %target, "plugin http-send denied: host not granted");
             return Err(HttpError::Denied(format!("{target} is not granted to vendor {}", policy.vendor)));
         }

@@ -2,8 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::time::Millis;
+
 /// A job's lifecycle. Moves only forward: `pending → processing → complete | failed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -35,23 +37,6 @@ impl Status {
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Complete | Status::Failed)
     }
-}
-
-/// Milliseconds since the Unix epoch. Every timestamp the backends keep is one
-/// of these (a plain integer every store can compare and update).
-pub type Millis = i64;
-
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// RFC 3339 with milliseconds, UTC.
-pub fn format_ms(ms: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
 }
 
 /// A stored job. `data` and `result` are JSON text, so every backend holds

@@ -1,0 +1,147 @@
+//! The API's own JSON shapes for domain values it shows (job status, dead
+//! letters, plugins, breakers): the wire format and its OpenAPI description
+//! live here, so the domain types carry no API or OpenAPI concerns.
+
+use serde::Serialize;
+
+use crate::breaker::BreakerSnapshot;
+use crate::model::{DeadLetter, Status};
+use crate::plugins::{Rejected, VendorSummary};
+
+/// A job's state: `pending → processing → complete | failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Processing,
+    Complete,
+    Failed,
+}
+
+impl From<Status> for JobStatus {
+    fn from(s: Status) -> Self {
+        match s {
+            Status::Pending => JobStatus::Pending,
+            Status::Processing => JobStatus::Processing,
+            Status::Complete => JobStatus::Complete,
+            Status::Failed => JobStatus::Failed,
+        }
+    }
+}
+
+/// A job (or a raw queue entry) that will not be retried, and why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeadLetterView {
+    /// The dead letter's own id.
+    pub id: String,
+    /// The job, when the entry could be decoded.
+    pub request_id: Option<String>,
+    pub vendor: Option<String>,
+    /// The raw entry, for malformed ones.
+    pub payload: String,
+    pub reason: String,
+    /// Epoch milliseconds.
+    pub died_at: i64,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(d: DeadLetter) -> Self {
+        DeadLetterView {
+            id: d.id,
+            request_id: d.request_id,
+            vendor: d.vendor,
+            payload: d.payload,
+            reason: d.reason,
+            died_at: d.died_at,
+        }
+    }
+}
+
+/// A loaded plugin.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginView {
+    /// The vendor id clients name in `POST /jobs`.
+    pub id: String,
+    pub display_name: String,
+    /// `sync` or `async`.
+    #[schema(example = "sync")]
+    pub mode: &'static str,
+    pub version: String,
+    /// The file in the plugins directory.
+    pub file: String,
+    pub sha256: String,
+    /// Hosts the plugin says it needs.
+    pub hosts: Vec<String>,
+}
+
+impl From<VendorSummary> for PluginView {
+    fn from(s: VendorSummary) -> Self {
+        PluginView {
+            id: s.id,
+            display_name: s.display_name,
+            mode: s.mode.as_str(),
+            version: s.version,
+            file: s.file,
+            sha256: s.sha256,
+            hosts: s.hosts,
+        }
+    }
+}
+
+/// A plugin file that was refused, and why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RejectedView {
+    /// The file name in the plugins directory.
+    pub file: String,
+    pub reason: String,
+}
+
+impl From<Rejected> for RejectedView {
+    fn from(r: Rejected) -> Self {
+        RejectedView { file: r.file, reason: r.reason }
+    }
+}
+
+/// A vendor's circuit breaker.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BreakerView {
+    /// `closed`, `open` or `half_open` (an open breaker past its time shows
+    /// as `half_open`: the next call is a probe).
+    pub state: &'static str,
+    /// Percent of the calls counted (the window; the probes if half-open).
+    pub failure_rate: f64,
+    pub slow_call_rate: f64,
+    pub calls: u32,
+    pub failures: u32,
+    pub slow_calls: u32,
+    /// Epoch milliseconds when an open breaker lets probes through.
+    pub open_until: Option<i64>,
+    pub transitions: TransitionsView,
+}
+
+/// Transitions made so far.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TransitionsView {
+    pub opened: u64,
+    pub half_opened: u64,
+    pub closed: u64,
+}
+
+impl From<BreakerSnapshot> for BreakerView {
+    fn from(b: BreakerSnapshot) -> Self {
+        BreakerView {
+            state: b.state,
+            failure_rate: b.failure_rate,
+            slow_call_rate: b.slow_call_rate,
+            calls: b.calls,
+            failures: b.failures,
+            slow_calls: b.slow_calls,
+            open_until: b.open_until,
+            transitions: TransitionsView {
+                opened: b.transitions.opened,
+                half_opened: b.transitions.half_opened,
+                closed: b.transitions.closed,
+            },
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Backend selection: the configuration names a queue (`sqlite` or
+//! `redis://`) and a store (`sqlite` or `mongodb://`); this connects them,
+//! with the rate limiter and breakers that go with the queue (in-process
+//! beside SQLite, shared through Redis beside Redis).
+
+use std::sync::Arc;
+
+use super::error::StartError;
+use crate::breaker::Breakers;
+use crate::breaker::local::LocalBreakers;
+use crate::breaker::redis::RedisBreakers;
+use crate::config::Config;
+use crate::db::Db;
+use crate::limits::RateLimiter;
+use crate::limits::local::LocalLimiter;
+use crate::limits::redis::RedisLimiter;
+use crate::queue::Queue;
+use crate::queue::redis::RedisQueue;
+use crate::queue::sqlite::SqliteQueue;
+use crate::redis_conn::RedisConn;
+use crate::store::Store;
+use crate::store::mongo::MongoStore;
+use crate::store::sqlite::SqliteStore;
+
+pub struct Backends {
+    pub queue: Arc<dyn Queue>,
+    pub store: Arc<dyn Store>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub breakers: Arc<dyn Breakers>,
+    pub description: String,
+}
+
+/// Hides credentials in a URL for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
+    let db = if cfg.is_embedded_queue() || cfg.is_embedded_store() {
+        Some(Db::open(&cfg.data).map_err(|e| StartError::Database { path: cfg.data.clone(), message: e.to_string() })?)
+    } else {
+        None
+    };
+    let redis_err = |e: &dyn std::fmt::Display| StartError::Redis { url: redact(&cfg.queue), message: e.to_string() };
+    let (queue, limiter, breakers): (Arc<dyn Queue>, Arc<dyn RateLimiter>, Arc<dyn Breakers>) = match &db {
+        Some(db) if cfg.is_embedded_queue() => {
+            (Arc::new(SqliteQueue::new(db.clone())), Arc::new(LocalLimiter::new()), Arc::new(LocalBreakers::new()))
+        }
+        _ => {
+            // One shared connection for the queue's non-blocking commands,
+            // the rate limiter and the breakers; the queue opens its own
+            // for blocking reads.
+            let conn = RedisConn::connect(&cfg.queue).await.map_err(|e| redis_err(&e))?;
+            let q = RedisQueue::new(&conn, &cfg.redis_prefix).await.map_err(|e| redis_err(&e))?;
+            let l = RedisLimiter::new(&conn, &cfg.redis_prefix);
+            let b = RedisBreakers::new(&conn, &cfg.redis_prefix);
+            (Arc::new(q), Arc::new(l), Arc::new(b))
+        }
+    };
+    let store: Arc<dyn Store> = match &db {
+        Some(db) if cfg.is_embedded_store() => Arc::new(SqliteStore::new(db.clone(), cfg.is_embedded_queue())),
+        _ => Arc::new(
+            MongoStore::connect(&cfg.store, &cfg.mongo_db)
+                .await
+                .map_err(|e| StartError::Mongo { url: redact(&cfg.store), message: e.to_string() })?
+                .with_job_ttl(Some(cfg.retention.jobs)),
+        ),
+    };
+    let description = format!(
+        "queue: {}, store: {}",
+        if cfg.is_embedded_queue() {
+            format!("sqlite ({})", cfg.data.display())
+        } else {
+            format!("redis ({})", redact(&cfg.queue))
+        },
+        if cfg.is_embedded_store() {
+            format!("sqlite ({})", cfg.data.display())
+        } else {
+            format!("mongodb ({})", redact(&cfg.store))
+        },
+    );
+    Ok(Backends { queue, store, limiter, breakers, description })
+}

@@ -1,0 +1,54 @@
+//! The in-process mock vendors of the embedded default, and the overlay of
+//! settings that points the sample plugins at them: applied under whatever
+//! the operator configured, at start and on every reload.
+
+use tokio::net::TcpListener;
+
+use super::error::StartError;
+use crate::config::Config;
+use crate::mock::{self, MockHandle, MockKind, MockOptions};
+
+/// Settings derived at start-up (the in-process mocks' addresses and
+/// secret), applied under whatever the operator configured.
+pub type Overlay = std::collections::BTreeMap<String, crate::config::VendorPolicy>;
+
+/// Fills each vendor field the operator left unset from `overlay`.
+pub fn apply_overlay(cfg: &mut Config, overlay: &Overlay) {
+    for (id, o) in overlay {
+        let v = cfg.vendors.entry(id.clone()).or_default();
+        if v.allowed_hosts.is_none() {
+            v.allowed_hosts = o.allowed_hosts.clone();
+        }
+        if v.webhook_secrets.is_none() {
+            v.webhook_secrets = o.webhook_secrets.clone();
+        }
+        if let Some(oc) = &o.config {
+            let c = v.config.get_or_insert_with(Default::default);
+            for (k, val) in oc {
+                c.entry(k.clone()).or_insert_with(|| val.clone());
+            }
+        }
+    }
+}
+
+/// The in-process mock vendors of the embedded default, and the grants and
+/// settings that point the sample plugins at them (only where the operator
+/// set nothing).
+pub async fn start_mocks(overlay: &mut Overlay) -> Result<Vec<MockHandle>, StartError> {
+    let (_, secret) = crate::webhook::Secret::generate();
+    let mut handles = Vec::new();
+    for (kind, id) in [(MockKind::Sync, "sync"), (MockKind::Async, "async")] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.map_err(StartError::Mock)?;
+        let opts = MockOptions { secret: (kind == MockKind::Async).then(|| secret.clone()), ..MockOptions::default() };
+        let h = mock::spawn(kind, listener, opts).await.map_err(StartError::Mock)?;
+        let v = overlay.entry(id.to_string()).or_default();
+        v.allowed_hosts = Some(vec![h.addr.to_string()]);
+        v.config = Some([("base_url".to_string(), h.base_url())].into_iter().collect());
+        if kind == MockKind::Async {
+            v.webhook_secrets = Some(vec![secret.clone()]);
+        }
+        println!("mock vendor {id} on {}", h.base_url());
+        handles.push(h);
+    }
+    Ok(handles)
+}

@@ -1,0 +1,248 @@
+//! The composition root: builds the backends, the plugin runtime, the API
+//! and the workers from a `Config`, runs them, and shuts them down in order
+//! (stop accepting, drain workers, stop mocks).
+
+mod backends;
+mod error;
+mod mocks;
+mod reload;
+
+pub use backends::{Backends, backends, redact};
+pub use error::StartError;
+pub use mocks::{Overlay, apply_overlay};
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::api::{self, AppState, MetricsState};
+use crate::config::Config;
+use crate::jobs::callbacks::Callbacks;
+use crate::jobs::dead_letters::DeadLetters;
+use crate::jobs::service::JobService;
+use crate::jobs::sweeper::Sweeper;
+use crate::jobs::worker::{self, WorkerCtx};
+use crate::plugins::cache::ComponentCache;
+use crate::plugins::{Registry, Runtime, watch as plugin_watch};
+use crate::policy::Policies;
+
+/// What this process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// API, workers and (if enabled) mock vendors in one process.
+    Serve,
+    /// The API only.
+    Api,
+    /// Workers (and the sweeper) only.
+    Worker,
+}
+
+pub struct Started {
+    pub addr: Option<SocketAddr>,
+}
+
+/// Runs `role` until `shutdown` resolves. `listener`: an already bound
+/// socket (tests bind port 0); otherwise `cfg.listen` is bound.
+pub async fn run(
+    mut cfg: Config,
+    config_path: Option<PathBuf>,
+    role: Role,
+    listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
+    let metrics = api::metrics::recorder();
+    let listener = match (role, listener) {
+        (Role::Worker, _) => None,
+        (_, Some(l)) => Some(l),
+        (_, None) => Some(
+            TcpListener::bind(&cfg.listen)
+                .await
+                .map_err(|e| StartError::Listen { addr: cfg.listen.clone(), source: e })?,
+        ),
+    };
+    let addr = listener.as_ref().and_then(|l| l.local_addr().ok());
+    if cfg.public_url.is_empty() {
+        let port = addr.map(|a| a.port()).unwrap_or(8000);
+        let host = match addr {
+            Some(a) if !a.ip().is_unspecified() => a.ip().to_string(),
+            _ => "127.0.0.1".to_string(),
+        };
+        cfg.public_url = format!("http://{host}:{port}");
+    }
+    let mut overlay = Overlay::new();
+    let mocks = if cfg.mocks && role == Role::Serve { mocks::start_mocks(&mut overlay).await? } else { Vec::new() };
+    apply_overlay(&mut cfg, &overlay);
+
+    let backends = backends(&cfg).await?;
+    let runtime = Runtime::shared().map_err(|e| StartError::Runtime(format!("{e:#}")))?;
+    let cache = ComponentCache::new(Some(cfg.cache_dir()), runtime.engine.compatibility_key());
+    if let Err(e) = std::fs::create_dir_all(&cfg.plugins_dir) {
+        tracing::warn!(dir = %cfg.plugins_dir.display(), error = %e, "cannot create plugins directory");
+    }
+    let registry = Arc::new(Registry::new(runtime, cache, cfg.plugins_dir.clone()));
+    registry.scan().await;
+    print_banner(&cfg, role, addr, &backends, &registry);
+
+    let policies = Arc::new(Policies::new(cfg.clone()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    {
+        let registry = registry.clone();
+        let mut rx = stop_rx.clone();
+        tasks.spawn(async move {
+            plugin_watch::watch(registry, async move {
+                let _ = rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+    }
+    if let Some(path) = config_path.clone() {
+        let policies = policies.clone();
+        let rx = stop_rx.clone();
+        tasks.spawn(reload::watch_config(path, policies, overlay.clone(), rx));
+    }
+    if role != Role::Api {
+        let ctx = Arc::new(WorkerCtx {
+            queue: backends.queue.clone(),
+            store: backends.store.clone(),
+            registry: registry.clone(),
+            policies: policies.clone(),
+            limiter: backends.limiter.clone(),
+            breakers: backends.breakers.clone(),
+            settings: cfg.queue_settings.clone(),
+            public_url: cfg.public_url.clone(),
+            consumer: format!("{}-{}", hostname(), std::process::id()),
+        });
+        tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
+        let sweeper = Sweeper {
+            queue: backends.queue.clone(),
+            store: backends.store.clone(),
+            settings: cfg.queue_settings.clone(),
+            retention: cfg.retention.clone(),
+        };
+        tasks.spawn(sweeper.run(stop_rx.clone()));
+    }
+
+    let server = match listener {
+        Some(listener) => {
+            let state = AppState {
+                service: Arc::new(JobService {
+                    store: backends.store.clone(),
+                    queue: backends.queue.clone(),
+                    registry: registry.clone(),
+                }),
+                callbacks: Arc::new(Callbacks {
+                    store: backends.store.clone(),
+                    queue: backends.queue.clone(),
+                    registry: registry.clone(),
+                    policies: policies.clone(),
+                    replay_window: cfg.retention.webhook_ids,
+                }),
+                dead_letters: Arc::new(DeadLetters { queue: backends.queue.clone(), store: backends.store.clone() }),
+                registry: registry.clone(),
+                policies: policies.clone(),
+                breakers: backends.breakers.clone(),
+                queue: backends.queue.clone(),
+                store: backends.store.clone(),
+                api: Arc::new(cfg.api.clone()),
+                auth: Arc::new(cfg.auth.clone()),
+                metrics: metrics.clone(),
+            };
+            let router = api::router(state);
+            let opts = api::serve::ServeOptions::from_settings(&cfg.api);
+            let mut rx = stop_rx.clone();
+            Some(tokio::spawn(async move {
+                let graceful = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                api::serve::serve(listener, router, opts, graceful).await;
+            }))
+        }
+        None => None,
+    };
+
+    if role == Role::Worker && !cfg.metrics_listen.is_empty() {
+        let state = MetricsState {
+            auth: Arc::new(cfg.auth.clone()),
+            queue: backends.queue.clone(),
+            registry: registry.clone(),
+            breakers: backends.breakers.clone(),
+            handle: metrics.clone(),
+        };
+        tasks.spawn(serve_worker_metrics(cfg.metrics_listen.clone(), cfg.api.clone(), state, stop_rx.clone()));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new requests; draining workers");
+    let _ = stop_tx.send(true);
+    if let Some(s) = server {
+        let _ = tokio::time::timeout(cfg.queue_settings.shutdown_grace, s).await;
+    }
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(cfg.queue_settings.shutdown_grace + std::time::Duration::from_secs(2), drain).await.is_err()
+    {
+        tracing::warn!("some tasks did not stop within the grace period");
+    }
+    for m in mocks {
+        m.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// A worker process has no API; this small listener serves the API's own
+/// `/metrics` and `/healthz` handlers (the job, call, retry, rate-limit and
+/// breaker series live in the workers), behind the admin key when one is set.
+async fn serve_worker_metrics(
+    addr: String,
+    api_settings: crate::config::ApiSettings,
+    state: MetricsState,
+    mut stop: watch::Receiver<bool>,
+) {
+    let listener = match TcpListener::bind(&addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %addr, error = %e, "cannot serve worker metrics");
+            return;
+        }
+    };
+    println!("worker metrics on http://{addr}/metrics");
+    let graceful = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let opts = api::serve::ServeOptions::from_settings(&api_settings);
+    api::serve::serve(listener, api::worker_router(state), opts, graceful).await;
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "vendorhost".into())
+}
+
+fn print_banner(cfg: &Config, role: Role, addr: Option<SocketAddr>, backends: &Backends, registry: &Registry) {
+    let role_name = match role {
+        Role::Serve => "serve (API + workers)",
+        Role::Api => "api",
+        Role::Worker => "worker",
+    };
+    println!("vendorhost {} — {role_name}", env!("CARGO_PKG_VERSION"));
+    if let Some(a) = addr {
+        println!("listening on http://{a}  (public URL {})", cfg.public_url);
+    }
+    println!("{}", backends.description);
+    let (vendors, rejected) = registry.summaries();
+    println!("plugins from {}: {} loaded, {} rejected", cfg.plugins_dir.display(), vendors.len(), rejected.len());
+    for v in &vendors {
+        println!("  loaded   {:<12} {:<6} v{:<8} {}", v.id, v.mode.as_str(), v.version, v.file);
+    }
+    for r in &rejected {
+        println!("  rejected {}: {}", r.file, r.reason);
+    }
+    if vendors.is_empty() {
+        println!("  (no plugins: run `make build-plugins`, or drop .wasm files into {})", cfg.plugins_dir.display());
+    }
+}

@@ -1,0 +1,84 @@
+//! How a job ends, whoever ends it (the worker, a vendor's webhook, the
+//! sweeper): the terminal state is written once, counted once, logged once,
+//! and a failed job gets its copy in the dead-letter queue.
+
+use crate::model::{DeadLetter, Outcome, now_ms};
+use crate::queue::{Lease, Message, Queue, QueueError};
+use crate::store::{Store, StoreError};
+use crate::telemetry;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// Who ended the job (a log field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Worker,
+    Webhook,
+    Sweeper,
+}
+
+impl Via {
+    fn as_str(self) -> &'static str {
+        match self {
+            Via::Worker => "worker",
+            Via::Webhook => "webhook",
+            Via::Sweeper => "sweeper",
+        }
+    }
+}
+
+/// Ends job `request_id` of `vendor` with `outcome` if it is still running;
+/// true if this call ended it.
+///
+/// `lease`: the worker's delivery of the job. It is consumed here: moved to
+/// the dead-letter queue with a failure this call wrote, acked otherwise, and
+/// a queue error is returned (the lease then expires and the job's next
+/// delivery finds it finished). Without a lease (webhook, sweeper) the
+/// dead-letter copy is best effort: the job's state is already written.
+pub async fn finish(
+    store: &dyn Store,
+    queue: &dyn Queue,
+    request_id: &str,
+    vendor: &str,
+    outcome: Outcome,
+    lease: Option<&Lease>,
+    via: Via,
+) -> Result<bool, FinishError> {
+    let ended = store.finish(request_id, &outcome, now_ms()).await?;
+    if ended {
+        match &outcome {
+            Outcome::Complete { .. } => {
+                metrics::counter!(telemetry::JOBS_COMPLETED, "vendor" => vendor.to_string()).increment(1);
+                tracing::info!(request_id, vendor, via = via.as_str(), "job complete");
+            }
+            Outcome::Failed { error } => {
+                metrics::counter!(telemetry::JOBS_FAILED, "vendor" => vendor.to_string()).increment(1);
+                tracing::warn!(request_id, vendor, via = via.as_str(), error = %error, "job failed");
+            }
+        }
+    }
+    let letter = match (&outcome, ended) {
+        (Outcome::Failed { error }, true) => {
+            let payload = lease.map(|l| l.payload.clone()).unwrap_or_else(|| Message::new(request_id, vendor).encode());
+            Some(DeadLetter::new(Some((request_id, vendor)), &payload, error.clone()))
+        }
+        _ => None,
+    };
+    match (lease, letter) {
+        (Some(lease), Some(letter)) => queue.dead_letter(Some(lease), letter).await?,
+        (Some(lease), None) => queue.ack(lease).await?,
+        (None, Some(letter)) => {
+            if let Err(e) = queue.dead_letter(None, letter).await {
+                tracing::warn!(request_id, vendor, error = %e, "could not copy the failed job to the dead-letter queue");
+            }
+        }
+        (None, None) => {}
+    }
+    Ok(ended)
+}

@@ -1,0 +1,11 @@
+//! The domain at the bottom of the crate: jobs, dead letters and time. No
+//! I/O, and no import of anything else in the crate; every layer above may
+//! use these.
+
+pub mod dead_letter;
+pub mod job;
+pub mod time;
+
+pub use dead_letter::DeadLetter;
+pub use job::{Idempotency, Job, NewJob, Outcome, Status, new_request_id};
+pub use time::{Millis, format_ms, millis, now_ms};

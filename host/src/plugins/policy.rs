@@ -1,0 +1,37 @@
+//! What one plugin call may do: the per-call policy the host enforces
+//! (grants, memory cap, deadline, config values). A leaf of `plugins`: the
+//! runtime, the Store state and the host capabilities all read it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::grants::Grants;
+
+/// What one call of one vendor may do: computed from the operator's policy
+/// for that vendor (and nothing else), shared by all its calls until the
+/// configuration changes.
+#[derive(Debug, Clone)]
+pub struct CallPolicy {
+    pub vendor: String,
+    pub grants: Grants,
+    pub memory_cap_bytes: usize,
+    pub timeout: Duration,
+    /// `config-get` values; only this vendor's.
+    pub config: BTreeMap<String, String>,
+}
+
+pub const DEFAULT_MEMORY_MB: u64 = 64;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl CallPolicy {
+    /// The policy used to read `info` at load: no network, short deadline.
+    pub fn for_load(file: &str) -> CallPolicy {
+        CallPolicy {
+            vendor: format!("(loading {file})"),
+            grants: Grants::deny_all(),
+            memory_cap_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
+            timeout: Duration::from_secs(2),
+            config: BTreeMap::new(),
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Every Prometheus series the service exports: its name, in one place, and
+//! its HELP text. Code records through these constants; `describe` gives
+//! each its help once the recorder is installed.
+
+pub const JOBS_SUBMITTED: &str = "vendorhost_jobs_submitted_total";
+pub const JOBS_COMPLETED: &str = "vendorhost_jobs_completed_total";
+pub const JOBS_FAILED: &str = "vendorhost_jobs_failed_total";
+pub const JOBS_DELAYED: &str = "vendorhost_jobs_delayed_total";
+pub const JOB_RETRIES: &str = "vendorhost_job_retries_total";
+pub const RATE_LIMIT_DELAY: &str = "vendorhost_rate_limit_delay_seconds";
+pub const VENDOR_CALL: &str = "vendorhost_vendor_call_seconds";
+pub const QUEUE_ERRORS: &str = "vendorhost_queue_errors_total";
+pub const QUEUE_DEPTH: &str = "vendorhost_queue_depth";
+pub const DEAD_LETTERS: &str = "vendorhost_dead_letters";
+pub const SWEEPER_REQUEUED: &str = "vendorhost_sweeper_requeued_total";
+pub const WEBHOOKS_ACCEPTED: &str = "vendorhost_webhooks_accepted_total";
+pub const WEBHOOKS_REJECTED: &str = "vendorhost_webhooks_rejected_total";
+pub const BREAKER_STATE: &str = "vendorhost_breaker_state";
+pub const BREAKER_TRANSITIONS: &str = "vendorhost_breaker_transitions_total";
+pub const PLUGINS_LOADED: &str = "vendorhost_plugins_loaded";
+pub const PLUGINS_REJECTED: &str = "vendorhost_plugins_rejected_total";
+pub const PLUGIN_HTTP_REQUESTS: &str = "vendorhost_plugin_http_requests_total";
+pub const PLUGIN_HTTP_SECONDS: &str = "vendorhost_plugin_http_seconds";
+pub const PLUGIN_HTTP_DENIED: &str = "vendorhost_plugin_http_denied_total";
+pub const HTTP_CONNECTIONS: &str = "vendorhost_http_connections";
+pub const HTTP_CONNECTIONS_REFUSED: &str = "vendorhost_http_connections_refused_total";
+pub const HTTP_HEADER_TIMEOUTS: &str = "vendorhost_http_header_timeouts_total";
+pub const HTTP_SHED: &str = "vendorhost_http_shed_total";
+pub const SQLITE_BATCH_SIZE: &str = "vendorhost_sqlite_batch_size";
+
+/// Registers the HELP text of every series (a no-op without a recorder).
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(JOBS_SUBMITTED, "Jobs accepted by POST /jobs, by vendor.");
+    describe_counter!(JOBS_COMPLETED, "Jobs that ended complete, by vendor.");
+    describe_counter!(JOBS_FAILED, "Jobs that ended failed, by vendor.");
+    describe_counter!(
+        JOBS_DELAYED,
+        "Jobs put back on the queue before a call (bulkhead, rate limit, open breaker, missing vendor), by vendor and reason."
+    );
+    describe_counter!(
+        JOB_RETRIES,
+        "Vendor calls that failed with a retryable error and will be retried, by vendor and error kind."
+    );
+    describe_histogram!(RATE_LIMIT_DELAY, "How long a job was delayed for a rate-limit slot, in seconds, by vendor.");
+    describe_histogram!(VENDOR_CALL, "Duration of plugin fetch calls, in seconds, by vendor and outcome.");
+    describe_counter!(QUEUE_ERRORS, "Queue or store operations that failed in the worker, by operation.");
+    describe_gauge!(QUEUE_DEPTH, "Queue entries by state (ready, delayed, leased).");
+    describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter queue.");
+    describe_counter!(SWEEPER_REQUEUED, "Pending jobs the sweeper enqueued because they had no queue entry.");
+    describe_counter!(WEBHOOKS_ACCEPTED, "Vendor webhooks accepted, by vendor and result.");
+    describe_counter!(WEBHOOKS_REJECTED, "Vendor webhooks refused, by vendor and reason.");
+    describe_gauge!(BREAKER_STATE, "Circuit breaker state per vendor: 0 closed, 1 open, 2 half-open.");
+    describe_counter!(BREAKER_TRANSITIONS, "Circuit breaker state changes, by vendor and new state.");
+    describe_gauge!(PLUGINS_LOADED, "Vendor plugins currently loaded.");
+    describe_counter!(PLUGINS_REJECTED, "Plugin files refused at load.");
+    describe_counter!(PLUGIN_HTTP_REQUESTS, "Outbound HTTP requests made for plugins, by vendor and outcome.");
+    describe_histogram!(
+        PLUGIN_HTTP_SECONDS,
+        "Duration of outbound HTTP requests made for plugins, in seconds, by vendor."
+    );
+    describe_counter!(
+        PLUGIN_HTTP_DENIED,
+        "Outbound HTTP requests refused because the host was not granted, by vendor."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections to the API.");
+    describe_counter!(HTTP_CONNECTIONS_REFUSED, "HTTP connections refused at the connection cap.");
+    describe_counter!(HTTP_HEADER_TIMEOUTS, "HTTP connections closed because request headers did not arrive in time.");
+    describe_counter!(HTTP_SHED, "Requests answered 503 by load shedding.");
+    describe_histogram!(SQLITE_BATCH_SIZE, "Writes committed together by the embedded SQLite writer (group commit).");
+}

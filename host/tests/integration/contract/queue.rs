@@ -1,0 +1,355 @@
+//! The `Queue` behaviour suite: every case runs on `SqliteQueue` and on
+//! `RedisQueue` (see the table at the end).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vendorhost::model::{DeadLetter, Millis, now_ms};
+use vendorhost::queue::redis::RedisQueue;
+use vendorhost::queue::sqlite::SqliteQueue;
+use vendorhost::queue::{Lease, Message, Queue, QueueDepth};
+
+use super::{Subject, sqlite_db};
+use crate::support::servers;
+
+/// A lease nobody outlives in a test.
+const LONG: Duration = Duration::from_secs(60);
+
+// ---- implementations ----
+
+async fn sqlite() -> Subject<dyn Queue> {
+    let (db, dir) = sqlite_db();
+    let q: Arc<dyn Queue> = Arc::new(SqliteQueue::new(db));
+    assert_eq!(q.kind(), "sqlite");
+    Subject::new(q, Some(dir))
+}
+
+async fn redis() -> Subject<dyn Queue> {
+    let prefix = servers::unique("vh_contract");
+    let q: Arc<dyn Queue> =
+        Arc::new(RedisQueue::connect(&servers::redis().url, &prefix).await.expect("connect to redis"));
+    assert_eq!(q.kind(), "redis");
+    Subject::new(q, None)
+}
+
+// ---- helpers ----
+
+fn msg(i: usize) -> Message {
+    Message::new(format!("job-{i}"), "acme")
+}
+
+fn decoded(leases: &[Lease]) -> Vec<Message> {
+    leases.iter().map(|l| Message::decode(&l.payload).expect("a payload the queue was given")).collect()
+}
+
+/// `(ready, delayed, leased, dead)`.
+async fn depth(q: &dyn Queue) -> (u64, u64, u64, u64) {
+    let QueueDepth { ready, delayed, leased, dead } = q.depth().await.unwrap();
+    (ready, delayed, leased, dead)
+}
+
+fn letter(request_id: Option<&str>, payload: &str, died_at: Millis) -> DeadLetter {
+    DeadLetter {
+        id: String::new(),
+        request_id: request_id.map(str::to_string),
+        vendor: request_id.map(|_| "acme".to_string()),
+        payload: payload.into(),
+        reason: format!("gave up at {died_at}"),
+        died_at,
+    }
+}
+
+/// A listed dead letter without the id its backend gave it.
+fn anonymous(mut l: DeadLetter) -> DeadLetter {
+    assert!(!l.id.is_empty(), "a stored dead letter has an id: {l:?}");
+    l.id.clear();
+    l
+}
+
+// ---- cases ----
+
+/// Enqueued messages are leased oldest first, at most `max` at a time, once
+/// each; acked ones are gone.
+async fn enqueue_lease_ack(q: Arc<dyn Queue>) {
+    q.ping().await.unwrap();
+    assert!(q.lease("c1", 10, LONG, Duration::ZERO).await.unwrap().is_empty(), "a new queue is empty");
+    q.enqueue(&[msg(1), msg(2), msg(3)]).await.unwrap();
+    assert_eq!(depth(&*q).await, (3, 0, 0, 0));
+
+    let first = q.lease("c1", 2, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&first), [msg(1), msg(2)]);
+    assert!(first.iter().all(|l| l.deliveries == 1), "{first:?}");
+    assert_ne!(first[0].entry_id, first[1].entry_id);
+    assert_eq!(depth(&*q).await, (1, 0, 2, 0));
+
+    let rest = q.lease("c2", 10, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&rest), [msg(3)]);
+    assert_eq!(rest[0].deliveries, 1);
+    for l in first.iter().chain(&rest) {
+        q.ack(l).await.unwrap();
+    }
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0));
+    assert!(q.lease("c1", 10, LONG, Duration::ZERO).await.unwrap().is_empty(), "acked entries came back");
+}
+
+/// A lease nobody acks runs out: the entry goes to the next consumer, as the
+/// same entry, with its delivery count up by one.
+async fn expired_lease_is_redelivered_to_another_consumer(q: Arc<dyn Queue>) {
+    let lease = Duration::from_millis(500);
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let first = q.lease("c1", 1, lease, Duration::ZERO).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(q.lease("c2", 1, lease, Duration::ZERO).await.unwrap().is_empty(), "still leased to c1");
+
+    tokio::time::sleep(lease + Duration::from_millis(400)).await;
+    let again = q.lease("c2", 1, lease, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1, "not redelivered after its lease ran out");
+    assert_eq!(again[0].entry_id, first[0].entry_id);
+    assert_eq!(again[0].payload, first[0].payload);
+    assert_eq!(again[0].deliveries, 2);
+    q.ack(&again[0]).await.unwrap();
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0));
+}
+
+/// A released entry stays out of sight until its due time, then comes back
+/// with its delivery count started over; a blocking lease waits for it.
+async fn release_is_invisible_until_due(q: Arc<dyn Queue>) {
+    let short = Duration::from_millis(300);
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let _lost = q.lease("c1", 1, short, Duration::ZERO).await.unwrap();
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    let l = q.lease("c2", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(l.deliveries, 2);
+
+    let due = now_ms() + 1_000;
+    q.release(&l, &msg(1), due).await.unwrap();
+    assert_eq!(depth(&*q).await, (0, 1, 0, 0));
+    assert!(q.lease("c1", 1, LONG, Duration::ZERO).await.unwrap().is_empty(), "delivered before its due time");
+
+    // A blocking lease stops waiting when the entry falls due (with it, or
+    // empty-handed for the next lease to take it), not at the end of its
+    // wait. A few leases at most: never a poll loop.
+    let started = Instant::now();
+    let first = q.lease("c1", 1, LONG, Duration::from_secs(5)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "a blocking lease waited {:?} for an entry due in 1 s",
+        started.elapsed()
+    );
+    let mut got = first;
+    for _ in 0..3 {
+        if !got.is_empty() {
+            break;
+        }
+        got = q.lease("c1", 1, LONG, Duration::from_secs(5)).await.unwrap();
+    }
+    let early = due - now_ms();
+    assert!(early <= 0, "delivered {early} ms before its due time");
+    assert!(started.elapsed() < Duration::from_secs(4), "delivered {:?} after the wait began", started.elapsed());
+    assert_eq!(decoded(&got), [msg(1)]);
+    assert_eq!(got[0].deliveries, 1, "a release starts the delivery count over");
+}
+
+/// A release due already is visible at once; one due later is not.
+async fn release_past_due_is_visible_at_once(q: Arc<dyn Queue>) {
+    q.enqueue(&[msg(1), msg(2)]).await.unwrap();
+    let leases = q.lease("c1", 2, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&leases), [msg(1), msg(2)]);
+    q.release(&leases[0], &msg(1), now_ms() - 1).await.unwrap();
+    q.release(&leases[1], &msg(2), now_ms() + 60_000).await.unwrap();
+    assert_eq!(depth(&*q).await, (1, 1, 0, 0));
+
+    let got = q.lease("c2", 10, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&got), [msg(1)]);
+    assert_eq!(got[0].deliveries, 1);
+    assert_eq!(depth(&*q).await, (0, 1, 1, 0));
+}
+
+/// A lease waiting on an empty queue returns as soon as something is
+/// enqueued, even after a long wait (past a client's response timeout).
+async fn blocking_lease_wakes_on_enqueue(q: Arc<dyn Queue>) {
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease("c1", 5, LONG, Duration::from_secs(10)).await })
+    };
+    // Longer than redis-rs's default 500 ms response timeout.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    assert!(!waiter.is_finished(), "the lease returned before anything was enqueued");
+    let started = Instant::now();
+    q.enqueue(&[msg(7)]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter).await.expect("the waiter hung").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "woke {:?} after the enqueue", started.elapsed());
+    assert_eq!(decoded(&got), [msg(7)]);
+    // Other commands were not stalled behind the wait.
+    q.ping().await.unwrap();
+}
+
+/// Consumers leasing side by side get every entry, each exactly once.
+async fn concurrent_consumers_get_each_entry_once(q: Arc<dyn Queue>) {
+    let msgs: Vec<Message> = (0..200).map(msg).collect();
+    q.enqueue(&msgs).await.unwrap();
+    let tasks: Vec<_> = (0..4)
+        .map(|c| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let got = q.lease(&format!("c{c}"), 7, LONG, Duration::from_millis(200)).await.unwrap();
+                    if got.is_empty() {
+                        return seen;
+                    }
+                    for l in got {
+                        q.ack(&l).await.unwrap();
+                        seen.push(Message::decode(&l.payload).unwrap().request_id);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<&String> = all.iter().collect();
+    let expected: Vec<String> = msgs.iter().map(|m| m.request_id.clone()).collect();
+    assert_eq!(all.len(), 200, "deliveries: {}, distinct: {}", all.len(), distinct.len());
+    assert_eq!(distinct, expected.iter().collect::<HashSet<_>>());
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0));
+}
+
+/// Dead-lettering takes an entry off the queue for good; dead letters are
+/// listed oldest first, removed one by one and purged by age.
+async fn dead_letters_listed_removed_and_purged(q: Arc<dyn Queue>) {
+    let short = Duration::from_millis(300);
+    q.enqueue(&[msg(1), msg(2)]).await.unwrap();
+    let leases = q.lease("c1", 2, short, Duration::ZERO).await.unwrap();
+    let written = [
+        letter(Some("job-1"), &leases[0].payload, 1_000),
+        letter(Some("job-2"), &leases[1].payload, 2_000),
+        letter(None, "{raw", 3_000),
+    ];
+    q.dead_letter(Some(&leases[0]), written[0].clone()).await.unwrap();
+    q.dead_letter(Some(&leases[1]), written[1].clone()).await.unwrap();
+    q.dead_letter(None, written[2].clone()).await.unwrap();
+    assert_eq!(depth(&*q).await, (0, 0, 0, 3));
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    assert!(q.lease("c2", 10, short, Duration::ZERO).await.unwrap().is_empty(), "a dead-lettered entry came back");
+
+    let listed = q.dead_letters(10).await.unwrap();
+    let ids: HashSet<&str> = listed.iter().map(|l| l.id.as_str()).collect();
+    assert_eq!(ids.len(), 3, "ids: {listed:?}");
+    assert_eq!(listed.iter().cloned().map(anonymous).collect::<Vec<_>>(), written);
+    assert_eq!(q.dead_letters(1).await.unwrap(), listed[..1]);
+
+    assert!(q.remove_dead_letter(&listed[0].id).await.unwrap());
+    assert!(!q.remove_dead_letter(&listed[0].id).await.unwrap(), "removed twice");
+    assert!(!q.remove_dead_letter("no-such-letter").await.unwrap());
+    assert_eq!(q.dead_letters(10).await.unwrap(), listed[1..]);
+
+    assert_eq!(q.purge_dead_letters(3_000).await.unwrap(), 1, "only the one that died before 3000");
+    assert_eq!(q.dead_letters(10).await.unwrap(), listed[2..]);
+    assert_eq!(depth(&*q).await, (0, 0, 0, 1));
+}
+
+/// "Oldest first" is by death time, whatever order they were written in.
+async fn dead_letters_listed_by_death_time(q: Arc<dyn Queue>) {
+    for at in [2_000, 1_000, 3_000] {
+        q.dead_letter(None, letter(Some(&format!("job-{at}")), "{}", at)).await.unwrap();
+    }
+    let died: Vec<Millis> = q.dead_letters(10).await.unwrap().into_iter().map(|l| l.died_at).collect();
+    assert_eq!(died, [1_000, 2_000, 3_000]);
+    let first: Vec<Millis> = q.dead_letters(1).await.unwrap().into_iter().map(|l| l.died_at).collect();
+    assert_eq!(first, [1_000]);
+}
+
+/// Depth counts ready, delayed, leased and dead entries apart.
+async fn depth_counts_each_state(q: Arc<dyn Queue>) {
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0));
+    q.enqueue(&(0..10).map(msg).collect::<Vec<_>>()).await.unwrap();
+    let leases = q.lease("c1", 6, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&leases), (0..6).map(msg).collect::<Vec<_>>());
+    for (i, l) in leases[..3].iter().enumerate() {
+        q.release(l, &msg(i), now_ms() + 60_000).await.unwrap();
+    }
+    q.dead_letter(Some(&leases[3]), letter(Some("job-3"), &leases[3].payload, now_ms())).await.unwrap();
+    assert_eq!(depth(&*q).await, (4, 3, 2, 1));
+}
+
+/// A holder that keeps extending its lease keeps the entry, well past the
+/// original lease; once it stops, the entry is redelivered.
+async fn extend_keeps_a_lease_from_being_redelivered(q: Arc<dyn Queue>) {
+    let lease = Duration::from_millis(600);
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let held = q.lease("c1", 1, lease, Duration::ZERO).await.unwrap().remove(0);
+    let started = Instant::now();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        q.extend("c1", &held).await.unwrap();
+        let stolen = q.lease("c2", 1, lease, Duration::ZERO).await.unwrap();
+        assert!(stolen.is_empty(), "redelivered {:?} after the lease though extended: {stolen:?}", started.elapsed());
+    }
+    assert!(started.elapsed() > lease, "the test must outlast the original lease");
+
+    tokio::time::sleep(lease + Duration::from_millis(400)).await;
+    let again = q.lease("c2", 1, lease, Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1, "not redelivered once the extensions stopped");
+    assert_eq!(again[0].entry_id, held.entry_id);
+    assert_eq!(again[0].deliveries, 2);
+}
+
+// ---- the table: one test per (case, implementation) ----
+
+macro_rules! queue_suite {
+    ($( $case:ident => $(#[$sqlite_attr:meta])* $sqlite:ident, $(#[$redis_attr:meta])* $redis:ident; )*) => {
+        $(
+            contract_test!($case, sqlite, $sqlite $(, #[$sqlite_attr])*);
+            contract_test!($case, redis, $redis $(, #[$redis_attr])*);
+        )*
+    };
+}
+
+queue_suite! {
+    enqueue_lease_ack => queue_sqlite_enqueue_lease_ack, queue_redis_enqueue_lease_ack;
+    expired_lease_is_redelivered_to_another_consumer =>
+        queue_sqlite_expired_lease_is_redelivered_to_another_consumer,
+        queue_redis_expired_lease_is_redelivered_to_another_consumer;
+    release_is_invisible_until_due => queue_sqlite_release_is_invisible_until_due, queue_redis_release_is_invisible_until_due;
+    release_past_due_is_visible_at_once =>
+        queue_sqlite_release_past_due_is_visible_at_once, queue_redis_release_past_due_is_visible_at_once;
+    blocking_lease_wakes_on_enqueue => queue_sqlite_blocking_lease_wakes_on_enqueue, queue_redis_blocking_lease_wakes_on_enqueue;
+    concurrent_consumers_get_each_entry_once =>
+        queue_sqlite_concurrent_consumers_get_each_entry_once, queue_redis_concurrent_consumers_get_each_entry_once;
+    dead_letters_listed_removed_and_purged =>
+        queue_sqlite_dead_letters_listed_removed_and_purged, queue_redis_dead_letters_listed_removed_and_purged;
+    dead_letters_listed_by_death_time =>
+        queue_sqlite_dead_letters_listed_by_death_time, queue_redis_dead_letters_listed_by_death_time;
+    depth_counts_each_state => queue_sqlite_depth_counts_each_state, queue_redis_depth_counts_each_state;
+    extend_keeps_a_lease_from_being_redelivered =>
+        queue_sqlite_extend_keeps_a_lease_from_being_redelivered, queue_redis_extend_keeps_a_lease_from_being_redelivered;
+}
+
+// ---- SQLite only ----
+
+/// The delivery count is the SQLite lease token: a holder whose lease ran out
+/// (and was redelivered) can no longer ack, release or extend the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_sqlite_stale_holder_cannot_touch_the_newer_lease() {
+    let (db, _dir) = sqlite_db();
+    let q = SqliteQueue::new(db);
+    let short = Duration::from_millis(300);
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let stale = q.lease("c1", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    let fresh = q.lease("c2", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!((fresh.entry_id.as_str(), fresh.deliveries), (stale.entry_id.as_str(), 2));
+
+    q.ack(&stale).await.unwrap();
+    q.release(&stale, &msg(1), now_ms()).await.unwrap();
+    q.extend("c1", &stale).await.unwrap();
+    assert_eq!(depth(&q).await, (0, 0, 1, 0), "the stale holder changed the newer lease");
+    assert!(q.lease("c3", 1, LONG, Duration::ZERO).await.unwrap().is_empty());
+
+    q.ack(&fresh).await.unwrap();
+    assert_eq!(depth(&q).await, (0, 0, 0, 0));
+}

@@ -1,0 +1,508 @@
+//! The `Store` behaviour suite: every case runs on `SqliteStore` (with the
+//! queue elsewhere, so the service enqueues) and on `MongoStore` (see the
+//! table at the end).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vendorhost::model::{Idempotency, Job, Millis, NewJob, Outcome, Status, now_ms};
+use vendorhost::queue::sqlite::SqliteQueue;
+use vendorhost::queue::{Message, Queue};
+use vendorhost::store::mongo::MongoStore;
+use vendorhost::store::sqlite::SqliteStore;
+use vendorhost::store::{Inserted, Store};
+
+use super::{Subject, sqlite_db};
+use crate::support::servers;
+
+/// What `insert` answers for a new job in this suite: the service enqueues
+/// (the inline SQLite queue has its own test below).
+const CREATED: Inserted = Inserted::Created { enqueued: false };
+
+// ---- implementations ----
+
+async fn sqlite() -> Subject<dyn Store> {
+    let (db, dir) = sqlite_db();
+    let s: Arc<dyn Store> = Arc::new(SqliteStore::new(db, false));
+    assert_eq!(s.kind(), "sqlite");
+    Subject::new(s, Some(dir))
+}
+
+async fn mongo() -> Subject<dyn Store> {
+    let db = servers::unique("vh_contract");
+    let s: Arc<dyn Store> = Arc::new(MongoStore::connect(&servers::mongo().uri, &db).await.expect("connect to mongo"));
+    assert_eq!(s.kind(), "mongo");
+    Subject::new(s, None)
+}
+
+// ---- helpers ----
+
+fn new_job(id: &str, created_at: Millis) -> NewJob {
+    NewJob {
+        request_id: id.into(),
+        vendor: "acme".into(),
+        data: r#"{"q":1}"#.into(),
+        owner: Some("alice".into()),
+        created_at,
+        idempotency: None,
+    }
+}
+
+/// A job under idempotency key `key`, binding for a minute after `created_at`.
+fn keyed(id: &str, key: &str, hash: &str, created_at: Millis) -> NewJob {
+    let idempotency = Some(Idempotency { key: key.into(), body_hash: hash.into(), expires_at: created_at + 60_000 });
+    NewJob { idempotency, ..new_job(id, created_at) }
+}
+
+async fn job(s: &dyn Store, id: &str) -> Job {
+    s.get(id).await.unwrap().unwrap_or_else(|| panic!("no job {id}"))
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+fn pair(id: &str) -> (String, String) {
+    (id.to_string(), "acme".to_string())
+}
+
+fn complete(result: &str) -> Outcome {
+    Outcome::Complete { result: result.into() }
+}
+
+fn failed(error: &str) -> Outcome {
+    Outcome::Failed { error: error.into() }
+}
+
+// ---- cases ----
+
+/// A new job reads back exactly as written, `pending` with no attempts; a
+/// request id is taken once.
+async fn insert_get(s: Arc<dyn Store>) {
+    s.ping().await.unwrap();
+    assert_eq!(s.insert(&new_job("j1", 1_000)).await.unwrap(), CREATED);
+    let expected = Job {
+        request_id: "j1".into(),
+        vendor: "acme".into(),
+        status: Status::Pending,
+        data: r#"{"q":1}"#.into(),
+        created_at: 1_000,
+        updated_at: 1_000,
+        attempts: 0,
+        result: None,
+        error: None,
+        vendor_ref: None,
+        webhook_deadline: None,
+        owner: Some("alice".into()),
+    };
+    assert_eq!(job(&*s, "j1").await, expected);
+
+    let anonymous = NewJob { owner: None, vendor: "other".into(), ..new_job("j2", 2_000) };
+    assert_eq!(s.insert(&anonymous).await.unwrap(), CREATED);
+    let j2 = job(&*s, "j2").await;
+    assert_eq!((j2.owner, j2.vendor.as_str(), j2.created_at), (None, "other", 2_000));
+
+    assert!(s.get("nope").await.unwrap().is_none());
+    let again = NewJob { data: "{}".into(), ..new_job("j1", 5_000) };
+    assert!(s.insert(&again).await.is_err(), "a second insert of one request id must fail");
+    assert_eq!(job(&*s, "j1").await, expected, "a second insert changed the job");
+}
+
+/// Racing `start_attempt`s on one job each count: every caller sees its own
+/// attempt number.
+async fn racing_start_attempts_all_count(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move { s.start_attempt("j1", 2_000 + i).await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for t in tasks {
+        let j = t.await.unwrap().expect("an in-flight job starts an attempt");
+        assert_eq!(j.status, Status::Processing);
+        seen.push(j.attempts);
+    }
+    assert_eq!(sorted(seen), (1..=32).collect::<Vec<u32>>());
+    let j = job(&*s, "j1").await;
+    assert_eq!((j.status, j.attempts), (Status::Processing, 32));
+    assert!(s.start_attempt("nope", 1).await.unwrap().is_none());
+}
+
+/// Racing `finish`es: exactly one ends the job, and its outcome is the one
+/// kept.
+async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    s.start_attempt("j1", 1_500).await.unwrap().unwrap();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let outcome = if i % 2 == 0 { complete(&format!("{{\"n\":{i}}}")) } else { failed(&format!("e{i}")) };
+                let won = s.finish("j1", &outcome, 2_000 + i).await.unwrap();
+                (won, outcome, 2_000 + i)
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (won, outcome, at) = t.await.unwrap();
+        if won {
+            winners.push((outcome, at));
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    let (outcome, at) = &winners[0];
+    let j = job(&*s, "j1").await;
+    assert_eq!((j.status, j.updated_at), (outcome.status(), *at));
+    match outcome {
+        Outcome::Complete { result } => assert_eq!((j.result.as_ref(), j.error), (Some(result), None)),
+        Outcome::Failed { error } => assert_eq!((j.result, j.error.as_ref()), (None, Some(error))),
+    }
+}
+
+/// Nothing moves a finished job: not another finish, an attempt, an error,
+/// a vendor reference or a reopen of a complete job.
+async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    let started = s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    assert_eq!((started.status, started.attempts, started.updated_at), (Status::Processing, 1, 1_100));
+    s.record_error("j1", "timeout", 1_200).await.unwrap();
+    let j = job(&*s, "j1").await;
+    assert_eq!((j.status, j.error.as_deref(), j.updated_at), (Status::Processing, Some("timeout"), 1_200));
+
+    assert!(s.finish("j1", &complete("1"), 2_000).await.unwrap());
+    let done = job(&*s, "j1").await;
+    assert_eq!(
+        (done.status, done.result.as_deref(), done.error.as_deref(), done.updated_at),
+        (Status::Complete, Some("1"), None, 2_000),
+        "completing clears the last retry error"
+    );
+    assert!(!s.finish("j1", &failed("late"), 3_000).await.unwrap());
+    assert!(!s.finish("j1", &complete("2"), 3_000).await.unwrap());
+    assert!(s.start_attempt("j1", 3_000).await.unwrap().is_none());
+    s.record_error("j1", "late", 3_000).await.unwrap();
+    assert!(!s.set_vendor_ref("j1", "v1", 9_000, 3_000).await.unwrap());
+    assert!(!s.reopen("j1", 3_000).await.unwrap(), "a complete job is not reopened");
+    assert_eq!(job(&*s, "j1").await, done);
+
+    // A failed job keeps its reason.
+    s.insert(&new_job("j2", 1_000)).await.unwrap();
+    assert!(s.finish("j2", &failed("boom"), 2_000).await.unwrap(), "a pending job can fail outright");
+    let dead = job(&*s, "j2").await;
+    assert_eq!((dead.status, dead.result.as_deref(), dead.error.as_deref()), (Status::Failed, None, Some("boom")));
+    assert!(!s.finish("j2", &complete("1"), 3_000).await.unwrap());
+    s.record_error("j2", "late", 3_000).await.unwrap();
+    assert!(s.start_attempt("j2", 3_000).await.unwrap().is_none());
+    assert_eq!(job(&*s, "j2").await, dead);
+
+    assert!(!s.finish("nope", &complete("1"), 3_000).await.unwrap());
+}
+
+/// `reopen` is the one backward move, and only from `failed`: the job is
+/// `pending` again with its attempts, result and vendor reference reset.
+async fn reopen_only_from_failed(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    assert!(!s.reopen("j1", 1_500).await.unwrap(), "reopened a pending job");
+    s.start_attempt("j1", 1_600).await.unwrap().unwrap();
+    assert!(!s.reopen("j1", 1_650).await.unwrap(), "reopened a processing job");
+    assert!(s.set_vendor_ref("j1", "ref-1", 9_000, 1_700).await.unwrap());
+    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+
+    assert!(s.reopen("j1", 3_000).await.unwrap());
+    let j = job(&*s, "j1").await;
+    assert_eq!((j.status, j.attempts, j.updated_at), (Status::Pending, 0, 3_000));
+    assert_eq!((j.result, j.vendor_ref, j.webhook_deadline), (None, None, None));
+    assert!(s.find_by_vendor_ref("acme", "ref-1").await.unwrap().is_none(), "the old vendor reference still finds it");
+    assert!(!s.reopen("j1", 3_100).await.unwrap(), "reopened twice");
+    assert_eq!(s.start_attempt("j1", 3_200).await.unwrap().map(|j| j.attempts), Some(1), "a reopened job runs again");
+    assert!(!s.reopen("nope", 3_000).await.unwrap());
+}
+
+/// A reopened job does not carry its old failure reason as if it were the
+/// error of its new run.
+async fn reopened_job_clears_its_error(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.reopen("j1", 3_000).await.unwrap());
+    assert_eq!(job(&*s, "j1").await.error, None);
+}
+
+/// A reopened job is the sweeper's again (its replay's enqueue may be lost),
+/// but only once `before` passes its reopening: the replay enqueues it right
+/// after the reopen, and the sweeper must not race it.
+async fn reopened_job_waits_for_the_sweeper_until_updated_at(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    s.mark_queued(&["j1".to_string()]).await.unwrap();
+    s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.reopen("j1", 3_000).await.unwrap());
+    assert!(s.unqueued_pending(3_000, 10).await.unwrap().is_empty(), "swept before its reopening");
+    assert_eq!(s.unqueued_pending(3_001, 10).await.unwrap(), [pair("j1")]);
+    s.mark_queued(&["j1".to_string()]).await.unwrap();
+    assert!(s.unqueued_pending(10_000, 10).await.unwrap().is_empty());
+}
+
+/// Racing inserts under one idempotency key: one job is created, every other
+/// insert is told which one and leaves no job behind; another body under the
+/// key is a conflict; another key is independent.
+async fn idempotency_race_has_one_winner(s: Arc<dyn Store>) {
+    let now = now_ms();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let id = format!("j{i}");
+                let r = s.insert(&keyed(&id, "alice:k1", "h1", now)).await.unwrap();
+                (id, r)
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let created: Vec<&String> = results.iter().filter(|(_, r)| *r == CREATED).map(|(id, _)| id).collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    let winner = created[0].clone();
+    for (id, r) in &results {
+        if *id != winner {
+            assert_eq!(*r, Inserted::Existing { request_id: winner.clone() }, "{id}");
+            assert!(s.get(id).await.unwrap().is_none(), "loser {id} left a job");
+        }
+    }
+    assert_eq!(job(&*s, &winner).await.status, Status::Pending);
+
+    assert_eq!(s.insert(&keyed("other", "alice:k1", "h2", now)).await.unwrap(), Inserted::KeyConflict);
+    assert!(s.get("other").await.unwrap().is_none(), "a conflicting insert left a job");
+    assert_eq!(s.insert(&keyed("k2", "alice:k2", "h1", now)).await.unwrap(), CREATED);
+}
+
+/// A key binds every job created up to its expiry, then the first one after
+/// takes it over.
+async fn idempotency_key_binds_until_it_expires(s: Arc<dyn Store>) {
+    let now = now_ms();
+    assert_eq!(s.insert(&keyed("j1", "k", "h1", now)).await.unwrap(), CREATED); // binds for a minute
+    let existing = Inserted::Existing { request_id: "j1".into() };
+    assert_eq!(s.insert(&keyed("j2", "k", "h1", now + 59_000)).await.unwrap(), existing);
+    assert_eq!(s.insert(&keyed("j3", "k", "h2", now + 59_000)).await.unwrap(), Inserted::KeyConflict);
+    assert!(s.get("j2").await.unwrap().is_none() && s.get("j3").await.unwrap().is_none());
+    assert_eq!(s.insert(&keyed("j4", "k", "h2", now + 60_001)).await.unwrap(), CREATED, "an expired key still bound");
+    assert!(s.get("j1").await.unwrap().is_some(), "the first job stays");
+    assert_eq!(s.insert(&keyed("j5", "k", "h1", now + 60_002)).await.unwrap(), Inserted::KeyConflict);
+    assert_eq!(
+        s.insert(&keyed("j6", "k", "h2", now + 60_003)).await.unwrap(),
+        Inserted::Existing { request_id: "j4".into() }
+    );
+}
+
+/// Once its key expired, the key binds the next job (with any body); the
+/// first job stays.
+async fn expired_idempotency_key_binds_anew(s: Arc<dyn Store>) {
+    let now = now_ms();
+    // Bound until a minute ago.
+    assert_eq!(s.insert(&keyed("j1", "k", "h1", now - 120_000)).await.unwrap(), CREATED);
+    assert_eq!(s.insert(&keyed("j2", "k", "h2", now)).await.unwrap(), CREATED);
+    assert!(s.get("j1").await.unwrap().is_some(), "the first job stays");
+    assert_eq!(
+        s.insert(&keyed("j3", "k", "h2", now + 1)).await.unwrap(),
+        Inserted::Existing { request_id: "j2".into() }
+    );
+    assert_eq!(s.insert(&keyed("j4", "k", "h1", now + 2)).await.unwrap(), Inserted::KeyConflict);
+    assert!(s.get("j3").await.unwrap().is_none() && s.get("j4").await.unwrap().is_none());
+}
+
+/// A webhook id is remembered once per vendor; forgetting it lets it in again.
+async fn webhook_ids_remember_and_forget(s: Arc<dyn Store>) {
+    let later = now_ms() + 60_000;
+    assert!(s.remember_webhook("acme", "w1", later).await.unwrap());
+    assert!(!s.remember_webhook("acme", "w1", later).await.unwrap(), "a replay was let in");
+    assert!(s.remember_webhook("other", "w1", later).await.unwrap(), "ids are per vendor");
+    assert!(s.remember_webhook("acme", "w2", later).await.unwrap());
+    s.forget_webhook("acme", "w1").await.unwrap();
+    s.forget_webhook("acme", "never-seen").await.unwrap();
+    assert!(s.remember_webhook("acme", "w1", later).await.unwrap(), "a forgotten id is new again");
+    assert!(!s.remember_webhook("acme", "w2", later).await.unwrap(), "forgot the wrong id");
+    assert!(!s.remember_webhook("other", "w1", later).await.unwrap(), "forgot another vendor's id");
+}
+
+/// An id remembered until a moment now past no longer counts as a replay,
+/// purged or not.
+async fn expired_webhook_id_is_not_a_replay(s: Arc<dyn Store>) {
+    let now = now_ms();
+    assert!(s.remember_webhook("acme", "old", now - 1_000).await.unwrap());
+    assert!(s.remember_webhook("acme", "old", now + 60_000).await.unwrap(), "an expired id counted as a replay");
+    assert!(!s.remember_webhook("acme", "old", now + 60_000).await.unwrap());
+}
+
+/// `unqueued_pending` lists `pending` jobs created before `before` whose
+/// queue message was never recorded; `mark_queued` takes them off.
+async fn unqueued_pending_and_mark_queued(s: Arc<dyn Store>) {
+    for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("fresh", 9_000), ("d", 500)] {
+        s.insert(&new_job(id, at)).await.unwrap();
+    }
+    s.mark_queued(&["b".to_string()]).await.unwrap();
+    s.mark_queued(&[]).await.unwrap();
+    s.mark_queued(&["nope".to_string()]).await.unwrap();
+    s.start_attempt("c", 3_500).await.unwrap().unwrap();
+
+    assert_eq!(sorted(s.unqueued_pending(5_000, 10).await.unwrap()), [pair("a"), pair("d")]);
+    let one = s.unqueued_pending(5_000, 1).await.unwrap();
+    assert!(one == [pair("a")] || one == [pair("d")], "{one:?}");
+    assert_eq!(s.unqueued_pending(1_000, 10).await.unwrap(), [pair("d")], "created before, strictly");
+
+    s.mark_queued(&["a".to_string(), "d".to_string()]).await.unwrap();
+    assert!(s.unqueued_pending(5_000, 10).await.unwrap().is_empty());
+    assert_eq!(s.unqueued_pending(10_000, 10).await.unwrap(), [pair("fresh")]);
+}
+
+/// A vendor reference is set only while `processing`, finds its job by
+/// (vendor, reference), and its deadline makes the job overdue once passed
+/// and until it finishes.
+async fn vendor_refs_and_overdue_webhooks(s: Arc<dyn Store>) {
+    for id in ["a", "b", "c"] {
+        s.insert(&new_job(id, 1_000)).await.unwrap();
+    }
+    assert!(!s.set_vendor_ref("a", "ref-a", 5_000, 1_100).await.unwrap(), "set on a pending job");
+    assert!(!s.set_vendor_ref("nope", "ref-x", 5_000, 1_100).await.unwrap());
+    for id in ["a", "b", "c"] {
+        s.start_attempt(id, 1_200).await.unwrap().unwrap();
+    }
+    assert!(s.set_vendor_ref("a", "ref-a", 5_000, 1_300).await.unwrap());
+    assert!(s.set_vendor_ref("b", "ref-b", 4_000, 1_300).await.unwrap());
+    assert!(s.set_vendor_ref("c", "ref-c", 9_000, 1_300).await.unwrap());
+    let a = job(&*s, "a").await;
+    assert_eq!((a.vendor_ref.as_deref(), a.webhook_deadline, a.updated_at), (Some("ref-a"), Some(5_000), 1_300));
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-a").await.unwrap().as_deref(), Some("a"));
+    assert!(s.find_by_vendor_ref("other", "ref-a").await.unwrap().is_none(), "references are per vendor");
+    assert!(s.find_by_vendor_ref("acme", "ref-zzz").await.unwrap().is_none());
+
+    assert!(s.overdue_webhooks(4_000, 10).await.unwrap().is_empty(), "overdue at its deadline, not past it");
+    assert_eq!(sorted(s.overdue_webhooks(6_000, 10).await.unwrap()), ["a", "b"]);
+    let one = s.overdue_webhooks(6_000, 1).await.unwrap();
+    assert!(one == ["a"] || one == ["b"], "{one:?}");
+    assert!(s.finish("b", &complete("{}"), 4_500).await.unwrap());
+    assert_eq!(s.overdue_webhooks(6_000, 10).await.unwrap(), ["a"]);
+    // A late webhook still finds its finished job (and cannot move it).
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-b").await.unwrap().as_deref(), Some("b"));
+}
+
+/// `purge` deletes finished jobs last updated before `before` (and says how
+/// many), expired webhook ids and expired idempotency keys; nothing else.
+async fn purge(s: Arc<dyn Store>) {
+    let now = now_ms();
+    for id in ["old-done", "old-failed", "new-done", "old-pending"] {
+        s.insert(&new_job(id, 1_000)).await.unwrap();
+    }
+    s.finish("old-done", &complete("1"), 2_000).await.unwrap();
+    s.finish("old-failed", &failed("x"), 2_000).await.unwrap();
+    s.finish("new-done", &complete("1"), 8_000).await.unwrap();
+    assert!(s.remember_webhook("acme", "soon", now + 60_000).await.unwrap()); // past by the purge's `now`
+    s.remember_webhook("acme", "live", i64::MAX / 2).await.unwrap(); // far future (a TTL date is clamped)
+    // A key binding for a minute (past by the purge's `now`), on a job the
+    // purge keeps. (A key already past in wall-clock time may vanish sooner:
+    // MongoDB's TTL index.)
+    s.insert(&keyed("keyed", "k", "h", now)).await.unwrap();
+    s.finish("keyed", &complete("1"), 8_000).await.unwrap();
+    let late = keyed("keyed2", "k", "h", now + 1_000);
+    assert_eq!(s.insert(&late).await.unwrap(), Inserted::Existing { request_id: "keyed".into() });
+
+    assert!(!s.remember_webhook("acme", "soon", now + 60_000).await.unwrap());
+
+    let purge_now = now + 120_000;
+    assert_eq!(s.purge(5_000, purge_now).await.unwrap(), 2);
+    assert!(s.get("old-done").await.unwrap().is_none());
+    assert!(s.get("old-failed").await.unwrap().is_none());
+    assert!(s.get("new-done").await.unwrap().is_some());
+    assert!(s.get("old-pending").await.unwrap().is_some(), "purged a job still in flight");
+    assert!(s.get("keyed").await.unwrap().is_some());
+    assert!(!s.remember_webhook("acme", "live", i64::MAX / 2).await.unwrap(), "purged a live webhook id");
+    assert!(s.remember_webhook("acme", "soon", i64::MAX / 2).await.unwrap(), "an expired webhook id was kept");
+    // The expired key was purged: it binds a new job, even one created while
+    // it still bound.
+    assert_eq!(s.insert(&late).await.unwrap(), CREATED);
+    assert_eq!(s.purge(5_000, purge_now).await.unwrap(), 0);
+}
+
+// ---- the table: one test per (case, implementation) ----
+
+macro_rules! store_suite {
+    ($( $case:ident => $(#[$sqlite_attr:meta])* $sqlite:ident, $(#[$mongo_attr:meta])* $mongo:ident; )*) => {
+        $(
+            contract_test!($case, sqlite, $sqlite $(, #[$sqlite_attr])*);
+            contract_test!($case, mongo, $mongo $(, #[$mongo_attr])*);
+        )*
+    };
+}
+
+store_suite! {
+    insert_get => store_sqlite_insert_get, store_mongo_insert_get;
+    racing_start_attempts_all_count => store_sqlite_racing_start_attempts_all_count, store_mongo_racing_start_attempts_all_count;
+    racing_finish_exactly_one_wins => store_sqlite_racing_finish_exactly_one_wins, store_mongo_racing_finish_exactly_one_wins;
+    finished_jobs_do_not_move => store_sqlite_finished_jobs_do_not_move, store_mongo_finished_jobs_do_not_move;
+    reopen_only_from_failed => store_sqlite_reopen_only_from_failed, store_mongo_reopen_only_from_failed;
+    reopened_job_clears_its_error =>
+        store_sqlite_reopened_job_clears_its_error,
+        store_mongo_reopened_job_clears_its_error;
+    reopened_job_waits_for_the_sweeper_until_updated_at =>
+        store_sqlite_reopened_job_waits_for_the_sweeper_until_updated_at,
+        store_mongo_reopened_job_waits_for_the_sweeper_until_updated_at;
+    idempotency_race_has_one_winner => store_sqlite_idempotency_race_has_one_winner, store_mongo_idempotency_race_has_one_winner;
+    idempotency_key_binds_until_it_expires =>
+        store_sqlite_idempotency_key_binds_until_it_expires, store_mongo_idempotency_key_binds_until_it_expires;
+    expired_idempotency_key_binds_anew =>
+        store_sqlite_expired_idempotency_key_binds_anew, store_mongo_expired_idempotency_key_binds_anew;
+    webhook_ids_remember_and_forget => store_sqlite_webhook_ids_remember_and_forget, store_mongo_webhook_ids_remember_and_forget;
+    expired_webhook_id_is_not_a_replay =>
+        store_sqlite_expired_webhook_id_is_not_a_replay, store_mongo_expired_webhook_id_is_not_a_replay;
+    unqueued_pending_and_mark_queued =>
+        store_sqlite_unqueued_pending_and_mark_queued, store_mongo_unqueued_pending_and_mark_queued;
+    vendor_refs_and_overdue_webhooks =>
+        store_sqlite_vendor_refs_and_overdue_webhooks, store_mongo_vendor_refs_and_overdue_webhooks;
+    purge => store_sqlite_purge, store_mongo_purge;
+}
+
+// ---- SQLite only ----
+
+/// With the queue in the same database, `insert` writes the queue entry in
+/// the job's own transaction: `Created { enqueued: true }`, a waiting consumer
+/// is woken, the job is already there when its message is, and the sweeper
+/// has nothing to recover. An insert that creates nothing enqueues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_sqlite_inline_queue_enqueues_in_the_same_transaction() {
+    let (db, _dir) = sqlite_db();
+    let s = SqliteStore::new(db.clone(), true);
+    let q = Arc::new(SqliteQueue::new(db));
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease("w", 10, Duration::from_secs(60), Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiter.is_finished(), "the lease returned before anything was inserted");
+
+    let started = Instant::now();
+    let now = now_ms();
+    assert_eq!(s.insert(&new_job("j1", now)).await.unwrap(), Inserted::Created { enqueued: true });
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter).await.expect("the waiter hung").unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(3), "woke {:?} after the insert", started.elapsed());
+    assert_eq!(got.len(), 1);
+    assert_eq!(Message::decode(&got[0].payload).unwrap(), Message::new("j1", "acme"));
+    assert_eq!(job(&s, "j1").await.status, Status::Pending);
+    assert!(s.unqueued_pending(i64::MAX, 10).await.unwrap().is_empty(), "an inline-queued job left to the sweeper");
+
+    assert_eq!(s.insert(&keyed("k1", "alice:k", "h1", now)).await.unwrap(), Inserted::Created { enqueued: true });
+    assert_eq!(
+        s.insert(&keyed("k2", "alice:k", "h1", now)).await.unwrap(),
+        Inserted::Existing { request_id: "k1".into() }
+    );
+    assert_eq!(s.insert(&keyed("k3", "alice:k", "h2", now)).await.unwrap(), Inserted::KeyConflict);
+    assert!(s.insert(&new_job("j1", now)).await.is_err());
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.leased), (1, 0, 1), "{d:?}");
+    let next = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+    let msgs: Vec<Message> = next.iter().map(|l| Message::decode(&l.payload).unwrap()).collect();
+    assert_eq!(msgs, [Message::new("k1", "acme")]);
+}
