@@ -1,15 +1,26 @@
 //! The configuration: one typed tree, layered defaults < `vendorhost.toml` <
 //! `VENDORHOST_*` env vars (`__` nests: `VENDORHOST_VENDORS__SYNC__RATE=5`) <
 //! command-line flags. Every duration accepts an integer (milliseconds) or a
-//! string with a unit (`"250ms"`, `"5s"`, `"24h"`).
+//! string with a unit (`"250ms"`, `"5s"`, `"24h"`). An environment value is
+//! read as the file would read it (`1e3`, `inf`, `[1, 2]`, `"text"`), and
+//! otherwise as plain text (`5s`, `redis://…`).
+//!
+//! Every value is checked against its allowed range once the layers are
+//! merged ([`Config::validate`]), at start-up and on reload: a setting that
+//! would panic, stall or silently disable something is refused with its key,
+//! where it came from (file, environment variable, flag) and the range.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use figment::Figment;
-use figment::providers::{Env, Format, Serialized, Toml};
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider};
 use serde::{Deserialize, Serialize};
+
+mod env;
+mod validate;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -17,6 +28,36 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
+    /// Values outside their allowed range, each naming its key.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    OutOfRange(Vec<BadSetting>),
+}
+
+/// One value outside its allowed range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadSetting {
+    /// The key path: `queue_settings.lease`, `vendors.sync.rate`.
+    pub key: String,
+    /// The value as read (never a secret).
+    pub value: String,
+    /// What is allowed: `100ms to 3650d`, `1 to 10000`.
+    pub allowed: String,
+    /// Where the value came from (`TOML file …`, `environment variable
+    /// VENDORHOST_…`, `command line`), when known.
+    pub origin: Option<String>,
+    /// The path to look the origin up at, by segment (a vendor id may hold
+    /// a dot; an API key is not shown in `key`).
+    lookup: Vec<String>,
+}
+
+impl std::fmt::Display for BadSetting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` = {}", self.key, self.value)?;
+        if let Some(o) = &self.origin {
+            write!(f, " ({o})")?;
+        }
+        write!(f, ": allowed {}", self.allowed)
+    }
 }
 
 /// Everything the service reads at start-up (and on reload, for `vendors`).
@@ -75,6 +116,10 @@ pub struct QueueSettings {
     /// How often the sweeper runs.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// A `pending` or `processing` job overdue by more than this (past its
+    /// lease end or retry time) whose queue entry is gone is re-enqueued.
+    #[serde(with = "duration")]
+    pub recover_after: Duration,
     /// How long a worker waits on an empty queue per poll.
     #[serde(with = "duration")]
     pub poll: Duration,
@@ -106,6 +151,21 @@ pub struct ApiSettings {
     /// connection is closed (slow-loris clients cannot hold connections).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// A request body must arrive whole within this (slow senders get 408).
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Request body bytes buffered at once, all requests together; past it
+    /// requests get 503 + Retry-After.
+    pub max_body_bytes_in_flight: usize,
+    /// Open connections from one client address (0: no cap).
+    pub max_connections_per_ip: usize,
+    /// A connection with no request in flight for this long is closed
+    /// (HTTP/2: GOAWAY).
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A connection is asked to close (HTTP/2: GOAWAY) after this long.
+    #[serde(with = "duration")]
+    pub max_connection_age: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -140,9 +200,17 @@ pub struct RetentionSettings {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct VendorPolicy {
-    /// Hosts `http-send` may reach: `host`, `host:port`, `*.domain`, or `*`.
-    /// Deny by default.
+    /// Hosts `http-send` may reach: `host`, `host:port`, `*.domain`, or `*`;
+    /// without a port only the scheme's default port. Deny by default.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Let `http-send` reach non-public addresses (loopback, RFC 1918, ULA,
+    /// link-local, CGNAT, cloud metadata, ...) of granted hosts. Off: only
+    /// IP literals named in `allowed_hosts` are reachable among those.
+    pub allow_private_addresses: Option<bool>,
+    /// Request headers that carry credentials (besides `Authorization`,
+    /// `Cookie` and `Proxy-Authorization`): dropped when a redirect leaves
+    /// the origin.
+    pub secret_headers: Option<Vec<String>>,
     /// Memory cap per instance, MiB.
     pub memory_mb: Option<u64>,
     /// Deadline per call (wasm + HTTP).
@@ -161,6 +229,10 @@ pub struct VendorPolicy {
     pub backoff_base: Option<Duration>,
     #[serde(with = "opt_duration")]
     pub backoff_max: Option<Duration>,
+    /// Longest wait a vendor may impose on a retry (`Retry-After`, a
+    /// plugin's `retry-after-ms`); longer ones are cut to this.
+    #[serde(with = "opt_duration")]
+    pub max_retry_after: Option<Duration>,
     /// An accepted async job fails when no webhook came within this.
     #[serde(with = "opt_duration")]
     pub webhook_deadline: Option<Duration>,
@@ -217,6 +289,7 @@ impl Default for QueueSettings {
             max_deliveries: 5,
             sweep_after: Duration::from_secs(30),
             sweep_interval: Duration::from_secs(5),
+            recover_after: Duration::from_secs(30),
             poll: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             removed_vendor_grace: Duration::from_secs(300),
@@ -233,6 +306,11 @@ impl Default for ApiSettings {
             request_timeout: Duration::from_secs(30),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
+            max_connections_per_ip: 1024,
+            idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -317,9 +395,24 @@ pub struct Overrides {
 const ENV_NOT_KEYS: &[&str] = &["CONFIG", "LOG", "LOG_FORMAT", "MOCK_SECRET"];
 
 impl Config {
-    /// Loads defaults < file (if any) < env < overrides.
+    /// Loads defaults < file (if any) < env < overrides, and validates the
+    /// result.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
-        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        Config::load_from(file, overrides, env::process_env())
+    }
+
+    /// [`Config::load`] with the environment given: every variable, of which
+    /// the `VENDORHOST_*` ones are read (tests pass their own).
+    pub fn load_from<K, V>(
+        file: Option<&Path>,
+        overrides: &Overrides,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Config, ConfigError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut fig = Figment::from(Named("built-in default", Serialized::defaults(Config::default())));
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Read {
@@ -329,22 +422,34 @@ impl Config {
             }
             fig = fig.merge(Toml::file(path));
         }
-        fig = fig
-            .merge(
-                Env::prefixed("VENDORHOST_")
-                    .split("__")
-                    .filter(|k| !ENV_NOT_KEYS.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
-            )
-            .merge(Serialized::defaults(overrides));
+        for var in env::layers(env, ENV_NOT_KEYS) {
+            fig = fig.merge(var);
+        }
+        fig = fig.merge(Named("command line", Serialized::defaults(overrides)));
         let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
-        cfg.validate()?;
+        cfg.validate().map_err(|e| with_origins(e, &fig))?;
         Ok(cfg)
     }
 
     /// Reads only the vendor tables again (for live reload of grants, limits
-    /// and secrets).
+    /// and secrets). The file and environment must hold a valid
+    /// configuration as a whole (as a restart would need): otherwise the
+    /// error says why and the caller keeps `self`.
     pub fn reload_vendors(&self, file: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut fresh = Config::load(file, &Overrides::default())?;
+        self.reload_vendors_from(file, env::process_env())
+    }
+
+    /// [`Config::reload_vendors`] with the environment given.
+    pub fn reload_vendors_from<K, V>(
+        &self,
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Config, ConfigError>
+    where
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut fresh = Config::load_from(file, &Overrides::default(), env)?;
         let mut cfg = self.clone();
         cfg.vendors = std::mem::take(&mut fresh.vendors);
         cfg.vendor_defaults = fresh.vendor_defaults;
@@ -352,9 +457,12 @@ impl Config {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.workers == 0 {
-            return Err(ConfigError::Invalid("workers must be at least 1".into()));
+    /// Checks every value against its allowed range (see the README's
+    /// configuration section), then the values that must parse.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = validate::out_of_range(self);
+        if !bad.is_empty() {
+            return Err(ConfigError::OutOfRange(bad));
         }
         if !(self.queue == "sqlite" || self.queue.starts_with("redis://") || self.queue.starts_with("rediss://")) {
             return Err(ConfigError::Invalid(format!(
@@ -369,11 +477,12 @@ impl Config {
                 self.store
             )));
         }
-        for (id, p) in &self.vendors {
-            if let Some(r) = p.rate
-                && !(r > 0.0 && r.is_finite())
-            {
-                return Err(ConfigError::Invalid(format!("vendors.{id}.rate must be a positive number")));
+        let tables = self.vendors.iter().map(|(id, p)| (format!("vendors.{id}"), p));
+        for (table, p) in tables.chain([("vendor_defaults".to_string(), &self.vendor_defaults)]) {
+            for h in p.secret_headers.iter().flatten() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    return Err(ConfigError::Invalid(format!("{table}.secret_headers: {h:?} is not a header name")));
+                }
             }
         }
         Ok(())
@@ -386,6 +495,8 @@ impl Config {
             None => d.clone(),
             Some(v) => VendorPolicy {
                 allowed_hosts: v.allowed_hosts.clone().or_else(|| d.allowed_hosts.clone()),
+                allow_private_addresses: v.allow_private_addresses.or(d.allow_private_addresses),
+                secret_headers: v.secret_headers.clone().or_else(|| d.secret_headers.clone()),
                 memory_mb: v.memory_mb.or(d.memory_mb),
                 timeout: v.timeout.or(d.timeout),
                 rate: v.rate.or(d.rate),
@@ -394,6 +505,7 @@ impl Config {
                 max_attempts: v.max_attempts.or(d.max_attempts),
                 backoff_base: v.backoff_base.or(d.backoff_base),
                 backoff_max: v.backoff_max.or(d.backoff_max),
+                max_retry_after: v.max_retry_after.or(d.max_retry_after),
                 webhook_deadline: v.webhook_deadline.or(d.webhook_deadline),
                 webhook_secrets: v.webhook_secrets.clone().or_else(|| d.webhook_secrets.clone()),
                 webhook_tolerance: v.webhook_tolerance.or(d.webhook_tolerance),
@@ -425,14 +537,7 @@ fn describe(e: figment::Error) -> String {
     let mut out = Vec::new();
     for err in e {
         let path = err.path.join(".");
-        let src = err
-            .metadata
-            .as_ref()
-            .map(|m| match &m.source {
-                Some(source) => format!("{} {source}", m.name),
-                None => m.name.to_string(),
-            })
-            .unwrap_or_default();
+        let src = err.metadata.as_ref().map(origin).unwrap_or_default();
         let kind = err.kind.to_string();
         if path.is_empty() {
             out.push(format!("{kind} ({src})"));
@@ -441,6 +546,52 @@ fn describe(e: figment::Error) -> String {
         }
     }
     out.join("; ")
+}
+
+/// Where a layer's values come from: `TOML file <path>`, `environment
+/// variable VENDORHOST_…`, `command line`.
+fn origin(m: &Metadata) -> String {
+    match &m.source {
+        Some(source) => format!("{} {source}", m.name),
+        None => m.name.to_string(),
+    }
+}
+
+/// Names the layer each out-of-range value came from.
+fn with_origins(e: ConfigError, fig: &Figment) -> ConfigError {
+    match e {
+        ConfigError::OutOfRange(mut bad) => {
+            for b in &mut bad {
+                b.origin = origin_at(fig, &b.lookup);
+            }
+            ConfigError::OutOfRange(bad)
+        }
+        other => other,
+    }
+}
+
+/// The origin of the value at `path`.
+fn origin_at(fig: &Figment, path: &[String]) -> Option<String> {
+    let (first, rest) = path.split_first()?;
+    let mut value = fig.find_value(first).ok()?;
+    for segment in rest {
+        value = value.into_dict()?.remove(segment)?;
+    }
+    fig.get_metadata(value.tag()).map(origin)
+}
+
+/// A layer under a name an error can show (`built-in default`, `command
+/// line`).
+struct Named<P>(&'static str, P);
+
+impl<P: Provider> Provider for Named<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.0)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.1.data()
+    }
 }
 
 /// Parses `250`, `"250"` (milliseconds) or `"250ms"`, `"5s"`, `"1h"`.
@@ -472,8 +623,11 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Raw::deserialize(d)? {
             Raw::Int(ms) => Ok(Duration::from_millis(ms)),
-            Raw::Float(ms) if ms >= 0.0 && ms.is_finite() => Ok(Duration::from_secs_f64(ms / 1000.0)),
-            Raw::Float(ms) => Err(serde::de::Error::custom(format!("invalid duration {ms}"))),
+            Raw::Float(ms) if ms < 0.0 => {
+                Err(serde::de::Error::custom(format!("invalid duration {ms}: a duration cannot be negative")))
+            }
+            Raw::Float(ms) => Duration::try_from_secs_f64(ms / 1000.0)
+                .map_err(|_| serde::de::Error::custom(format!("invalid duration {ms}: not a finite number of ms"))),
             Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
         }
     }
@@ -531,5 +685,25 @@ mod tests {
         std::fs::write(&path, "wokers = 3\n").unwrap();
         let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("wokers"), "{err}");
+    }
+
+    #[test]
+    fn outbound_settings_merge_and_header_names_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        std::fs::write(
+            &path,
+            "[vendor_defaults]\nsecret_headers = [\"X-Api-Key\"]\n\
+             [vendors.a]\nallow_private_addresses = true\n[vendors.b]\nsecret_headers = []\n",
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.vendor("a").allow_private_addresses, Some(true));
+        assert_eq!(cfg.vendor("a").secret_headers, Some(vec!["X-Api-Key".to_string()]));
+        assert_eq!(cfg.vendor("b").allow_private_addresses, None);
+        assert_eq!(cfg.vendor("b").secret_headers, Some(vec![]));
+        std::fs::write(&path, "[vendors.a]\nsecret_headers = [\"X Api Key\"]\n").unwrap();
+        let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("vendors.a.secret_headers") && err.contains("X Api Key"), "{err}");
     }
 }

@@ -87,6 +87,31 @@ CREATE TABLE IF NOT EXISTS webhook_ids (
 ) WITHOUT ROWID;
 "#;
 
+/// Changes to files made by earlier versions, in order; `PRAGMA user_version`
+/// counts those applied. Each runs once, in one transaction with its bump.
+const MIGRATIONS: &[&str] = &[
+    // 1: the job's next due time (lease end or retry time) for recovery of
+    // lost queue entries; a fencing token per queue entry that only grows;
+    // a lookup of a job's entries; webhook ids in progress (not yet applied).
+    r#"
+    ALTER TABLE jobs ADD COLUMN due_at INTEGER;
+    UPDATE jobs SET due_at = updated_at WHERE status IN ('pending', 'processing') AND vendor_ref IS NULL;
+    CREATE INDEX IF NOT EXISTS jobs_due ON jobs(due_at, request_id)
+        WHERE status IN ('pending', 'processing') AND vendor_ref IS NULL;
+    ALTER TABLE queue ADD COLUMN token INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX IF NOT EXISTS queue_job ON queue(json_extract(payload, '$.request_id'));
+    ALTER TABLE webhook_ids ADD COLUMN done INTEGER NOT NULL DEFAULT 1;
+    "#,
+];
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let done: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done.max(0) as usize) {
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {sql}; PRAGMA user_version = {}; COMMIT;", i + 1))?;
+    }
+    Ok(())
+}
+
 fn open(path: &Path, read_only: bool) -> Result<Connection, DbError> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -119,6 +144,7 @@ impl Db {
         }
         let conn = open(path, false)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             readers.push(open(path, true)?);

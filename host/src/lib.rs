@@ -5,7 +5,7 @@
 //! draws it):
 //! - leaves: `model` (job, dead letter, time), `config`, `clean` (result
 //!   cleaning), `telemetry` (metric names and help), `webhook` (Standard
-//!   Webhooks signing), `db` (the embedded SQLite file), `redis_conn` (the
+//!   Webhooks signing), `db` (the embedded SQLite file), `failpoint` (crash-test stops), `redis_conn` (the
 //!   shared Redis connection), `shutdown` (the stop signal).
 //! - seams: `queue` and `store` (each a trait with SQLite and a production
 //!   backend: Redis Streams, MongoDB), `limits` and `breaker` (in-process or
@@ -21,6 +21,7 @@
 pub mod clean;
 pub mod config;
 pub mod db;
+pub mod failpoint;
 pub mod model;
 pub mod redis_conn;
 pub mod shutdown;

@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 64;
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(500);
 pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(60);
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WEBHOOK_DEADLINE: Duration = Duration::from_secs(3600);
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
 
@@ -32,6 +33,8 @@ pub struct Resolved {
     pub max_attempts: u32,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// The longest `Retry-After` (or `retry-after-ms`) a vendor may impose.
+    pub max_retry_after: Duration,
     pub webhook_deadline: Duration,
     pub webhook_secrets: Vec<String>,
     pub webhook_tolerance: Duration,
@@ -59,6 +62,8 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         call: Arc::new(CallPolicy {
             vendor: vendor.to_string(),
             grants,
+            allow_private_addresses: p.allow_private_addresses.unwrap_or(false),
+            secret_headers: p.secret_headers.iter().flatten().map(|h| h.trim().to_ascii_lowercase()).collect(),
             memory_cap_bytes: (p.memory_mb.unwrap_or(DEFAULT_MEMORY_MB).clamp(1, 1024) as usize) << 20,
             timeout,
             config: p.config.clone().unwrap_or_default().into_iter().collect(),
@@ -68,6 +73,7 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         max_attempts: p.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
         backoff_base: p.backoff_base.unwrap_or(DEFAULT_BACKOFF_BASE),
         backoff_max: p.backoff_max.unwrap_or(DEFAULT_BACKOFF_MAX),
+        max_retry_after: p.max_retry_after.unwrap_or(DEFAULT_MAX_RETRY_AFTER),
         webhook_deadline: p.webhook_deadline.unwrap_or(DEFAULT_WEBHOOK_DEADLINE),
         webhook_secrets: p.webhook_secrets.clone().unwrap_or_default(),
         webhook_tolerance: p.webhook_tolerance.unwrap_or(DEFAULT_WEBHOOK_TOLERANCE),

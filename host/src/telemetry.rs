@@ -10,6 +10,9 @@ pub const JOB_RETRIES: &str = "vendorhost_job_retries_total";
 pub const RATE_LIMIT_DELAY: &str = "vendorhost_rate_limit_delay_seconds";
 pub const VENDOR_CALL: &str = "vendorhost_vendor_call_seconds";
 pub const QUEUE_ERRORS: &str = "vendorhost_queue_errors_total";
+pub const LEASES_LOST: &str = "vendorhost_leases_lost_total";
+pub const JOBS_RECOVERED: &str = "vendorhost_jobs_recovered_total";
+pub const QUEUE_GROUP_RECREATED: &str = "vendorhost_queue_group_recreated_total";
 pub const QUEUE_DEPTH: &str = "vendorhost_queue_depth";
 pub const DEAD_LETTERS: &str = "vendorhost_dead_letters";
 pub const SWEEPER_REQUEUED: &str = "vendorhost_sweeper_requeued_total";
@@ -45,6 +48,15 @@ pub fn describe() {
     describe_histogram!(RATE_LIMIT_DELAY, "How long a job was delayed for a rate-limit slot, in seconds, by vendor.");
     describe_histogram!(VENDOR_CALL, "Duration of plugin fetch calls, in seconds, by vendor and outcome.");
     describe_counter!(QUEUE_ERRORS, "Queue or store operations that failed in the worker, by operation.");
+    describe_counter!(
+        LEASES_LOST,
+        "Deliveries whose lease was lost to another worker while held (the holder stopped acting for them)."
+    );
+    describe_counter!(JOBS_RECOVERED, "Overdue jobs the sweeper re-enqueued because their queue entry was gone.");
+    describe_counter!(
+        QUEUE_GROUP_RECREATED,
+        "Times the Redis consumer group had vanished (data loss) and was recreated."
+    );
     describe_gauge!(QUEUE_DEPTH, "Queue entries by state (ready, delayed, leased).");
     describe_gauge!(DEAD_LETTERS, "Entries in the dead-letter queue.");
     describe_counter!(SWEEPER_REQUEUED, "Pending jobs the sweeper enqueued because they had no queue entry.");
@@ -61,11 +73,48 @@ pub fn describe() {
     );
     describe_counter!(
         PLUGIN_HTTP_DENIED,
-        "Outbound HTTP requests refused because the host was not granted, by vendor."
+        "Outbound HTTP requests refused, by vendor and reason (not_granted, private_address)."
     );
     describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections to the API.");
-    describe_counter!(HTTP_CONNECTIONS_REFUSED, "HTTP connections refused at the connection cap.");
+    describe_counter!(
+        HTTP_CONNECTIONS_REFUSED,
+        "HTTP connections refused, by cap (total: the connection cap; per_ip: the per-address cap)."
+    );
     describe_counter!(HTTP_HEADER_TIMEOUTS, "HTTP connections closed because request headers did not arrive in time.");
     describe_counter!(HTTP_SHED, "Requests answered 503 by load shedding.");
     describe_histogram!(SQLITE_BATCH_SIZE, "Writes committed together by the embedded SQLite writer (group commit).");
+}
+
+/// `s` fit for one log line: control characters (newline, carriage return,
+/// escape, ...) and the Unicode line and paragraph separators are written
+/// as escapes (`\n`, `\u{1b}`), everything else as is. For log fields that
+/// carry file names, plugin output or vendor input, so that no value can
+/// end its event early or forge another.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !s.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_line_escapes_what_could_break_a_line_and_nothing_else() {
+        assert_eq!(super::one_line("sync.wasm"), "sync.wasm");
+        assert_eq!(super::one_line("a \"quoted\" é"), "a \"quoted\" é");
+        let forged = "x.wasm\n2024-01-01T00:00:00Z  INFO plugin loaded vendor=evil\r\u{1b}[2J\u{2028}";
+        let safe = super::one_line(forged);
+        assert!(!safe.contains(['\n', '\r', '\u{1b}', '\u{2028}']), "{safe}");
+        assert_eq!(safe, "x.wasm\\n2024-01-01T00:00:00Z  INFO plugin loaded vendor=evil\\r\\u{1b}[2J\\u{2028}");
+    }
 }

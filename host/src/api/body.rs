@@ -1,12 +1,18 @@
-//! Reading `POST /jobs` bodies: content type, size, JSON, shape, depth. Every
-//! refusal names the field or the rule.
+//! Reading request bodies (size, deadline, a shared memory budget) and
+//! parsing `POST /jobs` bodies: content type, JSON, duplicate keys, shape,
+//! depth. Every refusal names the field or the rule.
 
-use axum::extract::rejection::BytesRejection;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::http::{HeaderMap, StatusCode, header};
-use std::collections::BTreeMap;
-
+use futures::StreamExt;
 use serde_json::Value;
 use serde_json::value::RawValue;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
 
@@ -18,14 +24,113 @@ pub struct SubmitBody {
     pub data: String,
 }
 
-/// A body that could not be read: too large (413), or the client broke off.
-pub fn rejected(r: BytesRejection, limit: usize) -> ApiError {
-    let status = r.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "payload_too_large", format!("the request body exceeds {limit} bytes"))
-    } else {
-        ApiError::new(status, "bad_body", r.body_text())
+/// Why a body could not be read. Mapped to HTTP in `api::error`.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("the request body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("the request body did not arrive within {0:?}")]
+    TooSlow(Duration),
+    #[error("too many request bodies are being received at once; retry shortly")]
+    Busy,
+    #[error("the request body could not be read: {0}")]
+    Broken(String),
+}
+
+/// Request body bytes held in memory at once, across all requests: a body
+/// takes its share as its bytes arrive (a slow sender holds only what it has
+/// sent) and gives it back when the handler drops it.
+#[derive(Clone)]
+pub struct BodyBudget {
+    bytes: Arc<Semaphore>,
+}
+
+impl BodyBudget {
+    pub fn new(bytes: usize) -> BodyBudget {
+        BodyBudget { bytes: Arc::new(Semaphore::new(bytes.clamp(1, Semaphore::MAX_PERMITS))) }
     }
+
+    /// Bytes not taken right now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+
+    fn take(&self, n: usize, held: &mut Option<OwnedSemaphorePermit>) -> Result<(), BodyError> {
+        let n = u32::try_from(n).map_err(|_| BodyError::Busy)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = self.bytes.clone().try_acquire_many_owned(n).map_err(|_| BodyError::Busy)?;
+        match held {
+            Some(h) => h.merge(p),
+            None => *held = Some(p),
+        }
+        Ok(())
+    }
+}
+
+/// A whole request body, and its share of the `BodyBudget` until dropped.
+pub struct ReadBody {
+    pub bytes: Vec<u8>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for ReadBody {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Reads a body of at most `limit` bytes within `deadline`, counting it
+/// against `budget` as it arrives. A `Content-Length` over the limit is
+/// refused before anything is read.
+pub async fn read(
+    headers: &HeaderMap,
+    body: Body,
+    budget: &BodyBudget,
+    limit: usize,
+    deadline: Duration,
+) -> Result<ReadBody, BodyError> {
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge { limit });
+    }
+    // One allocation of the announced size (a large one is mapped lazily, so
+    // a slow sender's pages are only touched as its bytes arrive).
+    let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
+    let mut share = None;
+    let mut stream = body.into_data_stream();
+    let reading = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
+            if bytes.len() + chunk.len() > limit {
+                return Err(BodyError::TooLarge { limit });
+            }
+            budget.take(chunk.len(), &mut share)?;
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    let outcome = tokio::time::timeout(deadline, reading).await;
+    match outcome {
+        Ok(Ok(())) => Ok(ReadBody { bytes, _share: share }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(BodyError::TooSlow(deadline)),
+    }
+}
+
+/// `read` with the API's limits, for a handler that has done its checks
+/// (API key, content type, vendor) and now wants the body.
+pub async fn read_request(req: axum::extract::Request, st: &super::AppState) -> Result<ReadBody, ApiError> {
+    let budget = req
+        .extensions()
+        .get::<BodyBudget>()
+        .cloned()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no body budget configured"))?;
+    let (parts, body) = req.into_parts();
+    Ok(read(&parts.headers, body, &budget, st.api.max_body_bytes, st.api.body_read_timeout).await?)
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), or
@@ -125,6 +230,12 @@ pub fn parse_submit(bytes: &[u8], max_depth: usize) -> Result<SubmitBody, ApiErr
             format!("the request body must be a JSON object, not {}", kind(whole)),
         ));
     }
+    if let Some(path) = duplicate_key(whole.get()) {
+        return Err(ApiError::bad_request(
+            "duplicate_key",
+            format!("field `{}` appears more than once in its object; each key may appear once", shorten(&path, 200)),
+        ));
+    }
     let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(whole.get())
         .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body: {e}")))?;
     let vendor = match fields.remove("vendor") {
@@ -148,6 +259,96 @@ pub fn parse_submit(bytes: &[u8], max_depth: usize) -> Result<SubmitBody, ApiErr
         Some(raw) => minify(raw.get()),
     };
     Ok(SubmitBody { vendor, data })
+}
+
+/// One open object or array while scanning for duplicate keys.
+enum Open<'a> {
+    Object { keys: HashSet<Cow<'a, str>>, last: Option<Cow<'a, str>>, want_key: bool },
+    Array { index: usize },
+}
+
+/// The first key that repeats within one object, at any depth, as a path
+/// (`vendor`, `data.a[2].b`); `None` if every object's keys are distinct.
+/// `json` must be valid JSON (it is scanned, not checked). Keys compare
+/// after unescaping, so `"a"` and `"\u0061"` are the same key.
+fn duplicate_key(json: &str) -> Option<String> {
+    let bytes = json.as_bytes();
+    let mut stack: Vec<Open<'_>> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => stack.push(Open::Object { keys: HashSet::new(), last: None, want_key: true }),
+            b'[' => stack.push(Open::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Open::Object { want_key, .. }) => *want_key = true,
+                Some(Open::Array { index }) => *index += 1,
+                None => {}
+            },
+            b':' => {
+                if let Some(Open::Object { want_key, .. }) = stack.last_mut() {
+                    *want_key = false;
+                }
+            }
+            b'"' => {
+                let start = i + 1;
+                let (mut j, mut escaped) = (start, false);
+                while j < bytes.len() && bytes[j] != b'"' {
+                    if bytes[j] == b'\\' {
+                        escaped = true;
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                if let Some(Open::Object { keys, last, want_key: true }) = stack.last_mut() {
+                    let raw = json.get(start..j.min(bytes.len())).unwrap_or("");
+                    let key: Cow<'_, str> = if escaped {
+                        Cow::Owned(
+                            serde_json::from_str::<String>(&format!("\"{raw}\"")).unwrap_or_else(|_| raw.to_string()),
+                        )
+                    } else {
+                        Cow::Borrowed(raw)
+                    };
+                    *last = Some(key.clone());
+                    if !keys.insert(key) {
+                        return Some(json_path(&stack));
+                    }
+                }
+                i = j;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// At most `max` characters of `s`, marked when cut.
+fn shorten(s: &str, max: usize) -> Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => Cow::Owned(format!("{}…", &s[..at])),
+        None => Cow::Borrowed(s),
+    }
+}
+
+/// `a.b[3].c` from the keys and indexes of the open containers.
+fn json_path(stack: &[Open<'_>]) -> String {
+    let mut out = String::new();
+    for open in stack {
+        match open {
+            Open::Object { last: Some(k), .. } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Open::Object { last: None, .. } => {}
+            Open::Array { index } => out.push_str(&format!("[{index}]")),
+        }
+    }
+    out
 }
 
 /// What a (valid) JSON text is, from its first byte.
@@ -195,6 +396,25 @@ mod tests {
             let e = parse_submit(body, 64).unwrap_err();
             assert_eq!(e.code, *code, "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn a_repeated_key_at_any_depth_is_refused_by_its_path() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"vendor": "sync", "data": 1, "vendor": "async"}"#, "`vendor`"),
+            (r#"{"vendor": "sync", "data": {"a": 1, "b": {"c": 2, "c": 3}}}"#, "`data.b.c`"),
+            (r#"{"vendor": "sync", "data": [1, {"x": 1}, {"y": [{"z": 1, "z": 1}]}]}"#, "`data[2].y[0].z`"),
+            (r#"{"vendor": "sync", "data": {"a": 1, "\u0061": 2}}"#, "`data.a`"),
+            (r#"{"vendor": "sync", "data": 1, "data": 1}"#, "`data`"),
+        ];
+        for (body, named) in cases {
+            let e = parse_submit(body.as_bytes(), 64).unwrap_err();
+            assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "duplicate_key"), "{body}");
+            assert!(e.message.contains(named), "{body}: {}", e.message);
+        }
+        // The same key in sibling objects, or as a string value, is no repeat.
+        let fine = r#"{"vendor": "sync", "data": [{"a": 1}, {"a": 2}, {"b": "a", "c": {"a": "\"a\""}}]}"#;
+        assert_eq!(parse_submit(fine.as_bytes(), 64).unwrap().vendor, "sync");
     }
 
     #[test]

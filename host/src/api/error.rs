@@ -7,6 +7,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::body::BodyError;
 use crate::jobs::callbacks::CallbackError;
 use crate::jobs::dead_letters::ReplayError;
 use crate::jobs::service::SubmitError;
@@ -85,6 +86,59 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The same answer as `into_response`, as the raw bytes of a whole
+    /// HTTP/1.1 response that closes the connection: for the serving layer,
+    /// which answers some clients before (or instead of) hyper and axum.
+    pub fn http1_bytes(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message.clone(),
+                known_vendors: self.known_vendors.clone(),
+            },
+        })
+        .unwrap_or_default();
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if let Some(s) = self.retry_after {
+            head.push_str(&format!("retry-after: {s}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend(body);
+        out
+    }
+
+    /// Request headers over `limit` bytes.
+    pub fn headers_too_large(limit: usize) -> ApiError {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("the request line and headers exceed {limit} bytes"),
+        )
+    }
+
+    /// What a request that hyper could not parse as HTTP/1 gets instead of
+    /// hyper's own empty answer (`status` is the one hyper chose).
+    pub fn malformed_http(status: StatusCode, header_limit: usize) -> ApiError {
+        match status {
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::headers_too_large(header_limit),
+            StatusCode::URI_TOO_LONG => ApiError::new(status, "uri_too_long", "the request target is too long"),
+            s if s.is_client_error() => ApiError::new(
+                s,
+                "malformed_request",
+                "the request is not valid HTTP/1.1 (request line, headers or framing)",
+            ),
+            s => ApiError::new(s, "http_error", "the request could not be served"),
+        }
+    }
+}
+
 // Extractor rejections would otherwise answer in plain text.
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
@@ -95,6 +149,20 @@ impl From<PathRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::new(r.status(), "invalid_query", r.body_text())
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        let msg = e.to_string();
+        match e {
+            BodyError::TooLarge { .. } => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg),
+            BodyError::TooSlow(_) => ApiError::new(StatusCode::REQUEST_TIMEOUT, "body_timeout", msg),
+            BodyError::Busy => {
+                ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg) }
+            }
+            BodyError::Broken(_) => ApiError::bad_request("bad_body", msg),
+        }
     }
 }
 
@@ -143,6 +211,12 @@ impl From<CallbackError> for ApiError {
                 ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", msg)
             }
             CallbackError::UnknownJob(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_job", msg),
+            CallbackError::InProgress => {
+                ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::CONFLICT, "webhook_in_progress", msg) }
+            }
+            CallbackError::NotYet(_) => {
+                ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_yet", msg) }
+            }
             CallbackError::Plugin(_) => ApiError::bad_request("unreadable_webhook", msg),
             CallbackError::Store(e) => e.into(),
             CallbackError::Queue(e) => e.into(),

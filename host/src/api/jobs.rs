@@ -1,8 +1,7 @@
 //! `POST /jobs` and `GET /jobs/{request_id}`.
 
-use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -68,9 +67,10 @@ impl From<Job> for JobView {
         description = "Same key + same body within `api.idempotency_ttl` (24 h) returns the same job; keys are scoped per API key")),
     responses(
         (status = 202, description = "Accepted", body = Accepted),
-        (status = 200, description = "An earlier job with the same Idempotency-Key", body = Accepted),
-        (status = 400, description = "Bad body, unknown vendor", body = super::error::ErrorBody),
+        (status = 200, description = "An earlier job with the same Idempotency-Key, with its current status", body = Accepted),
+        (status = 400, description = "Bad body (not JSON, a key repeated, a field missing), unknown vendor", body = super::error::ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within `api.body_read_timeout`", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 415, description = "Not application/json", body = super::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = super::error::ErrorBody),
@@ -81,7 +81,7 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     let owner = auth::caller(&st.auth, req.headers())?;
     body::require_json(req.headers())?;
     let idempotency_key = req.headers().get("idempotency-key").cloned();
-    let bytes = Bytes::from_request(req, &st).await.map_err(|r| body::rejected(r, st.api.max_body_bytes))?;
+    let bytes = body::read_request(req, &st).await?;
     let parsed = body::parse_submit(&bytes, st.api.max_json_depth)?;
     let idempotency = match idempotency_key {
         None => None,
@@ -104,9 +104,17 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
             Some((format!("{}:{scope}:{key}", scope.len()), hash, st.api.idempotency_ttl))
         }
     };
-    let out = st.service.submit(&parsed.vendor, parsed.data, owner, idempotency).await?;
-    let status = if out.created { StatusCode::ACCEPTED } else { StatusCode::OK };
-    Ok((status, axum::Json(Accepted { request_id: out.request_id, status: JobStatus::Pending })).into_response())
+    let out = st.service.submit(&parsed.vendor, parsed.data, owner.clone(), idempotency).await?;
+    if out.created {
+        let accepted = Accepted { request_id: out.request_id, status: JobStatus::Pending };
+        return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
+    }
+    // An idempotent replay: the job as it is now, not as it was created.
+    let status = match st.service.get(&out.request_id, owner.as_deref()).await? {
+        Some(job) => job.status.into(),
+        None => JobStatus::Pending,
+    };
+    Ok((StatusCode::OK, axum::Json(Accepted { request_id: out.request_id, status })).into_response())
 }
 
 /// Poll a job.

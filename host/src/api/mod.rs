@@ -105,6 +105,7 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
         })
         .layer(DefaultBodyLimit::max(api.max_body_bytes))
+        .layer(axum::Extension(body::BodyBudget::new(api.max_body_bytes_in_flight)))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|e: tower::BoxError| async move { overload_error(e) }))

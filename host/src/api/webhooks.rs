@@ -1,9 +1,7 @@
 //! `POST /vendor-webhook/{vendor}`: a vendor's signed callback.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, Request, State};
 use serde::Serialize;
 
 use super::error::ApiError;
@@ -39,21 +37,27 @@ pub struct WebhookReply {
         (status = 400, description = "The plugin could not read the body", body = super::error::ErrorBody),
         (status = 401, description = "Missing, wrong or stale signature", body = super::error::ErrorBody),
         (status = 404, description = "Unknown vendor, or no such job of this vendor", body = super::error::ErrorBody),
+        (status = 409, description = "The same webhook id is being applied right now; retry after `Retry-After`", body = super::error::ErrorBody),
+        (status = 408, description = "The body did not arrive within `api.body_read_timeout`", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
+        (status = 503, description = "Overloaded (too many bodies in flight) or backend unavailable", body = super::error::ErrorBody),
     ))]
 pub async fn receive(
     State(st): State<AppState>,
     path: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    req: Request,
 ) -> Result<axum::Json<WebhookReply>, ApiError> {
     let Path(vendor) = path?;
-    let body = body.map_err(|r| super::body::rejected(r, st.api.max_body_bytes))?;
+    // An unknown vendor, or one without a secret, is refused before a byte
+    // of the body is read.
+    st.callbacks.admit(&vendor)?;
+    let headers = req.headers().clone();
+    let body = super::body::read_request(req, &st).await?;
     let headers: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
         .collect();
-    let out = st.callbacks.receive(&vendor, headers, body.to_vec()).await?;
+    let out = st.callbacks.receive(&vendor, headers, body.bytes).await?;
     Ok(axum::Json(match out {
         CallbackOutcome::Applied { request_id, status } => {
             WebhookReply { result: "applied", request_id: Some(request_id), status: Some(status.into()) }

@@ -18,6 +18,11 @@ pub fn apply_overlay(cfg: &mut Config, overlay: &Overlay) {
         let v = cfg.vendors.entry(id.clone()).or_default();
         if v.allowed_hosts.is_none() {
             v.allowed_hosts = o.allowed_hosts.clone();
+            // The private-address opt-in goes with the overlay's own grant
+            // (the mocks on 127.0.0.1), never with the operator's.
+            if v.allow_private_addresses.is_none() {
+                v.allow_private_addresses = o.allow_private_addresses;
+            }
         }
         if v.webhook_secrets.is_none() {
             v.webhook_secrets = o.webhook_secrets.clone();
@@ -43,6 +48,8 @@ pub async fn start_mocks(overlay: &mut Overlay) -> Result<Vec<MockHandle>, Start
         let h = mock::spawn(kind, listener, opts).await.map_err(StartError::Mock)?;
         let v = overlay.entry(id.to_string()).or_default();
         v.allowed_hosts = Some(vec![h.addr.to_string()]);
+        // The mocks listen on 127.0.0.1, a non-public address.
+        v.allow_private_addresses = Some(true);
         v.config = Some([("base_url".to_string(), h.base_url())].into_iter().collect());
         if kind == MockKind::Async {
             v.webhook_secrets = Some(vec![secret.clone()]);
@@ -51,4 +58,32 @@ pub async fn start_mocks(overlay: &mut Overlay) -> Result<Vec<MockHandle>, Start
         handles.push(h);
     }
     Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::VendorPolicy;
+
+    #[test]
+    fn the_mocks_private_address_opt_in_goes_only_with_their_grant() {
+        let mock = VendorPolicy {
+            allowed_hosts: Some(vec!["127.0.0.1:9001".into()]),
+            allow_private_addresses: Some(true),
+            ..VendorPolicy::default()
+        };
+        let overlay: Overlay = [("sync".to_string(), mock)].into_iter().collect();
+
+        let mut cfg = Config::default();
+        apply_overlay(&mut cfg, &overlay);
+        assert_eq!(cfg.vendor("sync").allowed_hosts, Some(vec!["127.0.0.1:9001".to_string()]));
+        assert_eq!(cfg.vendor("sync").allow_private_addresses, Some(true));
+
+        let mut cfg = Config::default();
+        let own = VendorPolicy { allowed_hosts: Some(vec!["api.vendor.example".into()]), ..VendorPolicy::default() };
+        cfg.vendors.insert("sync".into(), own);
+        apply_overlay(&mut cfg, &overlay);
+        assert_eq!(cfg.vendor("sync").allowed_hosts, Some(vec!["api.vendor.example".to_string()]));
+        assert_eq!(cfg.vendor("sync").allow_private_addresses, None, "the operator's grant got the mocks' opt-in");
+    }
 }

@@ -119,12 +119,12 @@ pub async fn run(
             consumer: format!("{}-{}", hostname(), std::process::id()),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
-        let sweeper = Sweeper {
-            queue: backends.queue.clone(),
-            store: backends.store.clone(),
-            settings: cfg.queue_settings.clone(),
-            retention: cfg.retention.clone(),
-        };
+        let sweeper = Sweeper::new(
+            backends.queue.clone(),
+            backends.store.clone(),
+            cfg.queue_settings.clone(),
+            cfg.retention.clone(),
+        );
         tasks.spawn(sweeper.run(stop_rx.clone()));
     }
 
@@ -184,7 +184,9 @@ pub async fn run(
         let _ = tokio::time::timeout(cfg.queue_settings.shutdown_grace, s).await;
     }
     let drain = async { while tasks.join_next().await.is_some() {} };
-    if tokio::time::timeout(cfg.queue_settings.shutdown_grace + std::time::Duration::from_secs(2), drain).await.is_err()
+    if tokio::time::timeout(cfg.queue_settings.shutdown_grace.saturating_add(std::time::Duration::from_secs(2)), drain)
+        .await
+        .is_err()
     {
         tracing::warn!("some tasks did not stop within the grace period");
     }

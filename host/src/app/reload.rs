@@ -46,3 +46,72 @@ pub async fn watch_config(path: PathBuf, policies: Arc<Policies>, overlay: Overl
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::config::{Config, Overrides};
+
+    /// Log output, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A reload with a value out of range keeps the running settings and
+    /// logs which key is wrong; the next good edit applies.
+    #[tokio::test] // one thread: the watcher logs to this thread's subscriber
+    async fn an_out_of_range_edit_keeps_the_old_settings_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        std::fs::write(&path, "[vendors.sync]\nrate = 5.0\n").unwrap();
+        let cfg =
+            Config::load_from(Some(&path), &Overrides::default(), std::iter::empty::<(String, String)>()).unwrap();
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let policies = Arc::new(Policies::new(cfg));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(watch_config(path.clone(), policies.clone(), Overlay::new(), stop_rx));
+        tokio::time::sleep(Duration::from_millis(200)).await; // it has read the file's first stamp
+
+        std::fs::write(&path, "[vendors.sync]\nrate = 0 # stalls every job\n").unwrap();
+        until("the refusal in the log", || captured.text().contains("configuration change ignored")).await;
+        let log = captured.text();
+        assert!(log.contains("vendors.sync.rate") && log.contains("vendorhost.toml"), "{log}");
+        assert_eq!(policies.config().vendor("sync").rate, Some(5.0), "the bad rate was applied");
+
+        std::fs::write(&path, "[vendors.sync]\nrate = 7.0\n").unwrap();
+        until("the good edit", || policies.config().vendor("sync").rate == Some(7.0)).await;
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+    }
+}

@@ -181,6 +181,9 @@ async fn call(
     let policy = CallPolicy {
         vendor: p.info.id.clone(),
         grants: Grants::new(&allow).map_err(|e| format!("--allow: {e}"))?,
+        // Only the IP literals --allow names are reachable among non-public addresses.
+        allow_private_addresses: false,
+        secret_headers: Vec::new(),
         memory_cap_bytes: 64 << 20,
         timeout: Duration::from_millis(timeout_ms),
         config: cfg,

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use crate::jobs::finish::{FinishError, Via, finish};
-use crate::model::{Outcome, Status, now_ms};
+use crate::model::{Outcome, Status, millis, now_ms};
 use crate::plugins::{CallError, Registry};
 use crate::policy::Policies;
 use crate::queue::{Queue, QueueError};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, WebhookClaim};
 use crate::telemetry;
 use crate::webhook::{self, Secret, WebhookError};
 
@@ -23,6 +23,12 @@ pub enum CallbackError {
     Signature(#[from] WebhookError),
     #[error("the webhook names no job of vendor {0:?}")]
     UnknownJob(String),
+    #[error("this webhook id is being applied by another request; retry shortly")]
+    InProgress,
+    #[error(
+        "the webhook names a vendor reference of {0:?} not recorded yet (the job may be just starting); retry shortly"
+    )]
+    NotYet(String),
     #[error("the plugin could not read the webhook: {0}")]
     Plugin(CallError),
     #[error(transparent)]
@@ -59,11 +65,103 @@ pub struct Callbacks {
     pub replay_window: std::time::Duration,
 }
 
+/// A vendor that may call back: its plugin, its policy, its secrets.
+type Trusted = (Arc<crate::plugins::loader::Plugin>, Arc<crate::policy::Resolved>, Vec<Secret>);
+
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
     headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
 }
 
+/// How long past the plugin's own deadline a webhook claim lasts (then a
+/// claim whose handler died lapses).
+const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// A webhook id claimed by this handler: released (forgotten) if the handler
+/// ends without applying it, also when it is cancelled (a request timeout, a
+/// client that went away), so the vendor's retry is not turned away.
+struct Claim {
+    store: Arc<dyn Store>,
+    vendor: String,
+    id: String,
+    held: bool,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let (store, vendor, id) = (self.store.clone(), std::mem::take(&mut self.vendor), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.forget_webhook(&vendor, &id).await {
+                    tracing::warn!(vendor, webhook_id = ?id, error = %e, "could not release a webhook id; it lapses by itself");
+                }
+            });
+        }
+    }
+}
+
 impl Callbacks {
+    /// The checks that need no body: `vendor` is a loaded plugin with a
+    /// webhook secret. The API runs this before it reads the body, so a
+    /// stranger's callback to a made-up vendor costs no memory (and shows in
+    /// metrics under `vendor="unknown"`, never under its own name).
+    pub fn admit(&self, vendor: &str) -> Result<(), CallbackError> {
+        let result = self.trusted(vendor, false).map(|_| ());
+        if let Err(e) = &result {
+            self.count(vendor, Err(e));
+        }
+        result
+    }
+
+    /// The plugin, its policy and its usable secrets (invalid ones are
+    /// logged when `warn`).
+    fn trusted(&self, vendor: &str, warn: bool) -> Result<Trusted, CallbackError> {
+        let plugin = self.registry.get(vendor).ok_or_else(|| CallbackError::UnknownVendor(vendor.to_string()))?;
+        let policy = self.policies.for_plugin(&plugin);
+        let secrets: Vec<Secret> = policy
+            .webhook_secrets
+            .iter()
+            .filter_map(|s| match Secret::parse(s) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    if warn {
+                        tracing::warn!(vendor, error = %e, "ignoring an invalid webhook secret");
+                    }
+                    None
+                }
+            })
+            .collect();
+        if secrets.is_empty() {
+            return Err(CallbackError::NoSecret(vendor.to_string()));
+        }
+        Ok((plugin, policy, secrets))
+    }
+
+    /// Counts one webhook by result. The vendor label is the vendor's id only
+    /// if it is a loaded plugin: labels never come from the URL alone.
+    fn count(&self, vendor: &str, result: Result<&CallbackOutcome, &CallbackError>) {
+        let label = match result {
+            Ok(CallbackOutcome::Applied { .. }) => "applied",
+            Ok(CallbackOutcome::AlreadyFinished { .. }) => "already_finished",
+            Ok(CallbackOutcome::Duplicate) => "replay",
+            Err(CallbackError::Signature(e)) => e.reason(),
+            Err(CallbackError::NoSecret(_)) => "no_secret",
+            Err(CallbackError::UnknownVendor(_)) => "unknown_vendor",
+            Err(CallbackError::UnknownJob(_)) => "unknown_job",
+            Err(CallbackError::InProgress) => "in_progress",
+            Err(CallbackError::NotYet(_)) => "not_yet",
+            Err(CallbackError::Plugin(_)) => "unparsable",
+            Err(CallbackError::Store(_)) => "store_error",
+            Err(CallbackError::Queue(_)) => "queue_error",
+        };
+        let accepted = matches!(result, Ok(CallbackOutcome::Applied { .. } | CallbackOutcome::AlreadyFinished { .. }));
+        let name = if accepted { telemetry::WEBHOOKS_ACCEPTED } else { telemetry::WEBHOOKS_REJECTED };
+        let vendor = if self.registry.get(vendor).is_some() { vendor.to_string() } else { "unknown".to_string() };
+        metrics::counter!(name, "vendor" => vendor, "reason" => label).increment(1);
+    }
+
     /// `headers` with lowercase names.
     pub async fn receive(
         &self,
@@ -72,21 +170,7 @@ impl Callbacks {
         body: Vec<u8>,
     ) -> Result<CallbackOutcome, CallbackError> {
         let result = self.receive_inner(vendor, headers, body).await;
-        let label = match &result {
-            Ok(CallbackOutcome::Applied { .. }) => "applied",
-            Ok(CallbackOutcome::AlreadyFinished { .. }) => "already_finished",
-            Ok(CallbackOutcome::Duplicate) => "replay",
-            Err(CallbackError::Signature(e)) => e.reason(),
-            Err(CallbackError::NoSecret(_)) => "no_secret",
-            Err(CallbackError::UnknownVendor(_)) => "unknown_vendor",
-            Err(CallbackError::UnknownJob(_)) => "unknown_job",
-            Err(CallbackError::Plugin(_)) => "unparsable",
-            Err(CallbackError::Store(_)) => "store_error",
-            Err(CallbackError::Queue(_)) => "queue_error",
-        };
-        let accepted = matches!(result, Ok(CallbackOutcome::Applied { .. } | CallbackOutcome::AlreadyFinished { .. }));
-        let name = if accepted { telemetry::WEBHOOKS_ACCEPTED } else { telemetry::WEBHOOKS_REJECTED };
-        metrics::counter!(name, "vendor" => vendor.to_string(), "reason" => label).increment(1);
+        self.count(vendor, result.as_ref());
         result
     }
 
@@ -96,22 +180,7 @@ impl Callbacks {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<CallbackOutcome, CallbackError> {
-        let plugin = self.registry.get(vendor).ok_or_else(|| CallbackError::UnknownVendor(vendor.to_string()))?;
-        let policy = self.policies.for_plugin(&plugin);
-        let secrets: Vec<Secret> = policy
-            .webhook_secrets
-            .iter()
-            .filter_map(|s| match Secret::parse(s) {
-                Ok(k) => Some(k),
-                Err(e) => {
-                    tracing::warn!(vendor, error = %e, "ignoring an invalid webhook secret");
-                    None
-                }
-            })
-            .collect();
-        if secrets.is_empty() {
-            return Err(CallbackError::NoSecret(vendor.to_string()));
-        }
+        let (plugin, policy, secrets) = self.trusted(vendor, true)?;
         let id = header(&headers, "webhook-id");
         webhook::verify(
             &secrets,
@@ -123,17 +192,28 @@ impl Callbacks {
             policy.webhook_tolerance,
         )?;
         let id = id.unwrap_or_default().to_string();
-        let expires = now_ms() + self.replay_window.as_millis() as i64;
-        if !self.store.remember_webhook(vendor, &id, expires).await? {
-            tracing::warn!(vendor, webhook_id = %id, "webhook replay refused");
-            return Ok(CallbackOutcome::Duplicate);
-        }
-        let result = self.apply(vendor, &plugin, policy.call.clone(), headers, body).await;
-        if result.is_err() {
-            // Not applied: let the vendor's retry of this id through.
-            if let Err(e) = self.store.forget_webhook(vendor, &id).await {
-                tracing::warn!(vendor, webhook_id = %id, error = %e, "could not forget a failed webhook id");
+        // The id is claimed while the webhook is applied and marked done only
+        // once the job's state is written: a crash in between leaves a claim
+        // that lapses (the vendor's retry then applies it), never an id that
+        // turns the retry away as a duplicate.
+        let claim_until = now_ms().saturating_add(millis(policy.call.timeout + CLAIM_MARGIN));
+        match self.store.claim_webhook(vendor, &id, claim_until).await? {
+            WebhookClaim::New => {}
+            WebhookClaim::InProgress => return Err(CallbackError::InProgress),
+            WebhookClaim::Done => {
+                tracing::warn!(vendor, webhook_id = ?id, "webhook replay refused");
+                return Ok(CallbackOutcome::Duplicate);
             }
+        }
+        let mut claim = Claim { store: self.store.clone(), vendor: vendor.to_string(), id: id.clone(), held: true };
+        crate::failpoint::hit("webhook.applying").await;
+        let result = self.apply(vendor, &plugin, policy.call.clone(), headers, body).await;
+        // Not applied (an error): dropping `claim` lets the vendor's retry of
+        // this id through.
+        if result.is_ok() {
+            let expires = now_ms().saturating_add(millis(self.replay_window));
+            self.store.complete_webhook(vendor, &id, expires).await?;
+            claim.held = false;
         }
         result
     }
@@ -160,7 +240,9 @@ impl Callbacks {
                     .store
                     .find_by_vendor_ref(vendor, r)
                     .await?
-                    .ok_or_else(|| CallbackError::UnknownJob(vendor.to_string()))?,
+                    // The vendor may call back before the worker has stored
+                    // the reference its call returned: a retry will find it.
+                    .ok_or_else(|| CallbackError::NotYet(vendor.to_string()))?,
                 None => return Err(CallbackError::UnknownJob(vendor.to_string())),
             }
         };

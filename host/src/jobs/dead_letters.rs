@@ -38,7 +38,7 @@ impl DeadLetters {
         };
         if self.store.reopen(&request_id, now_ms()).await? {
             self.queue.enqueue(&[Message::new(&request_id, &vendor)]).await?;
-            self.store.mark_queued(std::slice::from_ref(&request_id)).await?;
+            self.store.mark_queued(std::slice::from_ref(&request_id), now_ms()).await?;
             tracing::info!(request_id = %request_id, vendor = %vendor, dead_letter = id, "dead job replayed");
         }
         self.queue.remove_dead_letter(id).await?;

@@ -59,7 +59,7 @@ pub async fn finish(
             }
             Outcome::Failed { error } => {
                 metrics::counter!(telemetry::JOBS_FAILED, "vendor" => vendor.to_string()).increment(1);
-                tracing::warn!(request_id, vendor, via = via.as_str(), error = %error, "job failed");
+                tracing::warn!(request_id, vendor, via = via.as_str(), error = %telemetry::one_line(error), "job failed");
             }
         }
     }

@@ -65,9 +65,14 @@ impl JobService {
                 // A crash between these two leaves a `pending` job not marked
                 // queued: the sweeper enqueues it.
                 self.queue.enqueue(&[Message::new(&job.request_id, &job.vendor)]).await?;
-                self.store.mark_queued(std::slice::from_ref(&job.request_id)).await?;
+                self.store.mark_queued(std::slice::from_ref(&job.request_id), now_ms()).await?;
             }
             Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false }),
+            Inserted::Recovered { request_id } => {
+                self.queue.enqueue(&[Message::new(&request_id, &job.vendor)]).await?;
+                self.store.mark_queued(std::slice::from_ref(&request_id), now_ms()).await?;
+                return Ok(Submitted { request_id, created: false });
+            }
             Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
         }
         metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);

@@ -2,34 +2,52 @@
 //!
 //! - `pending` jobs never recorded as queued (a crash between the store write
 //!   and the enqueue) are enqueued;
+//! - `pending` or `processing` jobs overdue by more than `recover_after` whose
+//!   queue entry is gone (a Redis that lost its data, a deleted row) are
+//!   enqueued again; the store is the source of truth, the queue an index;
 //! - accepted async jobs whose webhook never came fail at their deadline;
 //! - finished jobs, dead letters, webhook ids and idempotency keys past their
 //!   retention are deleted;
 //! - queue depth gauges are refreshed.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::config::{QueueSettings, RetentionSettings};
 use crate::jobs::finish::{Via, finish};
-use crate::model::{Outcome, millis, now_ms};
+use crate::model::{Millis, Outcome, millis, now_ms};
 use crate::queue::{Message, Queue};
 use crate::shutdown;
 use crate::store::Store;
 use crate::telemetry;
 
 const BATCH: usize = 500;
+/// Pages of overdue candidates checked per round: a large healthy backlog is
+/// walked over several rounds, from where the last one stopped.
+const RECOVERY_PAGES: usize = 20;
 
 pub struct Sweeper {
-    pub queue: Arc<dyn Queue>,
-    pub store: Arc<dyn Store>,
-    pub settings: QueueSettings,
-    pub retention: RetentionSettings,
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn Store>,
+    settings: QueueSettings,
+    retention: RetentionSettings,
+    /// Where the walk over overdue jobs stopped (due time, job id).
+    cursor: Mutex<Option<(Millis, String)>>,
 }
 
 impl Sweeper {
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        store: Arc<dyn Store>,
+        settings: QueueSettings,
+        retention: RetentionSettings,
+    ) -> Self {
+        Sweeper { queue, store, settings, retention, cursor: Mutex::new(None) }
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.settings.sweep_interval);
+        // A zero period would panic (configuration refuses it; this is the backstop).
+        let mut tick = tokio::time::interval(self.settings.sweep_interval.max(std::time::Duration::from_millis(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_purge = tokio::time::Instant::now();
         while shutdown::next_tick(&mut tick, &mut shutdown).await {
@@ -43,8 +61,46 @@ impl Sweeper {
         }
     }
 
+    /// Re-enqueues overdue jobs whose queue entry is gone; returns how many.
+    pub async fn recover_lost(&self) -> Result<usize, String> {
+        let now = now_ms();
+        let before = now.saturating_sub(millis(self.settings.recover_after));
+        let mut cursor = self.cursor.lock().map(|c| c.clone()).unwrap_or(None);
+        let mut recovered = 0;
+        for _ in 0..RECOVERY_PAGES {
+            let page = self.store.overdue(before, cursor.clone(), BATCH).await.map_err(|e| e.to_string())?;
+            let ids: Vec<String> = page.iter().map(|o| o.request_id.clone()).collect();
+            let present = self.queue.present(&ids).await.map_err(|e| e.to_string())?;
+            let lost: Vec<Message> = page
+                .iter()
+                .zip(&present)
+                .filter(|(_, here)| !**here)
+                .map(|(o, _)| Message::new(&o.request_id, &o.vendor))
+                .collect();
+            if !lost.is_empty() {
+                self.queue.enqueue(&lost).await.map_err(|e| e.to_string())?;
+                let ids: Vec<String> = lost.iter().map(|m| m.request_id.clone()).collect();
+                self.store.mark_queued(&ids, now).await.map_err(|e| e.to_string())?;
+                for m in &lost {
+                    tracing::warn!(request_id = %m.request_id, vendor = %m.vendor, "overdue job had no queue entry; re-enqueued");
+                }
+                metrics::counter!(telemetry::JOBS_RECOVERED).increment(lost.len() as u64);
+                recovered += lost.len();
+            }
+            cursor = if page.len() < BATCH { None } else { page.last().map(|o| (o.due_at, o.request_id.clone())) };
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if let Ok(mut c) = self.cursor.lock() {
+            *c = cursor;
+        }
+        Ok(recovered)
+    }
+
     /// One round of recovery; returns (re-enqueued, timed out).
     pub async fn sweep_once(&self) -> Result<(usize, usize), String> {
+        let recovered = self.recover_lost().await?;
         let now = now_ms();
         let before = now - millis(self.settings.sweep_after);
         let stranded = self.store.unqueued_pending(before, BATCH).await.map_err(|e| e.to_string())?;
@@ -52,7 +108,7 @@ impl Sweeper {
             let msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
             self.queue.enqueue(&msgs).await.map_err(|e| e.to_string())?;
             let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
-            self.store.mark_queued(&ids).await.map_err(|e| e.to_string())?;
+            self.store.mark_queued(&ids, now).await.map_err(|e| e.to_string())?;
             tracing::warn!(count = ids.len(), "sweeper enqueued pending jobs that had no queue entry");
             metrics::counter!(telemetry::SWEEPER_REQUEUED).increment(ids.len() as u64);
         }
@@ -71,7 +127,7 @@ impl Sweeper {
         if let Ok(d) = self.queue.depth().await {
             d.publish();
         }
-        Ok((stranded.len(), timed_out))
+        Ok((stranded.len() + recovered, timed_out))
     }
 
     pub async fn purge(&self) {

@@ -8,6 +8,7 @@
 //! attempt.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::model::{DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::{Policies, Resolved};
 use crate::queue::{Lease, Message, Queue};
-use crate::store::Store;
+use crate::store::{Attempt, Store};
 use crate::telemetry;
 
 /// Most entries leased in one round trip.
@@ -147,7 +148,8 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 /// (queue latency varies) would otherwise lose its place in line.
 async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Result<Duration, LimitError>> {
     let linger = if quota.rate.is_finite() && quota.rate > 0.0 {
-        Duration::from_secs_f64(0.5 / quota.rate).min(MAX_LINGER)
+        // A rate so small that 0.5/rate overflows a Duration lingers the most.
+        Duration::try_from_secs_f64(0.5 / quota.rate).unwrap_or(MAX_LINGER).min(MAX_LINGER)
     } else {
         Duration::ZERO
     };
@@ -191,13 +193,46 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
         }
     };
     let span = tracing::info_span!("job", request_id = %msg.request_id, vendor = %msg.vendor);
-    if let Err(e) = process(ctx, &lease, &msg).instrument(span.clone()).await {
-        // The backend failed us: leave the lease to expire so the job is
-        // delivered again; nothing is lost.
-        span.in_scope(
-            || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"),
-        );
-        metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
+    let outcome = held(ctx, &lease, &msg.request_id, process(ctx, &lease, &msg)).instrument(span.clone()).await;
+    match outcome {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            // The backend failed us: leave the lease to expire so the job is
+            // delivered again; nothing is lost.
+            span.in_scope(
+                || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"),
+            );
+            metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
+        }
+        None => {
+            span.in_scope(|| tracing::warn!("lease lost to another worker; this one stops acting for the job"));
+            metrics::counter!(telemetry::LEASES_LOST).increment(1);
+        }
+    }
+}
+
+/// Runs `work` while heartbeating its lease (and, once an attempt runs, the
+/// job's due time in the store) every third of the lease, for the whole
+/// time this worker holds the job. None if the lease was lost: `work` is
+/// dropped there (a running plugin call with it) and nothing more is done.
+async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Future<Output = T>) -> Option<T> {
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval((lease.lease_for / 3).max(Duration::from_millis(10)));
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    beat.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut work => return Some(r),
+            _ = beat.tick() => match ctx.queue.extend(lease).await {
+                Ok(true) => {
+                    if let Err(e) = ctx.store.hold(request_id, now_ms().saturating_add(millis(lease.lease_for))).await {
+                        tracing::warn!(error = %e, "could not extend the running job's due time");
+                    }
+                }
+                Ok(false) => return None,
+                Err(e) => tracing::warn!(error = %e, "could not extend the lease of a running job"),
+            },
+        }
     }
 }
 
@@ -276,9 +311,18 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         Gate::Wait { wait, why } => return delay(ctx, lease, msg, wait, why).await,
     };
 
-    let Some(job) = ctx.store.start_attempt(&msg.request_id, now_ms()).await? else {
-        ctx.queue.ack(lease).await?;
-        return Ok(());
+    let now = now_ms();
+    let job = match ctx.store.start_attempt(&msg.request_id, now, now.saturating_add(millis(lease.lease_for))).await? {
+        Attempt::Started(job) => job,
+        Attempt::Over => {
+            ctx.queue.ack(lease).await?;
+            return Ok(());
+        }
+        Attempt::Held { until } => {
+            // Another attempt still holds the job (a recovered entry, say):
+            // come back when its lease ends rather than run beside it.
+            return delay(ctx, lease, msg, Duration::from_millis((until - now).max(1) as u64), "held").await;
+        }
     };
     let input = JobInput {
         request_id: job.request_id.clone(),
@@ -287,23 +331,7 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         attempt: job.attempts,
     };
     let started = Instant::now();
-    let result = {
-        // Keep the lease alive while the call runs, however long the vendor takes.
-        let call = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input);
-        tokio::pin!(call);
-        let mut beat = tokio::time::interval(ctx.settings.lease / 3);
-        beat.tick().await;
-        loop {
-            tokio::select! {
-                r = &mut call => break r,
-                _ = beat.tick() => {
-                    if let Err(e) = ctx.queue.extend(&ctx.consumer, lease).await {
-                        tracing::warn!(error = %e, "could not extend the lease of a running job");
-                    }
-                }
-            }
-        }
-    };
+    let result = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input).await;
     let took = started.elapsed();
     let outcome_label = match &result {
         Ok(FetchOutcome::Complete(_)) => "complete",
@@ -392,13 +420,15 @@ async fn settle(
             if let CallError::Vendor(v) = &e
                 && let Some(ra) = v.retry_after()
             {
-                wait = wait.max(ra);
+                // The vendor's word is a floor, but not past the operator's cap.
+                wait = wait.max(ra.min(policy.max_retry_after));
             }
             let error = format!("attempt {} of {}: {e}", job.attempts, policy.max_attempts);
             tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
             metrics::counter!(telemetry::JOB_RETRIES, "vendor" => job.vendor.clone(), "kind" => e.kind()).increment(1);
-            ctx.store.record_error(&job.request_id, &error, now).await?;
-            ctx.queue.release(lease, msg, now.saturating_add(millis(wait))).await?;
+            let due = now.saturating_add(millis(wait));
+            ctx.store.record_error(&job.request_id, &error, now, due).await?;
+            ctx.queue.release(lease, msg, due).await?;
         }
         Err(e) => {
             let reason =

@@ -21,6 +21,8 @@ pub enum Fault {
     None,
     /// 429 with `Retry-After: retry_after_s`.
     RateLimit { retry_after_s: u64 },
+    /// 429 with `Retry-After: <HTTP date>` (written `429@<date>`).
+    RateLimitUntil { date: String },
     /// 500.
     ServerError,
     /// Never answers (the caller's timeout has to fire).
@@ -30,7 +32,7 @@ pub enum Fault {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown fault {0:?}; expected none|429|429:<secs>|500|hang|malformed")]
+#[error("unknown fault {0:?}; expected none|429|429:<secs>|429@<HTTP date>|500|hang|malformed")]
 pub struct ParseFaultError(String);
 
 impl FromStr for Fault {
@@ -44,6 +46,7 @@ impl FromStr for Fault {
             "500" => Fault::ServerError,
             "hang" => Fault::Hang,
             "malformed" => Fault::Malformed,
+            other if other.starts_with("429@") => Fault::RateLimitUntil { date: other[4..].to_string() },
             other => {
                 let secs = other.strip_prefix("429:").ok_or_else(bad)?;
                 Fault::RateLimit { retry_after_s: secs.parse().map_err(|_| bad())? }
@@ -57,6 +60,7 @@ impl fmt::Display for Fault {
         match self {
             Fault::None => f.write_str("none"),
             Fault::RateLimit { retry_after_s } => write!(f, "429:{retry_after_s}"),
+            Fault::RateLimitUntil { date } => write!(f, "429@{date}"),
             Fault::ServerError => f.write_str("500"),
             Fault::Hang => f.write_str("hang"),
             Fault::Malformed => f.write_str("malformed"),
@@ -183,6 +187,10 @@ pub(super) async fn respond(shared: &Shared, fault: &Fault) -> Option<Response> 
             let retry = [(header::RETRY_AFTER, retry_after_s.to_string())];
             (retry, error(StatusCode::TOO_MANY_REQUESTS, "rate limited")).into_response()
         }
+        Fault::RateLimitUntil { date } => {
+            let retry = [(header::RETRY_AFTER, date.clone())];
+            (retry, error(StatusCode::TOO_MANY_REQUESTS, "rate limited")).into_response()
+        }
         Fault::ServerError => error(StatusCode::INTERNAL_SERVER_ERROR, "internal vendor error").into_response(),
         Fault::Hang => {
             // Only shutdown ends this early; otherwise the caller's timeout fires first.
@@ -204,7 +212,7 @@ mod tests {
 
     #[test]
     fn parse_and_display_round_trip() {
-        for s in ["none", "429:7", "500", "hang", "malformed"] {
+        for s in ["none", "429:7", "429@Fri, 31 Dec 9999 23:59:59 GMT", "500", "hang", "malformed"] {
             assert_eq!(s.parse::<Fault>().unwrap().to_string(), s);
         }
         assert_eq!("429".parse::<Fault>().unwrap(), Fault::RateLimit { retry_after_s: 1 });

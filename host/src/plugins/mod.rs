@@ -7,6 +7,8 @@
 //!   holding the only capabilities a plugin gets.
 //! - `policy`: what one call may do (grants, memory cap, deadline, config).
 //! - `state`: per-call Store state (WASI context, memory cap, deadline).
+//! - `net`: where `http-send` connects: names resolved (injectable resolver)
+//!   and every address checked against private-address rules.
 //! - `caps`: the `host` imports (`http-send` in `caps/http`, `log`, `now`,
 //!   `config-get`).
 //! - `cache`: compiled components on disk, keyed by content and engine.
@@ -22,6 +24,7 @@ pub mod caps;
 pub mod engine;
 pub mod grants;
 pub mod loader;
+pub mod net;
 pub mod policy;
 pub mod registry;
 pub mod runtime;

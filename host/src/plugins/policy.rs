@@ -14,6 +14,14 @@ use super::grants::Grants;
 pub struct CallPolicy {
     pub vendor: String,
     pub grants: Grants,
+    /// May `http-send` reach non-public addresses (loopback, private,
+    /// link-local, CGNAT, cloud metadata, ...)? Without it only the IP
+    /// literals `grants` names are reachable among those.
+    pub allow_private_addresses: bool,
+    /// Lowercase names of request headers that carry credentials, besides
+    /// `authorization`, `cookie` and `proxy-authorization`: all are dropped
+    /// when a redirect leaves the request's origin.
+    pub secret_headers: Vec<String>,
     pub memory_cap_bytes: usize,
     pub timeout: Duration,
     /// `config-get` values; only this vendor's.
@@ -29,6 +37,8 @@ impl CallPolicy {
         CallPolicy {
             vendor: format!("(loading {file})"),
             grants: Grants::deny_all(),
+            allow_private_addresses: false,
+            secret_headers: Vec::new(),
             memory_cap_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
             timeout: Duration::from_secs(2),
             config: BTreeMap::new(),

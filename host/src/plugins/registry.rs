@@ -92,6 +92,10 @@ pub struct Registry {
     scan_lock: tokio::sync::Mutex<()>,
     /// Fires after every scan that changed something.
     changed: tokio::sync::watch::Sender<u64>,
+    /// `*.wasm` entries that cannot be read as files (a dangling symlink, a
+    /// directory), and why: each is warned about once, and forgotten when
+    /// it is gone or readable.
+    unusable: std::sync::Mutex<BTreeMap<PathBuf, String>>,
 }
 
 impl Registry {
@@ -103,6 +107,7 @@ impl Registry {
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             scan_lock: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::channel(0).0,
+            unusable: std::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -172,11 +177,14 @@ impl Registry {
         let _guard = self.scan_lock.lock().await;
         let old = self.snapshot.load_full();
         let found = match list_wasm(&self.dir) {
-            Ok(f) => f,
+            Ok((f, unusable)) => {
+                self.warn_unusable(unusable);
+                f
+            }
             Err(e) => {
                 // Keep serving what is loaded: a directory that is briefly
                 // gone (a volume remount) must not unload every vendor.
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot read plugins directory");
+                tracing::warn!(dir = ?self.dir, error = %e, "cannot read plugins directory");
                 return ScanReport::default();
             }
         };
@@ -199,7 +207,7 @@ impl Registry {
             {
                 work.plugins.remove(&vendor);
                 work.removed.insert(vendor.clone(), now_ms());
-                tracing::info!(vendor = %vendor, file = %file_name(&path), "plugin removed");
+                tracing::info!(vendor = %vendor, file = %telemetry::one_line(&file_name(&path)), "plugin removed");
                 work.report.removed.push(vendor);
                 work.changed = true;
             }
@@ -237,6 +245,24 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Warns once about each entry that looks like a plugin but cannot be
+    /// read; it is skipped (and any vendor it provided is removed).
+    fn warn_unusable(&self, now: BTreeMap<PathBuf, String>) {
+        let mut known = self.unusable.lock().unwrap_or_else(|p| p.into_inner());
+        for (path, why) in &now {
+            if known.get(path) != Some(why) {
+                tracing::warn!(
+                    file = %telemetry::one_line(&file_name(path)),
+                    reason = %telemetry::one_line(why),
+                    "plugin file skipped: it cannot be read"
+                );
+            }
+        }
+        *known = now;
+    }
+}
+
 /// The next snapshot, being built by one scan.
 struct Work {
     plugins: BTreeMap<String, Arc<Plugin>>,
@@ -257,14 +283,14 @@ impl Work {
         // Changed while it was read (a copy in progress): it is read again
         // when the writer's next event arrives, or after SETTLE.
         if file_sig(path).ok() != Some(sig) {
-            tracing::debug!(file = %name, "plugin file changed while being read; will retry");
+            tracing::debug!(file = %telemetry::one_line(&name), "plugin file changed while being read; will retry");
             self.report.pending.push(name);
             return;
         }
         let plugin = match result {
             Ok(p) => p,
             Err(e) if self.defer_fresh && is_fresh(&sig) => {
-                tracing::debug!(file = %name, error = %e, "fresh plugin file does not load yet; retrying once it is still");
+                tracing::debug!(file = %telemetry::one_line(&name), error = %telemetry::one_line(&e.to_string()), "fresh plugin file does not load yet; retrying once it is still");
                 self.report.pending.push(name);
                 return;
             }
@@ -288,14 +314,14 @@ impl Work {
         {
             self.plugins.remove(&prev);
             self.removed.insert(prev.clone(), now_ms());
-            tracing::info!(vendor = %prev, file = %name, "plugin removed (its file now provides another vendor)");
+            tracing::info!(vendor = %prev, file = %telemetry::one_line(&name), "plugin removed (its file now provides another vendor)");
             self.report.removed.push(prev);
         }
         let old_version = self.plugins.get(&id).map(|p| p.info.version.clone());
         tracing::info!(
             vendor = %id,
-            file = %name,
-            version = %plugin.info.version,
+            file = %telemetry::one_line(&name),
+            version = %telemetry::one_line(&plugin.info.version),
             previous_version = old_version.as_deref().unwrap_or("-"),
             mode = plugin.info.mode.as_str(),
             source = ?plugin.source,
@@ -321,7 +347,7 @@ impl Work {
         reason: String,
     ) {
         let name = file_name(path);
-        tracing::warn!(file = %name, reason = %reason, still_serving = previous.as_deref().unwrap_or("-"), "plugin rejected");
+        tracing::warn!(file = %telemetry::one_line(&name), reason = %telemetry::one_line(&reason), still_serving = previous.as_deref().unwrap_or("-"), "plugin rejected");
         metrics::counter!(telemetry::PLUGINS_REJECTED).increment(1);
         let r = Rejected { file: name, reason };
         self.report.rejected.push(r.clone());
@@ -354,10 +380,16 @@ fn file_sig(path: &Path) -> std::io::Result<FileSig> {
     Ok(FileSig { len: meta.len(), modified: meta.modified().ok(), inode })
 }
 
+/// Readable plugin files, and unreadable entries with why.
+type Listing = (Vec<(PathBuf, FileSig)>, BTreeMap<PathBuf, String>);
+
 /// `*.wasm` files directly in `dir` (dotfiles skipped: a copy in progress
-/// should be written as `.name.wasm` or `name.wasm.tmp`, then renamed).
-fn list_wasm(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileSig)>> {
+/// should be written as `.name.wasm` or `name.wasm.tmp`, then renamed), and
+/// the `*.wasm` entries that are not readable files (a dangling symlink, a
+/// directory), with why.
+fn list_wasm(dir: &Path) -> std::io::Result<Listing> {
     let mut out = Vec::new();
+    let mut unusable = BTreeMap::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().to_string();
@@ -365,9 +397,17 @@ fn list_wasm(dir: &Path) -> std::io::Result<Vec<(PathBuf, FileSig)>> {
             continue;
         }
         let path = entry.path();
-        let Ok(sig) = file_sig(&path) else { continue };
-        out.push((path, sig));
+        match file_sig(&path) {
+            Ok(sig) => out.push((path, sig)),
+            Err(e) => {
+                let why = match std::fs::symlink_metadata(&path) {
+                    Ok(m) if m.file_type().is_symlink() => format!("a symlink whose target cannot be read: {e}"),
+                    _ => e.to_string(),
+                };
+                unusable.insert(path, why);
+            }
+        }
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok((out, unusable))
 }

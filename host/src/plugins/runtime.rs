@@ -7,20 +7,27 @@ use std::time::{Duration, Instant};
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{VendorPluginPre, types as wit};
-use super::caps::http;
 use super::engine::PluginEngine;
+use super::net::Outbound;
 use super::policy::CallPolicy;
 use super::state::State;
 use super::types::{CallError, FetchOutcome, JobInput, VendorInfo, WebhookOutcome};
 
 pub struct Runtime {
     pub engine: PluginEngine,
-    http: reqwest::Client,
+    http: Outbound,
 }
 
 impl Runtime {
     pub fn new() -> anyhow::Result<Runtime> {
-        Ok(Runtime { engine: PluginEngine::new()?, http: http::client() })
+        Ok(Runtime { engine: PluginEngine::new()?, http: Outbound::new() })
+    }
+
+    /// The same engine (plugins loaded by `self` run here too), with names in
+    /// `http-send` resolved by `resolver`: a test can make a granted name
+    /// resolve to 127.0.0.1. The addresses it returns are still checked.
+    pub fn with_resolver(&self, resolver: Arc<dyn reqwest::dns::Resolve>) -> Runtime {
+        Runtime { engine: self.engine.clone(), http: Outbound::with_resolver(resolver) }
     }
 
     /// The process-wide runtime: one Engine (and one instance pool, one
@@ -126,7 +133,7 @@ fn log_output(store: &Store<State>) {
     let s = store.data();
     let out = s.stdout_text();
     if !out.is_empty() {
-        tracing::info!(target: "plugin", vendor = %s.policy.vendor, request_id = %s.request_id, stdout = %out);
+        tracing::info!(target: "plugin", vendor = %s.policy.vendor, request_id = %s.request_id, stdout = %crate::telemetry::one_line(&out));
     }
 }
 
@@ -156,7 +163,7 @@ fn finish<R>(
             None if !stderr.is_empty() => format!("{trap}: {}", tail(&stderr, 500)),
             None => trap.to_string(),
         };
-        tracing::warn!(vendor = %state.policy.vendor, request_id = %state.request_id, error = %message, "plugin trapped");
+        tracing::warn!(vendor = %state.policy.vendor, request_id = %state.request_id, error = %crate::telemetry::one_line(&message), "plugin trapped");
         return Err(CallError::Trap { message });
     }
     let text = format!("{err:#}");

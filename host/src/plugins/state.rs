@@ -11,6 +11,7 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::net::Outbound;
 use super::policy::CallPolicy;
 
 /// Bytes of a plugin's stdout/stderr kept per call (for logs and trap messages).
@@ -21,7 +22,7 @@ pub struct State {
     pub(crate) table: ResourceTable,
     pub(crate) limits: MemoryCap,
     pub(crate) policy: Arc<CallPolicy>,
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: Outbound,
     pub(crate) request_id: String,
     pub(crate) deadline: Instant,
     pub(crate) stdout: MemoryOutputPipe,
@@ -29,7 +30,7 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(policy: Arc<CallPolicy>, http: reqwest::Client, request_id: String, deadline: Instant) -> State {
+    pub fn new(policy: Arc<CallPolicy>, http: Outbound, request_id: String, deadline: Instant) -> State {
         let stdout = MemoryOutputPipe::new(PIPE_CAPACITY);
         let stderr = MemoryOutputPipe::new(PIPE_CAPACITY);
         // No args, no env, no preopens, no network: an empty context whose

@@ -42,7 +42,7 @@ pub async fn watch(registry: Arc<Registry>, shutdown: impl std::future::Future<O
         Ok(mut w) => match w.watch(registry.dir(), RecursiveMode::NonRecursive) {
             Ok(()) => Some(w),
             Err(e) => {
-                tracing::warn!(dir = %registry.dir().display(), error = %e, "cannot watch plugins directory; polling every {POLL:?}");
+                tracing::warn!(dir = ?registry.dir(), error = %e, "cannot watch plugins directory; polling every {POLL:?}");
                 None
             }
         },

@@ -61,7 +61,13 @@ impl Message {
 }
 
 /// One leased delivery. Until it is acked or released, no other consumer gets
-/// it; if the holder dies, it is delivered again after the lease.
+/// it; if the holder dies (or stalls past the lease), it is delivered again.
+///
+/// A lease is fenced: `consumer` and `token` name this holding, and `token`
+/// only increases for an entry. `ack`, `release`, `extend` and the queue
+/// part of `dead_letter` act only while the holding is still the entry's
+/// current one, so a holder whose lease ran out cannot undo the work of the
+/// one that took over.
 #[derive(Debug, Clone)]
 pub struct Lease {
     /// The backend's id of this entry (stream id, row id).
@@ -72,6 +78,10 @@ pub struct Lease {
     pub deliveries: u32,
     /// The lease it was taken with (what `extend` renews).
     pub lease_for: Duration,
+    /// Who holds it.
+    pub consumer: String,
+    /// This holding's fencing token.
+    pub token: u64,
 }
 
 #[async_trait]
@@ -83,20 +93,29 @@ pub trait Queue: Send + Sync + 'static {
     /// for the first. Entries whose lease expired are delivered again here.
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>>;
 
-    /// Keeps a lease alive while its job is still being worked on (a long
-    /// vendor call): renews it, from now, for the lease it was taken with.
-    async fn extend(&self, consumer: &str, lease: &Lease) -> Result<()>;
+    /// Keeps a lease alive while its job is still being worked on: renews
+    /// it, from now, for the lease it was taken with. False if the lease is
+    /// no longer this holder's (it ran out and another consumer took the
+    /// entry, or the entry is gone): the holder must stop acting for it.
+    async fn extend(&self, lease: &Lease) -> Result<bool>;
 
-    /// Done with an entry: it will not be delivered again.
+    /// Done with an entry: it will not be delivered again. A no-op if the
+    /// lease is no longer held.
     async fn ack(&self, lease: &Lease) -> Result<()>;
 
     /// Gives an entry back, to be delivered again at `due` (epoch ms). Its
     /// delivery count starts over: a release is a living worker's decision,
-    /// not a crash.
+    /// not a crash. A no-op if the lease is no longer held.
     async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()>;
 
-    /// Moves an entry to the dead-letter queue (and acks it).
+    /// Records a dead letter and, with a lease that is still held, removes
+    /// its entry (the letter is recorded either way: the job did die).
     async fn dead_letter(&self, lease: Option<&Lease>, letter: DeadLetter) -> Result<()>;
+
+    /// For each job id, whether the queue holds an entry for it (ready,
+    /// delayed or leased). The sweeper re-enqueues overdue jobs that have
+    /// none (an entry lost with a wiped Redis, say).
+    async fn present(&self, request_ids: &[String]) -> Result<Vec<bool>>;
 
     /// Dead letters, oldest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;

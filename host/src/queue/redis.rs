@@ -9,6 +9,13 @@
 //!   A Lua script moves due members onto the stream atomically.
 //! - `{p}:dead` (hash id → JSON) and `{p}:dead:at` (sorted set id → died_at):
 //!   dead letters, listed oldest first and purged by age.
+//! - `{p}:present`: a set of the job ids that have an entry (waiting, delayed
+//!   or leased), kept in the same atomic step as the entry itself; the
+//!   sweeper asks it which overdue jobs lost their entry.
+//!
+//! Leases are fenced by the pending entry's owner and delivery count (which
+//! only grows for an entry; a release makes a new entry): the scripts below
+//! act on an entry only while XPENDING still names the caller's holding.
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
@@ -20,6 +27,7 @@ use std::time::Duration;
 use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
 use crate::model::{DeadLetter, Millis, now_ms};
 use crate::redis_conn::RedisConn;
+use crate::telemetry;
 
 const GROUP: &str = "workers";
 /// Delayed entries moved per script call (bounds the script's run time).
@@ -48,6 +56,45 @@ if nxt[2] then next_due = nxt[2] end
 return {#due, next_due}
 "#;
 
+/// Is the pending entry ARGV[2] of group ARGV[1] still held by consumer
+/// ARGV[3] at delivery count ARGV[4]? (Prefix of the fenced scripts.)
+const HELD_LUA: &str = r#"
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+local held = #p > 0 and p[1][2] == ARGV[3] and tonumber(p[1][4]) == tonumber(ARGV[4])
+"#;
+
+/// Fenced ack: KEYS = stream, present; ARGV[5] = job id ('' if none).
+const ACK_LUA: &str = r#"
+if not held then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' then redis.call('SREM', KEYS[2], ARGV[5]) end
+return 1
+"#;
+
+/// Fenced extend: resets the entry's idle time (XCLAIM by its holder).
+const EXTEND_LUA: &str = r#"
+if not held then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[3], 0, ARGV[2], 'JUSTID')
+return 1
+"#;
+
+/// Fenced release: KEYS = stream, delayed, present; ARGV[5] = payload,
+/// ARGV[6] = due ms, ARGV[7] = now ms, ARGV[8] = delayed member, ARGV[9] = job
+/// id. A new entry replaces the held one (delivery count 1).
+const RELEASE_LUA: &str = r#"
+if not held then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if tonumber(ARGV[6]) <= tonumber(ARGV[7]) then
+  redis.call('XADD', KEYS[1], '*', 'm', ARGV[5])
+else
+  redis.call('ZADD', KEYS[2], ARGV[6], ARGV[8])
+end
+if ARGV[9] ~= '' then redis.call('SADD', KEYS[3], ARGV[9]) end
+return 1
+"#;
+
 /// Drops up to ARGV[2] dead letters that died before ARGV[1].
 const PURGE_DEAD_LUA: &str = r#"
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
@@ -63,6 +110,7 @@ struct Keys {
     delayed: String,
     dead: String,
     dead_at: String,
+    present: String,
 }
 
 pub struct RedisQueue {
@@ -77,6 +125,9 @@ pub struct RedisQueue {
     claim_cursor: Mutex<String>,
     promote: Script,
     purge_dead: Script,
+    ack: Script,
+    extend: Script,
+    release: Script,
 }
 
 impl RedisQueue {
@@ -97,10 +148,14 @@ impl RedisQueue {
                 delayed: format!("{prefix}:delayed"),
                 dead: format!("{prefix}:dead"),
                 dead_at: format!("{prefix}:dead:at"),
+                present: format!("{prefix}:present"),
             },
             claim_cursor: Mutex::new("0-0".into()),
             promote: Script::new(PROMOTE_LUA),
             purge_dead: Script::new(PURGE_DEAD_LUA),
+            ack: Script::new(&format!("{HELD_LUA}{ACK_LUA}")),
+            extend: Script::new(&format!("{HELD_LUA}{EXTEND_LUA}")),
+            release: Script::new(&format!("{HELD_LUA}{RELEASE_LUA}")),
         };
         queue.ensure_group().await?;
         Ok(queue)
@@ -182,7 +237,9 @@ impl RedisQueue {
             .zip(counts)
             .map(|((entry_id, payload), count)| {
                 let deliveries = count.ids.first().map(|p| p.times_delivered).unwrap_or(1);
-                Lease { entry_id, payload, deliveries: deliveries.clamp(1, u32::MAX as usize) as u32, lease_for: lease }
+                let deliveries = deliveries.clamp(1, u32::MAX as usize) as u32;
+                let consumer = consumer.to_string();
+                Lease { entry_id, payload, deliveries, lease_for: lease, consumer, token: u64::from(deliveries) }
             })
             .collect())
     }
@@ -217,8 +274,23 @@ impl RedisQueue {
         Ok(entries
             .unwrap_or_default()
             .into_iter()
-            .map(|e| Lease { payload: payload_of(&e), entry_id: e.id, deliveries: 1, lease_for: lease })
+            .map(|e| Lease {
+                payload: payload_of(&e),
+                entry_id: e.id,
+                deliveries: 1,
+                lease_for: lease,
+                consumer: consumer.to_string(),
+                token: 1,
+            })
             .collect())
+    }
+
+    /// A fenced script's invocation with its holding arguments (the stream
+    /// key and the rest follow).
+    fn fenced<'a>(&self, script: &'a Script, lease: &Lease) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(GROUP).arg(&lease.entry_id).arg(&lease.consumer).arg(lease.token);
+        inv
     }
 
     async fn blocking_conn(&self) -> Result<MultiplexedConnection> {
@@ -238,20 +310,15 @@ impl RedisQueue {
     {
         match f().await {
             Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                // The stream and its group are gone: Redis lost its data (or
+                // someone deleted the key). Entries are lost with it; the
+                // sweeper re-enqueues their jobs from the store.
+                tracing::warn!(stream = %self.keys.jobs, "the queue's consumer group vanished; recreating it");
+                metrics::counter!(telemetry::QUEUE_GROUP_RECREATED).increment(1);
                 self.ensure_group().await?;
                 f().await
             }
             other => other,
-        }
-    }
-
-    /// Adds a payload to the pipe: straight onto the stream if due, else delayed.
-    fn add_at(&self, pipe: &mut redis::Pipeline, payload: &str, due: Millis) {
-        if due <= now_ms() {
-            pipe.xadd(&self.keys.jobs, "*", &[("m", payload)]).ignore();
-        } else {
-            let member = format!("{}|{payload}", uuid::Uuid::new_v4().simple());
-            pipe.zadd(&self.keys.delayed, member, due).ignore();
         }
     }
 }
@@ -262,8 +329,10 @@ impl Queue for RedisQueue {
         let mut conn = self.conn.clone();
         for chunk in msgs.chunks(ENQUEUE_BATCH) {
             let mut pipe = redis::pipe();
+            pipe.atomic();
             for m in chunk {
                 pipe.xadd(&self.keys.jobs, "*", &[("m", m.encode())]).ignore();
+                pipe.sadd(&self.keys.present, &m.request_id).ignore();
             }
             let _: () = pipe.query_async(&mut conn).await?;
         }
@@ -292,42 +361,41 @@ impl Queue for RedisQueue {
         Ok(out)
     }
 
-    async fn extend(&self, consumer: &str, lease: &Lease) -> Result<()> {
-        // XCLAIM with min-idle 0 by the holder resets the entry's idle time,
-        // so XAUTOCLAIM (which reclaims entries idle past the lease every
-        // consumer is configured with) leaves it for another lease.
-        let _: redis::Value = redis::cmd("XCLAIM")
-            .arg(&self.keys.jobs)
-            .arg(GROUP)
-            .arg(consumer)
-            .arg(0)
-            .arg(&lease.entry_id)
-            .arg("JUSTID")
-            .query_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+    async fn extend(&self, lease: &Lease) -> Result<bool> {
+        // Resetting the idle time makes XAUTOCLAIM (which reclaims entries
+        // idle past the lease every consumer is configured with) leave it.
+        let held: i64 =
+            self.fenced(&self.extend, lease).key(&self.keys.jobs).invoke_async(&mut self.conn.clone()).await?;
+        Ok(held == 1)
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let id = [&lease.entry_id];
-        let _: () = redis::pipe()
-            .atomic()
-            .xack(&self.keys.jobs, GROUP, &id)
-            .ignore()
-            .xdel(&self.keys.jobs, &id)
-            .ignore()
-            .query_async(&mut self.conn.clone())
+        let job = Message::decode(&lease.payload).map(|m| m.request_id).unwrap_or_default();
+        let _: i64 = self
+            .fenced(&self.ack, lease)
+            .key(&self.keys.jobs)
+            .key(&self.keys.present)
+            .arg(job)
+            .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()> {
-        // A new entry (delivery count 1) replaces the old one, atomically.
-        let id = [&lease.entry_id];
-        let mut pipe = redis::pipe();
-        pipe.atomic().xack(&self.keys.jobs, GROUP, &id).ignore().xdel(&self.keys.jobs, &id).ignore();
-        self.add_at(&mut pipe, &msg.encode(), due);
-        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        let payload = msg.encode();
+        let member = format!("{}|{payload}", uuid::Uuid::new_v4().simple());
+        let _: i64 = self
+            .fenced(&self.release, lease)
+            .key(&self.keys.jobs)
+            .key(&self.keys.delayed)
+            .key(&self.keys.present)
+            .arg(payload)
+            .arg(due)
+            .arg(now_ms())
+            .arg(member)
+            .arg(&msg.request_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
         Ok(())
     }
 
@@ -342,12 +410,23 @@ impl Queue for RedisQueue {
             .ignore()
             .zadd(&self.keys.dead_at, &letter.id, letter.died_at)
             .ignore();
-        if let Some(lease) = lease {
-            let id = [&lease.entry_id];
-            pipe.xack(&self.keys.jobs, GROUP, &id).ignore().xdel(&self.keys.jobs, &id).ignore();
-        }
         let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        if let Some(lease) = lease {
+            self.ack(lease).await?;
+        }
         Ok(())
+    }
+
+    async fn present(&self, request_ids: &[String]) -> Result<Vec<bool>> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let found: Vec<bool> = redis::cmd("SMISMEMBER")
+            .arg(&self.keys.present)
+            .arg(request_ids)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(found)
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {

@@ -33,8 +33,11 @@ impl From<DbError> for QueueError {
     }
 }
 
-fn entry_id(lease: &Lease) -> Result<i64> {
-    lease.entry_id.parse().map_err(|_| QueueError::Other(format!("bad sqlite entry id {:?}", lease.entry_id)))
+/// The row and fencing token a lease holds.
+fn held(lease: &Lease) -> Result<(i64, i64)> {
+    let id =
+        lease.entry_id.parse().map_err(|_| QueueError::Other(format!("bad sqlite entry id {:?}", lease.entry_id)))?;
+    Ok((id, i64::try_from(lease.token).unwrap_or(i64::MAX)))
 }
 
 #[async_trait]
@@ -55,7 +58,7 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
-    async fn lease(&self, _consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
+    async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
         let give_up = tokio::time::Instant::now() + wait;
         loop {
             // Register for the wake-up before looking, so an enqueue that
@@ -64,15 +67,16 @@ impl Queue for SqliteQueue {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = now_ms();
-            let lease_ms = lease.as_millis() as i64;
+            let lease_ms = millis(lease);
+            let consumer = consumer.to_string();
             let (got, next_visible) = self
                 .db
                 .write(move |c| {
                     let rows: Vec<Lease> = c
                         .prepare_cached(
-                            "UPDATE queue SET visible_at = ?1 + ?2, deliveries = deliveries + 1, leased = 1
+                            "UPDATE queue SET visible_at = ?1 + ?2, deliveries = deliveries + 1, leased = 1, token = token + 1
                              WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?3)
-                             RETURNING id, payload, deliveries",
+                             RETURNING id, payload, deliveries, token",
                         )?
                         .query_map(params![now, lease_ms, max as i64], |r| {
                             Ok(Lease {
@@ -80,6 +84,8 @@ impl Queue for SqliteQueue {
                                 payload: r.get(1)?,
                                 deliveries: r.get::<_, i64>(2)?.max(0) as u32,
                                 lease_for: lease,
+                                consumer: consumer.clone(),
+                                token: r.get::<_, i64>(3)?.max(0) as u64,
                             })
                         })?
                         .collect::<rusqlite::Result<_>>()?;
@@ -107,34 +113,39 @@ impl Queue for SqliteQueue {
         }
     }
 
-    async fn extend(&self, _consumer: &str, lease: &Lease) -> Result<()> {
-        let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
+    async fn extend(&self, lease: &Lease) -> Result<bool> {
+        let (id, token) = held(lease)?;
         let until = now_ms().saturating_add(millis(lease.lease_for));
-        self.db
+        let n = self
+            .db
             .write(move |c| {
-                c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND deliveries = ?2")?
+                c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND token = ?2 AND leased = 1")?
                     .execute(params![id, token, until])
             })
             .await?;
-        Ok(())
+        Ok(n == 1)
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let (id, token) = (entry_id(lease)?, lease.deliveries as i64);
+        let (id, token) = held(lease)?;
         self.db
             .write(move |c| {
-                c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])
+                c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND token = ?2 AND leased = 1")?
+                    .execute(params![id, token])
             })
             .await?;
         Ok(())
     }
 
     async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()> {
-        let (id, token, p) = (entry_id(lease)?, lease.deliveries as i64, msg.encode());
+        let ((id, token), p) = (held(lease)?, msg.encode());
         self.db
             .write(move |c| {
-                c.prepare_cached("UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, payload = ?4 WHERE id = ?1 AND deliveries = ?2")?
-                    .execute(params![id, token, due, p])
+                c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, payload = ?4
+                     WHERE id = ?1 AND token = ?2 AND leased = 1",
+                )?
+                .execute(params![id, token, due, p])
             })
             .await?;
         self.db.queue_signal.notify_waiters();
@@ -143,7 +154,7 @@ impl Queue for SqliteQueue {
 
     async fn dead_letter(&self, lease: Option<&Lease>, letter: DeadLetter) -> Result<()> {
         let held = match lease {
-            Some(l) => Some((entry_id(l)?, l.deliveries as i64)),
+            Some(l) => Some(held(l)?),
             None => None,
         };
         self.db
@@ -151,7 +162,8 @@ impl Queue for SqliteQueue {
                 c.prepare_cached("INSERT INTO dead_letters (request_id, vendor, payload, reason, died_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
                     .execute(params![letter.request_id, letter.vendor, letter.payload, letter.reason, letter.died_at])?;
                 if let Some((id, token)) = held {
-                    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND deliveries = ?2")?.execute(params![id, token])?;
+                    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND token = ?2 AND leased = 1")?
+                        .execute(params![id, token])?;
                 }
                 Ok(())
             })
@@ -207,6 +219,20 @@ impl Queue for SqliteQueue {
                         dead: r.get::<_, i64>(3)? as u64,
                     })
                 })
+            })
+            .await?)
+    }
+
+    async fn present(&self, request_ids: &[String]) -> Result<Vec<bool>> {
+        let ids = request_ids.to_vec();
+        Ok(self
+            .db
+            .read(move |c| {
+                // The expression is the index's (queue_job), so each is a lookup.
+                let mut st = c.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM queue WHERE json_extract(payload, '$.request_id') = ?1)",
+                )?;
+                ids.iter().map(|id| st.query_row([id], |r| r.get::<_, bool>(0))).collect()
             })
             .await?)
     }

@@ -33,8 +33,45 @@ pub enum Inserted {
     Created { enqueued: bool },
     /// The idempotency key was used before with the same body: this job.
     Existing { request_id: String },
+    /// The idempotency key was used before with the same body, but that
+    /// submit crashed before its job was written; the job (as the key
+    /// carried it) is written now and must be enqueued.
+    Recovered { request_id: String },
     /// The idempotency key was used before with another body.
     KeyConflict,
+}
+
+/// What `claim_webhook` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookClaim {
+    /// New (or its earlier claim lapsed): the caller applies it.
+    New,
+    /// Another handler is applying it right now: the vendor should retry.
+    InProgress,
+    /// Applied before: a replay.
+    Done,
+}
+
+/// What `start_attempt` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// The attempt is on: the job after the update.
+    Started(Job),
+    /// The job is finished (or unknown, or waits for its vendor's webhook):
+    /// nothing to call.
+    Over,
+    /// Another attempt holds the job until `until` (its lease end): the
+    /// delivery must wait, not run beside it.
+    Held { until: Millis },
+}
+
+/// A job that is overdue: not finished, no webhook awaited, and its due time
+/// long past.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Overdue {
+    pub request_id: String,
+    pub vendor: String,
+    pub due_at: Millis,
 }
 
 #[async_trait]
@@ -44,18 +81,24 @@ pub trait Store: Send + Sync + 'static {
     /// inserts.
     async fn insert(&self, job: &NewJob) -> Result<Inserted>;
 
-    /// Records that the job's queue message exists (so the sweeper leaves it).
-    async fn mark_queued(&self, request_ids: &[String]) -> Result<()>;
+    /// Records that the jobs' queue messages exist (so the sweeper leaves
+    /// them) as of `now`: a job not yet finished is due again from `now`.
+    async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()>;
 
     async fn get(&self, request_id: &str) -> Result<Option<Job>>;
 
-    /// `pending|processing → processing`, `attempts += 1`; returns the job
-    /// after the update, or None if it is finished (or unknown).
-    async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>>;
+    /// `pending → processing`, or `processing → processing` once the last
+    /// attempt's lease (its due time) has passed; `attempts += 1`, due at
+    /// `lease_until`. Never for a job that waits for its vendor's webhook.
+    async fn start_attempt(&self, request_id: &str, now: Millis, lease_until: Millis) -> Result<Attempt>;
+
+    /// The running attempt is still alive: its job is due at `until` now
+    /// (the worker's heartbeat). Only while `processing`.
+    async fn hold(&self, request_id: &str, until: Millis) -> Result<()>;
 
     /// Records a retryable error on a job still in flight (`error` only;
-    /// the status stays).
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis) -> Result<()>;
+    /// the status stays); the retry is due at `due`.
+    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()>;
 
     /// An async vendor accepted the job: remember its reference and when to
     /// give up waiting for the webhook. Only while `processing`.
@@ -77,11 +120,22 @@ pub trait Store: Send + Sync + 'static {
     /// or a replay whose enqueue was lost).
     async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>>;
 
+    /// Jobs `pending` or `processing` (not waiting for a webhook) due before
+    /// `before`, in (due time, id) order after `after`: the candidates whose
+    /// queue entry may have been lost.
+    async fn overdue(&self, before: Millis, after: Option<(Millis, String)>, limit: usize) -> Result<Vec<Overdue>>;
+
     /// Accepted async jobs whose webhook deadline passed.
     async fn overdue_webhooks(&self, now: Millis, limit: usize) -> Result<Vec<String>>;
 
-    /// Remembers a webhook id; false if it was seen before (a replay).
-    async fn remember_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<bool>;
+    /// Claims a webhook id for applying, until `until` (after which a claim
+    /// whose holder died lapses and the id is new again). An id already
+    /// applied (and not yet expired) is `Done`: a replay.
+    async fn claim_webhook(&self, vendor: &str, webhook_id: &str, until: Millis) -> Result<WebhookClaim>;
+
+    /// The webhook was applied (the job's state is written): its id is a
+    /// replay from now until `expires_at`.
+    async fn complete_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<()>;
 
     /// Forgets a webhook id (its handling failed, so the vendor may retry it).
     async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()>;

@@ -19,7 +19,7 @@ use mongodb::options::{IndexOptions, ReturnDocument};
 use mongodb::{Client, Collection, IndexModel};
 use std::time::Duration;
 
-use super::{Inserted, Result, Store, StoreError};
+use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
 
 const IN_FLIGHT: [&str; 2] = ["pending", "processing"];
@@ -74,6 +74,7 @@ impl MongoStore {
                 plain(doc! { "vendor": 1, "vendor_ref": 1 }),
                 plain(doc! { "status": 1, "webhook_deadline": 1 }),
                 plain(doc! { "status": 1, "updated_at": 1 }),
+                plain(doc! { "status": 1, "due_at": 1 }),
                 ttl(),
             ])
             .await?;
@@ -82,19 +83,27 @@ impl MongoStore {
         Ok(())
     }
 
-    /// Claims the idempotency key for `job` (already inserted). Returns what
-    /// the insert amounts to; on anything but Created the caller's job goes.
-    async fn claim_key(&self, job: &NewJob, key: &crate::model::Idempotency) -> Result<Inserted> {
+    /// Claims the idempotency key for `job`, storing the job's document in
+    /// the key itself. Returns what the insert amounts to, and for an
+    /// existing key the job document it carries (to finish a pair whose job
+    /// write was lost).
+    async fn claim_key(
+        &self,
+        job: &NewJob,
+        key: &crate::model::Idempotency,
+        job_doc: &Document,
+    ) -> Result<(Inserted, Option<Document>)> {
         let fresh = doc! {
             "_id": &key.key,
             "body_hash": &key.body_hash,
             "request_id": &job.request_id,
             "expires_at": key.expires_at,
             "ttl": ttl_date(key.expires_at),
+            "job": job_doc.clone(),
         };
         for _ in 0..KEY_ROUNDS {
             match self.keys.insert_one(fresh.clone()).await {
-                Ok(_) => return Ok(Inserted::Created { enqueued: false }),
+                Ok(_) => return Ok((Inserted::Created { enqueued: false }, None)),
                 Err(e) if !is_duplicate(&e) => return Err(e.into()),
                 Err(_) => {}
             }
@@ -106,26 +115,38 @@ impl MongoStore {
                 // Expired: take it over, unless someone else just did.
                 let filter = doc! { "_id": &key.key, "expires_at": old_expires };
                 if self.keys.replace_one(filter, fresh.clone()).await?.matched_count == 1 {
-                    return Ok(Inserted::Created { enqueued: false });
+                    return Ok((Inserted::Created { enqueued: false }, None));
                 }
                 continue;
             }
             let owner = old.get_str("request_id").map_err(|e| StoreError::Corrupt(format!("idempotency key: {e}")))?;
-            return Ok(if old.get_str("body_hash").ok() == Some(key.body_hash.as_str()) {
-                Inserted::Existing { request_id: owner.to_string() }
-            } else {
-                Inserted::KeyConflict
-            });
+            if old.get_str("body_hash").ok() != Some(key.body_hash.as_str()) {
+                return Ok((Inserted::KeyConflict, None));
+            }
+            let carried = old.get_document("job").ok().cloned();
+            return Ok((Inserted::Existing { request_id: owner.to_string() }, carried));
         }
         Err(StoreError::Corrupt(format!("idempotency key {} kept changing under us", key.key)))
+    }
+
+    /// Writes a job document; one already there (a racing finisher of the
+    /// same pair) is fine.
+    async fn write_job(&self, d: Document) -> Result<()> {
+        match self.jobs.insert_one(d).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
 #[async_trait]
 impl Store for MongoStore {
     async fn insert(&self, job: &NewJob) -> Result<Inserted> {
-        // The job first, then the key: a crash in between leaves a job the
-        // sweeper enqueues, never a key pointing at nothing.
+        // With an idempotency key, the key first, carrying the whole job, and
+        // then the job: a crash between the two leaves a key whose retry
+        // writes the job it carries (same request id, one job), never a job
+        // that a retried request cannot find.
         let mut d = doc! {
             "_id": &job.request_id,
             "vendor": &job.vendor,
@@ -135,26 +156,46 @@ impl Store for MongoStore {
             "updated_at": job.created_at,
             "attempts": 0_i64,
             "queued": false,
+            "due_at": job.created_at,
         };
         if let Some(owner) = &job.owner {
             d.insert("owner", owner);
         }
-        self.jobs.insert_one(d).await?;
         let Some(key) = &job.idempotency else {
+            self.jobs.insert_one(d).await?;
             return Ok(Inserted::Created { enqueued: false });
         };
-        let outcome = self.claim_key(job, key).await;
-        if !matches!(outcome, Ok(Inserted::Created { .. })) {
-            self.jobs.delete_one(doc! { "_id": &job.request_id }).await?;
+        let (outcome, carried) = self.claim_key(job, key, &d).await?;
+        match &outcome {
+            Inserted::Created { .. } => {
+                crate::failpoint::hit("idempotency.after_key").await;
+                self.write_job(d).await?;
+            }
+            Inserted::Existing { request_id } => {
+                if let Some(carried) = carried
+                    && self.jobs.find_one(doc! { "_id": request_id }).projection(doc! { "_id": 1 }).await?.is_none()
+                {
+                    tracing::warn!(request_id = %request_id, "finishing a submit whose job write was lost (the key was written)");
+                    self.write_job(carried).await?;
+                    return Ok(Inserted::Recovered { request_id: request_id.clone() });
+                }
+            }
+            Inserted::KeyConflict | Inserted::Recovered { .. } => {}
         }
-        outcome
+        Ok(outcome)
     }
 
-    async fn mark_queued(&self, request_ids: &[String]) -> Result<()> {
+    async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()> {
         if request_ids.is_empty() {
             return Ok(());
         }
         self.jobs.update_many(doc! { "_id": { "$in": request_ids } }, doc! { "$set": { "queued": true } }).await?;
+        let waiting = doc! {
+            "_id": { "$in": request_ids },
+            "status": { "$in": IN_FLIGHT.to_vec() },
+            "vendor_ref": { "$exists": false },
+        };
+        self.jobs.update_many(waiting, doc! { "$set": { "due_at": now } }).await?;
         Ok(())
     }
 
@@ -162,29 +203,61 @@ impl Store for MongoStore {
         self.jobs.find_one(doc! { "_id": request_id }).await?.map(job_of).transpose()
     }
 
-    async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>> {
-        let filter = doc! { "_id": request_id, "status": { "$in": IN_FLIGHT.to_vec() } };
+    async fn start_attempt(&self, request_id: &str, now: Millis, lease_until: Millis) -> Result<Attempt> {
         let update = doc! {
-            "$set": { "status": Status::Processing.as_str(), "updated_at": now },
+            "$set": { "status": Status::Processing.as_str(), "updated_at": now, "due_at": lease_until },
             "$inc": { "attempts": 1_i64 },
         };
-        self.jobs
-            .find_one_and_update(filter, update)
-            .return_document(ReturnDocument::After)
-            .await?
-            .map(job_of)
-            .transpose()
+        // Two conditional updates rather than one `$or` (the stand-in's
+        // support for it is thin): a pending job, or a processing one whose
+        // last lease ran out.
+        let pending =
+            doc! { "_id": request_id, "status": Status::Pending.as_str(), "vendor_ref": { "$exists": false } };
+        let lapsed = doc! {
+            "_id": request_id,
+            "status": Status::Processing.as_str(),
+            "vendor_ref": { "$exists": false },
+            "due_at": { "$lte": now },
+        };
+        for filter in [pending, lapsed] {
+            let started =
+                self.jobs.find_one_and_update(filter, update.clone()).return_document(ReturnDocument::After).await?;
+            if let Some(d) = started {
+                return Ok(Attempt::Started(job_of(d)?));
+            }
+        }
+        let held = self
+            .jobs
+            .find_one(
+                doc! { "_id": request_id, "status": Status::Processing.as_str(), "vendor_ref": { "$exists": false } },
+            )
+            .projection(doc! { "due_at": 1 })
+            .await?;
+        Ok(match held.and_then(|d| int(&d, "due_at")) {
+            Some(until) => Attempt::Held { until },
+            None => Attempt::Over,
+        })
     }
 
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis) -> Result<()> {
+    async fn hold(&self, request_id: &str, until: Millis) -> Result<()> {
+        let filter =
+            doc! { "_id": request_id, "status": Status::Processing.as_str(), "vendor_ref": { "$exists": false } };
+        self.jobs.update_one(filter, doc! { "$set": { "due_at": until } }).await?;
+        Ok(())
+    }
+
+    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()> {
         let filter = doc! { "_id": request_id, "status": { "$in": IN_FLIGHT.to_vec() } };
-        self.jobs.update_one(filter, doc! { "$set": { "error": error, "updated_at": now } }).await?;
+        self.jobs.update_one(filter, doc! { "$set": { "error": error, "updated_at": now, "due_at": due } }).await?;
         Ok(())
     }
 
     async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool> {
         let filter = doc! { "_id": request_id, "status": Status::Processing.as_str() };
-        let update = doc! { "$set": { "vendor_ref": vendor_ref, "webhook_deadline": deadline, "updated_at": now } };
+        let update = doc! {
+            "$set": { "vendor_ref": vendor_ref, "webhook_deadline": deadline, "updated_at": now },
+            "$unset": { "due_at": "" },
+        };
         Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
     }
 
@@ -216,6 +289,7 @@ impl Store for MongoStore {
         if let Some(ttl) = self.job_ttl {
             set.insert("ttl", ttl_date(now.saturating_add(ttl.as_millis() as i64)));
         }
+        unset.insert("due_at", "");
         let update = doc! { "$set": set, "$unset": unset };
         Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
     }
@@ -225,7 +299,7 @@ impl Store for MongoStore {
         // `queued: false`: the sweeper enqueues it if the replay's enqueue is
         // lost; `unqueued_pending` also waits on `updated_at`, so not at once.
         let update = doc! {
-            "$set": { "status": Status::Pending.as_str(), "attempts": 0_i64, "updated_at": now, "queued": false },
+            "$set": { "status": Status::Pending.as_str(), "attempts": 0_i64, "updated_at": now, "due_at": now, "queued": false },
             "$unset": { "ttl": "", "vendor_ref": "", "webhook_deadline": "", "error": "", "result": "" },
         };
         Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
@@ -250,6 +324,32 @@ impl Store for MongoStore {
         docs.into_iter().map(|d| Ok((text(&d, "_id")?, text(&d, "vendor")?))).collect()
     }
 
+    async fn overdue(&self, before: Millis, after: Option<(Millis, String)>, limit: usize) -> Result<Vec<Overdue>> {
+        let mut filter = doc! {
+            "status": { "$in": IN_FLIGHT.to_vec() },
+            "vendor_ref": { "$exists": false },
+            "due_at": { "$lt": before },
+        };
+        if let Some((due, id)) = after {
+            filter.insert("$or", vec![doc! { "due_at": { "$gt": due } }, doc! { "due_at": due, "_id": { "$gt": id } }]);
+        }
+        let docs: Vec<Document> = self
+            .jobs
+            .find(filter)
+            .sort(doc! { "due_at": 1, "_id": 1 })
+            .limit(limit_of(limit))
+            .projection(doc! { "_id": 1, "vendor": 1, "due_at": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        docs.into_iter()
+            .map(|d| {
+                let due_at = int(&d, "due_at").ok_or_else(|| StoreError::Corrupt("due_at is not a number".into()))?;
+                Ok(Overdue { request_id: text(&d, "_id")?, vendor: text(&d, "vendor")?, due_at })
+            })
+            .collect()
+    }
+
     async fn overdue_webhooks(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
         let filter = doc! { "status": Status::Processing.as_str(), "webhook_deadline": { "$lt": now } };
         let docs: Vec<Document> = self
@@ -264,18 +364,33 @@ impl Store for MongoStore {
         docs.iter().map(|d| text(d, "_id")).collect()
     }
 
-    async fn remember_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<bool> {
+    async fn claim_webhook(&self, vendor: &str, webhook_id: &str, until: Millis) -> Result<WebhookClaim> {
         let id = format!("{vendor}:{webhook_id}");
-        let fresh = doc! { "_id": &id, "expires_at": expires_at, "ttl": ttl_date(expires_at) };
+        let fresh = doc! { "_id": &id, "expires_at": until, "done": false, "ttl": ttl_date(until) };
         match self.webhooks.insert_one(fresh.clone()).await {
-            Ok(_) => Ok(true),
-            Err(e) if is_duplicate(&e) => {
-                // Seen, but an expired record not yet purged does not count.
-                let filter = doc! { "_id": &id, "expires_at": { "$lt": now_ms() } };
-                Ok(self.webhooks.replace_one(filter, fresh).await?.matched_count == 1)
-            }
-            Err(e) => Err(e.into()),
+            Ok(_) => return Ok(WebhookClaim::New),
+            Err(e) if !is_duplicate(&e) => return Err(e.into()),
+            Err(_) => {}
         }
+        // Seen, but an expired record (a lapsed claim, an old id) not yet
+        // purged does not count.
+        let filter = doc! { "_id": &id, "expires_at": { "$lt": now_ms() } };
+        if self.webhooks.replace_one(filter, fresh).await?.matched_count == 1 {
+            return Ok(WebhookClaim::New);
+        }
+        let seen = self.webhooks.find_one(doc! { "_id": &id }).await?;
+        Ok(match seen.map(|d| d.get_bool("done").unwrap_or(true)) {
+            Some(false) => WebhookClaim::InProgress,
+            Some(true) => WebhookClaim::Done,
+            None => WebhookClaim::InProgress, // purged in between: let the vendor retry
+        })
+    }
+
+    async fn complete_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<()> {
+        let id = format!("{vendor}:{webhook_id}");
+        let done = doc! { "_id": &id, "expires_at": expires_at, "done": true, "ttl": ttl_date(expires_at) };
+        self.webhooks.replace_one(doc! { "_id": &id }, done).upsert(true).await?;
+        Ok(())
     }
 
     async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()> {

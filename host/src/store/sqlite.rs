@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Inserted, Result, Store, StoreError};
+use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
 use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
 use crate::queue::Message;
@@ -91,8 +91,8 @@ impl Store for SqliteStore {
                     None => (None, None, None),
                 };
                 c.prepare_cached(
-                    "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, attempts, owner, queued, idem_key, idem_hash, idem_expires)
-                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8)",
+                    "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, due_at, attempts, owner, queued, idem_key, idem_hash, idem_expires)
+                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8)",
                 )?
                 .execute(params![job.request_id, job.vendor, job.data, job.created_at, job.owner, key, hash, expires, inline])?;
                 if inline {
@@ -108,13 +108,17 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
-    async fn mark_queued(&self, request_ids: &[String]) -> Result<()> {
+    async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()> {
         let ids = request_ids.to_vec();
         self.db
             .write(move |c| {
-                let mut st = c.prepare_cached("UPDATE jobs SET queued = 1 WHERE request_id = ?1")?;
+                let mut st = c.prepare_cached(
+                    "UPDATE jobs SET queued = 1,
+                       due_at = CASE WHEN status IN ('pending', 'processing') AND vendor_ref IS NULL THEN ?2 ELSE due_at END
+                     WHERE request_id = ?1",
+                )?;
                 for id in &ids {
-                    st.execute([id])?;
+                    st.execute(params![id, now])?;
                 }
                 Ok(())
             })
@@ -130,29 +134,59 @@ impl Store for SqliteStore {
         })?)
     }
 
-    async fn start_attempt(&self, request_id: &str, now: Millis) -> Result<Option<Job>> {
+    async fn start_attempt(&self, request_id: &str, now: Millis, lease_until: Millis) -> Result<Attempt> {
         let id = request_id.to_string();
         Ok(self
             .db
             .write(move |c| {
-                c.prepare_cached(&format!(
-                    "UPDATE jobs SET status = 'processing', attempts = attempts + 1, updated_at = ?2
-                     WHERE request_id = ?1 AND status IN ('pending', 'processing') RETURNING {JOB_COLUMNS}"
-                ))?
-                .query_row(params![id, now], job_from_row)
-                .optional()
+                let started = c
+                    .prepare_cached(&format!(
+                        "UPDATE jobs SET status = 'processing', attempts = attempts + 1, updated_at = ?2, due_at = ?3
+                         WHERE request_id = ?1 AND vendor_ref IS NULL
+                           AND (status = 'pending' OR (status = 'processing' AND (due_at IS NULL OR due_at <= ?2)))
+                         RETURNING {JOB_COLUMNS}"
+                    ))?
+                    .query_row(params![id, now, lease_until], job_from_row)
+                    .optional()?;
+                if let Some(job) = started {
+                    return Ok(Attempt::Started(job));
+                }
+                let held: Option<Option<Millis>> = c
+                    .prepare_cached(
+                        "SELECT due_at FROM jobs WHERE request_id = ?1 AND status = 'processing' AND vendor_ref IS NULL",
+                    )?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                Ok(match held.flatten() {
+                    Some(until) => Attempt::Held { until },
+                    None => Attempt::Over,
+                })
             })
             .await?)
     }
 
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis) -> Result<()> {
+    async fn hold(&self, request_id: &str, until: Millis) -> Result<()> {
+        let id = request_id.to_string();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE jobs SET due_at = ?2 WHERE request_id = ?1 AND status = 'processing' AND vendor_ref IS NULL",
+                )?
+                .execute(params![id, until])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()> {
         let (id, err) = (request_id.to_string(), error.to_string());
         self.db
             .write(move |c| {
                 c.prepare_cached(
-                    "UPDATE jobs SET error = ?2, updated_at = ?3 WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+                    "UPDATE jobs SET error = ?2, updated_at = ?3, due_at = ?4
+                     WHERE request_id = ?1 AND status IN ('pending', 'processing')",
                 )?
-                .execute(params![id, err, now])
+                .execute(params![id, err, now, due])
             })
             .await?;
         Ok(())
@@ -164,7 +198,7 @@ impl Store for SqliteStore {
             .db
             .write(move |c| {
                 c.prepare_cached(
-                    "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4
+                    "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
                      WHERE request_id = ?1 AND status = 'processing'",
                 )?
                 .execute(params![id, vref, deadline, now])
@@ -193,7 +227,7 @@ impl Store for SqliteStore {
                 };
                 // On completion the last retry error is cleared; on failure it is the reason.
                 c.prepare_cached(
-                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL
+                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL
                      WHERE request_id = ?1 AND status IN ('pending', 'processing')",
                 )?
                 .execute(params![id, status, result, error, now])
@@ -209,7 +243,8 @@ impl Store for SqliteStore {
             .write(move |c| {
                 c.prepare_cached(
                     "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, vendor_ref = NULL,
-                     webhook_deadline = NULL, updated_at = ?2, queued = 0 WHERE request_id = ?1 AND status = 'failed'",
+                     webhook_deadline = NULL, updated_at = ?2, due_at = ?2, queued = 0
+                     WHERE request_id = ?1 AND status = 'failed'",
                 )?
                 .execute(params![id, now])
             })
@@ -233,6 +268,26 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn overdue(&self, before: Millis, after: Option<(Millis, String)>, limit: usize) -> Result<Vec<Overdue>> {
+        let (after_due, after_id) = after.unwrap_or((Millis::MIN, String::new()));
+        Ok(self
+            .db
+            .read(move |c| {
+                // The conditions are the partial index's (jobs_due).
+                c.prepare_cached(
+                    "SELECT request_id, vendor, due_at FROM jobs
+                     WHERE status IN ('pending', 'processing') AND vendor_ref IS NULL
+                       AND due_at < ?1 AND (due_at, request_id) > (?2, ?3)
+                     ORDER BY due_at, request_id LIMIT ?4",
+                )?
+                .query_map(params![before, after_due, after_id, limit as i64], |r| {
+                    Ok(Overdue { request_id: r.get(0)?, vendor: r.get(1)?, due_at: r.get(2)? })
+                })?
+                .collect()
+            })
+            .await?)
+    }
+
     async fn overdue_webhooks(&self, now: Millis, limit: usize) -> Result<Vec<String>> {
         Ok(self
             .db
@@ -246,20 +301,41 @@ impl Store for SqliteStore {
             .await?)
     }
 
-    async fn remember_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<bool> {
+    async fn claim_webhook(&self, vendor: &str, webhook_id: &str, until: Millis) -> Result<WebhookClaim> {
         let key = format!("{vendor}:{webhook_id}");
         Ok(self
             .db
             .write(move |c| {
-                // Seen, but an expired record not yet purged does not count.
-                c.prepare_cached(
-                    "INSERT INTO webhook_ids (key, expires_at) VALUES (?1, ?2)
-                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at WHERE expires_at < ?3",
-                )?
-                .execute(params![key, expires_at, now_ms()])
+                // Seen, but an expired record (a lapsed claim, an old id) not
+                // yet purged does not count.
+                let claimed = c
+                    .prepare_cached(
+                        "INSERT INTO webhook_ids (key, expires_at, done) VALUES (?1, ?2, 0)
+                         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at, done = 0 WHERE expires_at < ?3",
+                    )?
+                    .execute(params![key, until, now_ms()])?;
+                if claimed == 1 {
+                    return Ok(WebhookClaim::New);
+                }
+                let done: bool =
+                    c.prepare_cached("SELECT done FROM webhook_ids WHERE key = ?1")?.query_row([&key], |r| r.get(0))?;
+                Ok(if done { WebhookClaim::Done } else { WebhookClaim::InProgress })
             })
-            .await?
-            == 1)
+            .await?)
+    }
+
+    async fn complete_webhook(&self, vendor: &str, webhook_id: &str, expires_at: Millis) -> Result<()> {
+        let key = format!("{vendor}:{webhook_id}");
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO webhook_ids (key, expires_at, done) VALUES (?1, ?2, 1)
+                     ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at, done = 1",
+                )?
+                .execute(params![key, expires_at])
+            })
+            .await?;
+        Ok(())
     }
 
     async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()> {

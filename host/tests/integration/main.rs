@@ -4,11 +4,13 @@
 mod support;
 
 mod backends;
+mod config;
 mod contract;
 mod lifecycle;
 mod limits;
 mod loadtest;
 mod pipeline;
 mod plugin_runtime;
+mod recovery;
 mod resilience;
 mod security;

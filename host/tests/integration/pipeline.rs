@@ -316,6 +316,95 @@ async fn a_worker_serves_its_metrics_behind_the_admin_key() {
     api.stop().await;
 }
 
+/// A lease that runs out under a live holder (a worker frozen with SIGSTOP
+/// mid-call, so it cannot heartbeat): a second worker takes the job over and
+/// finishes it; when the first wakes, its late extend/ack/finish change
+/// nothing. Exactly one terminal state, at most two vendor calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lease_lost_under_a_live_holder_changes_nothing_later() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = production_config(d.path(), p.path());
+    cfg.queue_settings.lease = Duration::from_millis(1500);
+    let api = TestApp::start_role(cfg.clone(), vendorhost::app::Role::Api, tempfile::tempdir().unwrap()).await;
+    let mut env = app::env_for(&cfg);
+    env.push(("VENDORHOST_VENDORS__TEST-ECHO__TIMEOUT", "20000".into()));
+    let w1 = Proc::spawn(&["worker"], &env, d.path().join("w1.log"));
+    let id = api.submit("test-echo", json!({"sleep_ms": 2500})).await;
+    app::eventually(LONG, "the job to be processing", || async {
+        (api.job(&id).await["status"] == "processing").then_some(())
+    })
+    .await;
+    w1.signal("STOP");
+    let mut w2 = Proc::spawn(&["worker"], &env, d.path().join("w2.log"));
+    let job = api.wait_terminal(&id, Duration::from_secs(60)).await;
+    assert_eq!(job["status"], "complete", "{job}\n{}", w2.log_text());
+    assert_eq!(job["attempts"], 2, "the frozen holder's attempt and the takeover: {job}");
+    w1.signal("CONT");
+    // The first holder wakes with its call over or its lease gone; give it
+    // time to try its late writes.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = api.job(&id).await;
+    assert_eq!(
+        (&after["status"], &after["updated_at"], &after["attempts"]),
+        (&job["status"], &job["updated_at"], &job["attempts"])
+    );
+    let depth = api.get_json("/vendors").await;
+    assert!(depth["vendors"].is_array());
+    assert!(w2.term(Duration::from_secs(15)).is_some_and(|s| s.success()), "{}", w2.log_text());
+    api.stop().await;
+}
+
+/// The API killed between the two writes of an idempotent submit (on
+/// MongoDB: the key, then the job): the client's retry with the same key
+/// gets the same job, which runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idempotent_submit_survives_an_api_killed_between_its_writes() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let cfg = production_config(d.path(), p.path());
+    let port = servers::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut env = app::env_for(&cfg);
+    env.push(("VENDORHOST_LISTEN", format!("127.0.0.1:{port}")));
+    let mut armed = env.clone();
+    armed.push(("VH_FAILPOINT", "idempotency.after_key".into()));
+    let mut api1 = Proc::spawn(&["api"], &armed, d.path().join("api1.log"));
+    let client = reqwest::Client::new();
+    let body = json!({"vendor": "test-echo", "data": {"n": 7}});
+    let submit = |client: reqwest::Client, base: String, body: Value| async move {
+        client.post(format!("{base}/jobs")).header("Idempotency-Key", "order-7").json(&body).send().await
+    };
+    app::eventually(LONG, "the API to answer", || async { client.get(format!("{base}/healthz")).send().await.ok() })
+        .await;
+    let hung = tokio::spawn(submit(client.clone(), base.clone(), body.clone()));
+    app::eventually(LONG, "the submit to reach the failpoint", || async {
+        api1.log_text().contains("failpoint idempotency.after_key reached").then_some(())
+    })
+    .await;
+    api1.kill9();
+    assert!(hung.await.unwrap().is_err(), "the killed API answered");
+
+    let _api2 = Proc::spawn(&["api"], &env, d.path().join("api2.log"));
+    let _worker = Proc::spawn(&["worker"], &env, d.path().join("w.log"));
+    let retried = app::eventually(LONG, "the retry to be answered", || async {
+        let r = submit(client.clone(), base.clone(), body.clone()).await.ok()?;
+        Some((r.status().as_u16(), r.json::<Value>().await.ok()?))
+    })
+    .await;
+    assert_eq!(retried.0, 200, "a retry of a submit that wrote its key: {retried:?}");
+    let id = retried.1["request_id"].as_str().unwrap().to_string();
+    let job = app::wait_terminal(&client, &base, &id, LONG).await;
+    assert_eq!((job["status"].as_str(), job["attempts"].as_u64()), (Some("complete"), Some(1)), "{job}");
+    let again = submit(client.clone(), base.clone(), body.clone()).await.unwrap();
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(
+        (again["request_id"].as_str(), again["status"].as_str()),
+        (Some(id.as_str()), Some("complete")),
+        "a replay answers with the job's current status"
+    );
+}
+
 /// The embedded process killed mid-job: after a restart its lease expires and
 /// the job is taken up again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -397,7 +486,7 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
     };
     store.insert(&job).await.unwrap();
     queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();
-    store.mark_queued(std::slice::from_ref(&id)).await.unwrap();
+    store.mark_queued(std::slice::from_ref(&id), now_ms()).await.unwrap();
     // Two consumers lease it and "die" (never ack).
     for consumer in ["crashed-1", "crashed-2"] {
         let got = app::eventually(LONG, "a delivery", || async {

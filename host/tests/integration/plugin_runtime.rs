@@ -18,6 +18,8 @@ use vendorhost::plugins::{CallError, CallPolicy, FetchOutcome, JobInput, Mode, R
 
 use crate::support::app::{plugin, test_plugin};
 
+mod outbound;
+
 fn runtime() -> Arc<Runtime> {
     Runtime::shared().unwrap()
 }
@@ -38,6 +40,8 @@ fn policy(vendor: &str, grants: &[String], config: &[(&str, &str)]) -> Arc<CallP
     Arc::new(CallPolicy {
         vendor: vendor.into(),
         grants: Grants::new(grants).unwrap(),
+        allow_private_addresses: false,
+        secret_headers: Vec::new(),
         memory_cap_bytes: 64 << 20,
         timeout: Duration::from_secs(5),
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
@@ -274,6 +278,66 @@ async fn compile_cache_hits_and_survives_bad_entries() {
     std::fs::write(&ours[0], &bytes).unwrap();
     assert_eq!(load_with(cache.clone()).await, Source::Compiled);
     assert_eq!(load_with(cache).await, Source::Cache, "the recompiled entry replaced the bad one");
+}
+
+/// Deserializing a cache entry runs its machine code: only entries sealed
+/// under this cache's key, for that very plugin, are deserialized; anything
+/// else is recompiled and rewritten.
+#[tokio::test]
+async fn compile_cache_entries_must_authenticate() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let key = rt.engine.compatibility_key();
+    let load_with = |cache: &ComponentCache, path: std::path::PathBuf| {
+        let rt = rt.clone();
+        let cache = cache.clone();
+        async move { loader::load(&rt, &cache, &path).await.unwrap() }
+    };
+    let cache = ComponentCache::new(Some(dir.path().to_path_buf()), key.clone());
+    let key_file = dir.path().join(vendorhost::plugins::cache::KEY_FILE);
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let sync = load_with(&cache, plugin("sync")).await;
+    let echo = load_with(&cache, test_plugin("echo-v1")).await;
+    assert_eq!((sync.source, echo.source), (Source::Compiled, Source::Compiled));
+    let entry = |p: &Plugin| dir.path().join(format!("{}-{key}.cwasm", p.sha256));
+    let sync_entry = entry(&sync);
+
+    // One flipped byte in the middle (machine code, which wasmtime itself
+    // would load as is): not deserialized, recompiled, rewritten.
+    let mut tampered = std::fs::read(&sync_entry).unwrap();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0x01;
+    std::fs::write(&sync_entry, &tampered).unwrap();
+    let p = load_with(&cache, plugin("sync")).await;
+    assert_eq!(p.source, Source::Compiled, "the tampered entry was deserialized");
+    assert_eq!(cache.rejected_entries(), 1);
+    assert_ne!(std::fs::read(&sync_entry).unwrap(), tampered, "the tampered entry was not rewritten");
+    assert_eq!(load_with(&cache, plugin("sync")).await.source, Source::Cache, "the rewritten entry is valid");
+
+    // A genuine entry of another plugin under this plugin's name.
+    std::fs::copy(entry(&echo), &sync_entry).unwrap();
+    let p = load_with(&cache, plugin("sync")).await;
+    assert_eq!((p.source, p.info.id.as_str()), (Source::Compiled, "sync"), "another plugin's code was loaded");
+    assert_eq!(cache.rejected_entries(), 2);
+
+    // A bare `serialize` (an older vendorhost's entry, or anyone's with wasmtime).
+    let bytes = std::fs::read(test_plugin("echo-v1")).unwrap();
+    let raw = wasmtime::component::Component::new(&rt.engine.engine, &bytes).unwrap().serialize().unwrap();
+    std::fs::write(&sync_entry, raw).unwrap();
+    let p = load_with(&cache, plugin("sync")).await;
+    assert_eq!((p.source, p.info.id.as_str()), (Source::Compiled, "sync"));
+    assert_eq!(cache.rejected_entries(), 3);
+    assert_eq!(load_with(&cache, plugin("sync")).await.source, Source::Cache);
+
+    // A key others can read is replaced at the next start; the entries it
+    // signed no longer authenticate.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let restarted = ComponentCache::new(Some(dir.path().to_path_buf()), key.clone());
+    assert_eq!(std::fs::metadata(&key_file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(load_with(&restarted, plugin("sync")).await.source, Source::Compiled);
+    assert_eq!(restarted.rejected_entries(), 1);
+    assert_eq!(load_with(&restarted, plugin("sync")).await.source, Source::Cache);
 }
 
 /// Runs `vendorhost <args>`; returns (success, stdout + stderr).

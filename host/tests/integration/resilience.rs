@@ -222,6 +222,40 @@ async fn retry_after_from_a_429_is_honoured() {
     mock.shutdown().await;
 }
 
+/// A vendor cannot park a job for ever: a `Retry-After` date in year 9999 and
+/// a plugin's `retry-after-ms = u64::MAX` are cut to the vendor's
+/// `max_retry_after`, with no overflow, and the job moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn far_future_retry_after_is_clamped_to_max_retry_after() {
+    let mock = start_mock(MockKind::Sync, MockOptions::default()).await;
+    set_fault(&mock, json!({"fault": "429@Fri, 31 Dec 9999 23:59:59 GMT", "count": 1})).await;
+    let mut s = embedded(&[plugin("sync"), test_plugin("echo-v1")]);
+    let v = aim(&mut s.cfg, "sync", &mock);
+    v.max_retry_after = Some(ms(300));
+    v.backoff_base = Some(ms(10));
+    v.backoff_max = Some(ms(20));
+    v.breaker = Some(lenient_breaker());
+    let echo = s.cfg.vendors.entry("test-echo".into()).or_default();
+    echo.max_retry_after = Some(ms(300));
+    echo.max_attempts = Some(3);
+    echo.backoff_base = Some(ms(10));
+    echo.backoff_max = Some(ms(20));
+    echo.breaker = Some(lenient_breaker());
+    let app = TestApp::start(s.cfg.clone()).await;
+
+    let started = Instant::now();
+    let id = app.submit("sync", json!("Ada")).await;
+    let job = app.wait_terminal(&id, LONG).await;
+    assert_eq!((job["status"].as_str(), attempts(&job)), (Some("complete"), 2), "{job}");
+    let parked = app.submit("test-echo", json!({"fail": "rate-limited", "retry_after_ms": u64::MAX})).await;
+    let job = app.wait_terminal(&parked, LONG).await;
+    assert_eq!((job["status"].as_str(), attempts(&job)), (Some("failed"), 3), "{job}");
+    assert!(started.elapsed() < LONG, "retries waited {:?}", started.elapsed());
+    assert_eq!(mock_stats(&mock).await.faults, 1);
+    app.stop().await;
+    mock.shutdown().await;
+}
+
 // ---------------------------------------------------------------------------
 // 3. Timeouts, retries, dead letters
 

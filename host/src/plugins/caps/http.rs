@@ -1,13 +1,24 @@
 //! `http-send`: outbound HTTP done by the host, under the vendor's policy.
 //!
 //! Every hop (the first URL and each redirect) must be granted; a denied hop
-//! makes no connection. The call's deadline bounds the whole exchange, and
-//! response bodies are capped.
+//! makes no connection. Names are resolved and their addresses checked by
+//! `net` (what is checked is what is connected to); an IP literal is checked
+//! here: a non-public address (`grants::non_public`) is refused unless a grant
+//! names that IP literally or the vendor sets `allow_private_addresses`. A
+//! redirect to another origin drops the
+//! credential headers. A plugin may not set `Host` (the request is refused).
+//! The call's deadline bounds the whole exchange, and response bodies are
+//! capped.
 
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use reqwest::header::{self, HeaderMap, HeaderName};
 
 use crate::plugins::bindings::host::{HttpError, HttpRequest, HttpResponse};
 use crate::plugins::bindings::types::Header;
+use crate::plugins::grants::default_port;
+use crate::plugins::net::{AddressRule, Outbound, refusal};
 use crate::plugins::policy::CallPolicy;
 use crate::telemetry;
 
@@ -15,18 +26,11 @@ use crate::telemetry;
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_REDIRECTS: usize = 5;
 
-/// The shared client: no automatic redirects (we check each hop's grant).
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .pool_max_idle_per_host(256)
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
+/// Headers that always carry credentials: dropped on a cross-origin redirect.
+const CREDENTIAL_HEADERS: [HeaderName; 3] = [header::AUTHORIZATION, header::COOKIE, header::PROXY_AUTHORIZATION];
 
 pub async fn send(
-    client: &reqwest::Client,
+    outbound: &Outbound,
     policy: &CallPolicy,
     request_id: &str,
     deadline: Instant,
@@ -34,7 +38,7 @@ pub async fn send(
 ) -> Result<HttpResponse, HttpError> {
     let vendor = policy.vendor.as_str();
     let started = Instant::now();
-    let result = send_inner(client, policy, request_id, deadline, req).await;
+    let result = send_inner(outbound, policy, request_id, deadline, req).await;
     let outcome = match &result {
         Ok(r) => status_class(r.status),
         Err(HttpError::Denied(_)) => "denied",
@@ -60,8 +64,66 @@ fn status_class(s: u16) -> &'static str {
     }
 }
 
+/// Counts and logs a refused hop; the message is what the plugin sees.
+fn denied(policy: &CallPolicy, request_id: &str, reason: &'static str, message: String) -> HttpError {
+    metrics::counter!(telemetry::PLUGIN_HTTP_DENIED, "vendor" => policy.vendor.clone(), "reason" => reason)
+        .increment(1);
+    match reason {
+        "not_granted" => {
+            tracing::warn!(vendor = %policy.vendor, request_id, denied = %message, "plugin http-send denied: host not granted")
+        }
+        _ => {
+            tracing::warn!(vendor = %policy.vendor, request_id, denied = %message, "plugin http-send denied: non-public address")
+        }
+    }
+    HttpError::Denied(message)
+}
+
+fn private_denial(policy: &CallPolicy, request_id: &str, what: &str) -> HttpError {
+    let message = format!(
+        "{what}: vendor {} may not reach non-public addresses (grant that IP itself, or set allow_private_addresses)",
+        policy.vendor
+    );
+    denied(policy, request_id, "private_address", message)
+}
+
+/// Checks one hop before any connection: the grant, and an IP literal
+/// against the address rule. Returns the rule names must pass too.
+fn check_hop(policy: &CallPolicy, request_id: &str, url: &reqwest::Url) -> Result<AddressRule, HttpError> {
+    let host = url.host_str().unwrap_or("").to_string();
+    let target = match url.port_or_known_default() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    let ports = default_port(url.scheme()).zip(url.port_or_known_default());
+    let (Some((default, port)), true) = (ports, policy.grants.allows_url(url)) else {
+        let message = format!("{target} is not granted to vendor {}", policy.vendor);
+        return Err(denied(policy, request_id, "not_granted", message));
+    };
+    let rule = AddressRule::for_request(policy, port, default);
+    // The URL parser has normalised IP literals (`2130706433`, `0x7f.1` are
+    // 127.0.0.1 by now; IPv6 comes bracketed).
+    let literal = url.host_str().and_then(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().ok());
+    if let Some(ip) = literal
+        && let Some(why) = rule.refusal(ip)
+    {
+        return Err(private_denial(policy, request_id, &format!("{target} is {why}")));
+    }
+    Ok(rule)
+}
+
+/// Drops the credential headers (fixed and the vendor's own).
+fn strip_credentials(headers: &mut HeaderMap, secret: &[String]) {
+    for name in CREDENTIAL_HEADERS {
+        headers.remove(name);
+    }
+    for name in secret {
+        headers.remove(name.as_str());
+    }
+}
+
 async fn send_inner(
-    client: &reqwest::Client,
+    outbound: &Outbound,
     policy: &CallPolicy,
     request_id: &str,
     deadline: Instant,
@@ -71,10 +133,13 @@ async fn send_inner(
         .map_err(|_| HttpError::InvalidRequest(format!("invalid method {:?}", req.method)))?;
     let mut url = reqwest::Url::parse(&req.url)
         .map_err(|e| HttpError::InvalidRequest(format!("invalid URL {:?}: {e}", req.url)))?;
-    let mut headers = reqwest::header::HeaderMap::new();
+    let mut headers = HeaderMap::new();
     for h in &req.headers {
-        let name = reqwest::header::HeaderName::from_bytes(h.name.as_bytes())
+        let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| HttpError::InvalidRequest(format!("invalid header name {:?}", h.name)))?;
+        if name == header::HOST {
+            return Err(HttpError::InvalidRequest("plugins may not set the Host header: it comes from the URL".into()));
+        }
         let value = reqwest::header::HeaderValue::from_str(&h.value)
             .map_err(|_| HttpError::InvalidRequest(format!("invalid value for header {:?}", h.name)))?;
         headers.append(name, value);
@@ -82,20 +147,14 @@ async fn send_inner(
     let mut method = method;
     let mut body = Some(req.body);
     for _hop in 0..=MAX_REDIRECTS {
-        if !policy.grants.allows_url(&url) {
-            let host = url.host_str().unwrap_or("").to_string();
-            let target = match url.port_or_known_default() {
-                Some(p) => format!("{host}:{p}"),
-                None => host,
-            };
-            metrics::counter!(telemetry::PLUGIN_HTTP_DENIED, "vendor" => policy.vendor.clone()).increment(1);
-            tracing::warn!(vendor = %policy.vendor, request_id, target = %target, "plugin http-send denied: host not granted");
-            return Err(HttpError::Denied(format!("{target} is not granted to vendor {}", policy.vendor)));
-        }
+        let rule = check_hop(policy, request_id, &url)?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
             return Err(HttpError::Timeout);
         }
+        let client = outbound
+            .client(&rule)
+            .map_err(|e| HttpError::Connect(format!("cannot build the HTTP client: {}", error_chain(&e))))?;
         let mut rb = client.request(method.clone(), url.clone()).headers(headers.clone()).timeout(remaining);
         if let Some(b) = body.clone()
             && !b.is_empty()
@@ -104,18 +163,36 @@ async fn send_inner(
         }
         let resp = match rb.send().await {
             Ok(r) => r,
-            Err(e) if e.is_timeout() => return Err(HttpError::Timeout),
-            Err(e) if e.is_builder() => return Err(HttpError::InvalidRequest(e.to_string())),
-            Err(e) => return Err(HttpError::Connect(error_chain(&e))),
+            Err(e) => {
+                if let Some(r) = refusal(&e) {
+                    let port = url.port_or_known_default().map(|p| format!(":{p}")).unwrap_or_default();
+                    let what = format!("{}{port} resolves to {}, {}", r.host, r.ip, r.why);
+                    return Err(private_denial(policy, request_id, &what));
+                }
+                if e.is_timeout() {
+                    return Err(HttpError::Timeout);
+                }
+                if e.is_builder() {
+                    return Err(HttpError::InvalidRequest(e.to_string()));
+                }
+                return Err(HttpError::Connect(error_chain(&e)));
+            }
         };
         let status = resp.status();
         if status.is_redirection()
-            && let Some(loc) = resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok())
+            && let Some(loc) = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok())
         {
-            url = url.join(loc).map_err(|e| HttpError::InvalidRequest(format!("bad redirect location: {e}")))?;
+            let next = url.join(loc).map_err(|e| HttpError::InvalidRequest(format!("bad redirect location: {e}")))?;
+            if next.origin() != url.origin() {
+                strip_credentials(&mut headers, &policy.secret_headers);
+            }
+            url = next;
             if matches!(status.as_u16(), 301..=303) {
                 method = reqwest::Method::GET;
                 body = None;
+                for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH, header::TRANSFER_ENCODING] {
+                    headers.remove(name);
+                }
             }
             continue;
         }
@@ -165,7 +242,9 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs.min(24 * 3600)));
     }
     let when = httpdate_parse(v)?;
-    Some(when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO).min(Duration::from_secs(24 * 3600)),
+    )
 }
 
 fn httpdate_parse(v: &str) -> Option<std::time::SystemTime> {
@@ -204,5 +283,9 @@ mod tests {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
+        // Far futures are cut, never overflow.
+        let day = Some(Duration::from_secs(24 * 3600));
+        assert_eq!(parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT"), day);
+        assert_eq!(parse_retry_after("18446744073709551615"), day);
     }
 }

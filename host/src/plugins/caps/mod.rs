@@ -18,7 +18,9 @@ impl host::Host for State {
     fn log(&mut self, level: host::Level, message: String) {
         let vendor = self.policy.vendor.as_str();
         let request_id = self.request_id.as_str();
+        // One event, one line, whatever the plugin (or the vendor data it logs) holds.
         let message: String = message.chars().take(4096).collect();
+        let message = crate::telemetry::one_line(&message);
         match level {
             host::Level::Trace => tracing::trace!(target: "plugin", vendor, request_id, "{message}"),
             host::Level::Debug => tracing::debug!(target: "plugin", vendor, request_id, "{message}"),

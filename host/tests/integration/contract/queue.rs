@@ -285,7 +285,7 @@ async fn extend_keeps_a_lease_from_being_redelivered(q: Arc<dyn Queue>) {
     let started = Instant::now();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        q.extend("c1", &held).await.unwrap();
+        assert!(q.extend(&held).await.unwrap(), "the holder lost its lease");
         let stolen = q.lease("c2", 1, lease, Duration::ZERO).await.unwrap();
         assert!(stolen.is_empty(), "redelivered {:?} after the lease though extended: {stolen:?}", started.elapsed());
     }
@@ -296,6 +296,49 @@ async fn extend_keeps_a_lease_from_being_redelivered(q: Arc<dyn Queue>) {
     assert_eq!(again.len(), 1, "not redelivered once the extensions stopped");
     assert_eq!(again[0].entry_id, held.entry_id);
     assert_eq!(again[0].deliveries, 2);
+}
+
+/// A holder whose lease ran out (and was taken over) can no longer ack,
+/// release, extend or remove the entry: the newer holding is untouched, and
+/// `extend` tells the stale holder it lost the lease.
+async fn stale_holder_cannot_touch_the_newer_lease(q: Arc<dyn Queue>) {
+    let short = Duration::from_millis(300);
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let stale = q.lease("c1", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    let fresh = q.lease("c2", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!((fresh.entry_id.as_str(), fresh.deliveries), (stale.entry_id.as_str(), 2));
+
+    q.ack(&stale).await.unwrap();
+    q.release(&stale, &msg(1), now_ms()).await.unwrap();
+    assert!(!q.extend(&stale).await.unwrap(), "extend did not report the lost lease");
+    q.dead_letter(Some(&stale), letter(Some("job-1"), "late", now_ms())).await.unwrap();
+    assert_eq!(depth(&*q).await, (0, 0, 1, 1), "the stale holder changed the newer lease");
+    assert!(q.extend(&fresh).await.unwrap(), "the current holder lost its lease");
+    assert!(q.lease("c3", 1, LONG, Duration::ZERO).await.unwrap().is_empty());
+    q.ack(&fresh).await.unwrap();
+    assert_eq!(depth(&*q).await, (0, 0, 0, 1));
+    assert!(!q.extend(&fresh).await.unwrap(), "an acked entry's lease is gone");
+}
+
+/// `present` says which jobs have an entry, waiting, delayed or leased; an
+/// acked, dead-lettered or never enqueued job has none.
+async fn present_tracks_each_job_s_entry(q: Arc<dyn Queue>) {
+    let ids: Vec<String> = (1..=5).map(|i| msg(i).request_id).collect();
+    assert_eq!(q.present(&ids).await.unwrap(), [false; 5]);
+    assert!(q.present(&[]).await.unwrap().is_empty());
+    q.enqueue(&[msg(1), msg(2), msg(3), msg(4)]).await.unwrap();
+    let leased = q.lease("c1", 4, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&leased), [msg(1), msg(2), msg(3), msg(4)]);
+    q.ack(&leased[0]).await.unwrap();
+    q.release(&leased[1], &msg(2), now_ms() + 60_000).await.unwrap();
+    q.dead_letter(Some(&leased[3]), letter(Some("job-4"), "boom", now_ms())).await.unwrap();
+    let seen = q.present(&ids).await.unwrap();
+    assert_eq!(
+        seen,
+        [false, true, true, false, false],
+        "ack and dead letter remove, release keeps, never-enqueued has none"
+    );
 }
 
 // ---- the table: one test per (case, implementation) ----
@@ -325,31 +368,32 @@ queue_suite! {
     dead_letters_listed_by_death_time =>
         queue_sqlite_dead_letters_listed_by_death_time, queue_redis_dead_letters_listed_by_death_time;
     depth_counts_each_state => queue_sqlite_depth_counts_each_state, queue_redis_depth_counts_each_state;
+    stale_holder_cannot_touch_the_newer_lease =>
+        queue_sqlite_stale_holder_cannot_touch_the_newer_lease, queue_redis_stale_holder_cannot_touch_the_newer_lease;
+    present_tracks_each_job_s_entry => queue_sqlite_present_tracks_each_job_s_entry, queue_redis_present_tracks_each_job_s_entry;
     extend_keeps_a_lease_from_being_redelivered =>
         queue_sqlite_extend_keeps_a_lease_from_being_redelivered, queue_redis_extend_keeps_a_lease_from_being_redelivered;
 }
 
 // ---- SQLite only ----
 
-/// The delivery count is the SQLite lease token: a holder whose lease ran out
-/// (and was redelivered) can no longer ack, release or extend the entry.
+/// The token survives a release: a holder from before a release cannot ack
+/// the entry's later holding, though both were "first deliveries".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_sqlite_stale_holder_cannot_touch_the_newer_lease() {
+async fn queue_sqlite_token_keeps_growing_across_releases() {
     let (db, _dir) = sqlite_db();
     let q = SqliteQueue::new(db);
-    let short = Duration::from_millis(300);
+    let short = Duration::from_millis(200);
     q.enqueue(&[msg(1)]).await.unwrap();
     let stale = q.lease("c1", 1, short, Duration::ZERO).await.unwrap().remove(0);
-    tokio::time::sleep(short + Duration::from_millis(300)).await;
-    let fresh = q.lease("c2", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
-    assert_eq!((fresh.entry_id.as_str(), fresh.deliveries), (stale.entry_id.as_str(), 2));
-
+    tokio::time::sleep(short + Duration::from_millis(200)).await;
+    let second = q.lease("c2", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
+    q.release(&second, &msg(1), now_ms()).await.unwrap();
+    let third = q.lease("c3", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
+    assert_eq!(third.deliveries, 1, "a release starts the delivery count over");
+    assert!(third.token > second.token && second.token > stale.token, "{stale:?} {second:?} {third:?}");
     q.ack(&stale).await.unwrap();
-    q.release(&stale, &msg(1), now_ms()).await.unwrap();
-    q.extend("c1", &stale).await.unwrap();
-    assert_eq!(depth(&q).await, (0, 0, 1, 0), "the stale holder changed the newer lease");
-    assert!(q.lease("c3", 1, LONG, Duration::ZERO).await.unwrap().is_empty());
-
-    q.ack(&fresh).await.unwrap();
+    assert_eq!(depth(&q).await, (0, 0, 1, 0), "a holder from before the release acked the entry");
+    q.ack(&third).await.unwrap();
     assert_eq!(depth(&q).await, (0, 0, 0, 0));
 }

@@ -10,7 +10,7 @@ use vendorhost::queue::sqlite::SqliteQueue;
 use vendorhost::queue::{Message, Queue};
 use vendorhost::store::mongo::MongoStore;
 use vendorhost::store::sqlite::SqliteStore;
-use vendorhost::store::{Inserted, Store};
+use vendorhost::store::{Attempt, Inserted, Overdue, Store, WebhookClaim};
 
 use super::{Subject, sqlite_db};
 use crate::support::servers;
@@ -52,6 +52,17 @@ fn new_job(id: &str, created_at: Millis) -> NewJob {
 fn keyed(id: &str, key: &str, hash: &str, created_at: Millis) -> NewJob {
     let idempotency = Some(Idempotency { key: key.into(), body_hash: hash.into(), expires_at: created_at + 60_000 });
     NewJob { idempotency, ..new_job(id, created_at) }
+}
+
+/// How long the attempts of this suite hold their job.
+const LEASE: Millis = 1_000;
+
+/// Starts an attempt at `now` that must start.
+async fn start(s: &dyn Store, id: &str, now: Millis) -> Job {
+    match s.start_attempt(id, now, now + LEASE).await.unwrap() {
+        Attempt::Started(j) => j,
+        other => panic!("{id}: no attempt started at {now}: {other:?}"),
+    }
 }
 
 async fn job(s: &dyn Store, id: &str) -> Job {
@@ -109,33 +120,81 @@ async fn insert_get(s: Arc<dyn Store>) {
     assert_eq!(job(&*s, "j1").await, expected, "a second insert changed the job");
 }
 
-/// Racing `start_attempt`s on one job each count: every caller sees its own
-/// attempt number.
-async fn racing_start_attempts_all_count(s: Arc<dyn Store>) {
+/// Racing `start_attempt`s on one job: exactly one starts; the others see
+/// it held until its lease end, so a job never runs twice at once.
+async fn racing_start_attempts_one_wins(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let s = s.clone();
-            tokio::spawn(async move { s.start_attempt("j1", 2_000 + i).await.unwrap() })
+            tokio::spawn(async move { s.start_attempt("j1", 2_000 + i, 5_000).await.unwrap() })
         })
         .collect();
-    let mut seen = Vec::new();
+    let (mut started, mut held) = (Vec::new(), 0);
     for t in tasks {
-        let j = t.await.unwrap().expect("an in-flight job starts an attempt");
-        assert_eq!(j.status, Status::Processing);
-        seen.push(j.attempts);
+        match t.await.unwrap() {
+            Attempt::Started(j) => started.push(j),
+            Attempt::Held { until } => {
+                assert_eq!(until, 5_000, "held until the winner's lease end");
+                held += 1;
+            }
+            Attempt::Over => panic!("an in-flight job was reported over"),
+        }
     }
-    assert_eq!(sorted(seen), (1..=32).collect::<Vec<u32>>());
+    assert_eq!((started.len(), held), (1, 31), "{started:?}");
+    assert_eq!((started[0].status, started[0].attempts), (Status::Processing, 1));
     let j = job(&*s, "j1").await;
-    assert_eq!((j.status, j.attempts), (Status::Processing, 32));
-    assert!(s.start_attempt("nope", 1).await.unwrap().is_none());
+    assert_eq!((j.status, j.attempts), (Status::Processing, 1));
+    assert_eq!(s.start_attempt("nope", 1, 2).await.unwrap(), Attempt::Over);
+}
+
+/// A processing job is taken again only once its due time (the lease end,
+/// pushed on by `hold`) has passed; a job waiting for its webhook never.
+async fn lease_end_fences_attempts(s: Arc<dyn Store>) {
+    s.insert(&new_job("j1", 1_000)).await.unwrap();
+    assert_eq!(start(&*s, "j1", 1_000).await.attempts, 1);
+    assert_eq!(s.start_attempt("j1", 1_500, 2_500).await.unwrap(), Attempt::Held { until: 2_000 });
+    s.hold("j1", 3_000).await.unwrap();
+    assert_eq!(s.start_attempt("j1", 2_500, 3_500).await.unwrap(), Attempt::Held { until: 3_000 });
+    let again = match s.start_attempt("j1", 3_000, 4_000).await.unwrap() {
+        Attempt::Started(j) => j,
+        other => panic!("not taken over at the lease end: {other:?}"),
+    };
+    assert_eq!(again.attempts, 2);
+    assert!(s.set_vendor_ref("j1", "ref", 99_000, 3_100).await.unwrap());
+    assert_eq!(s.start_attempt("j1", 50_000, 51_000).await.unwrap(), Attempt::Over, "an accepted async job ran again");
+    s.hold("j1", 60_000).await.unwrap();
+    assert_eq!(job(&*s, "j1").await.attempts, 2);
+}
+
+/// `overdue` lists in-flight jobs past their due time, in (due, id) order,
+/// pages after a cursor, and skips finished jobs, jobs awaiting a webhook and
+/// jobs whose due time moved on (a running attempt, a retry, a re-enqueue).
+async fn overdue_lists_jobs_past_due(s: Arc<dyn Store>) {
+    for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("d", 4_000), ("e", 4_500)] {
+        s.insert(&new_job(id, at)).await.unwrap();
+    }
+    assert!(s.start_attempt("c", 3_100, 10_000).await.unwrap() != Attempt::Over);
+    start(&*s, "d", 4_100).await;
+    assert!(s.set_vendor_ref("d", "ref-d", 99_000, 4_200).await.unwrap());
+    assert!(s.finish("e", &complete("1"), 4_600).await.unwrap());
+    let ids = |v: Vec<Overdue>| v.into_iter().map(|o| (o.request_id, o.due_at)).collect::<Vec<_>>();
+    assert_eq!(ids(s.overdue(5_000, None, 10).await.unwrap()), [("a".into(), 1_000), ("b".into(), 2_000)]);
+    assert_eq!(ids(s.overdue(5_000, None, 1).await.unwrap()), [("a".into(), 1_000)]);
+    assert_eq!(ids(s.overdue(5_000, Some((1_000, "a".into())), 10).await.unwrap()), [("b".into(), 2_000)]);
+    assert_eq!(ids(s.overdue(1_500, None, 10).await.unwrap()), [("a".into(), 1_000)]);
+    assert_eq!(ids(s.overdue(11_000, None, 10).await.unwrap()).len(), 3, "c is overdue once its lease ends");
+    s.record_error("b", "retry later", 5_000, 9_000).await.unwrap();
+    s.mark_queued(&["a".to_string()], 6_000).await.unwrap();
+    assert!(s.overdue(5_500, None, 10).await.unwrap().is_empty(), "a retry or a re-enqueue moves the due time");
+    assert_eq!(ids(s.overdue(9_500, None, 10).await.unwrap()), [("a".into(), 6_000), ("b".into(), 9_000)]);
 }
 
 /// Racing `finish`es: exactly one ends the job, and its outcome is the one
 /// kept.
 async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
-    s.start_attempt("j1", 1_500).await.unwrap().unwrap();
+    start(&*s, "j1", 1_500).await;
     let tasks: Vec<_> = (0..32)
         .map(|i| {
             let s = s.clone();
@@ -167,9 +226,9 @@ async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
 /// a vendor reference or a reopen of a complete job.
 async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
-    let started = s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    let started = start(&*s, "j1", 1_100).await;
     assert_eq!((started.status, started.attempts, started.updated_at), (Status::Processing, 1, 1_100));
-    s.record_error("j1", "timeout", 1_200).await.unwrap();
+    s.record_error("j1", "timeout", 1_200, 1_200 + LEASE).await.unwrap();
     let j = job(&*s, "j1").await;
     assert_eq!((j.status, j.error.as_deref(), j.updated_at), (Status::Processing, Some("timeout"), 1_200));
 
@@ -182,8 +241,8 @@ async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
     );
     assert!(!s.finish("j1", &failed("late"), 3_000).await.unwrap());
     assert!(!s.finish("j1", &complete("2"), 3_000).await.unwrap());
-    assert!(s.start_attempt("j1", 3_000).await.unwrap().is_none());
-    s.record_error("j1", "late", 3_000).await.unwrap();
+    assert_eq!(s.start_attempt("j1", 3_000, 3_000 + LEASE).await.unwrap(), Attempt::Over);
+    s.record_error("j1", "late", 3_000, 3_000 + LEASE).await.unwrap();
     assert!(!s.set_vendor_ref("j1", "v1", 9_000, 3_000).await.unwrap());
     assert!(!s.reopen("j1", 3_000).await.unwrap(), "a complete job is not reopened");
     assert_eq!(job(&*s, "j1").await, done);
@@ -194,8 +253,8 @@ async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
     let dead = job(&*s, "j2").await;
     assert_eq!((dead.status, dead.result.as_deref(), dead.error.as_deref()), (Status::Failed, None, Some("boom")));
     assert!(!s.finish("j2", &complete("1"), 3_000).await.unwrap());
-    s.record_error("j2", "late", 3_000).await.unwrap();
-    assert!(s.start_attempt("j2", 3_000).await.unwrap().is_none());
+    s.record_error("j2", "late", 3_000, 3_000 + LEASE).await.unwrap();
+    assert_eq!(s.start_attempt("j2", 3_000, 3_000 + LEASE).await.unwrap(), Attempt::Over);
     assert_eq!(job(&*s, "j2").await, dead);
 
     assert!(!s.finish("nope", &complete("1"), 3_000).await.unwrap());
@@ -206,7 +265,7 @@ async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
 async fn reopen_only_from_failed(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
     assert!(!s.reopen("j1", 1_500).await.unwrap(), "reopened a pending job");
-    s.start_attempt("j1", 1_600).await.unwrap().unwrap();
+    start(&*s, "j1", 1_600).await;
     assert!(!s.reopen("j1", 1_650).await.unwrap(), "reopened a processing job");
     assert!(s.set_vendor_ref("j1", "ref-1", 9_000, 1_700).await.unwrap());
     assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
@@ -217,7 +276,7 @@ async fn reopen_only_from_failed(s: Arc<dyn Store>) {
     assert_eq!((j.result, j.vendor_ref, j.webhook_deadline), (None, None, None));
     assert!(s.find_by_vendor_ref("acme", "ref-1").await.unwrap().is_none(), "the old vendor reference still finds it");
     assert!(!s.reopen("j1", 3_100).await.unwrap(), "reopened twice");
-    assert_eq!(s.start_attempt("j1", 3_200).await.unwrap().map(|j| j.attempts), Some(1), "a reopened job runs again");
+    assert_eq!(start(&*s, "j1", 3_200).await.attempts, 1, "a reopened job runs again");
     assert!(!s.reopen("nope", 3_000).await.unwrap());
 }
 
@@ -225,7 +284,7 @@ async fn reopen_only_from_failed(s: Arc<dyn Store>) {
 /// error of its new run.
 async fn reopened_job_clears_its_error(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
-    s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    start(&*s, "j1", 1_100).await;
     assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
     assert!(s.reopen("j1", 3_000).await.unwrap());
     assert_eq!(job(&*s, "j1").await.error, None);
@@ -236,13 +295,13 @@ async fn reopened_job_clears_its_error(s: Arc<dyn Store>) {
 /// after the reopen, and the sweeper must not race it.
 async fn reopened_job_waits_for_the_sweeper_until_updated_at(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
-    s.mark_queued(&["j1".to_string()]).await.unwrap();
-    s.start_attempt("j1", 1_100).await.unwrap().unwrap();
+    s.mark_queued(&["j1".to_string()], 0).await.unwrap();
+    start(&*s, "j1", 1_100).await;
     assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
     assert!(s.reopen("j1", 3_000).await.unwrap());
     assert!(s.unqueued_pending(3_000, 10).await.unwrap().is_empty(), "swept before its reopening");
     assert_eq!(s.unqueued_pending(3_001, 10).await.unwrap(), [pair("j1")]);
-    s.mark_queued(&["j1".to_string()]).await.unwrap();
+    s.mark_queued(&["j1".to_string()], 0).await.unwrap();
     assert!(s.unqueued_pending(10_000, 10).await.unwrap().is_empty());
 }
 
@@ -315,27 +374,48 @@ async fn expired_idempotency_key_binds_anew(s: Arc<dyn Store>) {
     assert!(s.get("j3").await.unwrap().is_none() && s.get("j4").await.unwrap().is_none());
 }
 
-/// A webhook id is remembered once per vendor; forgetting it lets it in again.
-async fn webhook_ids_remember_and_forget(s: Arc<dyn Store>) {
-    let later = now_ms() + 60_000;
-    assert!(s.remember_webhook("acme", "w1", later).await.unwrap());
-    assert!(!s.remember_webhook("acme", "w1", later).await.unwrap(), "a replay was let in");
-    assert!(s.remember_webhook("other", "w1", later).await.unwrap(), "ids are per vendor");
-    assert!(s.remember_webhook("acme", "w2", later).await.unwrap());
-    s.forget_webhook("acme", "w1").await.unwrap();
-    s.forget_webhook("acme", "never-seen").await.unwrap();
-    assert!(s.remember_webhook("acme", "w1", later).await.unwrap(), "a forgotten id is new again");
-    assert!(!s.remember_webhook("acme", "w2", later).await.unwrap(), "forgot the wrong id");
-    assert!(!s.remember_webhook("other", "w1", later).await.unwrap(), "forgot another vendor's id");
+/// Applies a webhook id: claimed, then done until `expires_at`.
+async fn applied(s: &dyn Store, vendor: &str, id: &str, expires_at: Millis) {
+    assert_eq!(s.claim_webhook(vendor, id, now_ms() + 60_000).await.unwrap(), WebhookClaim::New, "{vendor}:{id}");
+    s.complete_webhook(vendor, id, expires_at).await.unwrap();
 }
 
-/// An id remembered until a moment now past no longer counts as a replay,
-/// purged or not.
-async fn expired_webhook_id_is_not_a_replay(s: Arc<dyn Store>) {
+/// A webhook id is claimed once per vendor: while its claim is held a second
+/// claim is told it is in progress, once done it is a replay; forgetting it
+/// lets it in again.
+async fn webhook_ids_claim_complete_and_forget(s: Arc<dyn Store>) {
+    let later = now_ms() + 60_000;
+    assert_eq!(s.claim_webhook("acme", "w1", later).await.unwrap(), WebhookClaim::New);
+    assert_eq!(s.claim_webhook("acme", "w1", later).await.unwrap(), WebhookClaim::InProgress, "claimed twice at once");
+    s.complete_webhook("acme", "w1", later).await.unwrap();
+    assert_eq!(s.claim_webhook("acme", "w1", later).await.unwrap(), WebhookClaim::Done, "a replay was let in");
+    applied(&*s, "other", "w1", later).await;
+    applied(&*s, "acme", "w2", later).await;
+    s.forget_webhook("acme", "w1").await.unwrap();
+    s.forget_webhook("acme", "never-seen").await.unwrap();
+    assert_eq!(s.claim_webhook("acme", "w1", later).await.unwrap(), WebhookClaim::New, "a forgotten id is new again");
+    assert_eq!(s.claim_webhook("acme", "w2", later).await.unwrap(), WebhookClaim::Done, "forgot the wrong id");
+    assert_eq!(s.claim_webhook("other", "w1", later).await.unwrap(), WebhookClaim::Done, "forgot another vendor's id");
+}
+
+/// A claim whose holder died lapses at its `until`, and an id applied until a
+/// moment now past no longer counts as a replay, purged or not.
+async fn lapsed_claims_and_expired_ids_are_new(s: Arc<dyn Store>) {
     let now = now_ms();
-    assert!(s.remember_webhook("acme", "old", now - 1_000).await.unwrap());
-    assert!(s.remember_webhook("acme", "old", now + 60_000).await.unwrap(), "an expired id counted as a replay");
-    assert!(!s.remember_webhook("acme", "old", now + 60_000).await.unwrap());
+    assert_eq!(s.claim_webhook("acme", "dead-holder", now + 300).await.unwrap(), WebhookClaim::New);
+    assert_eq!(s.claim_webhook("acme", "dead-holder", now + 60_000).await.unwrap(), WebhookClaim::InProgress);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        s.claim_webhook("acme", "dead-holder", now_ms() + 60_000).await.unwrap(),
+        WebhookClaim::New,
+        "a lapsed claim blocked the retry"
+    );
+    applied(&*s, "acme", "old", now - 1_000).await;
+    assert_eq!(
+        s.claim_webhook("acme", "old", now + 60_000).await.unwrap(),
+        WebhookClaim::New,
+        "an expired id counted as a replay"
+    );
 }
 
 /// `unqueued_pending` lists `pending` jobs created before `before` whose
@@ -344,17 +424,17 @@ async fn unqueued_pending_and_mark_queued(s: Arc<dyn Store>) {
     for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("fresh", 9_000), ("d", 500)] {
         s.insert(&new_job(id, at)).await.unwrap();
     }
-    s.mark_queued(&["b".to_string()]).await.unwrap();
-    s.mark_queued(&[]).await.unwrap();
-    s.mark_queued(&["nope".to_string()]).await.unwrap();
-    s.start_attempt("c", 3_500).await.unwrap().unwrap();
+    s.mark_queued(&["b".to_string()], 0).await.unwrap();
+    s.mark_queued(&[], 0).await.unwrap();
+    s.mark_queued(&["nope".to_string()], 0).await.unwrap();
+    start(&*s, "c", 3_500).await;
 
     assert_eq!(sorted(s.unqueued_pending(5_000, 10).await.unwrap()), [pair("a"), pair("d")]);
     let one = s.unqueued_pending(5_000, 1).await.unwrap();
     assert!(one == [pair("a")] || one == [pair("d")], "{one:?}");
     assert_eq!(s.unqueued_pending(1_000, 10).await.unwrap(), [pair("d")], "created before, strictly");
 
-    s.mark_queued(&["a".to_string(), "d".to_string()]).await.unwrap();
+    s.mark_queued(&["a".to_string(), "d".to_string()], 0).await.unwrap();
     assert!(s.unqueued_pending(5_000, 10).await.unwrap().is_empty());
     assert_eq!(s.unqueued_pending(10_000, 10).await.unwrap(), [pair("fresh")]);
 }
@@ -369,7 +449,7 @@ async fn vendor_refs_and_overdue_webhooks(s: Arc<dyn Store>) {
     assert!(!s.set_vendor_ref("a", "ref-a", 5_000, 1_100).await.unwrap(), "set on a pending job");
     assert!(!s.set_vendor_ref("nope", "ref-x", 5_000, 1_100).await.unwrap());
     for id in ["a", "b", "c"] {
-        s.start_attempt(id, 1_200).await.unwrap().unwrap();
+        start(&*s, id, 1_200).await;
     }
     assert!(s.set_vendor_ref("a", "ref-a", 5_000, 1_300).await.unwrap());
     assert!(s.set_vendor_ref("b", "ref-b", 4_000, 1_300).await.unwrap());
@@ -400,8 +480,8 @@ async fn purge(s: Arc<dyn Store>) {
     s.finish("old-done", &complete("1"), 2_000).await.unwrap();
     s.finish("old-failed", &failed("x"), 2_000).await.unwrap();
     s.finish("new-done", &complete("1"), 8_000).await.unwrap();
-    assert!(s.remember_webhook("acme", "soon", now + 60_000).await.unwrap()); // past by the purge's `now`
-    s.remember_webhook("acme", "live", i64::MAX / 2).await.unwrap(); // far future (a TTL date is clamped)
+    applied(&*s, "acme", "soon", now + 60_000).await; // past by the purge's `now`
+    applied(&*s, "acme", "live", i64::MAX / 2).await; // far future (a TTL date is clamped)
     // A key binding for a minute (past by the purge's `now`), on a job the
     // purge keeps. (A key already past in wall-clock time may vanish sooner:
     // MongoDB's TTL index.)
@@ -410,7 +490,7 @@ async fn purge(s: Arc<dyn Store>) {
     let late = keyed("keyed2", "k", "h", now + 1_000);
     assert_eq!(s.insert(&late).await.unwrap(), Inserted::Existing { request_id: "keyed".into() });
 
-    assert!(!s.remember_webhook("acme", "soon", now + 60_000).await.unwrap());
+    assert_eq!(s.claim_webhook("acme", "soon", now + 60_000).await.unwrap(), WebhookClaim::Done);
 
     let purge_now = now + 120_000;
     assert_eq!(s.purge(5_000, purge_now).await.unwrap(), 2);
@@ -419,8 +499,16 @@ async fn purge(s: Arc<dyn Store>) {
     assert!(s.get("new-done").await.unwrap().is_some());
     assert!(s.get("old-pending").await.unwrap().is_some(), "purged a job still in flight");
     assert!(s.get("keyed").await.unwrap().is_some());
-    assert!(!s.remember_webhook("acme", "live", i64::MAX / 2).await.unwrap(), "purged a live webhook id");
-    assert!(s.remember_webhook("acme", "soon", i64::MAX / 2).await.unwrap(), "an expired webhook id was kept");
+    assert_eq!(
+        s.claim_webhook("acme", "live", now_ms() + 60_000).await.unwrap(),
+        WebhookClaim::Done,
+        "purged a live webhook id"
+    );
+    assert_eq!(
+        s.claim_webhook("acme", "soon", now_ms() + 60_000).await.unwrap(),
+        WebhookClaim::New,
+        "an expired webhook id was kept"
+    );
     // The expired key was purged: it binds a new job, even one created while
     // it still bound.
     assert_eq!(s.insert(&late).await.unwrap(), CREATED);
@@ -440,7 +528,9 @@ macro_rules! store_suite {
 
 store_suite! {
     insert_get => store_sqlite_insert_get, store_mongo_insert_get;
-    racing_start_attempts_all_count => store_sqlite_racing_start_attempts_all_count, store_mongo_racing_start_attempts_all_count;
+    racing_start_attempts_one_wins => store_sqlite_racing_start_attempts_one_wins, store_mongo_racing_start_attempts_one_wins;
+    lease_end_fences_attempts => store_sqlite_lease_end_fences_attempts, store_mongo_lease_end_fences_attempts;
+    overdue_lists_jobs_past_due => store_sqlite_overdue_lists_jobs_past_due, store_mongo_overdue_lists_jobs_past_due;
     racing_finish_exactly_one_wins => store_sqlite_racing_finish_exactly_one_wins, store_mongo_racing_finish_exactly_one_wins;
     finished_jobs_do_not_move => store_sqlite_finished_jobs_do_not_move, store_mongo_finished_jobs_do_not_move;
     reopen_only_from_failed => store_sqlite_reopen_only_from_failed, store_mongo_reopen_only_from_failed;
@@ -455,9 +545,10 @@ store_suite! {
         store_sqlite_idempotency_key_binds_until_it_expires, store_mongo_idempotency_key_binds_until_it_expires;
     expired_idempotency_key_binds_anew =>
         store_sqlite_expired_idempotency_key_binds_anew, store_mongo_expired_idempotency_key_binds_anew;
-    webhook_ids_remember_and_forget => store_sqlite_webhook_ids_remember_and_forget, store_mongo_webhook_ids_remember_and_forget;
-    expired_webhook_id_is_not_a_replay =>
-        store_sqlite_expired_webhook_id_is_not_a_replay, store_mongo_expired_webhook_id_is_not_a_replay;
+    webhook_ids_claim_complete_and_forget =>
+        store_sqlite_webhook_ids_claim_complete_and_forget, store_mongo_webhook_ids_claim_complete_and_forget;
+    lapsed_claims_and_expired_ids_are_new =>
+        store_sqlite_lapsed_claims_and_expired_ids_are_new, store_mongo_lapsed_claims_and_expired_ids_are_new;
     unqueued_pending_and_mark_queued =>
         store_sqlite_unqueued_pending_and_mark_queued, store_mongo_unqueued_pending_and_mark_queued;
     vendor_refs_and_overdue_webhooks =>

@@ -67,8 +67,12 @@ async fn tiny_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_connection_cap_sheds_with_503_and_shutdown_finishes_in_flight_requests() {
-    let opts =
-        ServeOptions { header_read_timeout: Duration::from_secs(1), max_connections: 3, max_header_bytes: 16 * 1024 };
+    let opts = ServeOptions {
+        header_read_timeout: Duration::from_secs(1),
+        max_connections: 3,
+        max_header_bytes: 16 * 1024,
+        ..ServeOptions::default()
+    };
     let (addr, stop, task) = tiny_server(opts).await;
     let mut held = join_all((0..3).map(|_| stalled(addr, b"GET / HTTP/1.1\r\n"))).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -99,8 +103,12 @@ async fn the_connection_cap_sheds_with_503_and_shutdown_finishes_in_flight_reque
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_over_the_cap_get_431() {
-    let opts =
-        ServeOptions { header_read_timeout: Duration::from_secs(5), max_connections: 16, max_header_bytes: 16 * 1024 };
+    let opts = ServeOptions {
+        header_read_timeout: Duration::from_secs(5),
+        max_connections: 16,
+        max_header_bytes: 16 * 1024,
+        ..ServeOptions::default()
+    };
     let (addr, stop, task) = tiny_server(opts).await;
     let request = format!("GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(20 * 1024));
     let mut s = TcpStream::connect(addr).await.unwrap();

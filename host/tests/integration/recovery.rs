@@ -1,0 +1,208 @@
+//! Lost queue entries are recovered from the store, for every queue/store
+//! pairing the service runs: the sweeper re-enqueues an overdue job only
+//! when its entry is gone (a Redis that lost its data, a deleted row), and a
+//! healthy backlog is never enqueued twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vendorhost::config::{QueueSettings, RetentionSettings};
+use vendorhost::jobs::sweeper::Sweeper;
+use vendorhost::model::{Job, NewJob, Status, now_ms};
+use vendorhost::queue::redis::RedisQueue;
+use vendorhost::queue::sqlite::SqliteQueue;
+use vendorhost::queue::{Message, Queue};
+use vendorhost::store::mongo::MongoStore;
+use vendorhost::store::sqlite::SqliteStore;
+use vendorhost::store::{Attempt, Inserted, Store};
+
+use crate::contract::sqlite_db;
+use crate::support::servers;
+
+/// A queue and a store as the service pairs them, and how to lose the
+/// queue's entries behind the service's back.
+struct Pair {
+    queue: Arc<dyn Queue>,
+    store: Arc<dyn Store>,
+    wipe: Wipe,
+    _dir: Option<tempfile::TempDir>,
+}
+
+enum Wipe {
+    /// Delete every row of the embedded queue (a file restored without it).
+    Sqlite(std::path::PathBuf),
+    /// Delete the prefix's keys: the Redis lost its data.
+    Redis { prefix: String },
+}
+
+impl Pair {
+    /// The embedded default: one SQLite file, the job and its entry written together.
+    fn embedded() -> Pair {
+        let (db, dir) = sqlite_db();
+        let path = db.path().to_path_buf();
+        Pair {
+            queue: Arc::new(SqliteQueue::new(db.clone())),
+            store: Arc::new(SqliteStore::new(db, true)),
+            wipe: Wipe::Sqlite(path),
+            _dir: Some(dir),
+        }
+    }
+
+    /// `serve` with a Redis queue: Redis Streams beside the embedded store.
+    async fn redis_sqlite() -> Pair {
+        let (db, dir) = sqlite_db();
+        let prefix = servers::unique("vh_recover");
+        Pair {
+            queue: Arc::new(RedisQueue::connect(&servers::redis().url, &prefix).await.unwrap()),
+            store: Arc::new(SqliteStore::new(db, false)),
+            wipe: Wipe::Redis { prefix },
+            _dir: Some(dir),
+        }
+    }
+
+    /// Production: Redis Streams and MongoDB.
+    async fn redis_mongo() -> Pair {
+        let prefix = servers::unique("vh_recover");
+        let db = servers::unique("vh_recover");
+        Pair {
+            queue: Arc::new(RedisQueue::connect(&servers::redis().url, &prefix).await.unwrap()),
+            store: Arc::new(MongoStore::connect(&servers::mongo().uri, &db).await.unwrap()),
+            wipe: Wipe::Redis { prefix },
+            _dir: None,
+        }
+    }
+
+    fn sweeper(&self, recover_after: Duration) -> Sweeper {
+        let settings = QueueSettings { recover_after, ..QueueSettings::default() };
+        Sweeper::new(self.queue.clone(), self.store.clone(), settings, RetentionSettings::default())
+    }
+
+    /// Submits like the service: the job, then (unless written together)
+    /// its entry.
+    async fn submit(&self, id: &str, created_at: i64) {
+        let job = NewJob {
+            request_id: id.into(),
+            vendor: "acme".into(),
+            data: "{}".into(),
+            owner: None,
+            created_at,
+            idempotency: None,
+        };
+        match self.store.insert(&job).await.unwrap() {
+            Inserted::Created { enqueued: true } => {}
+            Inserted::Created { enqueued: false } => {
+                self.queue.enqueue(&[Message::new(id, "acme")]).await.unwrap();
+                self.store.mark_queued(&[id.to_string()], created_at).await.unwrap();
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    async fn wipe(&self) {
+        match &self.wipe {
+            Wipe::Sqlite(path) => {
+                let c = rusqlite::Connection::open(path).unwrap();
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                c.execute("DELETE FROM queue", []).unwrap();
+            }
+            Wipe::Redis { prefix } => {
+                let client = redis::Client::open(servers::redis().url.as_str()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let keys: Vec<String> =
+                    redis::cmd("KEYS").arg(format!("{prefix}:*")).query_async(&mut c).await.unwrap();
+                if !keys.is_empty() {
+                    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// Every entry the queue holds, leased once (and given back).
+    async fn entries(&self) -> Vec<String> {
+        let leases = self.queue.lease("counter", 10_000, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+        let ids = leases.iter().map(|l| Message::decode(&l.payload).unwrap().request_id).collect();
+        for l in &leases {
+            self.queue.release(l, &Message::decode(&l.payload).unwrap(), 0).await.unwrap();
+        }
+        ids
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// A healthy backlog long past the grace stays one entry per job however
+/// often the sweeper runs; after the queue loses everything, every waiting
+/// job (pending, or processing with a lapsed lease) is back exactly once,
+/// and a job whose attempt is still running is left to it.
+async fn lost_entries_come_back_once(p: Pair) {
+    let old = now_ms() - 120_000;
+    let ids: Vec<String> = (0..12).map(|i| format!("job-{i:02}")).collect();
+    for id in &ids {
+        p.submit(id, old).await;
+    }
+    let sweeper = p.sweeper(Duration::from_secs(30));
+    for _ in 0..4 {
+        assert_eq!(sweeper.recover_lost().await.unwrap(), 0, "a healthy backlog was enqueued again");
+    }
+    assert_eq!(sorted(p.entries().await), ids, "each job has exactly one entry");
+
+    // job-00: an attempt whose lease lapsed long ago (its worker died);
+    // job-01: an attempt still running (lease ahead).
+    let now = now_ms();
+    assert!(matches!(p.store.start_attempt("job-00", old, old + 1_000).await.unwrap(), Attempt::Started(_)));
+    assert!(matches!(p.store.start_attempt("job-01", now, now + 60_000).await.unwrap(), Attempt::Started(_)));
+    p.wipe().await;
+    assert!(p.entries().await.is_empty(), "the wipe left entries");
+
+    let recovered = sweeper.recover_lost().await.unwrap();
+    assert_eq!(recovered, 11, "every waiting job but the running one comes back");
+    let back = sorted(p.entries().await);
+    assert_eq!(back, ids[..1].iter().chain(&ids[2..]).cloned().collect::<Vec<_>>());
+    for _ in 0..3 {
+        assert_eq!(sweeper.recover_lost().await.unwrap(), 0, "recovered twice");
+    }
+    assert_eq!(sorted(p.entries().await), back, "one entry each after several sweeps");
+    let running: Job = p.store.get("job-01").await.unwrap().unwrap();
+    assert_eq!((running.status, running.attempts), (Status::Processing, 1));
+}
+
+/// A job waiting for its vendor's webhook has no entry by design: it is the
+/// webhook deadline's, never recovered into a second call.
+async fn a_job_awaiting_its_webhook_is_not_recovered(p: Pair) {
+    let old = now_ms() - 120_000;
+    p.submit("async-1", old).await;
+    assert!(matches!(p.store.start_attempt("async-1", old, old + 1_000).await.unwrap(), Attempt::Started(_)));
+    assert!(p.store.set_vendor_ref("async-1", "ref-1", now_ms() + 3_600_000, old).await.unwrap());
+    p.wipe().await;
+    assert_eq!(p.sweeper(Duration::from_secs(30)).recover_lost().await.unwrap(), 0);
+    assert!(p.entries().await.is_empty());
+}
+
+macro_rules! pairing {
+    ($($name:ident => $make:expr;)*) => {
+        $(
+            mod $name {
+                use super::*;
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn lost_entries_come_back_once() {
+                    super::lost_entries_come_back_once($make).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn a_job_awaiting_its_webhook_is_not_recovered() {
+                    super::a_job_awaiting_its_webhook_is_not_recovered($make).await;
+                }
+            }
+        )*
+    };
+}
+
+pairing! {
+    embedded => Pair::embedded();
+    redis_sqlite => Pair::redis_sqlite().await;
+    redis_mongo => Pair::redis_mongo().await;
+}
