@@ -1,7 +1,7 @@
 # vendorhost — the two commands README promises:
 #   make run    build the sample plugins and the host, start the embedded default on :8000
 #   make test   install what the tests need where missing, then run every test
-.PHONY: run test build build-plugins test-deps lint demo compose-check bench
+.PHONY: run test build build-plugins test-deps lint demo compose-check bench hostile chaos
 
 CARGO ?= cargo
 
@@ -20,6 +20,15 @@ test-deps:
 test: test-deps build-plugins lint
 	NX_27017=$(CURDIR)/.venv/bin/nx-27017 $(CARGO) test --workspace
 	@bash scripts/ci-extra.sh
+
+# The slow hostile cases (host/tests/hostile, not in `make test`): 5,000
+# webhooks to made-up vendors, 300 concurrent 1 MiB submits, 1,000 idle h2c
+# connections beside 300 bodies at 1 byte/s, each against the release
+# binary as a child process; prints what each measured (README: Hostile inputs).
+hostile: build-plugins
+	$(CARGO) build --release -p vendorhost
+	$(CARGO) clippy -p vendorhost --test hostile -- -D warnings
+	VENDORHOST_BIN=$(CURDIR)/target/release/vendorhost $(CARGO) test -p vendorhost --test hostile -- --nocapture --test-threads=1
 
 # Formatting (rustfmt.toml) and clippy with warnings as errors, on the host
 # workspace and on the plugins workspace (built for wasm32-wasip2).
@@ -61,3 +70,13 @@ compose-check: .env
 # BENCH_SECONDS=10 per run, BENCH_SCALE=1 adds the 1M-pending run).
 bench: build-plugins
 	@bash scripts/bench.sh
+
+# The production shape under crashes (scripts/chaos.py; README: Reliability):
+# Redis (AOF, appendfsync always), nx-27017, the api, two workers and both mock
+# vendors as processes on free 127.0.0.1 ports; while CHAOS_JOBS=5000 jobs are
+# submitted it SIGKILLs a worker, Redis (keeping, then wiping its data) and the
+# API (mid-submit, while webhooks arrive), then checks every accepted job ended
+# once. CHAOS_LONG=1 adds a 10-minute store outage. Needs redis-server and
+# nx-27017 (make test-deps).
+chaos: build
+	python3 scripts/chaos.py

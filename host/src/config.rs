@@ -81,8 +81,18 @@ pub struct Config {
     pub store: String,
     /// Mongo database name.
     pub mongo_db: String,
+    /// MongoDB write concern of every store write: `majority`, a number of
+    /// nodes, or a tag set name.
+    pub mongo_write_concern: String,
+    /// Whether MongoDB writes wait for the journal.
+    pub mongo_journal: bool,
     /// Redis key prefix (streams, sets, limits, breakers).
     pub redis_prefix: String,
+    /// Response timeout of Redis commands: one without an answer by then
+    /// fails and its connection is replaced; a blocking read may take its
+    /// block time plus this.
+    #[serde(with = "duration")]
+    pub redis_timeout: Duration,
     /// Worker processes only: serve `/metrics` and `/healthz` here (empty: off).
     pub metrics_listen: String,
     /// Worker tasks per process (jobs in flight at once, all vendors).
@@ -355,7 +365,10 @@ impl Default for Config {
             queue: "sqlite".into(),
             store: "sqlite".into(),
             mongo_db: "vendorhost".into(),
+            mongo_write_concern: "majority".into(),
+            mongo_journal: true,
             redis_prefix: "vendorhost".into(),
+            redis_timeout: Duration::from_secs(10),
             metrics_listen: String::new(),
             workers: 64,
             mocks: true,

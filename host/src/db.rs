@@ -166,6 +166,12 @@ impl Db {
         &self.path
     }
 
+    /// A write through the writer thread that changes nothing: fails if the
+    /// writer is gone or cannot begin a transaction (readiness).
+    pub async fn probe_write(&self) -> Result<(), DbError> {
+        self.write(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
+    }
+
     /// Runs `f` in the next group commit; answers after the commit.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
@@ -276,7 +282,17 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
             continue;
         }
         for op in batch.drain(..) {
-            done.push(op(&conn));
+            // A write that panics must not take the writer (and with it
+            // every later write) down: its savepoint is rolled back, its
+            // caller gets an error (its answer channel is dropped), and the
+            // rest of the batch goes on.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&conn))) {
+                Ok(completion) => done.push(completion),
+                Err(_) => {
+                    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                    tracing::error!("sqlite: a write panicked; it was rolled back and the writer goes on");
+                }
+            }
         }
         let committed = conn.execute_batch("COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
@@ -286,5 +302,27 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
         for c in done.drain(..) {
             c(committed.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE t (x INTEGER)")).await.unwrap();
+        let panicked = db.write(|c| -> rusqlite::Result<()> {
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            panic!("a bug in one write")
+        });
+        assert!(panicked.await.is_err(), "a panicking write reported success");
+        db.write(|c| c.execute("INSERT INTO t VALUES (2)", [])).await.unwrap();
+        db.probe_write().await.unwrap();
+        let rows: Vec<i64> =
+            db.read(|c| c.prepare("SELECT x FROM t")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
+        assert_eq!(rows, [2], "the panicking write's row must be rolled back, the next one kept");
     }
 }

@@ -65,7 +65,8 @@ pub async fn list(
               (status = 400, description = "Bad path", body = super::error::ErrorBody),
               (status = 401, description = "Admin key required", body = super::error::ErrorBody),
               (status = 404, description = "No such dead letter", body = super::error::ErrorBody),
-              (status = 409, description = "Not replayable", body = super::error::ErrorBody)))]
+              (status = 409, description = "Not replayable (no job, or the job is not failed)", body = super::error::ErrorBody),
+              (status = 410, description = "The job is gone (deleted after retention)", body = super::error::ErrorBody)))]
 pub async fn replay(
     State(st): State<AppState>,
     headers: HeaderMap,

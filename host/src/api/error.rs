@@ -119,7 +119,7 @@ impl ApiError {
         ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
-            format!("the request line and headers exceed {limit} bytes"),
+            format!("the request header is too large: at most {limit} bytes and 100 fields"),
         )
     }
 
@@ -228,7 +228,10 @@ impl From<ReplayError> for ApiError {
     fn from(e: ReplayError) -> Self {
         match e {
             ReplayError::NotFound(_) => ApiError::not_found(e.to_string()),
-            ReplayError::NoJob(_) => ApiError::new(StatusCode::CONFLICT, "not_replayable", e.to_string()),
+            ReplayError::NoJob(_) | ReplayError::NotFailed { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "not_replayable", e.to_string())
+            }
+            ReplayError::JobGone { .. } => ApiError::new(StatusCode::GONE, "job_gone", e.to_string()),
             ReplayError::Store(e) => e.into(),
             ReplayError::Queue(e) => e.into(),
         }

@@ -13,6 +13,7 @@ use super::error::ApiError;
 use super::{AppState, Route, auth};
 use crate::breaker::Breakers;
 use crate::config::AuthSettings;
+use crate::jobs::worker::Liveness;
 use crate::plugins::Registry;
 use crate::queue::Queue;
 use crate::telemetry;
@@ -26,6 +27,8 @@ pub struct MetricsState {
     pub registry: Arc<Registry>,
     pub breakers: Arc<dyn Breakers>,
     pub handle: Option<PrometheusHandle>,
+    /// The worker loop's, in a process that runs workers.
+    pub liveness: Option<Arc<Liveness>>,
 }
 
 impl FromRef<AppState> for MetricsState {
@@ -36,6 +39,7 @@ impl FromRef<AppState> for MetricsState {
             registry: st.registry.clone(),
             breakers: st.breakers.clone(),
             handle: st.metrics.clone(),
+            liveness: st.liveness.clone(),
         }
     }
 }
@@ -99,6 +103,9 @@ pub async fn render(State(st): State<MetricsState>, headers: HeaderMap) -> Resul
             };
             ::metrics::gauge!(telemetry::BREAKER_STATE, "vendor" => id).set(v);
         }
+    }
+    if let Some(l) = &st.liveness {
+        ::metrics::gauge!(telemetry::WORKER_LAST_POLL_AGE).set(l.last_poll_age().as_secs_f64());
     }
     let body = st.handle.as_ref().map(|h| h.render()).unwrap_or_default();
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response())

@@ -52,6 +52,9 @@ pub struct AppState {
     pub api: Arc<ApiSettings>,
     pub auth: Arc<AuthSettings>,
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// The worker loop's, when this process runs workers (`serve`): for
+    /// `/metrics` (the API's `/healthz` stays a plain liveness answer).
+    pub liveness: Option<Arc<crate::jobs::worker::Liveness>>,
 }
 
 /// One served endpoint. The route table below is the single source of what
@@ -116,12 +119,12 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A worker process's listener: the same `/metrics` and `/healthz`
-/// handlers as the API's.
+/// A worker process's listener: the API's `/metrics` handler, and a
+/// `/healthz` that also says whether the worker loop still polls the queue.
 pub fn worker_router(state: MetricsState) -> Router {
     Router::new()
         .route("/metrics", axum::routing::get(metrics::render))
-        .route("/healthz", axum::routing::get(health::healthz))
+        .route("/healthz", axum::routing::get(health::worker_healthz))
         .fallback(|| async { ApiError::not_found("a worker serves only /metrics and /healthz") })
         .with_state(state)
 }

@@ -19,7 +19,7 @@ use crate::queue::redis::RedisQueue;
 use crate::queue::sqlite::SqliteQueue;
 use crate::redis_conn::RedisConn;
 use crate::store::Store;
-use crate::store::mongo::MongoStore;
+use crate::store::mongo::{Durability, MongoStore};
 use crate::store::sqlite::SqliteStore;
 
 pub struct Backends {
@@ -53,7 +53,7 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
             // One shared connection for the queue's non-blocking commands,
             // the rate limiter and the breakers; the queue opens its own
             // for blocking reads.
-            let conn = RedisConn::connect(&cfg.queue).await.map_err(|e| redis_err(&e))?;
+            let conn = RedisConn::connect_with(&cfg.queue, cfg.redis_timeout).await.map_err(|e| redis_err(&e))?;
             let q = RedisQueue::new(&conn, &cfg.redis_prefix).await.map_err(|e| redis_err(&e))?;
             let l = RedisLimiter::new(&conn, &cfg.redis_prefix);
             let b = RedisBreakers::new(&conn, &cfg.redis_prefix);
@@ -63,10 +63,9 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
     let store: Arc<dyn Store> = match &db {
         Some(db) if cfg.is_embedded_store() => Arc::new(SqliteStore::new(db.clone(), cfg.is_embedded_queue())),
         _ => Arc::new(
-            MongoStore::connect(&cfg.store, &cfg.mongo_db)
+            connect_mongo(cfg)
                 .await
-                .map_err(|e| StartError::Mongo { url: redact(&cfg.store), message: e.to_string() })?
-                .with_job_ttl(Some(cfg.retention.jobs)),
+                .map_err(|e| StartError::Mongo { url: redact(&cfg.store), message: e.to_string() })?,
         ),
     };
     let description = format!(
@@ -83,4 +82,10 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
         },
     );
     Ok(Backends { queue, store, limiter, breakers, description })
+}
+
+async fn connect_mongo(cfg: &Config) -> Result<MongoStore, crate::store::StoreError> {
+    let options = mongodb::options::ClientOptions::parse(&cfg.store).await?;
+    let durability = Durability { write_concern: cfg.mongo_write_concern.clone(), journal: cfg.mongo_journal };
+    Ok(MongoStore::connect_with(options, &cfg.mongo_db, &durability).await?.with_job_ttl(Some(cfg.retention.jobs)))
 }

@@ -25,7 +25,7 @@ use crate::jobs::callbacks::Callbacks;
 use crate::jobs::dead_letters::DeadLetters;
 use crate::jobs::service::JobService;
 use crate::jobs::sweeper::Sweeper;
-use crate::jobs::worker::{self, WorkerCtx};
+use crate::jobs::worker::{self, Liveness, WorkerCtx};
 use crate::plugins::cache::ComponentCache;
 use crate::plugins::{Registry, Runtime, watch as plugin_watch};
 use crate::policy::Policies;
@@ -106,7 +106,8 @@ pub async fn run(
         let rx = stop_rx.clone();
         tasks.spawn(reload::watch_config(path, policies, overlay.clone(), rx));
     }
-    if role != Role::Api {
+    let liveness = (role != Role::Api).then(|| Arc::new(Liveness::new(&cfg.queue_settings)));
+    if let Some(liveness) = &liveness {
         let ctx = Arc::new(WorkerCtx {
             queue: backends.queue.clone(),
             store: backends.store.clone(),
@@ -117,6 +118,7 @@ pub async fn run(
             settings: cfg.queue_settings.clone(),
             public_url: cfg.public_url.clone(),
             consumer: format!("{}-{}", hostname(), std::process::id()),
+            liveness: liveness.clone(),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
         let sweeper = Sweeper::new(
@@ -152,6 +154,7 @@ pub async fn run(
                 api: Arc::new(cfg.api.clone()),
                 auth: Arc::new(cfg.auth.clone()),
                 metrics: metrics.clone(),
+                liveness: liveness.clone(),
             };
             let router = api::router(state);
             let opts = api::serve::ServeOptions::from_settings(&cfg.api);
@@ -173,6 +176,7 @@ pub async fn run(
             registry: registry.clone(),
             breakers: backends.breakers.clone(),
             handle: metrics.clone(),
+            liveness: liveness.clone(),
         };
         tasks.spawn(serve_worker_metrics(cfg.metrics_listen.clone(), cfg.api.clone(), state, stop_rx.clone()));
     }
@@ -239,10 +243,11 @@ fn print_banner(cfg: &Config, role: Role, addr: Option<SocketAddr>, backends: &B
     let (vendors, rejected) = registry.summaries();
     println!("plugins from {}: {} loaded, {} rejected", cfg.plugins_dir.display(), vendors.len(), rejected.len());
     for v in &vendors {
-        println!("  loaded   {:<12} {:<6} v{:<8} {}", v.id, v.mode.as_str(), v.version, v.file);
+        let (version, file) = (crate::telemetry::one_line(&v.version), crate::telemetry::one_line(&v.file));
+        println!("  loaded   {:<12} {:<6} v{:<8} {}", v.id, v.mode.as_str(), version, file);
     }
     for r in &rejected {
-        println!("  rejected {}: {}", r.file, r.reason);
+        println!("  rejected {}: {}", crate::telemetry::one_line(&r.file), crate::telemetry::one_line(&r.reason));
     }
     if vendors.is_empty() {
         println!("  (no plugins: run `make build-plugins`, or drop .wasm files into {})", cfg.plugins_dir.display());

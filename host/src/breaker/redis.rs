@@ -6,13 +6,12 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 
 use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, report, transition};
 use crate::config::BreakerPolicy;
 use crate::model::now_ms;
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{RedisConn, SharedConn};
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Compare-and-set attempts before giving up on a contended breaker.
@@ -34,7 +33,7 @@ return 1
 "#;
 
 pub struct RedisBreakers {
-    conn: ConnectionManager,
+    conn: SharedConn,
     prefix: String,
     cas: Script,
 }
@@ -42,7 +41,7 @@ pub struct RedisBreakers {
 impl RedisBreakers {
     /// Over the process's shared connection.
     pub fn new(conn: &RedisConn, prefix: &str) -> RedisBreakers {
-        RedisBreakers { conn: conn.manager.clone(), prefix: prefix.to_string(), cas: Script::new(CAS) }
+        RedisBreakers { conn: conn.shared.clone(), prefix: prefix.to_string(), cas: Script::new(CAS) }
     }
 
     /// Its own connection (tests, tools).

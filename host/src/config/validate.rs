@@ -26,6 +26,11 @@ const SECOND: Duration = Duration::from_secs(1);
 pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
     let mut c = Checks::default();
     c.count(&k("workers"), cfg.workers as u64, 1, 10_000);
+    c.duration_to(&k("redis_timeout"), cfg.redis_timeout, 100 * MS, 600 * SECOND);
+    if cfg.mongo_write_concern.trim().is_empty() || cfg.mongo_write_concern.trim() == "0" {
+        let allowed = "`majority`, a number of nodes from 1, or a tag set name";
+        c.bad(&k("mongo_write_concern"), format!("{:?}", cfg.mongo_write_concern), allowed);
+    }
 
     let q = &cfg.queue_settings;
     c.duration(&k("queue_settings.lease"), q.lease, 100 * MS);

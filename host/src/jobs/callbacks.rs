@@ -76,9 +76,10 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 /// claim whose handler died lapses).
 const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A webhook id claimed by this handler: released (forgotten) if the handler
-/// ends without applying it, also when it is cancelled (a request timeout, a
-/// client that went away), so the vendor's retry is not turned away.
+/// A webhook id claimed by this handler, released (forgotten) if the handler
+/// is cancelled before it settles the claim (a request timeout, a client that
+/// went away), so the vendor's retry is not turned away until the claim
+/// lapses.
 struct Claim {
     store: Arc<dyn Store>,
     vendor: String,
@@ -208,13 +209,15 @@ impl Callbacks {
         let mut claim = Claim { store: self.store.clone(), vendor: vendor.to_string(), id: id.clone(), held: true };
         crate::failpoint::hit("webhook.applying").await;
         let result = self.apply(vendor, &plugin, policy.call.clone(), headers, body).await;
-        // Not applied (an error): dropping `claim` lets the vendor's retry of
-        // this id through.
         if result.is_ok() {
             let expires = now_ms().saturating_add(millis(self.replay_window));
             self.store.complete_webhook(vendor, &id, expires).await?;
-            claim.held = false;
+        } else if let Err(e) = self.store.forget_webhook(vendor, &id).await {
+            // Not applied: the vendor's retry of this id must get through
+            // (the claim lapses by itself if this fails).
+            tracing::warn!(vendor, webhook_id = ?id, error = %e, "could not release a webhook id; it lapses by itself");
         }
+        claim.held = false;
         result
     }
 

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,8 @@ use crate::telemetry;
 
 /// Most entries leased in one round trip.
 const LEASE_BATCH: usize = 64;
+/// How soon a job whose handling hit a backend error is tried again.
+const BACKEND_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait in place for a rate-limit slot (see `rate_limit`).
 const MAX_LINGER: Duration = Duration::from_millis(50);
 
@@ -45,6 +48,51 @@ pub struct WorkerCtx {
     pub public_url: String,
     /// This process's consumer name (unique per process).
     pub consumer: String,
+    /// When the lease loop last polled the queue (the worker's `/healthz`).
+    pub liveness: Arc<Liveness>,
+}
+
+/// How long ago the lease loop last polled the queue successfully: what a
+/// worker's `/healthz` and `vendorhost_worker_last_poll_age_seconds` show. A
+/// loop that waits for a free slot (every slot busy with a job) is not
+/// stalled: the age reads 0 meanwhile and restarts when a slot frees up.
+pub struct Liveness {
+    start: Instant,
+    /// Milliseconds after `start` of the last successful poll.
+    last_poll: AtomicU64,
+    busy: AtomicBool,
+    stall_after: Duration,
+}
+
+impl Liveness {
+    /// Stalled past three lease-plus-poll periods without a poll: a healthy
+    /// idle loop polls every `poll`, and a failed poll (a Redis timeout, a
+    /// reconnect) is retried well within a lease.
+    pub fn new(settings: &QueueSettings) -> Liveness {
+        Liveness {
+            start: Instant::now(),
+            last_poll: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            stall_after: settings.lease.saturating_add(settings.poll).saturating_mul(3),
+        }
+    }
+
+    fn polled(&self) {
+        self.last_poll.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Since the last successful poll (0 while every slot is busy).
+    pub fn last_poll_age(&self) -> Duration {
+        if self.busy.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let now = self.start.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_poll.load(Ordering::Relaxed)))
+    }
+
+    pub fn stall_after(&self) -> Duration {
+        self.stall_after
+    }
 }
 
 /// The deliveries being worked on, by entry id (released at shutdown if
@@ -63,9 +111,23 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             break;
         }
         while tasks.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => continue,
+        let busy = slots.available_permits() == 0;
+        if busy {
+            ctx.liveness.busy.store(true, Ordering::Relaxed);
+        }
+        let acquired = tokio::select! {
+            p = slots.clone().acquire_owned() => Some(p),
+            _ = shutdown.changed() => None,
+        };
+        if busy {
+            // Waiting for a slot is not a stall: the clock restarts here.
+            ctx.liveness.polled();
+            ctx.liveness.busy.store(false, Ordering::Relaxed);
+        }
+        let permit = match acquired {
+            Some(Ok(p)) => p,
+            Some(Err(_)) => break,
+            None => continue,
         };
         let want = (1 + slots.available_permits()).min(LEASE_BATCH);
         let mut permits = vec![permit];
@@ -80,7 +142,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             _ = shutdown.changed() => continue,
         };
         let leases = match leased {
-            Ok(l) => l,
+            Ok(l) => {
+                ctx.liveness.polled();
+                l
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "queue lease failed; retrying");
                 metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "lease").increment(1);
@@ -197,12 +262,19 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
     match outcome {
         Some(Ok(())) => {}
         Some(Err(e)) => {
-            // The backend failed us: leave the lease to expire so the job is
-            // delivered again; nothing is lost.
+            // A backend failed us (an outage, not a crash): give the job back
+            // for a little later. A release starts the delivery count over,
+            // so an outage longer than `max_deliveries` leases does not fail
+            // jobs as if workers had crashed; if the release fails too, the
+            // lease expires and the job comes back all the same.
             span.in_scope(
-                || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be redelivered"),
+                || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be retried"),
             );
             metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
+            let due = now_ms().saturating_add(millis(jitter(BACKEND_RETRY)));
+            if let Err(e) = ctx.queue.release(&lease, &msg, due).await {
+                span.in_scope(|| tracing::warn!(error = %e, "could not give the job back; it returns after its lease"));
+            }
         }
         None => {
             span.in_scope(|| tracing::warn!("lease lost to another worker; this one stops acting for the job"));
@@ -225,8 +297,13 @@ async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Fu
             r = &mut work => return Some(r),
             _ = beat.tick() => match ctx.queue.extend(lease).await {
                 Ok(true) => {
-                    if let Err(e) = ctx.store.hold(request_id, now_ms().saturating_add(millis(lease.lease_for))).await {
-                        tracing::warn!(error = %e, "could not extend the running job's due time");
+                    // Bounded by the beat: a store that hangs must not stop
+                    // the queue lease from being kept.
+                    let until = now_ms().saturating_add(millis(lease.lease_for));
+                    match tokio::time::timeout(beat.period(), ctx.store.hold(request_id, until)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "could not extend the running job's due time"),
+                        Err(_) => tracing::warn!("the store did not answer the heartbeat in time"),
                     }
                 }
                 Ok(false) => return None,

@@ -12,11 +12,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::local::emission_interval;
 use super::{LimitError, Quota, RateLimiter};
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{RedisConn, SharedConn};
 
 /// Long enough for a loaded server, short enough that a dead one delays jobs
 /// rather than stalling workers.
@@ -55,7 +54,7 @@ return {1, 0}
 
 /// Per-vendor GCRA limits in Redis, shared across processes.
 pub struct RedisLimiter {
-    conn: ConnectionManager,
+    conn: SharedConn,
     prefix: String,
     script: Script,
 }
@@ -63,7 +62,7 @@ pub struct RedisLimiter {
 impl RedisLimiter {
     /// Over the process's shared connection.
     pub fn new(conn: &RedisConn, prefix: &str) -> RedisLimiter {
-        RedisLimiter { conn: conn.manager.clone(), prefix: prefix.to_string(), script: Script::new(GCRA) }
+        RedisLimiter { conn: conn.shared.clone(), prefix: prefix.to_string(), script: Script::new(GCRA) }
     }
 
     /// Its own connection (tests, tools).

@@ -120,6 +120,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Dead letters, oldest first.
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
 
+    /// One dead letter by its id.
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>>;
+
     /// Removes a dead letter (after a replay); true if it existed.
     async fn remove_dead_letter(&self, id: &str) -> Result<bool>;
 

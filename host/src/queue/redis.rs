@@ -18,7 +18,7 @@
 //! act on an entry only while XPENDING still names the caller's holding.
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamId, StreamPendingCountReply, StreamPendingReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, RedisError, Script, Value};
 use std::sync::Mutex;
@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
 use crate::model::{DeadLetter, Millis, now_ms};
-use crate::redis_conn::RedisConn;
+use crate::redis_conn::{RedisConn, SharedConn};
 use crate::telemetry;
 
 const GROUP: &str = "workers";
@@ -116,10 +116,13 @@ struct Keys {
 pub struct RedisQueue {
     client: redis::Client,
     /// Shared connection for every non-blocking command.
-    conn: ConnectionManager,
+    conn: SharedConn,
     /// Dedicated connections for `XREADGROUP BLOCK`: a blocked command stalls
-    /// everything behind it on its connection, and needs no response timeout.
+    /// everything behind it on its connection. Each read may take its block
+    /// time plus `timeout`; a read that does not answer by then drops its
+    /// connection (the socket may be dead).
     blocking: Mutex<Vec<MultiplexedConnection>>,
+    timeout: Duration,
     keys: Keys,
     /// `XAUTOCLAIM` cursor, so successive leases walk the whole pending list.
     claim_cursor: Mutex<String>,
@@ -141,8 +144,9 @@ impl RedisQueue {
     pub async fn new(conn: &RedisConn, prefix: &str) -> std::result::Result<RedisQueue, QueueError> {
         let queue = RedisQueue {
             client: conn.client.clone(),
-            conn: conn.manager.clone(),
+            conn: conn.shared.clone(),
             blocking: Mutex::new(Vec::new()),
+            timeout: conn.timeout,
             keys: Keys {
                 jobs: format!("{prefix}:jobs"),
                 delayed: format!("{prefix}:delayed"),
@@ -261,7 +265,9 @@ impl RedisQueue {
             Some(wait) => {
                 opts = opts.block(wait.as_millis().max(1) as usize);
                 let mut conn = self.blocking_conn().await?;
-                // On error the connection is dropped, not pooled.
+                // Bounded: a dead socket fails the read instead of hanging
+                // it. On error the connection is dropped, not pooled.
+                conn.set_response_timeout(wait.saturating_add(self.timeout));
                 let reply = conn.xread_options(&[&self.keys.jobs], &[">"], &opts).await?;
                 let mut pool = lock(&self.blocking);
                 if pool.len() < BLOCKING_POOL {
@@ -297,7 +303,8 @@ impl RedisQueue {
         if let Some(conn) = lock(&self.blocking).pop() {
             return Ok(conn);
         }
-        let config = AsyncConnectionConfig::new().set_response_timeout(None);
+        // The response timeout is set per read (block time + `timeout`).
+        let config = AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
         Ok(self.client.get_multiplexed_async_connection_with_config(&config).await?)
     }
 
@@ -444,19 +451,16 @@ impl Queue for RedisQueue {
         Ok(ids
             .into_iter()
             .zip(bodies)
-            .filter_map(|((id, died_at), body)| {
-                let body = body?; // removed in between
-                // An unreadable record is still shown, so an operator can remove it.
-                Some(serde_json::from_str(&body).unwrap_or_else(|e| DeadLetter {
-                    id,
-                    request_id: None,
-                    vendor: None,
-                    payload: body,
-                    reason: format!("unreadable dead letter: {e}"),
-                    died_at: died_at as Millis,
-                }))
-            })
+            // A letter removed in between is skipped.
+            .filter_map(|((id, died_at), body)| Some(letter_of(id, body?, died_at as Millis)))
             .collect())
+    }
+
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let mut conn = self.conn.clone();
+        let (body, died_at): (Option<String>, Option<f64>) =
+            redis::pipe().hget(&self.keys.dead, id).zscore(&self.keys.dead_at, id).query_async(&mut conn).await?;
+        Ok(body.map(|b| letter_of(id.to_string(), b, died_at.unwrap_or_default() as Millis)))
     }
 
     async fn remove_dead_letter(&self, id: &str) -> Result<bool> {
@@ -519,6 +523,19 @@ impl Queue for RedisQueue {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // The guarded values stay valid even if a holder panicked.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A stored dead letter; an unreadable record is still shown, so an operator
+/// can remove it.
+fn letter_of(id: String, body: String, died_at: Millis) -> DeadLetter {
+    serde_json::from_str(&body).unwrap_or_else(|e| DeadLetter {
+        id,
+        request_id: None,
+        vendor: None,
+        payload: body,
+        reason: format!("unreadable dead letter: {e}"),
+        died_at,
+    })
 }
 
 fn is_nogroup(e: &RedisError) -> bool {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
 use crate::db::{Db, DbError};
@@ -31,6 +31,17 @@ impl From<DbError> for QueueError {
             other => QueueError::Other(other.to_string()),
         }
     }
+}
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        id: r.get::<_, i64>(0)?.to_string(),
+        request_id: r.get(1)?,
+        vendor: r.get(2)?,
+        payload: r.get(3)?,
+        reason: r.get(4)?,
+        died_at: r.get(5)?,
+    })
 }
 
 /// The row and fencing token a lease holds.
@@ -171,6 +182,20 @@ impl Queue for SqliteQueue {
         Ok(())
     }
 
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let Ok(id) = id.parse::<i64>() else { return Ok(None) };
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT id, request_id, vendor, payload, reason, died_at FROM dead_letters WHERE id = ?1",
+                )?
+                .query_row([id], dead_letter_row)
+                .optional()
+            })
+            .await?)
+    }
+
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
         Ok(self
             .db
@@ -178,16 +203,7 @@ impl Queue for SqliteQueue {
                 c.prepare_cached(
                     "SELECT id, request_id, vendor, payload, reason, died_at FROM dead_letters ORDER BY died_at, id LIMIT ?1",
                 )?
-                .query_map([limit as i64], |r| {
-                    Ok(DeadLetter {
-                        id: r.get::<_, i64>(0)?.to_string(),
-                        request_id: r.get(1)?,
-                        vendor: r.get(2)?,
-                        payload: r.get(3)?,
-                        reason: r.get(4)?,
-                        died_at: r.get(5)?,
-                    })
-                })?
+                .query_map([limit as i64], dead_letter_row)?
                 .collect()
             })
             .await?)

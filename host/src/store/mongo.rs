@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, DateTime, Document, doc};
 use mongodb::error::{ErrorKind, WriteFailure};
-use mongodb::options::{IndexOptions, ReturnDocument};
+use mongodb::options::{
+    Acknowledgment, ClientOptions, CollectionOptions, IndexOptions, ReadPreference, ReturnDocument, SelectionCriteria,
+    WriteConcern,
+};
 use mongodb::{Client, Collection, IndexModel};
 use std::time::Duration;
 
@@ -37,20 +40,67 @@ pub struct MongoStore {
     job_ttl: Option<Duration>,
 }
 
+/// How the store's writes are acknowledged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Durability {
+    /// `majority`, a number of nodes, or a tag set name.
+    pub write_concern: String,
+    /// Wait for the journal.
+    pub journal: bool,
+}
+
+impl Default for Durability {
+    /// Majority, journaled: an acknowledged job survives a primary's crash
+    /// and a failover.
+    fn default() -> Self {
+        Durability { write_concern: "majority".into(), journal: true }
+    }
+}
+
 impl MongoStore {
-    /// Connects and creates the indexes (idempotent).
+    /// Connects with the default durability and creates the indexes.
     pub async fn connect(uri: &str, db: &str) -> std::result::Result<MongoStore, StoreError> {
-        let client = Client::with_uri_str(uri).await?;
+        let options = ClientOptions::parse(uri).await?;
+        Self::connect_with(options, db, &Durability::default()).await
+    }
+
+    /// Connects with `options` (a parsed URI, plus whatever the caller adds,
+    /// such as event handlers) and creates the indexes (idempotent). Every
+    /// collection writes with `durability` and reads from the primary,
+    /// whatever the URI says: a worker must never act on a secondary's stale
+    /// copy of a job.
+    pub async fn connect_with(
+        options: ClientOptions,
+        db: &str,
+        durability: &Durability,
+    ) -> std::result::Result<MongoStore, StoreError> {
+        let client = Client::with_options(options)?;
         let db = client.database(db);
+        let w = match durability.write_concern.as_str() {
+            "majority" => Acknowledgment::Majority,
+            n => match n.parse::<u32>() {
+                Ok(n) => Acknowledgment::Nodes(n),
+                Err(_) => Acknowledgment::Custom(n.to_string()),
+            },
+        };
+        let collection = CollectionOptions::builder()
+            .write_concern(WriteConcern::builder().w(w).journal(durability.journal).build())
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary))
+            .build();
         let store = MongoStore {
-            jobs: db.collection("jobs"),
-            webhooks: db.collection("webhook_ids"),
-            keys: db.collection("idempotency"),
+            jobs: db.collection_with_options("jobs", collection.clone()),
+            webhooks: db.collection_with_options("webhook_ids", collection.clone()),
+            keys: db.collection_with_options("idempotency", collection),
             db,
             job_ttl: None,
         };
         store.create_indexes().await?;
         Ok(store)
+    }
+
+    /// Where job reads go (always the primary; see `connect_with`).
+    pub fn read_preference(&self) -> Option<&SelectionCriteria> {
+        self.jobs.selection_criteria()
     }
 
     /// Lets the server's TTL monitor delete finished jobs `ttl` after they end

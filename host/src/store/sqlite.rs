@@ -360,7 +360,9 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.db.read(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await?;
+        // Through the writer: a dead writer thread or a file that cannot
+        // take a write transaction is not ready, however well reads go.
+        self.db.probe_write().await?;
         Ok(())
     }
 

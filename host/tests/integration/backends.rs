@@ -71,3 +71,59 @@ async fn redis_connect_twice_is_fine() {
     assert_eq!(got.len(), 1);
     assert!(first.lease("c1", 10, LONG, Duration::ZERO).await.unwrap().is_empty(), "delivered to both");
 }
+
+/// Every store write asks for `majority` and the journal (what the driver
+/// sends, read off its command events), and jobs are read from the primary
+/// even when the URI asks for a secondary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
+    use mongodb::bson::{Document, doc};
+    use mongodb::event::EventHandler;
+    use mongodb::event::command::CommandEvent;
+    use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
+    use std::sync::{Arc, Mutex};
+    use vendorhost::model::{NewJob, Outcome, now_ms};
+    use vendorhost::store::Store;
+    use vendorhost::store::mongo::{Durability, MongoStore};
+
+    let seen: Arc<Mutex<Vec<Document>>> = Arc::default();
+    let uri = format!("{}&readPreference=secondaryPreferred", servers::mongo().uri);
+    let mut options = ClientOptions::parse(&uri).await.unwrap();
+    let sink = seen.clone();
+    options.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+        if let CommandEvent::Started(s) = ev {
+            sink.lock().unwrap().push(s.command);
+        }
+    }));
+    let store = MongoStore::connect_with(options, &servers::unique("vh_wc"), &Durability::default()).await.unwrap();
+    assert_eq!(store.read_preference(), Some(&SelectionCriteria::ReadPreference(ReadPreference::Primary)));
+    let now = now_ms();
+    let job = NewJob {
+        request_id: "wc-1".into(),
+        vendor: "acme".into(),
+        data: "{}".into(),
+        owner: None,
+        created_at: now,
+        idempotency: None,
+    };
+    store.insert(&job).await.unwrap();
+    store.mark_queued(&["wc-1".to_string()], now).await.unwrap();
+    store.start_attempt("wc-1", now, now + 1_000).await.unwrap();
+    assert!(store.finish("wc-1", &Outcome::Complete { result: "1".into() }, now + 10).await.unwrap());
+
+    let commands = seen.lock().unwrap().clone();
+    let writes: Vec<&Document> = commands
+        .iter()
+        .filter(|c| ["insert", "update", "findAndModify", "delete"].iter().any(|w| c.contains_key(w)))
+        .filter(|c| !c.contains_key("createIndexes"))
+        .collect();
+    assert!(writes.len() >= 4, "expected the job's writes among {commands:?}");
+    for w in writes {
+        assert_eq!(w.get_document("writeConcern").ok(), Some(&doc! { "w": "majority", "j": true }), "{w}");
+    }
+    for c in commands.iter().filter(|c| c.contains_key("find") || c.contains_key("findAndModify")) {
+        if let Ok(rp) = c.get_document("$readPreference") {
+            assert_eq!(rp.get_str("mode").ok(), Some("primary"), "a job read went elsewhere than the primary: {c}");
+        }
+    }
+}

@@ -37,6 +37,10 @@ fn cases() -> Vec<Case> {
     vec![
         case("workers", "0", "0", "1 to 10000"),
         case("workers", "-1", "-1", "invalid value"),
+        d("redis_timeout", "100ms to 10m"),
+        case("redis_timeout", "\"11m\"", "11m", "100ms to 10m"),
+        case("mongo_write_concern", "\"\"", "", "`majority`, a number of nodes from 1, or a tag set name"),
+        case("mongo_write_concern", "\"0\"", "0", "`majority`, a number of nodes from 1, or a tag set name"),
         d("queue_settings.lease", DURATION_100MS),
         case("queue_settings.lease", "\"50ms\"", "50ms", DURATION_100MS),
         case("queue_settings.lease", "\"-5s\"", "-5s", "invalid duration"),
@@ -166,7 +170,7 @@ fn every_bad_value_is_refused_from_the_file_the_environment_and_on_reload() {
 #[test]
 fn the_edges_of_each_range_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
-    let text = "workers = 10000\n\
+    let text = "workers = 10000\nredis_timeout = \"10m\"\n\
         [queue_settings]\nlease = \"100ms\"\nmax_deliveries = 1\nsweep_after = \"100ms\"\nsweep_interval = \"10ms\"\n\
         recover_after = \"100ms\"\npoll = \"1m\"\nshutdown_grace = 0\nremoved_vendor_grace = \"3650d\"\n\
         [api]\nmax_body_bytes = 1024\nmax_json_depth = 100\nmax_concurrency = 1\nrequest_timeout = \"100ms\"\n\

@@ -6,6 +6,7 @@ mod support;
 mod backends;
 mod config;
 mod contract;
+mod faults;
 mod lifecycle;
 mod limits;
 mod loadtest;

@@ -206,3 +206,49 @@ pairing! {
     redis_sqlite => Pair::redis_sqlite().await;
     redis_mongo => Pair::redis_mongo().await;
 }
+
+/// A store outage longer than `max_deliveries` leases is not a crash: every
+/// job in flight when the store froze (a private nx-27017 under SIGSTOP for
+/// 12 s, with a 1 s lease and 3 deliveries allowed) completes once it is
+/// back, each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_outage_longer_than_max_deliveries_leases_fails_nothing() {
+    use crate::support::app::{self, Proc, TestApp, plugins_dir, production_config, test_plugin};
+    use serde_json::json;
+
+    let store = servers::MongoServer::start();
+    let p = plugins_dir(&[test_plugin("echo-v1")]);
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = production_config(d.path(), p.path());
+    cfg.store = store.uri.clone();
+    cfg.queue_settings.lease = Duration::from_secs(1);
+    cfg.queue_settings.max_deliveries = 3;
+    let api = TestApp::start_role(cfg.clone(), vendorhost::app::Role::Api, tempfile::tempdir().unwrap()).await;
+    let mut env = app::env_for(&cfg);
+    env.push(("VENDORHOST_QUEUE_SETTINGS__MAX_DELIVERIES", "3".into()));
+    let worker = Proc::spawn(&["worker"], &env, d.path().join("w.log"));
+    // Calls slow enough that the freeze lands while every job is held.
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(api.submit("test-echo", json!({"n": n, "sleep_ms": 2500})).await);
+    }
+    for id in &ids {
+        app::eventually(Duration::from_secs(30), "every job to be processing", || async {
+            (api.job(id).await["status"] == "processing").then_some(())
+        })
+        .await;
+    }
+    store.signal("STOP");
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    store.signal("CONT");
+    for id in &ids {
+        let job = api.wait_terminal(id, Duration::from_secs(60)).await;
+        assert_eq!(
+            (job["status"].as_str(), job["attempts"].as_u64()),
+            (Some("complete"), Some(1)),
+            "{job}\n{}",
+            worker.log_text()
+        );
+    }
+    api.stop().await;
+}

@@ -256,6 +256,38 @@ async fn far_future_retry_after_is_clamped_to_max_retry_after() {
     mock.shutdown().await;
 }
 
+/// Replaying a dead letter whose job retention already deleted says so (410),
+/// instead of "replayed"; the letter is found by its id alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_dead_letter_whose_job_was_purged_is_410() {
+    let mut s = embedded(&[test_plugin("echo-v1")]);
+    s.cfg.retention.jobs = Duration::from_secs(1);
+    s.cfg.retention.purge_interval = ms(200);
+    let app = TestApp::start(s.cfg.clone()).await;
+    let id = app.submit("test-echo", json!({"fail": "bad-request"})).await;
+    assert_eq!(app.wait_terminal(&id, LONG).await["status"], "failed");
+    let letters = app.get_json("/admin/dead-letters").await;
+    let letter = letters["dead_letters"].as_array().unwrap().iter().find(|l| l["request_id"] == id.as_str()).cloned();
+    let letter = letter.unwrap_or_else(|| panic!("no dead letter for {id}: {letters}"));
+    eventually(LONG, "retention to delete the job", || async {
+        let r = app.client.get(app.url(&format!("/jobs/{id}"))).send().await.ok()?;
+        (r.status() == 404).then_some(())
+    })
+    .await;
+    let r = app
+        .client
+        .post(app.url(&format!("/admin/dead-letters/{}/replay", letter["id"].as_str().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 410);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "job_gone", "{body}");
+    let r = app.client.post(app.url("/admin/dead-letters/no-such-letter/replay")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    app.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // 3. Timeouts, retries, dead letters
 

@@ -5,10 +5,9 @@
 //! `net` (what is checked is what is connected to); an IP literal is checked
 //! here: a non-public address (`grants::non_public`) is refused unless a grant
 //! names that IP literally or the vendor sets `allow_private_addresses`. A
-//! redirect to another origin drops the
-//! credential headers. A plugin may not set `Host` (the request is refused).
-//! The call's deadline bounds the whole exchange, and response bodies are
-//! capped.
+//! redirect to another origin drops the credential headers. A plugin may not
+//! set `Host` (the request is refused). The call's deadline bounds the whole
+//! exchange, and response bodies are capped.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -3,13 +3,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use super::{LONG, read_until_closed, sample_plugins};
+use super::{LONG, assert_json_error, h2c, read_response, read_until_closed, sample_plugins};
 use crate::support::app::{TestApp, embedded_config, eventually, production_config};
 use crate::support::servers::unique;
 
@@ -242,5 +243,137 @@ async fn hostile_bodies_are_refused_and_the_worker_lives_on() {
     // The worker survived all of it.
     let after = app.submit("sync", json!("still alive?")).await;
     assert_eq!(app.wait_terminal(&after, LONG).await["status"], "complete");
+    app.stop().await;
+}
+
+/// Whatever a client sends, the answer is the service's own: a fitting
+/// status and the JSON error body, never hyper's empty 400/431.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_of_any_kind_get_the_json_error_body() {
+    let plugins = sample_plugins();
+    let data = tempfile::tempdir().unwrap();
+    let app = TestApp::start(embedded_config(data.path(), plugins.path())).await;
+    let addr: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let post = |ct: &str, body: &str| {
+        let ct = if ct.is_empty() { String::new() } else { format!("Content-Type: {ct}\r\n") };
+        format!(
+            "POST /jobs HTTP/1.1\r\nHost: x\r\n{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let big_header = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(40 * 1024));
+    let many_headers = format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-A: b\r\n".repeat(200));
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("not HTTP at all", "GARBAGE\r\n\r\n".into(), 400, "malformed_request"),
+        (
+            "a header line without a colon",
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nNo colon\r\n\r\n".into(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "a bad Content-Length",
+            "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n".into(),
+            400,
+            "malformed_request",
+        ),
+        (
+            "two Content-Lengths",
+            "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabc".into(),
+            400,
+            "malformed_request",
+        ),
+        ("a 40 KiB header", big_header, 431, "headers_too_large"),
+        ("200 small headers", many_headers, 431, "headers_too_large"),
+        ("an empty body, no content type", post("", ""), 415, "unsupported_media_type"),
+        ("an empty body", post("application/json", ""), 400, "invalid_json"),
+        ("a text body", post("text/plain", "hello"), 415, "unsupported_media_type"),
+        ("a non-JSON body", post("application/json", "hello"), 400, "invalid_json"),
+        ("a form", post("application/x-www-form-urlencoded", "vendor=sync&data=1"), 415, "unsupported_media_type"),
+        (
+            "two `vendor` fields",
+            post("application/json", r#"{"vendor":"sync","data":1,"vendor":"async"}"#),
+            400,
+            "duplicate_key",
+        ),
+        (
+            "a repeated key deep in data",
+            post("application/json", r#"{"vendor":"sync","data":{"a":[{"b":1,"b":2}]}}"#),
+            400,
+            "duplicate_key",
+        ),
+        ("an unknown path", "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n".into(), 404, "not_found"),
+        ("a wrong method", "DELETE /jobs HTTP/1.1\r\nHost: x\r\n\r\n".into(), 405, "method_not_allowed"),
+    ];
+    for (what, request, status, code) in cases {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(request.as_bytes()).await; // the server may stop reading early
+        let answer = read_response(&mut s, LONG).await;
+        if code == "duplicate_key" {
+            let message = answer.as_ref().map(|a| a.2["error"]["message"].to_string()).unwrap_or_default();
+            let named = if what.contains("vendor") { "`vendor`" } else { "`data.a[0].b`" };
+            assert!(message.contains(named), "{what}: {message}");
+        }
+        assert_json_error(what, answer, status, code);
+    }
+
+    // HTTP/2: headers over the documented limit get the same JSON 431.
+    let (mut h2, _conn) = h2c(addr).await;
+    let req = hyper::Request::get(app.url("/healthz")).header("x-big", "a".repeat(40 * 1024)).body(Default::default());
+    let r = h2.send_request(req.unwrap()).await.unwrap();
+    assert_eq!(r.status(), 431);
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let body = http_body_util_collect(r.into_body()).await;
+    assert_eq!(serde_json::from_slice::<Value>(&body).unwrap()["error"]["code"], "headers_too_large");
+    let ok = h2.send_request(hyper::Request::get(app.url("/healthz")).body(Default::default()).unwrap()).await.unwrap();
+    assert_eq!(ok.status(), 200, "the connection still serves");
+    app.stop().await;
+}
+
+/// A hyper body, whole.
+async fn http_body_util_collect(body: hyper::body::Incoming) -> Vec<u8> {
+    axum::body::to_bytes(axum::body::Body::new(body), usize::MAX).await.unwrap().to_vec()
+}
+
+/// A body that trickles in is cut at `api.body_read_timeout` (408); bodies
+/// in flight are held to `api.max_body_bytes_in_flight` by the bytes that
+/// actually arrived (503 + Retry-After past it), so a small request is still
+/// served beside a slow one, and a refused one succeeds once memory is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_time_out_and_bodies_in_flight_share_a_memory_budget() {
+    let plugins = sample_plugins();
+    let data = tempfile::tempdir().unwrap();
+    let mut cfg = embedded_config(data.path(), plugins.path());
+    cfg.api.body_read_timeout = Duration::from_secs(2);
+    cfg.api.max_body_bytes_in_flight = 64 * 1024;
+    let app = TestApp::start(cfg).await;
+    let addr: SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+
+    // 50 KB of a 60 KB body, then nothing.
+    let body = json!({"vendor": "sync", "data": "x".repeat(60_000)}).to_string();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..50_000]).await.unwrap();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let medium = json!({"vendor": "sync", "data": "y".repeat(20_000)});
+    let r = app.client.post(app.url("/jobs")).json(&medium).send().await.unwrap();
+    assert_eq!(r.status(), 503, "20 KB more than the budget holds");
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "overloaded");
+    let (status, reply) = app.post_job(json!({"vendor": "sync", "data": "small"})).await;
+    assert_eq!(status, 202, "a small body fits beside the slow one: {reply}");
+
+    let answer = read_response(&mut slow, LONG).await;
+    let waited = started.elapsed();
+    assert_json_error("a body stalled mid-way", answer, 408, "body_timeout");
+    assert!(waited >= Duration::from_millis(1500) && waited < Duration::from_secs(5), "cut after {waited:?}");
+    let (status, reply) = app.post_job(medium).await;
+    assert_eq!(status, 202, "the budget is back once the slow body is gone: {reply}");
     app.stop().await;
 }

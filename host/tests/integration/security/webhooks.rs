@@ -1,12 +1,14 @@
 //! Signed webhooks: forged, expired, unsigned, rotated, replayed (also
 //! across API processes), and aimed at jobs they do not own.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use vendorhost::app::Role;
 use vendorhost::config::{Config, VendorPolicy};
 use vendorhost::webhook::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, sign};
 
-use super::{LONG, now_secs, sample_plugins};
+use super::{LONG, assert_json_error, now_secs, read_response, sample_plugins};
 use crate::support::app::{TestApp, embedded_config, eventually, production_config};
 use crate::support::servers::unique;
 
@@ -236,10 +238,146 @@ async fn a_webhook_id_is_remembered_across_api_processes() {
     two.stop().await;
 }
 
+/// A webhook naming a vendor reference the worker has not stored yet (the
+/// vendor called back before the accept was recorded) is retryable, not 404,
+/// and its id is not burnt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrecorded_vendor_reference_is_retryable() {
+    let (secret, text) = Secret::generate();
+    let plugins = sample_plugins();
+    let data = tempfile::tempdir().unwrap();
+    let app = TestApp::start(config_with_secrets(data.path(), plugins.path(), &[&text], false)).await;
+    let body = json!({"vendor_ref": unique("ref"), "status": "complete", "result": 1}).to_string().into_bytes();
+    let msg = unique("msg");
+    let headers = signed(&[&secret], &msg, now_secs(), &body);
+    let r = app
+        .client
+        .post(app.url("/vendor-webhook/async"))
+        .header("content-type", "application/json")
+        .header(HEADER_ID, &headers[0].1)
+        .header(HEADER_TIMESTAMP, &headers[1].1)
+        .header(HEADER_SIGNATURE, &headers[2].1)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    let reply: Value = r.json().await.unwrap();
+    assert_eq!(reply["error"]["code"], "not_yet", "{reply}");
+    let (status, reply) = post_webhook(&app, "async", &headers, &body).await;
+    assert_eq!((status, reply["error"]["code"].as_str()), (503, Some("not_yet")), "the id was burnt: {reply}");
+    app.stop().await;
+}
+
+/// The API killed while applying a verified webhook (its id claimed, the
+/// job's state not yet written): a duplicate sent meanwhile is told to retry
+/// (409), not `duplicate`; once the dead handler's claim lapses, the
+/// vendor's retry is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_webhook_killed_mid_apply_is_applied_on_the_vendor_s_retry() {
+    use crate::support::app::{Proc, env_for};
+    use crate::support::servers::free_port;
+    let (secret, text) = Secret::generate();
+    let plugins = sample_plugins();
+    let data = tempfile::tempdir().unwrap();
+    let cfg = production_config(data.path(), plugins.path());
+    let config = data.path().join("vendorhost.toml");
+    std::fs::write(&config, format!("[vendors.async]\nwebhook_secrets = [\"{text}\"]\ntimeout = \"1s\"\n")).unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut env = env_for(&cfg);
+    env.push(("VENDORHOST_LISTEN", format!("127.0.0.1:{port}")));
+    env.push(("VENDORHOST_CONFIG", config.display().to_string()));
+    let mut armed = env.clone();
+    armed.push(("VH_FAILPOINT", "webhook.applying".into()));
+    let mut api = Proc::spawn(&["api"], &armed, data.path().join("api1.log"));
+    let client = reqwest::Client::new();
+    let id = eventually(LONG, "a job accepted", || async {
+        let r = client.post(format!("{base}/jobs")).json(&json!({"vendor": "async", "data": 1})).send().await.ok()?;
+        r.json::<Value>().await.ok()?["request_id"].as_str().map(String::from)
+    })
+    .await;
+    let body = callback(&id, "complete", json!({"n": 1}));
+    let headers = signed(&[&secret], &unique("msg"), now_secs(), &body);
+    let post = |client: reqwest::Client| {
+        let (base, headers, body) = (base.clone(), headers.clone(), body.clone());
+        async move {
+            let mut req =
+                client.post(format!("{base}/vendor-webhook/async")).header("content-type", "application/json");
+            for (k, v) in &headers {
+                req = req.header(*k, v);
+            }
+            let r = req.body(body).send().await?;
+            let status = r.status().as_u16();
+            Ok::<_, reqwest::Error>((status, r.json::<Value>().await.unwrap_or(Value::Null)))
+        }
+    };
+    let hung = tokio::spawn(post(client.clone()));
+    eventually(LONG, "the webhook to reach the failpoint", || async {
+        api.log_text().contains("failpoint webhook.applying reached").then_some(())
+    })
+    .await;
+    let (status, reply) = post(client.clone()).await.unwrap();
+    assert_eq!((status, reply["error"]["code"].as_str()), (409, Some("webhook_in_progress")), "{reply}");
+    api.kill9();
+    assert!(hung.await.unwrap().is_err(), "the killed API answered");
+
+    let _api = Proc::spawn(&["api"], &env, data.path().join("api2.log"));
+    let applied = eventually(Duration::from_secs(40), "the vendor's retry to be applied", || async {
+        let (status, reply) = post(client.clone()).await.ok()?;
+        assert!(status == 200 || status == 409, "a retry must be applied or told to retry: {status} {reply}");
+        (status == 200).then_some(reply)
+    })
+    .await;
+    assert_eq!(applied["result"], "applied", "{applied}");
+    let job: Value = client.get(format!("{base}/jobs/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!((job["status"].as_str(), &job["result"]), (Some("complete"), &json!({"n": 1})), "{job}");
+    let (status, reply) = post(client.clone()).await.unwrap();
+    assert_eq!((status, reply["result"].as_str()), (200, Some("duplicate")), "{reply}");
+}
+
 #[test]
 fn the_test_helpers_sign_like_the_reference_vector() {
     // Guards the helpers above: a Standard Webhooks test vector.
     let secret = Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
     let h = signed(&[&secret], "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
     assert_eq!(h[2].1, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+}
+
+/// A callback to a made-up vendor, or to one without a webhook secret, is
+/// refused before its body is read (the answer comes while the announced
+/// 10 MiB never arrive), and made-up names never become metric labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_to_unknown_vendors_are_refused_before_the_body_and_name_no_series() {
+    let (_, text) = Secret::generate();
+    let plugins = sample_plugins();
+    let data = tempfile::tempdir().unwrap();
+    let app = TestApp::start(config_with_secrets(data.path(), plugins.path(), &[&text], false)).await;
+    let addr: std::net::SocketAddr = app.base.trim_start_matches("http://").parse().unwrap();
+    let unknown = || counter(&app, "vendorhost_webhooks_rejected_total", &[("vendor", "unknown")]);
+    let before = unknown().await;
+
+    let ghost = unique("ghost");
+    for (vendor, status, code) in [(ghost.as_str(), 404, "not_found"), ("sync", 401, "invalid_signature")] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "POST /vendor-webhook/{vendor} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10485760\r\n\r\n{{"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+        let answer = read_response(&mut s, std::time::Duration::from_secs(5)).await;
+        assert_json_error(&format!("webhook to {vendor} with a body still to come"), answer, status, code);
+    }
+
+    let names: Vec<String> = (0..200).map(|i| format!("{}-{i}", unique("made-up"))).collect();
+    for name in &names {
+        let (status, reply) = post_webhook(&app, name, &[], b"{}").await;
+        assert_eq!((status, reply["error"]["code"].as_str()), (404, Some("not_found")), "{name}: {reply}");
+    }
+    let metrics = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(!metrics.contains("made-up") && !metrics.contains(&ghost), "a URL became a metric label");
+    assert!(unknown().await - before >= 201.0, "refusals are counted under vendor=\"unknown\"");
+    let no_secret = counter(&app, "vendorhost_webhooks_rejected_total", &[("vendor", "sync"), ("reason", "no_secret")]);
+    assert!(no_secret.await >= 1.0, "a loaded vendor keeps its own label");
+    app.stop().await;
 }

@@ -84,6 +84,13 @@ impl Watched {
         }
     }
 
+    /// Sends `signal` (e.g. "STOP", "CONT") to the server process.
+    fn signal(&self, signal: &str) {
+        let pid = std::fs::read_to_string(self.dir.join("server.pid")).expect("the server's pid");
+        let ok = Command::new("kill").arg(format!("-{signal}")).arg(pid.trim()).status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{signal} {pid} failed");
+    }
+
     fn log(&self) -> String {
         let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -195,6 +202,12 @@ pub struct MongoServer {
 }
 
 impl MongoServer {
+    /// Sends `signal` to the server: "STOP" freezes it (every request hangs,
+    /// connections stay open), "CONT" thaws it.
+    pub fn signal(&self, signal: &str) {
+        self.proc.signal(signal);
+    }
+
     /// Starts a private in-memory nx-27017 (the MongoDB wire-protocol
     /// stand-in). Panics with a clear message if it cannot.
     pub fn start() -> MongoServer {
