@@ -814,7 +814,7 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
     acc = [j for j in jobs if j.accepted]
     lines = []
     w = lines.append
-    binary = os.path.relpath(BIN, ROOT)
+    binary = BIN_SHOWN[0] or BIN
     w(f"vendorhost chaos run: {len(jobs):,} jobs ({sum(j.vendor == 'sync' for j in jobs):,} sync, "
       f"{sum(j.vendor == 'async' for j in jobs):,} async, {sum(j.designed_fail for j in jobs)} of them failed by the "
       f"vendor on purpose), {CLIENTS} clients")
@@ -888,7 +888,11 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
         w("Jobs to look at (at most 20 per kind):")
         lines.extend(details)
     w("")
-    w("RESULT: " + ("PASS: every accepted job terminal, none changed after" if ok else "FAIL"))
+    verdict = "PASS: every accepted job terminal, none changed after" if ok else "FAIL"
+    if unexpected:
+        why = collections.Counter(j.final.get("error") for j in unexpected)
+        verdict += "; failed though not designed to: " + ", ".join(f"{n} {r!r}" for r, n in why.most_common())
+    w("RESULT: " + verdict)
     return "\n".join(lines), ok
 
 
@@ -910,6 +914,25 @@ def ratio(a, b):
     return f"{a / b:.3f}" if b else "n/a"
 
 
+BIN_SHOWN = [""]
+
+
+def binary_age():
+    """When the binary was built, and whether a source file is newer."""
+    built = os.path.getmtime(BIN)
+    newest, newest_path = 0.0, ""
+    for top in ("host/src", "tools", "wit"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, top)):
+            for f in files:
+                m = os.path.getmtime(os.path.join(dirpath, f))
+                if m > newest:
+                    newest, newest_path = m, os.path.join(dirpath, f)
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime(built))
+    if newest > built:
+        return f"built {when}, OLDER than {os.path.relpath(newest_path, ROOT)}"
+    return f"built {when}, newer than every source"
+
+
 def redis_version():
     try:
         out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True, timeout=5).stdout
@@ -922,6 +945,7 @@ def redis_version():
 
 
 def main():
+    global BIN
     for tool in ("redis-server",):
         if not shutil.which(tool):
             sys.exit(f"chaos: needs {tool} (make test-deps installs it)")
@@ -932,6 +956,13 @@ def main():
     work = tempfile.mkdtemp(prefix="vendorhost-chaos.")
     ok = False
     try:
+        # A private copy: a rebuild during the run must not change what a
+        # restarted process runs.
+        note = binary_age()
+        copy = os.path.join(work, "vendorhost")
+        shutil.copy2(BIN, copy)
+        BIN_SHOWN[0] = f"{os.path.relpath(BIN, ROOT)}, {note}"
+        BIN = copy
         stack = Stack(work)
         log(f"work directory {work}; binary {BIN}")
         stack.start_all()

@@ -65,9 +65,11 @@ impl std::fmt::Display for BadSetting {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// API listen address.
+    #[serde(deserialize_with = "text::deserialize")]
     pub listen: String,
     /// The URL vendors call back (`<public_url>/vendor-webhook/<vendor>`).
     /// Empty: derived from the listen address.
+    #[serde(deserialize_with = "text::deserialize")]
     pub public_url: String,
     /// Directory of `.wasm` plugins, watched for changes.
     pub plugins_dir: PathBuf,
@@ -76,17 +78,22 @@ pub struct Config {
     /// Embedded database file (queue and store) when `queue`/`store` are `sqlite`.
     pub data: PathBuf,
     /// `sqlite` or `redis://host:port/db`.
+    #[serde(deserialize_with = "text::deserialize")]
     pub queue: String,
     /// `sqlite` or `mongodb://...`.
+    #[serde(deserialize_with = "text::deserialize")]
     pub store: String,
     /// Mongo database name.
+    #[serde(deserialize_with = "text::deserialize")]
     pub mongo_db: String,
     /// MongoDB write concern of every store write: `majority`, a number of
     /// nodes, or a tag set name.
+    #[serde(deserialize_with = "text::deserialize")]
     pub mongo_write_concern: String,
     /// Whether MongoDB writes wait for the journal.
     pub mongo_journal: bool,
     /// Redis key prefix (streams, sets, limits, breakers).
+    #[serde(deserialize_with = "text::deserialize")]
     pub redis_prefix: String,
     /// Response timeout of Redis commands: one without an answer by then
     /// fails and its connection is replaced; a blocking read may take its
@@ -94,6 +101,7 @@ pub struct Config {
     #[serde(with = "duration")]
     pub redis_timeout: Duration,
     /// Worker processes only: serve `/metrics` and `/healthz` here (empty: off).
+    #[serde(deserialize_with = "text::deserialize")]
     pub metrics_listen: String,
     /// Worker tasks per process (jobs in flight at once, all vendors).
     pub workers: usize,
@@ -182,8 +190,10 @@ pub struct ApiSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct AuthSettings {
     /// API keys: key → name. Empty: no authentication on `/jobs`.
+    #[serde(deserialize_with = "text::map")]
     pub api_keys: BTreeMap<String, String>,
     /// If set, `/admin/*`, `/metrics` and `/vendors` need `Bearer <admin_key>`.
+    #[serde(deserialize_with = "text::deserialize")]
     pub admin_key: String,
 }
 
@@ -253,6 +263,7 @@ pub struct VendorPolicy {
     pub webhook_tolerance: Option<Duration>,
     pub breaker: Option<BreakerPolicy>,
     /// Values the plugin reads through `config-get` (only this vendor's).
+    #[serde(default, deserialize_with = "text::opt_map")]
     pub config: Option<BTreeMap<String, String>>,
 }
 
@@ -643,6 +654,49 @@ mod duration {
                 .map_err(|_| serde::de::Error::custom(format!("invalid duration {ms}: not a finite number of ms"))),
             Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
         }
+    }
+}
+
+/// Text settings that a number or a boolean may spell (an environment
+/// variable `VENDORHOST_REDIS_PREFIX=123` reads as the integer 123, as the
+/// file's TOML would; a text field takes it as "123").
+mod text {
+    use serde::{Deserialize, Deserializer};
+    use std::collections::BTreeMap;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Int(i64),
+        Float(f64),
+        Bool(bool),
+    }
+
+    impl From<Scalar> for String {
+        fn from(s: Scalar) -> String {
+            match s {
+                Scalar::Text(t) => t,
+                Scalar::Int(i) => i.to_string(),
+                Scalar::Float(f) => f.to_string(),
+                Scalar::Bool(b) => b.to_string(),
+            }
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+        Scalar::deserialize(d).map(String::from)
+    }
+
+    /// A table of text values.
+    pub fn map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+        Ok(BTreeMap::<String, Scalar>::deserialize(d)?.into_iter().map(|(k, v)| (k, v.into())).collect())
+    }
+
+    /// An optional table of text values.
+    pub fn opt_map<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+        Ok(Option::<BTreeMap<String, Scalar>>::deserialize(d)?
+            .map(|m| m.into_iter().map(|(k, v)| (k, v.into())).collect()))
     }
 }
 
