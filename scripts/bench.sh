@@ -401,7 +401,7 @@ if bench_rows:
     for m in bench_rows:
         label = f"plugin {m.group(1).strip()}"
         out.append(f"  {label:<{W}}{m.group(2) + ' / ' + m.group(3):>12}   µs p50 / p99 (fresh Store per call; goal p50 <= 15 µs)")
-    extra = [l for l in plugin_text.splitlines() if l.startswith("sync.wasm")]
+    extra = [l for l in plugin_text.splitlines() if l.startswith(("sync.wasm", "result cleaning"))]
     out.extend("  " + l for l in extra)
 elif plugin_text.strip():
     out.append("  plugin micro-benchmark (raw output):")

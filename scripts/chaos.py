@@ -40,7 +40,9 @@ Environment (all optional):
   CHAOS_LONG_SECONDS=600   its length
   CHAOS_LONG_LATENCY_MS=3000  vendor latency during the long outage phase
   CHAOS_PHASE_SECONDS=10   each phase releases its jobs over at least this long
+  CHAOS_POLL_RATE=25       job reads per second while the queue holds 100+ entries
   CHAOS_VENDOR_LATENCY_MS=100  latency of each mock vendor call
+  CHAOS_WORKER_SLOTS=64    jobs in flight per worker process (VENDORHOST_WORKERS)
   CHAOS_KEEP=1             keep the work directory (logs) even on success
   CHAOS_SEED=1             seed of the job mix
 """
@@ -60,7 +62,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -75,7 +76,7 @@ def env_float(name, default):
 
 
 JOBS = env_int("CHAOS_JOBS", 5000)
-BIN = os.environ.get("CHAOS_BIN", os.path.join(ROOT, "target/release/vendorhost"))
+BIN = os.path.abspath(os.environ.get("CHAOS_BIN", os.path.join(ROOT, "target/release/vendorhost")))
 CLIENTS = env_int("CHAOS_CLIENTS", 16)
 ASYNC_SHARE = env_float("CHAOS_ASYNC_SHARE", 0.4)
 FAIL_SHARE = env_float("CHAOS_FAIL_SHARE", 0.02)
@@ -99,6 +100,8 @@ VENDOR_LATENCY_MS = env_int("CHAOS_VENDOR_LATENCY_MS", 100)
 # Each phase releases its jobs evenly over at least this long, so the crash
 # (at 30 % of the phase) falls among submits and the rest follow the restart.
 PHASE_SECONDS = env_float("CHAOS_PHASE_SECONDS", 10)
+# Job reads per second while the queue is not empty (the store is shared).
+POLL_RATE = env_float("CHAOS_POLL_RATE", 25)
 # Downtime of each injected crash before the restart.
 DOWN_SECONDS = {"worker": 2.0, "redis": 2.0, "api": 1.0}
 # How long one submit may keep retrying (clients give up on the key after it).
@@ -144,6 +147,7 @@ class Proc:
         self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
         self.p = None
         self.starts = 0
+        self.cpu_done = 0.0  # CPU seconds of earlier (killed) runs
         Proc.ALL.append(self)
 
     def start(self):
@@ -164,8 +168,20 @@ class Proc:
     def alive(self):
         return self.p is not None and self.p.poll() is None
 
+    def cpu_now(self):
+        """CPU seconds (user + system) of the running process, 0 if gone."""
+        try:
+            fields = open(f"/proc/{self.p.pid}/stat").read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, AttributeError, IndexError, ValueError):
+            return 0.0
+
+    def cpu_total(self):
+        return self.cpu_done + (self.cpu_now() if self.alive() else 0.0)
+
     def kill9(self):
         if self.alive():
+            self.cpu_done += self.cpu_now()
             self.p.send_signal(signal.SIGKILL)
         if self.p is not None:
             try:
@@ -269,6 +285,8 @@ class Stack:
                                self.log("mock-async"))
         config = self.write_config()
         svc_env = dict(base_env, VENDORHOST_CONFIG=config)
+        if os.environ.get("CHAOS_WORKER_SLOTS"):
+            svc_env["VENDORHOST_WORKERS"] = os.environ["CHAOS_WORKER_SLOTS"]
         self.api = Proc("api", [BIN, "api"], dict(svc_env, VENDORHOST_LISTEN=f"127.0.0.1:{self.api_port}"),
                         self.log("api"))
         self.workers = [
@@ -411,6 +429,23 @@ class Http:
             except Exception:  # noqa: BLE001
                 pass
             self.conn = None
+
+
+class Gate:
+    """At most `rate` acquisitions per second, shared by threads; rate None = no limit."""
+
+    def __init__(self, rate):
+        self.rate, self.next, self.lock = rate, time.monotonic(), threading.Lock()
+
+    def acquire(self):
+        with self.lock:
+            if self.rate is None:
+                return
+            now = time.monotonic()
+            wait = self.next - now
+            self.next = max(now, self.next) + 1.0 / self.rate
+        if wait > 0:
+            time.sleep(wait)
 
 
 class Job:
@@ -665,27 +700,25 @@ class Run:
     def wait_terminal(self, deadline):
         """Polls every accepted job not yet seen terminal until all are or the deadline passes."""
         pending = [j for j in self.jobs if j.accepted and j.first_terminal is None]
-        lock = threading.Lock()
+        # The job reads share the store with the workers: while the queue
+        # holds a backlog (100 entries or more) they are capped, so polling
+        # does not slow the drain it waits for; below that, full speed.
+        gate = Gate(POLL_RATE)
 
         def worker(chunk):
             http_ = Http(self.stack.api_port, timeout=10)
             while chunk and time.monotonic() < deadline:
-                left = []
                 for job in chunk:
+                    if time.monotonic() >= deadline:
+                        break
+                    gate.acquire()
                     view = self.get_job(http_, job)
                     if view is not None:
                         self.record(job, view)
-                    if job.first_terminal is None:
-                        left.append(job)
-                    if time.monotonic() >= deadline:
-                        left.extend(j for j in chunk[chunk.index(job) + 1:] if j.first_terminal is None)
-                        break
-                chunk[:] = left
+                chunk = [j for j in chunk if j.first_terminal is None]
                 if chunk:
                     time.sleep(0.5)
             http_.close()
-            with lock:
-                pass
 
         n = 4
         chunks = [pending[k::n] for k in range(n)]
@@ -695,11 +728,23 @@ class Run:
             t.start()
         while any(t.is_alive() for t in threads):
             time.sleep(1)
+            depth = self.queue_depth()
+            gate.rate = POLL_RATE if depth is None or depth >= 100 else None
             if time.monotonic() - last >= 10:
                 last = time.monotonic()
                 left = sum(1 for j in self.jobs if j.accepted and j.first_terminal is None)
-                log(f"  {left} accepted jobs not terminal yet")
+                log(f"  {left} accepted jobs not seen terminal yet; queue depth {depth}")
         return [j for j in self.jobs if j.accepted and j.first_terminal is None]
+
+    def queue_depth(self):
+        """Ready + delayed + leased entries, from the API's /metrics; None if unreadable."""
+        try:
+            with urllib.request.urlopen(self.stack.api_url + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except Exception:  # noqa: BLE001 - API restarting
+            return None
+        return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("vendorhost_queue_depth{")))
 
     def reread_all(self):
         """Reads every accepted job once more (final state)."""
@@ -850,7 +895,10 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
     if unexpected or wrong_ok:
         w(f"  {'failed, not designed to':<34}{len(unexpected):>7,}")
         w(f"  {'complete, designed to fail':<34}{len(wrong_ok):>7,}")
-    w(f"  {'non-terminal at the deadline':<34}{len(not_terminal):>7,}")
+    still = [j for j in acc if j.final and j.final.get("status") not in ("complete", "failed")]
+    late = len(not_terminal) - len([j for j in not_terminal if j in still])
+    w(f"  {'non-terminal at the deadline':<34}{len(not_terminal):>7,}" +
+      (f"   ({late:,} terminal by the final read, {len(still):,} still not)" if not_terminal else ""))
     w(f"  {'changed after being terminal':<34}{len(changed):>7,}")
     if unread:
         w(f"  {'unreadable at the end':<34}{len(unread):>7,}")
@@ -862,9 +910,15 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
       f"{ns:,} jobs); async {ratio(async_stats['total'], na)} ({async_stats['total']:,} calls, {na:,} jobs)")
     w(f"  {'attempts per job (store)':<34}   sync {ratio(att_s, ns)}; async {ratio(att_a, na)}; "
       f"distribution {dict(sorted(collections.Counter(j.final.get('attempts') for j in acc if j.final).items()))}")
-    w(f"  {'time':<34}   submits {t_submit_end:.0f} s; all terminal "
+    w(f"  {'time':<34}   submits {t_submit_end:.0f} s; all seen terminal "
       f"{'at ' + format(t_terminal, '.0f') + ' s' if t_terminal else 'NOT by the deadline'} (from the first submit)")
     counts, messages = read_logs(stack.work)
+    wall = time.monotonic() - T0
+    me = os.times()
+    cpu = sorted([(p.name, p.cpu_total()) for p in Proc.ALL] + [("chaos.py", me.user + me.system)],
+                 key=lambda kv: -kv[1])
+    w(f"  {'CPU, % of one core over ' + format(wall, '.0f') + ' s':<34}   " +
+      ", ".join(f"{n} {100 * c / wall:.0f}%" for n, c in cpu if c > 0))
     w(f"  {'log lines ERROR / WARN / panics':<34}   " +
       ", ".join(f"{k} {c['ERROR']}/{c['WARN']}/{c['panic']}" for k, c in counts.items()))
     cb = messages.get("mock-async", collections.Counter())
@@ -874,13 +928,18 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
       f"{given_up:,} given up after 6 tries")
     ok = not not_terminal and not changed and not unread and not rejected
     details = []
+    listed = []
     for title, lst in (("non-terminal", not_terminal), ("changed after terminal", changed),
                        ("failed, not designed to", unexpected), ("complete, designed to fail", wrong_ok),
                        ("not accepted", rejected)):
-        for j in lst[:20]:
-            details.append(f"  {title}: {j.request_id or j.key} ({j.vendor}, phase {j.phase}, submit tries "
-                           f"{j.tries}: {j.answers[:6]}) seen {j.seen_states} first terminal "
-                           f"{brief(j.first_terminal)} final {brief(j.final)}")
+        listed.extend((title, j) for j in lst[:20])
+    trails = log_trails([j.request_id for _, j in listed if j.request_id])
+    for title, j in listed:
+        details.append(f"  {title}: {j.request_id or j.key} ({j.vendor}, phase {j.phase}, submit tries "
+                       f"{j.tries}: {j.answers[:6]}) seen {j.seen_states} first terminal "
+                       f"{brief(j.first_terminal)} final {brief(j.final)}")
+        if j.request_id in trails:
+            details.append(f"      logs: {trails[j.request_id]}")
     for j, status, rid in mismatched[:20]:
         details.append(f"  key {j.key}: first answer {j.request_id}, re-post {status} {rid}")
     if details:
@@ -894,6 +953,42 @@ def report(run, stack, phases, t_submit_end, t_terminal, not_terminal, retried, 
         verdict += "; failed though not designed to: " + ", ".join(f"{n} {r!r}" for r, n in why.most_common())
     w("RESULT: " + verdict)
     return "\n".join(lines), ok
+
+
+def log_trails(request_ids):
+    """For each request id: which process logged what about it (message counts, first and last time)."""
+    want = set(request_ids)
+    seen = collections.defaultdict(lambda: collections.defaultdict(collections.Counter))
+    span = collections.defaultdict(dict)
+    if not want:
+        return {}
+    for p in Proc.ALL:
+        try:
+            lines = open(p.log_path, errors="replace")
+        except OSError:
+            continue
+        for line in lines:
+            if '"request_id"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            rid = rec.get("fields", {}).get("request_id") or (rec.get("span") or {}).get("request_id")
+            if rid not in want:
+                continue
+            seen[rid][p.name][rec.get("fields", {}).get("message", "?")] += 1
+            t = rec.get("timestamp", "")[11:19]
+            first, _ = span[rid].get(p.name, (t, t))
+            span[rid][p.name] = (first, t)
+    out = {}
+    for rid, procs in seen.items():
+        parts = []
+        for name, msgs in procs.items():
+            first, last = span[rid][name]
+            parts.append(f"{name} {first}-{last}: " + ", ".join(f"{n}x {m}" for m, n in msgs.most_common(4)))
+        out[rid] = "; ".join(parts)
+    return out
 
 
 def changed_after(j):
@@ -975,7 +1070,7 @@ def main():
             t = threading.Thread(target=run.client_loop, daemon=True)
             t.start()
             run.threads.append(t)
-        poller = threading.Thread(target=run.poll_loop, args=(30,), daemon=True)
+        poller = threading.Thread(target=run.poll_loop, args=(POLL_RATE,), daemon=True)
         poller.start()
 
         # Phases: (name, action, share of the jobs).

@@ -1,8 +1,11 @@
 //! Plugin call cost on the production path (`Runtime::info`/`fetch`: async,
 //! a fresh Store per call), and compile vs cached-load time.
 //!
+//! Also the cost of result cleaning (`clean`: key rules and value detectors
+//! over a vendor answer), in µs per KB of result.
+//!
 //! `cargo bench -p vendorhost --bench plugins` (release). `BENCH_ITERS`
-//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile`
+//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile|clean`
 //! runs one part (for profiling). Needs the built plugins (`make build-plugins`).
 
 use std::path::{Path, PathBuf};
@@ -90,6 +93,78 @@ async fn run(iters: usize) {
     }
     if on("compile") {
         compile_vs_cache(&runtime);
+    }
+    if on("clean") {
+        cleaning_cost(iters);
+    }
+}
+
+/// A vendor answer of `records` records, each with personal data by key
+/// and inside strings (or, `pii` false, with none of either).
+fn answer(records: usize, pii: bool) -> String {
+    let items: Vec<serde_json::Value> = (0..records)
+        .map(|i| {
+            let mut r = serde_json::json!({
+                "id": format!("ORD-2024-{i:06}"),
+                "name": "  Ada Lovelace ",
+                "created_at": "2024-01-15T10:30:00.123Z",
+                "score": i as f64 / 7.0,
+                "address": {"city": " London ", "zip": "SW1A 1AA", "note": "ring twice, leave at the door"},
+                "tags": ["alpha", "beta", "gamma"],
+            });
+            if pii {
+                r["owner_email"] = "ada@example.com".into();
+                r["contact"] = serde_json::json!({"phoneNumber": "+44 20 7946 0958"});
+                r["note"] = "reach me at ada@example.org or (555) 123-4567; card 4111 1111 1111 1111".into();
+            } else {
+                r["note"] = "reach me through the vendor's portal; reference 2024-000123, batch 17".into();
+            }
+            r
+        })
+        .collect();
+    serde_json::json!({"request_id": "01a21092-6e96-73ff-a85f-67c18ef9b1d5", "records": items}).to_string()
+}
+
+/// Cleaning cost per KB of result: parse, clean, serialize (what the worker
+/// does with each answer), at two sizes, with and without personal data.
+fn cleaning_cost(iters: usize) {
+    let cleaner = vendorhost::clean::Cleaner::with_keys(vendorhost::clean::DEFAULT_PII_KEYS);
+    for (records, pii) in [(40, true), (40, false), (4000, true)] {
+        let text = answer(records, pii);
+        let kb = text.len() as f64 / 1024.0;
+        let runs = (iters * 4 / records).clamp(20, 20_000);
+        let mut ns: Vec<u64> = Vec::with_capacity(runs);
+        let mut removed = 0;
+        for _ in 0..runs {
+            let t = Instant::now();
+            let out = cleaner.clean_text(&text);
+            ns.push(t.elapsed().as_nanos() as u64);
+            removed = out.report.counts.total();
+            std::hint::black_box(out);
+        }
+        ns.sort_unstable();
+        // What parsing and serializing alone cost (the floor).
+        let mut base: Vec<u64> = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = Instant::now();
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let out = serde_json::to_string(&v).unwrap();
+            drop(v);
+            base.push(t.elapsed().as_nanos() as u64);
+            std::hint::black_box(out);
+        }
+        base.sort_unstable();
+        let per_kb = |n: u64| n as f64 / 1000.0 / kb;
+        println!(
+            "result cleaning: {:.2} µs/KB p50, {:.2} µs/KB p99 ({:.0} KB result, {} removed; parse + clean + serialize, \
+             of which parse + serialize {:.2} µs/KB; {} runs)",
+            per_kb(ns[ns.len() / 2]),
+            per_kb(ns[(ns.len() * 99 / 100).min(ns.len() - 1)]),
+            kb,
+            removed,
+            per_kb(base[base.len() / 2]),
+            runs,
+        );
     }
 }
 

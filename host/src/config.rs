@@ -111,8 +111,17 @@ pub struct Config {
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub retention: RetentionSettings,
-    /// Keys dropped from results at any depth, case-insensitive.
-    pub pii_keys: Vec<String>,
+    /// Replaces the built-in list of keys naming personal data (unset: the
+    /// built-in list, `clean::DEFAULT_PII_KEYS`); a replacement is logged.
+    pub pii_keys: Option<Vec<String>>,
+    /// Keys added to the list in force.
+    pub pii_keys_extra: Vec<String>,
+    /// What a value detector's finding does: `redact` (replaced by
+    /// `[redacted:<kind>]`) or `drop` (the whole field goes).
+    pub pii_action: String,
+    /// Value detectors turned on or off by name (`email`, `phone`, `card`,
+    /// `iban`, `ssn`); each is on unless set to false.
+    pub pii_detectors: BTreeMap<String, bool>,
     /// Defaults for every vendor; `[vendors.<id>]` overrides per field.
     pub vendor_defaults: VendorPolicy,
     /// Per-vendor policy, limits and secrets.
@@ -265,6 +274,17 @@ pub struct VendorPolicy {
     /// Values the plugin reads through `config-get` (only this vendor's).
     #[serde(default, deserialize_with = "text::opt_map")]
     pub config: Option<BTreeMap<String, String>>,
+    /// Keys naming personal data, added to the global list (those of
+    /// `[vendor_defaults]` and of the vendor's table both apply).
+    pub pii_keys_extra: Option<Vec<String>>,
+    /// `redact` or `drop` for this vendor (over the global `pii_action`).
+    pub pii_action: Option<String>,
+    /// Detectors turned on or off for this vendor, by name (over
+    /// `[vendor_defaults]`, over the global `pii_detectors`).
+    pub pii_detectors: Option<BTreeMap<String, bool>>,
+    /// Paths of fields kept whatever the cleaning rules say
+    /// (`record.email_domain`, `items[*].phone`).
+    pub pii_allow: Option<Vec<String>>,
 }
 
 /// resilience4j-style circuit breaker settings (count-based window).
@@ -347,23 +367,10 @@ impl Default for RetentionSettings {
     }
 }
 
-pub const DEFAULT_PII_KEYS: &[&str] = &[
-    "email",
-    "e_mail",
-    "phone",
-    "phone_number",
-    "mobile",
-    "ssn",
-    "social_security_number",
-    "password",
-    "passport",
-    "passport_number",
-    "credit_card",
-    "card_number",
-    "iban",
-    "dob",
-    "date_of_birth",
-];
+/// The value detectors `pii_detectors` may name.
+pub const PII_DETECTORS: &[&str] = &["email", "phone", "card", "iban", "ssn"];
+/// The values of `pii_action`.
+pub const PII_ACTIONS: &[&str] = &["redact", "drop"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -387,7 +394,10 @@ impl Default for Config {
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             retention: RetentionSettings::default(),
-            pii_keys: DEFAULT_PII_KEYS.iter().map(|s| s.to_string()).collect(),
+            pii_keys: None,
+            pii_keys_extra: Vec::new(),
+            pii_action: "redact".into(),
+            pii_detectors: BTreeMap::new(),
             vendor_defaults: VendorPolicy::default(),
             vendors: BTreeMap::new(),
         }
@@ -478,6 +488,9 @@ impl Config {
         cfg.vendors = std::mem::take(&mut fresh.vendors);
         cfg.vendor_defaults = fresh.vendor_defaults;
         cfg.pii_keys = fresh.pii_keys;
+        cfg.pii_keys_extra = fresh.pii_keys_extra;
+        cfg.pii_action = fresh.pii_action;
+        cfg.pii_detectors = fresh.pii_detectors;
         Ok(cfg)
     }
 
@@ -535,6 +548,17 @@ impl Config {
                 webhook_tolerance: v.webhook_tolerance.or(d.webhook_tolerance),
                 breaker: v.breaker.clone().or_else(|| d.breaker.clone()),
                 config: v.config.clone().or_else(|| d.config.clone()),
+                // Added keys add up; detector switches merge per detector.
+                pii_keys_extra: match (&d.pii_keys_extra, &v.pii_keys_extra) {
+                    (Some(a), Some(b)) => Some(a.iter().chain(b).cloned().collect()),
+                    (a, b) => b.clone().or_else(|| a.clone()),
+                },
+                pii_action: v.pii_action.clone().or_else(|| d.pii_action.clone()),
+                pii_detectors: match (&d.pii_detectors, &v.pii_detectors) {
+                    (Some(a), Some(b)) => Some(a.iter().chain(b).map(|(k, on)| (k.clone(), *on)).collect()),
+                    (a, b) => b.clone().or_else(|| a.clone()),
+                },
+                pii_allow: v.pii_allow.clone().or_else(|| d.pii_allow.clone()),
             },
         }
     }

@@ -102,6 +102,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS queue_job ON queue(json_extract(payload, '$.request_id'));
     ALTER TABLE webhook_ids ADD COLUMN done INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 2: what cleaning removed from a complete job's result (JSON text:
+    // [{"path", "kind"}]; NULL when nothing).
+    r#"
+    ALTER TABLE jobs ADD COLUMN redactions TEXT;
+    "#,
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -10,8 +10,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::clean::Cleaner;
-use crate::config::{BreakerPolicy, Config};
+use crate::clean::{Action, Cleaner, DEFAULT_PII_KEYS, Detectors, Kind, Rules};
+use crate::config::{BreakerPolicy, Config, VendorPolicy};
 use crate::limits::Quota;
 use crate::plugins::grants::Grants;
 use crate::plugins::loader::Plugin;
@@ -42,6 +42,47 @@ pub struct Resolved {
     /// A grant pattern the operator wrote that does not parse (logged; the
     /// vendor then has no grants).
     pub grant_error: Option<String>,
+    /// How this vendor's results are cleaned (sync answers and webhooks).
+    pub cleaner: Arc<Cleaner>,
+}
+
+/// The cleaning rules of a vendor: the key list in force (the built-in one,
+/// or `pii_keys` replacing it) plus the global and the vendor's
+/// `pii_keys_extra`; every detector on unless the global or the vendor's
+/// `pii_detectors` turns it off; the vendor's `pii_action` over the global
+/// one; the vendor's `pii_allow`.
+pub fn cleaning_rules(cfg: &Config, p: &VendorPolicy) -> Rules {
+    let mut keys: Vec<String> = match &cfg.pii_keys {
+        Some(list) => list.clone(),
+        None => DEFAULT_PII_KEYS.iter().map(|k| k.to_string()).collect(),
+    };
+    keys.extend(cfg.pii_keys_extra.iter().chain(p.pii_keys_extra.iter().flatten()).cloned());
+    let mut detectors = Detectors::all();
+    for (name, on) in cfg.pii_detectors.iter().chain(p.pii_detectors.iter().flatten()) {
+        if let Some(kind) = Kind::detector(name) {
+            detectors = detectors.with(kind, *on);
+        }
+    }
+    // Validation admits only `redact` and `drop`.
+    let action = Action::parse(p.pii_action.as_deref().unwrap_or(&cfg.pii_action)).unwrap_or_default();
+    Rules { keys, detectors, action, allow: p.pii_allow.clone().unwrap_or_default() }
+}
+
+/// Logs (warn) a `pii_keys` that replaces the built-in key list, naming the
+/// built-in keys it leaves out.
+fn warn_if_keys_replaced(cfg: &Config) {
+    if let Some(list) = &cfg.pii_keys {
+        let left_out: Vec<&str> = DEFAULT_PII_KEYS
+            .iter()
+            .copied()
+            .filter(|d| !list.iter().any(|k| k.trim().eq_ignore_ascii_case(d)))
+            .collect();
+        tracing::warn!(
+            pii_keys = ?list,
+            left_out = ?left_out,
+            "pii_keys replaces the built-in list of keys naming personal data; to add keys, use pii_keys_extra instead"
+        );
+    }
 }
 
 pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved {
@@ -79,23 +120,22 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         webhook_tolerance: p.webhook_tolerance.unwrap_or(DEFAULT_WEBHOOK_TOLERANCE),
         breaker: p.breaker.clone().unwrap_or_default(),
         grant_error,
+        cleaner: Arc::new(Cleaner::new(cleaning_rules(cfg, &p))),
     }
 }
 
 /// The live configuration and the policies resolved from it.
 pub struct Policies {
     config: ArcSwap<Config>,
-    cleaner: ArcSwap<Cleaner>,
     cache: Mutex<HashMap<String, (String, Arc<Resolved>)>>,
     bulkheads: Mutex<HashMap<String, (usize, Arc<Semaphore>)>>,
 }
 
 impl Policies {
     pub fn new(cfg: Config) -> Policies {
-        let cleaner = Cleaner::new(&cfg.pii_keys);
+        warn_if_keys_replaced(&cfg);
         Policies {
             config: ArcSwap::from_pointee(cfg),
-            cleaner: ArcSwap::from_pointee(cleaner),
             cache: Mutex::new(HashMap::new()),
             bulkheads: Mutex::new(HashMap::new()),
         }
@@ -105,14 +145,12 @@ impl Policies {
         self.config.load_full()
     }
 
-    pub fn cleaner(&self) -> Arc<Cleaner> {
-        self.cleaner.load_full()
-    }
-
     /// Swaps in a new configuration (a reload); calls already running keep
     /// the policy they started with.
     pub fn set_config(&self, cfg: Config) {
-        self.cleaner.store(Arc::new(Cleaner::new(&cfg.pii_keys)));
+        if cfg.pii_keys != self.config.load().pii_keys {
+            warn_if_keys_replaced(&cfg);
+        }
         self.config.store(Arc::new(cfg));
         if let Ok(mut c) = self.cache.lock() {
             c.clear();
@@ -156,5 +194,85 @@ impl Policies {
             entry.1.clone()
         };
         sem.try_acquire_owned().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PII_DETECTORS;
+    use serde_json::json;
+
+    fn config(toml_text: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        std::fs::write(&path, toml_text).unwrap();
+        Config::load(Some(&path), &crate::config::Overrides::default()).unwrap()
+    }
+
+    fn cleaned(cfg: &Config, vendor: &str, answer: serde_json::Value) -> serde_json::Value {
+        let mut v = answer;
+        resolve(cfg, vendor, None).cleaner.clean(&mut v);
+        v
+    }
+
+    #[test]
+    fn the_detector_names_of_the_configuration_are_the_cleaners() {
+        let names: Vec<&str> = Kind::DETECTORS.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names, PII_DETECTORS);
+        for name in crate::config::PII_ACTIONS {
+            assert!(Action::parse(name).is_some(), "{name}");
+        }
+    }
+
+    #[test]
+    fn added_keys_keep_the_built_in_list_and_a_replacement_replaces_it() {
+        let answer = json!({"email": "x", "ssn": "x", "badge_no": "x", "loyalty_no": "x", "name": "Ada"});
+        let added = config("pii_keys_extra = [\"badge_no\"]\n[vendors.a]\npii_keys_extra = [\"loyalty_no\"]\n");
+        assert_eq!(cleaned(&added, "a", answer.clone()), json!({"name": "Ada"}));
+        assert_eq!(cleaned(&added, "b", answer.clone()), json!({"loyalty_no": "x", "name": "Ada"}));
+        let replaced = config("pii_keys = [\"badge_no\"]\n");
+        assert_eq!(
+            cleaned(&replaced, "a", answer),
+            json!({"email": "x", "ssn": "x", "loyalty_no": "x", "name": "Ada"})
+        );
+    }
+
+    #[test]
+    fn vendors_turn_detectors_off_change_the_action_and_allow_paths() {
+        let cfg = config(
+            "pii_action = \"drop\"\n[pii_detectors]\niban = false\n\
+             [vendors.a]\npii_detectors = { phone = false }\npii_allow = [\"record.email_domain\", \"record.support\"]\n\
+             [vendors.b]\npii_action = \"redact\"\npii_detectors = { iban = true }\n",
+        );
+        let answer = json!({"record": {
+            "email_domain": "example.com", "support": "help@vendor.example", "owner": "ada@example.com",
+            "tel": "+44 20 7946 0958", "bank": "DE89370400440532013000"
+        }});
+        assert_eq!(
+            cleaned(&cfg, "a", answer.clone()),
+            json!({"record": {
+                "email_domain": "example.com", "support": "help@vendor.example",
+                "tel": "+44 20 7946 0958", "bank": "DE89370400440532013000"
+            }})
+        );
+        assert_eq!(
+            cleaned(&cfg, "b", answer.clone()),
+            json!({"record": {
+                "support": "[redacted:email]", "owner": "[redacted:email]",
+                "tel": "[redacted:phone]", "bank": "[redacted:iban]"
+            }})
+        );
+        assert_eq!(cleaned(&cfg, "c", answer), json!({"record": {"bank": "DE89370400440532013000"}}));
+    }
+
+    #[test]
+    fn the_cleaner_follows_a_reload() {
+        let policies = Policies::new(config("[vendors.a]\npii_keys_extra = [\"badge_no\"]\n"));
+        let first = policies.for_vendor("a").cleaner;
+        assert!(first.is_pii_key("badge_no") && !first.is_pii_key("member_id"));
+        policies.set_config(config("[vendors.a]\npii_keys_extra = [\"member_id\"]\n"));
+        let second = policies.for_vendor("a").cleaner;
+        assert!(second.is_pii_key("member_id") && !second.is_pii_key("badge_no"));
     }
 }

@@ -82,6 +82,27 @@ impl std::ops::Deref for ReadBody {
     }
 }
 
+/// Before answering 413, reads and throws away up to another `limit` bytes of
+/// the body (for at most a second), keeping none of it: a client still
+/// writing a somewhat oversized body then reads the 413 instead of a reset
+/// connection. hyper closes the connection after the answer if any is left.
+/// (A lingering close by hand: hyper has none.)
+async fn discard<S, E>(stream: &mut S, limit: usize)
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+{
+    let draining = async {
+        let mut seen = 0usize;
+        while seen <= limit {
+            match stream.next().await {
+                Some(Ok(chunk)) => seen += chunk.len(),
+                _ => break,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), draining).await;
+}
+
 /// Reads a body of at most `limit` bytes within `deadline`, counting it
 /// against `budget` as it arrives. A `Content-Length` over the limit is
 /// refused before anything is read.
@@ -94,14 +115,15 @@ pub async fn read(
 ) -> Result<ReadBody, BodyError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
     if declared.is_some_and(|n| n > limit as u64) {
+        discard(&mut stream, limit).await;
         return Err(BodyError::TooLarge { limit });
     }
     // One allocation of the announced size (a large one is mapped lazily, so
     // a slow sender's pages are only touched as its bytes arrive).
     let mut bytes = Vec::with_capacity(declared.map_or(0, |n| n as usize));
     let mut share = None;
-    let mut stream = body.into_data_stream();
     let reading = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| BodyError::Broken(e.to_string()))?;
@@ -114,6 +136,9 @@ pub async fn read(
         Ok(())
     };
     let outcome = tokio::time::timeout(deadline, reading).await;
+    if let Ok(Err(BodyError::TooLarge { .. })) = &outcome {
+        discard(&mut stream, limit).await;
+    }
     match outcome {
         Ok(Ok(())) => Ok(ReadBody { bytes, _share: share }),
         Ok(Err(e)) => Err(e),

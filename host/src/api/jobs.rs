@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::views::JobStatus;
+use super::views::{JobStatus, RedactionView};
 use super::{AppState, Route, auth, body};
 use crate::model::{Job, format_ms};
 
@@ -42,6 +42,11 @@ pub struct JobView {
     /// Why it failed, or the last retryable error while it is retried.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What cleaning removed from the result (paths and kinds, never
+    /// values); absent when nothing was.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub redactions: Vec<RedactionView>,
 }
 
 impl From<Job> for JobView {
@@ -55,6 +60,7 @@ impl From<Job> for JobView {
             updated_at: format_ms(j.updated_at),
             attempts: j.attempts,
             error: j.error,
+            redactions: j.redactions.into_iter().map(RedactionView::from).collect(),
         }
     }
 }

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::breaker::BreakerSnapshot;
-use crate::model::{DeadLetter, Status};
+use crate::model::{DeadLetter, Redaction, Status};
 use crate::plugins::{Rejected, VendorSummary};
 
 /// A job's state: `pending → processing → complete | failed`.
@@ -26,6 +26,25 @@ impl From<Status> for JobStatus {
             Status::Complete => JobStatus::Complete,
             Status::Failed => JobStatus::Failed,
         }
+    }
+}
+
+/// One thing cleaning removed from a job's result (never the value).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RedactionView {
+    /// Where it was in the vendor's answer: keys joined by `.`, array
+    /// elements as `[i]`, `$` for the answer itself.
+    #[schema(example = "owner.email")]
+    pub path: String,
+    /// `key` (a key naming personal data), `email`, `phone`, `card`, `iban`,
+    /// `ssn` (what a detector found), or `truncated` (more than listed).
+    #[schema(example = "key")]
+    pub kind: String,
+}
+
+impl From<Redaction> for RedactionView {
+    fn from(r: Redaction) -> Self {
+        RedactionView { path: r.path, kind: r.kind }
     }
 }
 

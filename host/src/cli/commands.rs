@@ -155,12 +155,15 @@ async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
             );
             Ok(())
         }
-        PluginsCommand::Call { file, data, allow, config, callback_url, timeout_ms } => {
-            call(&file, data, allow, config, callback_url, timeout_ms).await
+        PluginsCommand::Call { file, data, allow, config, callback_url, timeout_ms, clean, service_config } => {
+            let cleaning = if clean { Some(service_config) } else { None };
+            call(&file, data, allow, config, callback_url, timeout_ms, cleaning).await
         }
     }
 }
 
+/// `cleaning`: print the result cleaned by the vendor's rules from the
+/// service configuration at this file (or the built-in rules).
 async fn call(
     file: &Path,
     data: String,
@@ -168,7 +171,15 @@ async fn call(
     config: Vec<String>,
     callback_url: String,
     timeout_ms: u64,
+    cleaning: Option<Option<PathBuf>>,
 ) -> Result<(), String> {
+    let service = match &cleaning {
+        Some(path) => Some(
+            Config::load(path.as_deref(), &crate::config::Overrides::default())
+                .map_err(|e| format!("configuration: {e}"))?,
+        ),
+        None => None,
+    };
     serde_json::from_str::<serde_json::Value>(&data).map_err(|e| format!("--data is not JSON: {e}"))?;
     let rt = runtime().await?;
     let cache = ComponentCache::new(None, rt.engine.compatibility_key());
@@ -196,7 +207,23 @@ async fn call(
     };
     match rt.fetch(&p.pre, Arc::new(policy), &job).await {
         Ok(FetchOutcome::Complete(d)) => {
-            println!("complete: {d}");
+            let Some(service) = service else {
+                println!("complete: {d}");
+                return Ok(());
+            };
+            // The same cleaner the service resolves for this vendor.
+            let cleaner = crate::policy::resolve(&service, &p.info.id, Some(&p)).cleaner;
+            let cleaned = cleaner.clean_text(&d);
+            println!("complete (cleaned): {}", cleaned.text);
+            if cleaned.report.removed.is_empty() {
+                println!("redacted: nothing");
+            }
+            for r in &cleaned.report.removed {
+                println!("redacted: {} ({})", r.path, r.kind.as_str());
+            }
+            if cleaned.report.unlisted > 0 {
+                println!("redacted: {} more not listed", cleaned.report.unlisted);
+            }
             Ok(())
         }
         Ok(FetchOutcome::Accepted(r)) => {

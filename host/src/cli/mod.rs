@@ -155,6 +155,16 @@ pub enum PluginsCommand {
         /// Call deadline, ms.
         #[arg(long, default_value_t = 10_000)]
         timeout_ms: u64,
+        /// Print the result cleaned as the service would store it (this
+        /// vendor's cleaning rules from the service's configuration), and
+        /// what cleaning removed.
+        #[arg(long)]
+        clean: bool,
+        /// The service's configuration file for `--clean` (else
+        /// `VENDORHOST_CONFIG`, else the built-in rules; `VENDORHOST_*`
+        /// variables apply as for `serve`).
+        #[arg(long, value_name = "FILE", env = "VENDORHOST_CONFIG")]
+        service_config: Option<PathBuf>,
     },
 }
 

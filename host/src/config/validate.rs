@@ -6,7 +6,9 @@
 
 use std::time::Duration;
 
-use super::{BadSetting, BreakerPolicy, Config, VendorPolicy};
+use std::collections::BTreeMap;
+
+use super::{BadSetting, BreakerPolicy, Config, PII_ACTIONS, PII_DETECTORS, VendorPolicy};
 
 /// No duration is longer (about ten years): far beyond any sensible
 /// setting, and far from where millisecond and `Instant` arithmetic
@@ -68,6 +70,13 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
             c.bad_at(&table, &entry, format!("{{<redacted> = {name:?}}} (a blank name)"), allowed);
         }
     }
+
+    if let Some(keys) = &cfg.pii_keys {
+        c.pii_keys(&k("pii_keys"), keys);
+    }
+    c.pii_keys(&k("pii_keys_extra"), &cfg.pii_keys_extra);
+    c.pii_action(&k("pii_action"), &cfg.pii_action);
+    c.pii_detectors(&k("pii_detectors"), &cfg.pii_detectors);
 
     let r = &cfg.retention;
     c.duration(&k("retention.jobs"), r.jobs, SECOND);
@@ -170,6 +179,48 @@ impl Checks {
         if let Some(b) = &p.breaker {
             self.breaker(&key("breaker"), b);
         }
+        if let Some(keys) = &p.pii_keys_extra {
+            self.pii_keys(&key("pii_keys_extra"), keys);
+        }
+        if let Some(a) = &p.pii_action {
+            self.pii_action(&key("pii_action"), a);
+        }
+        if let Some(d) = &p.pii_detectors {
+            self.pii_detectors(&key("pii_detectors"), d);
+        }
+        for path in p.pii_allow.iter().flatten() {
+            if let Err(why) = allow_path(path) {
+                self.bad(
+                    &key("pii_allow"),
+                    format!("{path:?} ({why})"),
+                    "paths such as `record.email`, `items[*].phone`, `[\"a.b\"].c`",
+                );
+            }
+        }
+    }
+
+    /// Key list entries: each must hold a letter or digit (one without can
+    /// never match a key).
+    fn pii_keys(&mut self, key: &Key, keys: &[String]) {
+        for entry in keys {
+            if !entry.chars().any(char::is_alphanumeric) {
+                self.bad(key, format!("{entry:?}"), "key names holding at least one letter or digit");
+            }
+        }
+    }
+
+    fn pii_action(&mut self, key: &Key, action: &str) {
+        if !PII_ACTIONS.contains(&action) {
+            self.bad(key, format!("{action:?}"), &one_of(PII_ACTIONS));
+        }
+    }
+
+    fn pii_detectors(&mut self, table: &Key, detectors: &BTreeMap<String, bool>) {
+        for name in detectors.keys() {
+            if !PII_DETECTORS.contains(&name.as_str()) {
+                self.bad(&table.join(name), format!("{name:?}"), &format!("detector names {}", one_of(PII_DETECTORS)));
+            }
+        }
     }
 
     fn breaker(&mut self, table: &Key, b: &BreakerPolicy) {
@@ -186,6 +237,79 @@ impl Checks {
         self.duration(&key("slow_call"), b.slow_call, MS);
         self.duration(&key("open_for"), b.open_for, MS);
     }
+}
+
+/// `"a", "b" or "c"`.
+fn one_of(names: &[&str]) -> String {
+    let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.concat(),
+    }
+}
+
+/// A `pii_allow` path: keys joined by `.`, `[n]` or `[*]` for array
+/// elements, `["key"]` (a JSON string) for keys that hold `.`, `[`, `]`,
+/// `"` or `*`; `$.` in front is allowed.
+fn allow_path(path: &str) -> Result<(), &'static str> {
+    let p = path.trim();
+    let p = p.strip_prefix("$.").unwrap_or(p);
+    if p.is_empty() {
+        return Err("empty");
+    }
+    let b = p.as_bytes();
+    let mut i = 0;
+    // At a segment's start: a key, or a bracket.
+    let mut need_key = true;
+    while i < b.len() {
+        match b[i] {
+            b'[' => {
+                if need_key && i > 0 {
+                    return Err("`.` before `[` (write `items[0]`)");
+                }
+                let close = p[i..].find(']').map(|n| i + n).ok_or("an unclosed `[`")?;
+                let inner = &p[i + 1..close];
+                if inner.starts_with('"') {
+                    // A quoted key may itself hold `]`: find the end of the string.
+                    let end = quoted_end(p, i + 1).ok_or("a bad quoted key")?;
+                    if b.get(end) != Some(&b']') {
+                        return Err("a quoted key not followed by `]`");
+                    }
+                    i = end + 1;
+                } else if inner == "*" || (!inner.is_empty() && inner.bytes().all(|c| c.is_ascii_digit())) {
+                    i = close + 1;
+                } else {
+                    return Err("`[` holds neither an index, `*` nor a quoted key");
+                }
+                need_key = false;
+            }
+            b'.' => {
+                if need_key {
+                    return Err("an empty key");
+                }
+                need_key = true;
+                i += 1;
+            }
+            b']' | b'"' => return Err("a stray `]` or `\"`"),
+            _ => {
+                if !need_key {
+                    return Err("a key right after `]` (write `].key`)");
+                }
+                while i < b.len() && !matches!(b[i], b'.' | b'[' | b']' | b'"') {
+                    i += 1;
+                }
+                need_key = false;
+            }
+        }
+    }
+    if need_key { Err("ends with `.`") } else { Ok(()) }
+}
+
+/// The byte after the JSON string starting at `start` (a `"`).
+fn quoted_end(p: &str, start: usize) -> Option<usize> {
+    let mut de = serde_json::Deserializer::from_str(&p[start..]).into_iter::<String>();
+    de.next()?.ok()?;
+    Some(start + de.byte_offset())
 }
 
 /// A bound in the largest whole unit: `100ms`, `1s`, `1m`, `3650d`.

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::jobs::finish::{FinishError, Via, finish};
+use crate::jobs::finish::{FinishError, Via, cleaned_outcome, count_redactions, finish};
 use crate::model::{Outcome, Status, millis, now_ms};
 use crate::plugins::{CallError, Registry};
 use crate::policy::Policies;
@@ -208,7 +208,7 @@ impl Callbacks {
         }
         let mut claim = Claim { store: self.store.clone(), vendor: vendor.to_string(), id: id.clone(), held: true };
         crate::failpoint::hit("webhook.applying").await;
-        let result = self.apply(vendor, &plugin, policy.call.clone(), headers, body).await;
+        let result = self.apply(vendor, &plugin, &policy, headers, body).await;
         if result.is_ok() {
             let expires = now_ms().saturating_add(millis(self.replay_window));
             self.store.complete_webhook(vendor, &id, expires).await?;
@@ -225,14 +225,14 @@ impl Callbacks {
         &self,
         vendor: &str,
         plugin: &crate::plugins::loader::Plugin,
-        call: Arc<crate::plugins::CallPolicy>,
+        policy: &crate::policy::Resolved,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<CallbackOutcome, CallbackError> {
         let parsed = self
             .registry
             .runtime()
-            .on_webhook(&plugin.pre, call, headers, body)
+            .on_webhook(&plugin.pre, policy.call.clone(), headers, body)
             .await
             .map_err(CallbackError::Plugin)?;
         let request_id = if !parsed.request_id.is_empty() {
@@ -258,12 +258,19 @@ impl Callbacks {
         if job.status.is_terminal() {
             return Ok(CallbackOutcome::AlreadyFinished { request_id, status: job.status });
         }
-        let outcome = match parsed.outcome {
-            Ok(text) => Outcome::Complete { result: self.policies.cleaner().clean_text(&text) },
-            Err(reason) => Outcome::Failed { error: format!("vendor reported failure: {reason}") },
+        let (outcome, removed) = match parsed.outcome {
+            Ok(text) => {
+                let (outcome, removed) = cleaned_outcome(policy.cleaner.clean_text(&text));
+                (outcome, Some(removed))
+            }
+            Err(reason) => (Outcome::Failed { error: format!("vendor reported failure: {reason}") }, None),
         };
         let status = outcome.status();
         if finish(&*self.store, &*self.queue, &request_id, vendor, outcome, None, Via::Webhook).await? {
+            if let Some(removed) = removed {
+                // `vendor` is a loaded plugin's id (`trusted` found it).
+                count_redactions(vendor, &removed);
+            }
             Ok(CallbackOutcome::Applied { request_id, status })
         } else {
             let now = self.store.get(&request_id).await?.map(|j| j.status).unwrap_or(status);

@@ -2,7 +2,8 @@
 //! sweeper): the terminal state is written once, counted once, logged once,
 //! and a failed job gets its copy in the dead-letter queue.
 
-use crate::model::{DeadLetter, Outcome, now_ms};
+use crate::clean::{Cleaned, Counts};
+use crate::model::{DeadLetter, Outcome, Redaction, now_ms};
 use crate::queue::{Lease, Message, Queue, QueueError};
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -30,6 +31,27 @@ impl Via {
             Via::Webhook => "webhook",
             Via::Sweeper => "sweeper",
         }
+    }
+}
+
+/// The complete outcome of a cleaned result (what cleaning removed listed
+/// with it, a last `truncated` entry if not all of it is), and the counts
+/// to record once it is stored ([`count_redactions`]).
+pub fn cleaned_outcome(cleaned: Cleaned) -> (Outcome, Counts) {
+    let Cleaned { text, report } = cleaned;
+    let mut redactions: Vec<Redaction> =
+        report.removed.into_iter().map(|r| Redaction { path: r.path, kind: r.kind.as_str().to_string() }).collect();
+    if report.unlisted > 0 {
+        redactions.push(Redaction { path: "*".into(), kind: "truncated".into() });
+    }
+    (Outcome::Complete { result: text, redactions }, report.counts)
+}
+
+/// Counts what cleaning removed from a result that ended its job, by kind.
+/// `vendor` must be a registered vendor's id (the caller called its plugin).
+pub fn count_redactions(vendor: &str, counts: &Counts) {
+    for (kind, n) in counts.iter() {
+        metrics::counter!(telemetry::REDACTIONS, "vendor" => vendor.to_string(), "kind" => kind.as_str()).increment(n);
     }
 }
 

@@ -20,7 +20,7 @@ use tracing::Instrument;
 
 use crate::breaker::{Admission, Breakers, CallOutcome};
 use crate::config::QueueSettings;
-use crate::jobs::finish::{FinishError, Via, finish};
+use crate::jobs::finish::{FinishError, Via, cleaned_outcome, count_redactions, finish};
 use crate::limits::{LimitError, Quota, RateLimiter};
 use crate::model::{DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
@@ -390,7 +390,7 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
 
     let now = now_ms();
     let job = match ctx.store.start_attempt(&msg.request_id, now, now.saturating_add(millis(lease.lease_for))).await? {
-        Attempt::Started(job) => job,
+        Attempt::Started(job) => *job,
         Attempt::Over => {
             ctx.queue.ack(lease).await?;
             return Ok(());
@@ -483,8 +483,13 @@ async fn settle(
     let now = now_ms();
     match result {
         Ok(FetchOutcome::Complete(text)) => {
-            let outcome = Outcome::Complete { result: ctx.policies.cleaner().clean_text(&text) };
-            finish(&*ctx.store, &*ctx.queue, &job.request_id, &job.vendor, outcome, Some(lease), Via::Worker).await?;
+            let (outcome, removed) = cleaned_outcome(policy.cleaner.clean_text(&text));
+            let ended =
+                finish(&*ctx.store, &*ctx.queue, &job.request_id, &job.vendor, outcome, Some(lease), Via::Worker)
+                    .await?;
+            if ended {
+                count_redactions(&job.vendor, &removed);
+            }
         }
         Ok(FetchOutcome::Accepted(vendor_ref)) => {
             let deadline = now + millis(policy.webhook_deadline);

@@ -63,6 +63,19 @@ pub struct Job {
     pub webhook_deadline: Option<Millis>,
     /// The API key (its name) that submitted the job, when keys are on.
     pub owner: Option<String>,
+    /// What cleaning removed from the result, once `complete`.
+    pub redactions: Vec<Redaction>,
+}
+
+/// One thing cleaning removed from a result: where it was in the vendor's
+/// answer (`owner.email`, `notes[2]`, `$` for the answer itself) and what it
+/// was (`key`: a key naming personal data; `email`, `phone`, `card`,
+/// `iban`, `ssn`: what a detector found; `truncated`: more removals than
+/// listed). Never the value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redaction {
+    pub path: String,
+    pub kind: String,
 }
 
 /// What a submit writes.
@@ -90,8 +103,14 @@ pub struct Idempotency {
 /// How a finished attempt ends the job.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Complete { result: String },
-    Failed { error: String },
+    /// The cleaned result (JSON text) and what cleaning removed.
+    Complete {
+        result: String,
+        redactions: Vec<Redaction>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 impl Outcome {

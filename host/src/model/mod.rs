@@ -7,5 +7,5 @@ pub mod job;
 pub mod time;
 
 pub use dead_letter::DeadLetter;
-pub use job::{Idempotency, Job, NewJob, Outcome, Status, new_request_id};
+pub use job::{Idempotency, Job, NewJob, Outcome, Redaction, Status, new_request_id};
 pub use time::{Millis, format_ms, millis, now_ms};

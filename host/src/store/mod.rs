@@ -55,8 +55,9 @@ pub enum WebhookClaim {
 /// What `start_attempt` did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Attempt {
-    /// The attempt is on: the job after the update.
-    Started(Job),
+    /// The attempt is on: the job after the update (boxed: a job is large,
+    /// the other answers small).
+    Started(Box<Job>),
     /// The job is finished (or unknown, or waits for its vendor's webhook):
     /// nothing to call.
     Over,

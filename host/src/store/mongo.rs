@@ -4,6 +4,8 @@
 //! - `jobs`: `_id` = request_id; timestamps are i64 epoch ms (the Mongo
 //!   stand-in stores a BSON date written by `$set` as a string); `data` and
 //!   `result` are JSON text. `queued` records that the queue message exists.
+//!   `redactions` (a complete job's, when cleaning removed anything): an
+//!   array of `{path, kind}`.
 //! - `webhook_ids`: `_id` = `<vendor>:<id>`, `expires_at` (ms).
 //! - `idempotency`: `_id` = scoped key, `body_hash`, `request_id`, `expires_at` (ms).
 //!
@@ -23,7 +25,7 @@ use mongodb::{Client, Collection, IndexModel};
 use std::time::Duration;
 
 use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
-use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
+use crate::model::{Job, Millis, NewJob, Outcome, Redaction, Status, now_ms};
 
 const IN_FLIGHT: [&str; 2] = ["pending", "processing"];
 const FINISHED: [&str; 2] = ["complete", "failed"];
@@ -273,7 +275,7 @@ impl Store for MongoStore {
             let started =
                 self.jobs.find_one_and_update(filter, update.clone()).return_document(ReturnDocument::After).await?;
             if let Some(d) = started {
-                return Ok(Attempt::Started(job_of(d)?));
+                return Ok(Attempt::Started(Box::new(job_of(d)?)));
             }
         }
         let held = self
@@ -325,13 +327,21 @@ impl Store for MongoStore {
         let mut set = doc! { "status": outcome.status().as_str(), "updated_at": now };
         let mut unset = Document::new();
         match outcome {
-            Outcome::Complete { result } => {
+            Outcome::Complete { result, redactions } => {
                 set.insert("result", result);
                 unset.insert("error", "");
+                if redactions.is_empty() {
+                    unset.insert("redactions", "");
+                } else {
+                    let list: Vec<Bson> =
+                        redactions.iter().map(|r| Bson::Document(doc! { "path": &r.path, "kind": &r.kind })).collect();
+                    set.insert("redactions", list);
+                }
             }
             Outcome::Failed { error } => {
                 set.insert("error", error);
                 unset.insert("result", "");
+                unset.insert("redactions", "");
             }
         }
         // Stored as a string by the stand-in (so it never expires there);
@@ -350,7 +360,7 @@ impl Store for MongoStore {
         // lost; `unqueued_pending` also waits on `updated_at`, so not at once.
         let update = doc! {
             "$set": { "status": Status::Pending.as_str(), "attempts": 0_i64, "updated_at": now, "due_at": now, "queued": false },
-            "$unset": { "ttl": "", "vendor_ref": "", "webhook_deadline": "", "error": "", "result": "" },
+            "$unset": { "ttl": "", "vendor_ref": "", "webhook_deadline": "", "error": "", "result": "", "redactions": "" },
         };
         Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
     }
@@ -527,6 +537,25 @@ fn job_of(d: Document) -> Result<Job> {
         vendor_ref: opt_text(&d, "vendor_ref"),
         webhook_deadline: int(&d, "webhook_deadline"),
         owner: opt_text(&d, "owner"),
+        redactions: redactions_of(&d, &request_id)?,
         request_id,
     })
+}
+
+fn redactions_of(d: &Document, request_id: &str) -> Result<Vec<Redaction>> {
+    let corrupt = || StoreError::Corrupt(format!("job {request_id}: redactions"));
+    match d.get("redactions") {
+        None | Some(Bson::Null) => Ok(Vec::new()),
+        Some(Bson::Array(list)) => list
+            .iter()
+            .map(|r| match r {
+                Bson::Document(r) => Ok(Redaction {
+                    path: r.get_str("path").map_err(|_| corrupt())?.to_string(),
+                    kind: r.get_str("kind").map_err(|_| corrupt())?.to_string(),
+                }),
+                _ => Err(corrupt()),
+            })
+            .collect(),
+        Some(_) => Err(corrupt()),
+    }
 }

@@ -9,7 +9,7 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
-use crate::model::{Job, Millis, NewJob, Outcome, Status, now_ms};
+use crate::model::{Job, Millis, NewJob, Outcome, Redaction, Status, now_ms};
 use crate::queue::Message;
 
 pub struct SqliteStore {
@@ -35,7 +35,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner";
+const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = r.get(2)?;
@@ -58,7 +58,17 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         vendor_ref: r.get(9)?,
         webhook_deadline: r.get(10)?,
         owner: r.get(11)?,
+        redactions: match r.get::<_, Option<String>>(12)? {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<Redaction>>(&text)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e)))?,
+        },
     })
+}
+
+/// The redactions column: JSON text, NULL when there are none.
+fn redactions_text(redactions: &[Redaction]) -> Option<String> {
+    if redactions.is_empty() { None } else { serde_json::to_string(redactions).ok() }
 }
 
 #[async_trait]
@@ -149,7 +159,7 @@ impl Store for SqliteStore {
                     .query_row(params![id, now, lease_until], job_from_row)
                     .optional()?;
                 if let Some(job) = started {
-                    return Ok(Attempt::Started(job));
+                    return Ok(Attempt::Started(Box::new(job)));
                 }
                 let held: Option<Option<Millis>> = c
                     .prepare_cached(
@@ -221,16 +231,19 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let (status, result, error) = match &outcome {
-                    Outcome::Complete { result } => ("complete", Some(result.as_str()), None),
-                    Outcome::Failed { error } => ("failed", None, Some(error.as_str())),
+                let (status, result, error, redactions) = match &outcome {
+                    Outcome::Complete { result, redactions } => {
+                        ("complete", Some(result.as_str()), None, redactions_text(redactions))
+                    }
+                    Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
                 };
                 // On completion the last retry error is cleared; on failure it is the reason.
                 c.prepare_cached(
-                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL
+                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
+                       redactions = ?6
                      WHERE request_id = ?1 AND status IN ('pending', 'processing')",
                 )?
-                .execute(params![id, status, result, error, now])
+                .execute(params![id, status, result, error, now, redactions])
             })
             .await?
             == 1)
@@ -242,8 +255,8 @@ impl Store for SqliteStore {
             .db
             .write(move |c| {
                 c.prepare_cached(
-                    "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, vendor_ref = NULL,
-                     webhook_deadline = NULL, updated_at = ?2, due_at = ?2, queued = 0
+                    "UPDATE jobs SET status = 'pending', attempts = 0, error = NULL, result = NULL, redactions = NULL,
+                     vendor_ref = NULL, webhook_deadline = NULL, updated_at = ?2, due_at = ?2, queued = 0
                      WHERE request_id = ?1 AND status = 'failed'",
                 )?
                 .execute(params![id, now])

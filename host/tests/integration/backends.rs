@@ -109,7 +109,12 @@ async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
     store.insert(&job).await.unwrap();
     store.mark_queued(&["wc-1".to_string()], now).await.unwrap();
     store.start_attempt("wc-1", now, now + 1_000).await.unwrap();
-    assert!(store.finish("wc-1", &Outcome::Complete { result: "1".into() }, now + 10).await.unwrap());
+    assert!(
+        store
+            .finish("wc-1", &Outcome::Complete { result: "1".into(), redactions: Vec::new() }, now + 10)
+            .await
+            .unwrap()
+    );
 
     let commands = seen.lock().unwrap().clone();
     let writes: Vec<&Document> = commands

@@ -107,6 +107,20 @@ fn cases() -> Vec<Case> {
         case("vendors.sync.breaker.slow_call_rate", "nan", "nan", "above 0, at most 100"),
         d("vendors.sync.breaker.slow_call", "1ms to 3650d"),
         d("vendors.sync.breaker.open_for", "1ms to 3650d"),
+        case("pii_action", "\"mask\"", "mask", "\"redact\" or \"drop\""),
+        case("vendors.sync.pii_action", "\"erase\"", "erase", "\"redact\" or \"drop\""),
+        case(
+            "pii_detectors.fax",
+            "false",
+            "false",
+            "detector names \"email\", \"phone\", \"card\", \"iban\" or \"ssn\"",
+        ),
+        case("vendors.sync.pii_detectors.phones", "false", "false", "detector names"),
+        case("pii_keys_extra", "[\"__\"]", "[\"__\"]", "at least one letter or digit"),
+        case("pii_keys", "[\"email\", \" \"]", "[\"email\", \" \"]", "at least one letter or digit"),
+        case("vendors.sync.pii_keys_extra", "[\"-\"]", "[\"-\"]", "at least one letter or digit"),
+        case("vendors.sync.pii_allow", "[\"record..email\"]", "[\"record..email\"]", "an empty key"),
+        case("vendor_defaults.pii_allow", "[\"items[x].phone\"]", "[\"items[x].phone\"]", "paths such as"),
     ]
 }
 
@@ -187,6 +201,36 @@ fn the_edges_of_each_range_are_accepted() {
     assert_eq!(cfg.queue_settings.lease, Duration::from_millis(100));
     assert_eq!(cfg.vendor("sync").rate, Some(1e-6));
     assert!(Config::default().validate().is_ok(), "a default is out of range: {:?}", Config::default().validate());
+}
+
+/// The cleaning settings load, merge per vendor (added keys add up,
+/// detector switches merge per detector, the vendor's action and allow list
+/// win) and a replacement of the key list is told apart from its absence.
+#[test]
+fn cleaning_settings_load_and_merge_per_vendor() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = "pii_keys_extra = [\"badge_no\"]\npii_action = \"drop\"\n[pii_detectors]\nphone = false\n\
+        [vendor_defaults]\npii_keys_extra = [\"member_id\"]\npii_detectors = { iban = false }\n\
+        pii_allow = [\"record.email_domain\", \"items[*].phone\", \"[\\\"a.b\\\"].c\", \"$.x\", \"$\"]\n\
+        [vendors.sync]\npii_keys_extra = [\"loyalty_no\"]\npii_action = \"redact\"\npii_detectors = { iban = true, ssn = false }\n";
+    let path = write(dir.path(), "pii.toml", text);
+    let cfg = Config::load_from(Some(&path), &Overrides::default(), NO_ENV).unwrap();
+    assert_eq!((cfg.pii_keys.as_ref(), cfg.pii_action.as_str()), (None, "drop"));
+    assert_eq!(cfg.pii_keys_extra, ["badge_no"]);
+    assert_eq!(cfg.pii_detectors.get("phone"), Some(&false));
+    let sync = cfg.vendor("sync");
+    assert_eq!(sync.pii_keys_extra, Some(vec!["member_id".to_string(), "loyalty_no".to_string()]));
+    assert_eq!(sync.pii_action.as_deref(), Some("redact"));
+    let detectors = sync.pii_detectors.unwrap_or_default();
+    assert_eq!((detectors.get("iban"), detectors.get("ssn")), (Some(&true), Some(&false)));
+    assert_eq!(sync.pii_allow.map(|a| a.len()), Some(5));
+    let other = cfg.vendor("other");
+    assert_eq!((other.pii_keys_extra, other.pii_action), (Some(vec!["member_id".to_string()]), None));
+
+    let env = [("VENDORHOST_PII_KEYS", "[\"email\"]"), ("VENDORHOST_VENDORS__SYNC__PII_ALLOW", "[\"a.email\"]")];
+    let cfg = Config::load_from(None, &Overrides::default(), env).unwrap();
+    assert_eq!(cfg.pii_keys, Some(vec!["email".to_string()]));
+    assert_eq!(cfg.vendor("sync").pii_allow, Some(vec!["a.email".to_string()]));
 }
 
 /// A flag is named as the origin of its value.

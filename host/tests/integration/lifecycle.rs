@@ -619,6 +619,43 @@ async fn plugins_call_runs_a_plugin_against_a_live_mock() {
     .await;
     assert!(ok, "{err}");
     assert!(out.contains(r#""config":{"k":"v"}"#), "{out}");
+
+    // --clean: the answer as the service would store it, by this vendor's
+    // rules from the service's configuration file, and what was removed.
+    let dir = tempfile::tempdir().unwrap();
+    let service = dir.path().join("vendorhost.toml");
+    std::fs::write(&service, "[vendors.sync]\npii_allow = [\"record.phone\"]\n").unwrap();
+    let (ok, out, err) = run(vendorhost(&[
+        "plugins",
+        "call",
+        file,
+        "--data",
+        r#""mail ada@example.org""#,
+        "--allow",
+        &m.addr.to_string(),
+        "--config",
+        &base_url,
+        "--clean",
+        "--service-config",
+        service.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(ok, "{out}\n{err}");
+    let first = out.lines().next().unwrap_or_default();
+    let cleaned: Value = serde_json::from_str(first.trim_start_matches("complete (cleaned): ")).unwrap();
+    let record = &cleaned["record"];
+    assert_eq!(record["query"], "mail [redacted:email]", "{out}");
+    assert_eq!(record["name"], "Ada Lovelace", "{out}");
+    assert_eq!(record["phone"], "+1 555 0100", "pii_allow from the service config: {out}");
+    assert!(record.get("email").is_none() && !out.contains("ada@example"), "{out}");
+    for line in [
+        "redacted: record.query (email)",
+        "redacted: record.email (key)",
+        "redacted: record.address.contact.Email (key)",
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("record.phone"), "{out}");
     m.shutdown().await;
 }
 

@@ -62,6 +62,79 @@ async fn seed_flow_embedded() {
     app.stop().await;
 }
 
+/// The counter `name` summed over the series with these labels.
+async fn counter(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A sync answer and an async vendor's webhook both come back cleaned: the
+/// mock's e-mail and phone keys dropped at any depth, the e-mail address
+/// and phone number the client's query put inside a string redacted where
+/// they sat, and the job lists what was removed (paths and kinds, never the
+/// values); the redactions are counted by vendor and kind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sync_and_webhook_results_come_back_cleaned_with_their_redactions() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let app = TestApp::start(embedded_config(d.path(), p.path())).await;
+    let shared = &app;
+    let keys = move |vendor: &'static str| async move {
+        counter(shared, "vendorhost_redactions_total", &[("vendor", vendor), ("kind", "key")]).await
+    };
+    let (sync_keys, async_keys) = (keys("sync").await, keys("async").await);
+    let query = "call +44 20 7946 0958 or ada@example.org";
+    for vendor in ["sync", "async"] {
+        let id = app.submit(vendor, json!(query)).await;
+        let job = app.wait_terminal(&id, LONG).await;
+        assert_eq!(job["status"], "complete", "{job}");
+        let result = &job["result"];
+        let text = result.to_string();
+        for gone in ["ada@example.org", "7946", "ada@example.com", "+1 555", "x@y.z"] {
+            assert!(!text.contains(gone), "{vendor}: the result still holds {gone:?}: {text}");
+        }
+        let (record, at) = if result.get("record").is_some() { (&result["record"], "record.") } else { (result, "") };
+        assert_eq!(record["query"], "call [redacted:phone] or [redacted:email]", "{vendor}: {text}");
+        assert_eq!(record["name"], "Ada Lovelace", "{vendor}: {text}");
+        assert_eq!(record["address"]["contact"]["note"], "keep me", "{vendor}: {text}");
+        let mut listed: Vec<(String, String)> = job["redactions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{vendor}: no redactions listed: {job}"))
+            .iter()
+            .map(|r| (r["path"].as_str().unwrap_or("?").to_string(), r["kind"].as_str().unwrap_or("?").to_string()))
+            .collect();
+        listed.sort();
+        let mut expected: Vec<(String, String)> = [
+            ("query", "email"),
+            ("query", "phone"),
+            ("email", "key"),
+            ("phone", "key"),
+            ("address.contact.Email", "key"),
+        ]
+        .iter()
+        .map(|(path, kind)| (format!("{at}{path}"), kind.to_string()))
+        .collect();
+        expected.sort();
+        assert_eq!(listed, expected, "{vendor}: {job}");
+        let shown = job["redactions"].to_string();
+        assert!(!shown.contains("ada@") && !shown.contains("7946"), "{vendor}: a value in the redactions: {shown}");
+    }
+    assert!(keys("sync").await - sync_keys >= 3.0, "sync redactions not counted");
+    assert!(keys("async").await - async_keys >= 3.0, "async redactions not counted");
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains("# HELP vendorhost_redactions_total "), "no HELP text");
+
+    // A job with nothing to remove lists nothing.
+    let id = app.submit("test-echo", json!({"n": 1})).await;
+    let job = app.wait_terminal(&id, LONG).await;
+    assert_eq!((job["status"].as_str(), job.get("redactions")), (Some("complete"), None), "{job}");
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_flow_production_backends() {
     let p = sample_plugins();

@@ -252,3 +252,45 @@ async fn a_store_outage_longer_than_max_deliveries_leases_fails_nothing() {
     }
     api.stop().await;
 }
+
+/// `/readyz` fails while a backend does not answer, and shows the backend's
+/// error text only to the admin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_with_a_frozen_queue_and_shows_details_only_to_the_admin() {
+    use crate::support::app::{TestApp, embedded_config, plugins_dir, test_plugin};
+    use serde_json::Value;
+
+    let redis = servers::RedisServer::start();
+    let p = plugins_dir(&[test_plugin("echo-v1")]);
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = embedded_config(d.path(), p.path());
+    cfg.queue = redis.url.clone();
+    cfg.redis_prefix = servers::unique("vh_ready");
+    cfg.redis_timeout = Duration::from_millis(500);
+    cfg.auth.admin_key = "admin-secret".into();
+    let app = TestApp::start_role(cfg, vendorhost::app::Role::Api, tempfile::tempdir().unwrap()).await;
+    let ready = |admin: bool| {
+        let mut req = app.client.get(app.url("/readyz"));
+        if admin {
+            req = req.bearer_auth("admin-secret");
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(ready(false).await.0, 200);
+    redis.signal("STOP");
+    let (status, body) = ready(false).await;
+    assert_eq!(
+        (status, body["queue"].as_str(), body["store"].as_str()),
+        (503, Some("unavailable"), Some("ok")),
+        "{body}"
+    );
+    let (status, body) = ready(true).await;
+    let detail = body["queue"].as_str().unwrap_or_default();
+    assert_eq!(status, 503);
+    assert!(detail != "unavailable" && detail != "ok" && !detail.is_empty(), "the admin sees the error: {body}");
+    redis.signal("CONT");
+    app.stop().await;
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vendorhost::model::{Idempotency, Job, Millis, NewJob, Outcome, Status, now_ms};
+use vendorhost::model::{Idempotency, Job, Millis, NewJob, Outcome, Redaction, Status, now_ms};
 use vendorhost::queue::sqlite::SqliteQueue;
 use vendorhost::queue::{Message, Queue};
 use vendorhost::store::mongo::MongoStore;
@@ -60,7 +60,7 @@ const LEASE: Millis = 1_000;
 /// Starts an attempt at `now` that must start.
 async fn start(s: &dyn Store, id: &str, now: Millis) -> Job {
     match s.start_attempt(id, now, now + LEASE).await.unwrap() {
-        Attempt::Started(j) => j,
+        Attempt::Started(j) => *j,
         other => panic!("{id}: no attempt started at {now}: {other:?}"),
     }
 }
@@ -79,7 +79,11 @@ fn pair(id: &str) -> (String, String) {
 }
 
 fn complete(result: &str) -> Outcome {
-    Outcome::Complete { result: result.into() }
+    Outcome::Complete { result: result.into(), redactions: Vec::new() }
+}
+
+fn redaction(path: &str, kind: &str) -> Redaction {
+    Redaction { path: path.into(), kind: kind.into() }
 }
 
 fn failed(error: &str) -> Outcome {
@@ -106,6 +110,7 @@ async fn insert_get(s: Arc<dyn Store>) {
         vendor_ref: None,
         webhook_deadline: None,
         owner: Some("alice".into()),
+        redactions: Vec::new(),
     };
     assert_eq!(job(&*s, "j1").await, expected);
 
@@ -133,7 +138,7 @@ async fn racing_start_attempts_one_wins(s: Arc<dyn Store>) {
     let (mut started, mut held) = (Vec::new(), 0);
     for t in tasks {
         match t.await.unwrap() {
-            Attempt::Started(j) => started.push(j),
+            Attempt::Started(j) => started.push(*j),
             Attempt::Held { until } => {
                 assert_eq!(until, 5_000, "held until the winner's lease end");
                 held += 1;
@@ -157,7 +162,7 @@ async fn lease_end_fences_attempts(s: Arc<dyn Store>) {
     s.hold("j1", 3_000).await.unwrap();
     assert_eq!(s.start_attempt("j1", 2_500, 3_500).await.unwrap(), Attempt::Held { until: 3_000 });
     let again = match s.start_attempt("j1", 3_000, 4_000).await.unwrap() {
-        Attempt::Started(j) => j,
+        Attempt::Started(j) => *j,
         other => panic!("not taken over at the lease end: {other:?}"),
     };
     assert_eq!(again.attempts, 2);
@@ -217,7 +222,7 @@ async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
     let j = job(&*s, "j1").await;
     assert_eq!((j.status, j.updated_at), (outcome.status(), *at));
     match outcome {
-        Outcome::Complete { result } => assert_eq!((j.result.as_ref(), j.error), (Some(result), None)),
+        Outcome::Complete { result, .. } => assert_eq!((j.result.as_ref(), j.error), (Some(result), None)),
         Outcome::Failed { error } => assert_eq!((j.result, j.error.as_ref()), (None, Some(error))),
     }
 }
@@ -258,6 +263,35 @@ async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
     assert_eq!(job(&*s, "j2").await, dead);
 
     assert!(!s.finish("nope", &complete("1"), 3_000).await.unwrap());
+}
+
+/// What cleaning removed is stored with a complete result, in order, and
+/// read back exactly; a result with nothing removed and a failure have none,
+/// and a later finish does not change them.
+async fn redactions_are_kept_with_the_result(s: Arc<dyn Store>) {
+    for id in ["j1", "j2", "j3"] {
+        s.insert(&new_job(id, 1_000)).await.unwrap();
+        start(&*s, id, 1_100).await;
+    }
+    let listed = vec![
+        redaction("owner.email", "key"),
+        redaction("notes[1]", "phone"),
+        redaction("[\"odd.key\"].x", "card"),
+        redaction("$", "email"),
+    ];
+    let outcome = Outcome::Complete { result: r#"{"owner":{}}"#.into(), redactions: listed.clone() };
+    assert!(s.finish("j1", &outcome, 2_000).await.unwrap());
+    assert!(s.finish("j2", &complete("{}"), 2_000).await.unwrap());
+    assert!(s.finish("j3", &failed("boom"), 2_000).await.unwrap());
+    let j1 = job(&*s, "j1").await;
+    assert_eq!((j1.status, j1.result.as_deref(), &j1.redactions), (Status::Complete, Some(r#"{"owner":{}}"#), &listed));
+    assert_eq!(job(&*s, "j2").await.redactions, []);
+    assert_eq!(job(&*s, "j3").await.redactions, []);
+    let other = Outcome::Complete { result: "1".into(), redactions: vec![redaction("x", "ssn")] };
+    assert!(!s.finish("j1", &other, 3_000).await.unwrap());
+    assert!(!s.finish("j2", &other, 3_000).await.unwrap());
+    assert_eq!(job(&*s, "j1").await.redactions, listed, "a second finish changed them");
+    assert_eq!(job(&*s, "j2").await.redactions, [], "a second finish added some");
 }
 
 /// `reopen` is the one backward move, and only from `failed`: the job is
@@ -533,6 +567,8 @@ store_suite! {
     overdue_lists_jobs_past_due => store_sqlite_overdue_lists_jobs_past_due, store_mongo_overdue_lists_jobs_past_due;
     racing_finish_exactly_one_wins => store_sqlite_racing_finish_exactly_one_wins, store_mongo_racing_finish_exactly_one_wins;
     finished_jobs_do_not_move => store_sqlite_finished_jobs_do_not_move, store_mongo_finished_jobs_do_not_move;
+    redactions_are_kept_with_the_result =>
+        store_sqlite_redactions_are_kept_with_the_result, store_mongo_redactions_are_kept_with_the_result;
     reopen_only_from_failed => store_sqlite_reopen_only_from_failed, store_mongo_reopen_only_from_failed;
     reopened_job_clears_its_error =>
         store_sqlite_reopened_job_clears_its_error,
@@ -557,6 +593,35 @@ store_suite! {
 }
 
 // ---- SQLite only ----
+
+/// A file written before jobs had redactions (schema version 1) gains the
+/// column when opened, keeping its jobs, and then stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_sqlite_an_older_file_gains_the_redactions_column() {
+    let (db, dir) = sqlite_db();
+    let path = db.path().to_owned();
+    let s = SqliteStore::new(db.clone(), false);
+    s.insert(&new_job("old", 1_000)).await.unwrap();
+    start(&s, "old", 1_100).await;
+    assert!(s.finish("old", &complete("1"), 2_000).await.unwrap());
+    // Back to version 1: no column, the version before it.
+    db.write(|c| c.execute_batch("ALTER TABLE jobs DROP COLUMN redactions; PRAGMA user_version = 1;")).await.unwrap();
+    drop(s);
+    drop(db);
+
+    let db = vendorhost::db::Db::open(&path).expect("reopen the file");
+    let version: i64 = db.lookup(|c| c.query_row("PRAGMA user_version", [], |r| r.get(0))).unwrap();
+    assert!(version >= 2, "not migrated: user_version {version}");
+    let s = SqliteStore::new(db, false);
+    let old = job(&s, "old").await;
+    assert_eq!((old.result.as_deref(), old.redactions), (Some("1"), vec![]));
+    s.insert(&new_job("new", 3_000)).await.unwrap();
+    start(&s, "new", 3_100).await;
+    let outcome = Outcome::Complete { result: "{}".into(), redactions: vec![redaction("a.email", "key")] };
+    assert!(s.finish("new", &outcome, 4_000).await.unwrap());
+    assert_eq!(job(&s, "new").await.redactions, [redaction("a.email", "key")]);
+    drop(dir);
+}
 
 /// With the queue in the same database, `insert` writes the queue entry in
 /// the job's own transaction: `Created { enqueued: true }`, a waiting consumer

@@ -146,6 +146,11 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// Sends `signal` to the server: "STOP" freezes it, "CONT" thaws it.
+    pub fn signal(&self, signal: &str) {
+        self.proc.signal(signal);
+    }
+
     /// Starts a private redis-server (no persistence). Panics with a clear
     /// message if it cannot.
     pub fn start() -> RedisServer {
