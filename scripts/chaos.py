@@ -1127,6 +1127,8 @@ def main():
             json.dump(dump, f)
     finally:
         cleanup()
+        if BIN.startswith(work):
+            os.remove(BIN)  # the private copy (~200 MB); the logs stay
         if ok and not KEEP:
             shutil.rmtree(work, ignore_errors=True)
         else:
@@ -1139,6 +1141,8 @@ def on_signal(signum, _frame):
 
 
 if __name__ == "__main__":
+    # Also when started in the background, where SIGINT arrives ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     try:

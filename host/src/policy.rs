@@ -266,6 +266,41 @@ mod tests {
         assert_eq!(cleaned(&cfg, "c", answer), json!({"record": {"bank": "DE89370400440532013000"}}));
     }
 
+    /// Log output, captured.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().map_err(|_| std::io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What starting with `cfg` logs.
+    fn logged_at_start(cfg: Config) -> String {
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || sink.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || drop(Policies::new(cfg)));
+        let bytes = captured.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    #[test]
+    fn replacing_the_key_list_is_logged_at_start_and_adding_to_it_is_not() {
+        let log = logged_at_start(config("pii_keys = [\"email\", \"badge_no\"]\n"));
+        assert!(log.contains("WARN") && log.contains("pii_keys replaces the built-in list"), "{log}");
+        assert!(log.contains("\"ssn\"") && log.contains("\"dob\""), "the left-out keys are not named: {log}");
+        assert!(!log.contains("\"email\", \"ssn\""), "email is not left out: {log}");
+        let log = logged_at_start(config("pii_keys_extra = [\"badge_no\"]\n"));
+        assert!(!log.contains("pii_keys"), "{log}");
+    }
+
     #[test]
     fn the_cleaner_follows_a_reload() {
         let policies = Policies::new(config("[vendors.a]\npii_keys_extra = [\"badge_no\"]\n"));

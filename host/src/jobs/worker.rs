@@ -259,54 +259,85 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
     };
     let span = tracing::info_span!("job", request_id = %msg.request_id, vendor = %msg.vendor);
     let outcome = held(ctx, &lease, &msg.request_id, process(ctx, &lease, &msg)).instrument(span.clone()).await;
-    match outcome {
-        Some(Ok(())) => {}
-        Some(Err(e)) => {
-            // A backend failed us (an outage, not a crash): give the job back
-            // for a little later. A release starts the delivery count over,
-            // so an outage longer than `max_deliveries` leases does not fail
-            // jobs as if workers had crashed; if the release fails too, the
-            // lease expires and the job comes back all the same.
+    let give_back = match outcome {
+        Holding::Done(Ok(())) => false,
+        Holding::Done(Err(e)) => {
+            // A backend failed us (an outage, not a crash).
             span.in_scope(
                 || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be retried"),
             );
             metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
-            let due = now_ms().saturating_add(millis(jitter(BACKEND_RETRY)));
-            if let Err(e) = ctx.queue.release(&lease, &msg, due).await {
-                span.in_scope(|| tracing::warn!(error = %e, "could not give the job back; it returns after its lease"));
-            }
+            true
         }
-        None => {
+        Holding::StoreGone => {
+            // The job's work is stuck on a store that has not answered for a
+            // whole lease: drop it (a hung store call with it) rather than hold
+            // the job for ever, and let it run again once the store answers.
+            span.in_scope(|| tracing::warn!("the store has not answered for recover_after; the job is given back"));
+            metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "store_heartbeat").increment(1);
+            true
+        }
+        Holding::Lost => {
             span.in_scope(|| tracing::warn!("lease lost to another worker; this one stops acting for the job"));
             metrics::counter!(telemetry::LEASES_LOST).increment(1);
+            false
+        }
+    };
+    if give_back {
+        // Back on the queue for a little later. A release starts the delivery
+        // count over, so an outage longer than `max_deliveries` leases does
+        // not fail jobs as if workers had crashed; if the release fails too,
+        // the lease expires and the job comes back all the same.
+        let due = now_ms().saturating_add(millis(jitter(BACKEND_RETRY)));
+        if let Err(e) = ctx.queue.release(&lease, &msg, due).await {
+            span.in_scope(|| tracing::warn!(error = %e, "could not give the job back; it returns after its lease"));
         }
     }
 }
 
+/// How a holding of a job ended.
+enum Holding<T> {
+    /// The work finished.
+    Done(T),
+    /// The lease was lost to another worker: nothing more is done.
+    Lost,
+    /// The store missed every heartbeat for `recover_after` (at least a
+    /// lease).
+    StoreGone,
+}
+
 /// Runs `work` while heartbeating its lease (and, once an attempt runs, the
 /// job's due time in the store) every third of the lease, for the whole
-/// time this worker holds the job. None if the lease was lost: `work` is
-/// dropped there (a running plugin call with it) and nothing more is done.
-async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Future<Output = T>) -> Option<T> {
+/// time this worker holds the job. `work` is dropped (a running plugin call
+/// with it) when the lease is lost, or when the store has answered no
+/// heartbeat for `recover_after` (at least a lease): its work cannot settle
+/// and may be stuck in a store call on a dead connection that never returns,
+/// which would hold the job, and the connection, for ever.
+async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Future<Output = T>) -> Holding<T> {
     tokio::pin!(work);
     let mut beat = tokio::time::interval((lease.lease_for / 3).max(Duration::from_millis(10)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
+    let silence_limit = ctx.settings.recover_after.max(lease.lease_for);
+    let mut store_answered = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            r = &mut work => return Some(r),
+            r = &mut work => return Holding::Done(r),
             _ = beat.tick() => match ctx.queue.extend(lease).await {
                 Ok(true) => {
                     // Bounded by the beat: a store that hangs must not stop
                     // the queue lease from being kept.
                     let until = now_ms().saturating_add(millis(lease.lease_for));
                     match tokio::time::timeout(beat.period(), ctx.store.hold(request_id, until)).await {
-                        Ok(Ok(())) => {}
+                        Ok(Ok(())) => store_answered = tokio::time::Instant::now(),
                         Ok(Err(e)) => tracing::warn!(error = %e, "could not extend the running job's due time"),
                         Err(_) => tracing::warn!("the store did not answer the heartbeat in time"),
                     }
+                    if store_answered.elapsed() >= silence_limit {
+                        return Holding::StoreGone;
+                    }
                 }
-                Ok(false) => return None,
+                Ok(false) => return Holding::Lost,
                 Err(e) => tracing::warn!(error = %e, "could not extend the lease of a running job"),
             },
         }

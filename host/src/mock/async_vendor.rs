@@ -18,9 +18,12 @@ use super::fault::Callback;
 use super::{MockKind, Shared, admit, bad_request, record, stats};
 use crate::webhook;
 
-/// Retries after the first attempt; backoff starts here and doubles.
-const MAX_RETRIES: u32 = 5;
+/// Retries after the first attempt; backoff starts here and doubles up to
+/// `MAX_BACKOFF` (about 30 s in all: real senders retry for hours, and a
+/// receiver restarting mid-delivery must still get the callback).
+const MAX_RETRIES: u32 = 10;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub(super) async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     let call = match admit(&shared, MockKind::Async, &body).await {
@@ -77,7 +80,7 @@ async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: 
         if attempt == MAX_RETRIES || !shared.sleep(backoff).await {
             break;
         }
-        backoff *= 2;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     tracing::warn!(%url, msg_id, "mock callback given up");
 }

@@ -70,3 +70,16 @@ async fn every_served_route_is_documented_and_every_documented_route_is_served()
     assert_eq!(live, doc, "GET /openapi.json serves another document");
     app.stop().await;
 }
+
+/// A job documents what cleaning removed: an optional list of `{path, kind}`.
+#[test]
+fn the_job_view_documents_its_redactions() {
+    let doc = serde_json::to_value(vendorhost::api::openapi::ApiDoc::openapi()).unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let job = &schemas["JobView"];
+    assert_eq!(job["properties"]["redactions"]["items"]["$ref"], "#/components/schemas/RedactionView", "{job}");
+    let required = job["required"].as_array().unwrap();
+    assert!(!required.iter().any(|r| r == "redactions"), "redactions must be optional: {job}");
+    let redaction = &schemas["RedactionView"];
+    assert_eq!(redaction["required"], serde_json::json!(["path", "kind"]), "{redaction}");
+}
