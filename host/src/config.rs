@@ -348,7 +348,7 @@ impl Default for ApiSettings {
             idempotency_ttl: Duration::from_secs(24 * 3600),
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
-            max_body_bytes_in_flight: 256 * 1024 * 1024,
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
             max_connections_per_ip: 1024,
             idle_timeout: Duration::from_secs(60),
             max_connection_age: Duration::from_secs(30 * 60),

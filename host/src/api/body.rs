@@ -72,7 +72,22 @@ impl BodyBudget {
 /// A whole request body, and its share of the `BodyBudget` until dropped.
 pub struct ReadBody {
     pub bytes: Vec<u8>,
-    _share: Option<OwnedSemaphorePermit>,
+    share: BodyShare,
+}
+
+/// A body's claim on the `BodyBudget`: held while the request is handled
+/// (what was made of the body, e.g. its parsed copy, stands in for it), given
+/// back on drop.
+pub struct BodyShare {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl ReadBody {
+    /// The bytes and the claim apart, so the raw bytes can go as soon as
+    /// they are parsed while the claim lasts until the answer.
+    pub fn into_parts(self) -> (Vec<u8>, BodyShare) {
+        (self.bytes, self.share)
+    }
 }
 
 impl std::ops::Deref for ReadBody {
@@ -136,11 +151,13 @@ pub async fn read(
         Ok(())
     };
     let outcome = tokio::time::timeout(deadline, reading).await;
-    if let Ok(Err(BodyError::TooLarge { .. })) = &outcome {
+    if let Ok(Err(BodyError::TooLarge { .. } | BodyError::Busy)) = &outcome {
+        // Nothing is kept, and the client reads its 413 or 503 + Retry-After.
+        drop(share.take());
         discard(&mut stream, limit).await;
     }
     match outcome {
-        Ok(Ok(())) => Ok(ReadBody { bytes, _share: share }),
+        Ok(Ok(())) => Ok(ReadBody { bytes, share: BodyShare { _permit: share } }),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(BodyError::TooSlow(deadline)),
     }

@@ -87,8 +87,11 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     let owner = auth::caller(&st.auth, req.headers())?;
     body::require_json(req.headers())?;
     let idempotency_key = req.headers().get("idempotency-key").cloned();
-    let bytes = body::read_request(req, &st).await?;
+    // The raw bytes go once parsed; their budget share stays until the answer
+    // (the parsed copy and the store's write stand in for them).
+    let (bytes, _share) = body::read_request(req, &st).await?.into_parts();
     let parsed = body::parse_submit(&bytes, st.api.max_json_depth)?;
+    drop(bytes);
     let idempotency = match idempotency_key {
         None => None,
         Some(v) => {

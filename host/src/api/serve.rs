@@ -53,6 +53,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 /// How long a refused connection is kept to deliver its 503.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+/// Refused connections being answered at once; past it a refused connection
+/// is closed without an answer (a flood cannot pile up lingering sockets).
+const MAX_REFUSALS: usize = 1024;
 /// hyper refuses a smaller HTTP/1 read buffer.
 const MIN_BUF: usize = 8192;
 
@@ -127,6 +130,7 @@ pub async fn serve(listener: TcpListener, router: Router, opts: ServeOptions, sh
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let permits = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let per_ip = PerIp::new(opts.max_connections_per_ip);
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     // Connections watch `stop`; each holds a `live` sender, so `recv` on
     // `drained` returns once the last one has ended.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -150,11 +154,11 @@ pub async fn serve(listener: TcpListener, router: Router, opts: ServeOptions, sh
             },
         };
         let Some(slot) = per_ip.enter(peer.ip()) else {
-            refuse(stream, &OVER_PER_IP, "per_ip");
+            refuse(stream, &OVER_PER_IP, "per_ip", &refusals);
             continue;
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            refuse(stream, &OVER_CAPACITY, "total");
+            refuse(stream, &OVER_CAPACITY, "total", &refusals);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -238,10 +242,13 @@ fn header_list_size<B>(req: &Request<B>) -> usize {
 
 /// Answers `answer` and closes. The client's request is read and discarded
 /// briefly first: closing on unread data would reset the connection and
-/// could lose the answer. Bounded in time, so a flood cannot pile these up.
-fn refuse(mut stream: TcpStream, answer: &'static [u8], cap: &'static str) {
+/// could lose the answer. Bounded in time and in number (`MAX_REFUSALS`;
+/// past it the socket is just closed), so a flood cannot pile these up.
+fn refuse(mut stream: TcpStream, answer: &'static [u8], cap: &'static str, refusals: &Arc<Semaphore>) {
     ::metrics::counter!(telemetry::HTTP_CONNECTIONS_REFUSED, "cap" => cap).increment(1);
+    let Ok(answering) = refusals.clone().try_acquire_owned() else { return };
     tokio::spawn(async move {
+        let _answering = answering;
         let _ = tokio::time::timeout(REFUSAL_LINGER, async {
             stream.write_all(answer).await?;
             stream.shutdown().await?;

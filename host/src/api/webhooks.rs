@@ -52,12 +52,12 @@ pub async fn receive(
     // of the body is read.
     st.callbacks.admit(&vendor)?;
     let headers = req.headers().clone();
-    let body = super::body::read_request(req, &st).await?;
+    let (body, _share) = super::body::read_request(req, &st).await?.into_parts();
     let headers: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
         .collect();
-    let out = st.callbacks.receive(&vendor, headers, body.bytes).await?;
+    let out = st.callbacks.receive(&vendor, headers, body).await?;
     Ok(axum::Json(match out {
         CallbackOutcome::Applied { request_id, status } => {
             WebhookReply { result: "applied", request_id: Some(request_id), status: Some(status.into()) }

@@ -525,7 +525,7 @@ async fn settle(
         Ok(FetchOutcome::Accepted(vendor_ref)) => {
             let deadline = now + millis(policy.webhook_deadline);
             ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now).await?;
-            tracing::info!(vendor_ref = %vendor_ref, "job accepted by vendor; awaiting webhook");
+            tracing::info!(vendor_ref = %telemetry::one_line(&vendor_ref), "job accepted by vendor; awaiting webhook");
             ctx.queue.ack(lease).await?;
         }
         Err(e) if e.is_retryable() && job.attempts < policy.max_attempts => {
@@ -537,7 +537,7 @@ async fn settle(
                 wait = wait.max(ra.min(policy.max_retry_after));
             }
             let error = format!("attempt {} of {}: {e}", job.attempts, policy.max_attempts);
-            tracing::info!(error = %error, retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
+            tracing::info!(error = %telemetry::one_line(&error), retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
             metrics::counter!(telemetry::JOB_RETRIES, "vendor" => job.vendor.clone(), "kind" => e.kind()).increment(1);
             let due = now.saturating_add(millis(wait));
             ctx.store.record_error(&job.request_id, &error, now, due).await?;

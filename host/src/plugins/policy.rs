@@ -35,7 +35,8 @@ impl CallPolicy {
     /// The policy used to read `info` at load: no network, short deadline.
     pub fn for_load(file: &str) -> CallPolicy {
         CallPolicy {
-            vendor: format!("(loading {file})"),
+            // Shown in logs while the file's `info` runs: one line, whatever the name.
+            vendor: format!("(loading {})", crate::telemetry::one_line(file)),
             grants: Grants::deny_all(),
             allow_private_addresses: false,
             secret_headers: Vec::new(),

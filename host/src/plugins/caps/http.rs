@@ -69,10 +69,10 @@ fn denied(policy: &CallPolicy, request_id: &str, reason: &'static str, message: 
         .increment(1);
     match reason {
         "not_granted" => {
-            tracing::warn!(vendor = %policy.vendor, request_id, denied = %message, "plugin http-send denied: host not granted")
+            tracing::warn!(vendor = %policy.vendor, request_id, denied = %crate::telemetry::one_line(&message), "plugin http-send denied: host not granted")
         }
         _ => {
-            tracing::warn!(vendor = %policy.vendor, request_id, denied = %message, "plugin http-send denied: non-public address")
+            tracing::warn!(vendor = %policy.vendor, request_id, denied = %crate::telemetry::one_line(&message), "plugin http-send denied: non-public address")
         }
     }
     HttpError::Denied(message)
