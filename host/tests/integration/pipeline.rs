@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use vendorhost::model::{NewJob, now_ms};
 use vendorhost::store::Store;
 
-use crate::support::app::{self, Proc, TestApp, embedded_config, plugin, plugins_dir, production_config, test_plugin};
+use crate::support::app::{
+    self, Proc, TestApp, counter, embedded_config, plugin, plugins_dir, production_config, test_plugin,
+};
 use crate::support::servers;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -60,16 +62,6 @@ async fn seed_flow_embedded() {
     let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     app.stop().await;
-}
-
-/// The counter `name` summed over the series with these labels.
-async fn counter(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// A sync answer and an async vendor's webhook both come back cleaned: the

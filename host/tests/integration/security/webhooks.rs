@@ -9,7 +9,7 @@ use vendorhost::config::{Config, VendorPolicy};
 use vendorhost::webhook::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, Secret, sign};
 
 use super::{LONG, assert_json_error, now_secs, read_response, sample_plugins};
-use crate::support::app::{TestApp, embedded_config, eventually, production_config};
+use crate::support::app::{TestApp, counter, embedded_config, eventually, production_config};
 use crate::support::servers::unique;
 
 /// The sample plugins, and a config whose async vendor trusts `secrets`.
@@ -63,16 +63,6 @@ async fn waiting_async_job(app: &TestApp) -> String {
     })
     .await;
     id
-}
-
-/// The sum of a Prometheus counter's series carrying all of `labels`.
-async fn counter(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
-        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 async fn rejected(app: &TestApp, reason: &str) -> f64 {

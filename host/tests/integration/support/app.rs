@@ -299,3 +299,14 @@ pub fn env_for(cfg: &Config) -> Vec<(&'static str, String)> {
         ("VENDORHOST_LOG", "info".to_string()),
     ]
 }
+
+/// The counter `name` at `app`'s `/metrics`, summed over the series that carry
+/// all of `labels`.
+pub async fn counter(app: &TestApp, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
