@@ -12,13 +12,16 @@ run: build-plugins
 build: build-plugins
 	$(CARGO) build --release -p vendorhost
 
-# Redis (Debian), nx-27017 and schemathesis (PyPI, into .venv), docker-compose
-# (Debian, to validate the compose file), the wasm target: only where missing.
+# Redis (Debian), nx-27017, schemathesis and componentize-py (PyPI, into .venv),
+# docker-compose (Debian, to validate the compose file), Node.js (Debian) with
+# componentize-js and jco (npm, into plugins/js), the wasm target: only where
+# missing.
 test-deps:
 	@bash scripts/test-deps.sh
 
 test: test-deps build-plugins lint
 	NX_27017=$(CURDIR)/.venv/bin/nx-27017 $(CARGO) test --workspace
+	cd plugins && $(CARGO) test -p vendorhost-plugin -p sync-vendor -p async-vendor -p plugin-template
 	@bash scripts/ci-extra.sh
 
 # The slow hostile cases (host/tests/hostile, not in `make test`): 5,000
@@ -37,9 +40,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	cd plugins && $(CARGO) fmt --all --check
 	cd plugins && $(CARGO) clippy --workspace --target wasm32-wasip2 -- -D warnings
+	cd plugins && $(CARGO) clippy --workspace --all-targets -- -D warnings
 
-# Builds the wasm32-wasip2 vendor plugins into plugins/dist/ and the test
-# plugins into plugins/dist-test/ (see plugins/build.sh).
+# Builds the wasm32-wasip2 vendor plugins into plugins/dist/ (with the
+# Python and JavaScript ones when their toolchains are installed) and the test
+# plugins into plugins/dist-test/ (see plugins/build.sh). `make test` also runs
+# the plugins' own native tests (the SDK, and plugins against its fake host).
 build-plugins:
 	@bash plugins/build.sh
 

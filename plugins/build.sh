@@ -60,7 +60,52 @@ install_wasm "$out/wrong_world.wasm" dist-test/wrong-world.wasm
 install_wasm "$out/future_contract.wasm" dist-test/future-contract.wasm
 install_wasm "$out/test_echo.wasm" dist-test/echo-v1.wasm
 install_wasm "$out/test_echo_v2.wasm" dist-test/echo-v2.wasm
+install_wasm "$out/contract_v0_1.wasm" dist-test/test-v1.wasm
+install_wasm "$out/test_needs.wasm" dist-test/test-needs.wasm
 # The template (plugin_template.wasm) is built only to prove it compiles.
+
+# (c2) The same sync vendor in Python (componentize-py, in ../.venv) and in
+# JavaScript (componentize-js, in js/node_modules), when their toolchains are
+# installed (`make test-deps` installs both). Each takes 10-20 s, so each is
+# rebuilt only when its inputs change: the source, the WIT and the toolchain's
+# version, hashed into a stamp beside the output in target/.
+lang_out=target/lang
+mkdir -p "$lang_out"
+build_lang() { # NAME TOOL_VERSION SOURCES... -- COMMAND...
+    local name=$1 version=$2
+    shift 2
+    local sources=()
+    while [ "$1" != "--" ]; do sources+=("$1"); shift; done
+    shift
+    local stamp
+    stamp=$( (echo "$version"; cat "${sources[@]}" ../wit/vendor-plugin.wit) | sha256sum | cut -d' ' -f1)
+    if [ -f "$lang_out/$name.wasm" ] && [ "$(cat "$lang_out/$name.stamp" 2>/dev/null)" = "$stamp" ]; then
+        return 0
+    fi
+    echo "build-plugins: building $name ($version)"
+    rm -f "$lang_out/$name.stamp"
+    "$@" >"$lang_out/$name.log" 2>&1 || { cat "$lang_out/$name.log" >&2; fail "building $name failed (log above)"; }
+    echo "$stamp" >"$lang_out/$name.stamp"
+}
+componentize_py=../.venv/bin/componentize-py
+if [ -x "$componentize_py" ]; then
+    build_lang sync-py "$("$componentize_py" --version)" python/sync-py/app.py -- \
+        "$componentize_py" -d ../wit -w vendor-plugin componentize -p python/sync-py app -o "$lang_out/sync-py.wasm"
+    install_wasm "$lang_out/sync-py.wasm" dist/sync-py.wasm
+else
+    echo "build-plugins: componentize-py not installed (make test-deps): plugins/dist/sync-py.wasm not built"
+fi
+componentize_js=js/node_modules/.bin/componentize-js
+if [ -x "$componentize_js" ] && command -v node >/dev/null 2>&1; then
+    # componentize-js itself: jco 1.35's `jco componentize` wrapper cannot
+    # read a WIT path here (its bundled wasm-tools sees no file system).
+    build_lang sync-js "componentize-js $("$componentize_js" --version) node $(node --version)" js/sync-js/app.js -- \
+        "$componentize_js" js/sync-js/app.js --wit ../wit --world-name vendor-plugin \
+        --disable http fetch-event -o "$lang_out/sync-js.wasm"
+    install_wasm "$lang_out/sync-js.wasm" dist/sync-js.wasm
+else
+    echo "build-plugins: componentize-js or node not installed (make test-deps): plugins/dist/sync-js.wasm not built"
+fi
 
 # (d) Report.
 for f in "${installed[@]}"; do

@@ -14,7 +14,11 @@
 #   BENCH_SKIP_BUILD=1    use target/release/vendorhost as it is
 #   BENCH_PLUGINS=0       skip the plugin micro-benchmark
 #   BENCH_KEEP=1          keep the work directory (service logs, raw JSON)
-#   BENCH_ONLY="embedded nx scale"  scenarios to run (default: all)
+#   BENCH_LISTING_JOBS=1000000  jobs in the store for the GET /jobs runs
+#   BENCH_WAITERS=10000   concurrent `GET /jobs/{id}?wait=` for the waiters run
+#   BENCH_ONLY="embedded nx scale listing waiters cluster"  scenarios to run (default: all;
+#                         cluster: scripts/bench-cluster.sh, one Redis node vs a
+#                         3-master Redis Cluster, BENCH_CLUSTER_JOBS=20000)
 #
 # Every scenario gets a fresh data directory, Redis key prefix and Mongo
 # database; rate limits are lifted and the mock vendors answer at once, so
@@ -28,7 +32,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
-ONLY=${BENCH_ONLY:-embedded nx scale}
+ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cluster}
 BIN=$ROOT/target/release/vendorhost
 WORK=$(mktemp -d /tmp/vendorhost-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -324,6 +328,51 @@ backlog() { # kind n
   down
 }
 
+# GET /jobs at scale: the embedded store filled with BENCH_LISTING_JOBS jobs
+# through the store's batch insert (host/benches/listing.rs), then
+# `vendorhost api` (no workers or sweeper: the jobs keep their states) serves
+# first pages of several filters; p50/p99 of each over HTTP, 8 connections.
+listing_scale() {
+  local n=${BENCH_LISTING_JOBS:-1000000} port line
+  new_instance
+  log "listing: filling the embedded store with $n jobs"
+  measured "listing.fill" env LISTING_MODE=fill LISTING_DB="$WORK/data-$INST/vendorhost.db" LISTING_JOBS="$n" \
+    cargo bench -q -p vendorhost --bench listing --profile release
+  port=$(free_port)
+  URL="http://127.0.0.1:$port"
+  SVC_PIDS=()
+  start "$INST-api" api "VENDORHOST_LISTEN=127.0.0.1:$port" "VENDORHOST_DATA=$WORK/data-$INST/vendorhost.db"
+  SVC_PIDS+=("$STARTED")
+  wait_http "$URL/readyz" 120
+  log "listing: GET /jobs first pages at $n jobs"
+  LISTING_MODE=measure LISTING_URL="$URL" LISTING_REQUESTS="${BENCH_LISTING_REQUESTS:-4000}" LISTING_CONCURRENCY=8 \
+    cargo bench -q -p vendorhost --bench listing --profile release >"$WORK/listing.jsonl" 2>>"$WORK/client.err" || log "listing measurement failed"
+  while read -r line; do
+    [ -n "$line" ] && record "listing.$(jq -r .shape <<<"$line")" "$line"
+  done <"$WORK/listing.jsonl"
+  down
+}
+
+# Waiting instead of polling: BENCH_WAITERS async jobs (the mock vendor calls
+# back 20 s after its call), then one `GET /jobs/{id}?wait=90s` per job, all
+# held at once over HTTP/2 (190 per connection: ~53 connections, far under
+# the 10,000-connection cap); the service's RSS before and at its peak, and
+# how long after each job ended its waiter was answered.
+waiters_scenario() {
+  local n=${BENCH_WAITERS:-10000}
+  log "waiters: $n jobs, one ?wait= each, all at once"
+  new_instance
+  export VENDORHOST_API__MAX_WAIT=120s
+  up embedded 1
+  unset VENDORHOST_API__MAX_WAIT
+  record_value "waiters.rss_idle_kib" "$(rss_sum "${SVC_PIDS[@]}")"
+  rss_watch_start "${SVC_PIDS[@]}"
+  measured "waiters.run" loadtest --mode wait -n "$n" -c 64 --vendor async --data '{"_delay_ms": 20000}' --wait 90s \
+    --rss-pid "${SVC_PIDS[0]}"
+  record_value "waiters.rss_peak_kib" "$(rss_watch_stop)"
+  down
+}
+
 # The one table: each figure beside the peers' (ratio = times better: ours
 # over theirs for throughput, theirs over ours for latency).
 print_table() {
@@ -401,7 +450,7 @@ if bench_rows:
     for m in bench_rows:
         label = f"plugin {m.group(1).strip()}"
         out.append(f"  {label:<{W}}{m.group(2) + ' / ' + m.group(3):>12}   µs p50 / p99 (fresh Store per call; goal p50 <= 15 µs)")
-    extra = [l for l in plugin_text.splitlines() if l.startswith(("sync.wasm", "result cleaning"))]
+    extra = [l for l in plugin_text.splitlines() if l.startswith(("sync.wasm", "sync-py.wasm", "sync-js.wasm", "result cleaning"))]
     out.extend("  " + l for l in extra)
 elif plugin_text.strip():
     out.append("  plugin micro-benchmark (raw output):")
@@ -464,6 +513,30 @@ for n in (1000, 100000, 1000000):
         if drained > 0:
             per = [f"{k} {1e6 * v / drained:,.0f}" for k, v in sorted(d.get("cpu_s", {}).items(), key=lambda kv: -kv[1]) if k != "client" and 1e6 * v / drained >= 1]
             out.append(f"  {'':<{W}}CPU µs per drained job: {', '.join(per) or 'n/a'}")
+fill = rows.get("listing.fill")
+for shape, what in (("filtered", "status + vendor"), ("error_prefix", "error prefix"), ("key_status", "key + status"),
+                    ("unfiltered", "no filter"), ("window", "vendor + created range, limit 500")):
+    r = rows.get(f"listing.{shape}")
+    if not r:
+        continue
+    label = f"GET /jobs first page, {what}"
+    jobs = f"{fill['jobs']:,} jobs" if fill and fill.get("jobs") else "?"
+    out.append(f"  {label:<{W}}p99 {num(r.get('p99_ms'), 'ms')} (p50 {num(r.get('p50_ms'), 'ms')}, {num(r.get('per_sec'))} req/s, {r.get('items')} items, {r.get('errors')} errors) at {jobs}, embedded")
+w = (rows.get("waiters.run") or {}).get("wait")
+if w:
+    idle, peak = get("waiters.rss_idle_kib.value"), get("waiters.rss_peak_kib.value")
+    lat = w.get("latency", {})
+    p99 = lat.get("p99_ms")
+    out.append(f"  {'waiters: GET /jobs/{id}?wait= held at once':<{W}}{num(w.get('waiters')):>12}   on {w.get('connections')} HTTP/2 connections; "
+               f"{w.get('answered')} answered, {w.get('finished')} with the job finished, {w.get('errors')} errors")
+    before, waiting = w.get("rss_before_kib"), w.get("rss_waiting_kib")
+    if before is not None and waiting is not None:
+        cost = (waiting - before) / 1024
+        out.append(f"  {'waiters: what they cost the service':<{W}}{cost:>9.1f} MiB   RSS {before / 1024:.0f} MiB with the jobs in flight -> {waiting / 1024:.0f} MiB with every waiter waiting ({w.get('ended_early')} answered early); goal < 100 MiB {'met' if cost < 100 else 'MISSED'}")
+    if idle is not None and peak is not None:
+        out.append(f"  {'waiters: service RSS idle -> peak':<{W}}{num(peak / 1024):>12}   MiB peak (idle {idle / 1024:.0f} MiB; the peak includes the jobs' calls and webhooks)")
+    if p99 is not None:
+        out.append(f"  {'waiters: job end -> answer':<{W}}{num(p99, 'ms'):>12}   p99 (p50 {num(lat.get('p50_ms'), 'ms')}, max {num(lat.get('max_ms'), 'ms')}; goal < 50 ms {'met' if p99 < 50 else 'MISSED'})")
 for kind, name in (("embedded", "embedded (serve)"), ("nx", "Redis + nx-27017 (api + worker)")):
     idle, load, sub = get(f"{kind}.rss_idle_kib.value"), get(f"{kind}.rss_load_kib.value"), get(f"{kind}.rss_submit_kib.value")
     if idle is None:
@@ -553,6 +626,8 @@ if wants nx && [ -n "${MONGO_URL:-}" ]; then
   http_scenarios nx
   worker_scaling
 fi
+if wants listing; then listing_scale; fi
+if wants waiters; then waiters_scenario; fi
 if wants scale; then
   read -r -a sizes <<<"${BENCH_PENDING:-1000 100000}"
   if [ "$SCALE" = 1 ]; then sizes+=(1000000); fi
@@ -569,3 +644,6 @@ record_value meta "$(jq -nc --arg secs "$SECS" --arg conns "$CONNS" --arg took "
   '{seconds: ($secs|tonumber), connections: ($conns|tonumber), took_s: ($took|tonumber), cpus: ($cpus|tonumber), cpu: $cpu, loadavg: $load}')"
 cp "$RESULTS" "$ROOT/target/bench-results.jsonl" 2>/dev/null || true
 print_table "$RESULTS" "$WORK/plugins-bench.txt"
+if wants cluster; then
+  bash "$ROOT/scripts/bench-cluster.sh" || log "the Redis Cluster step failed"
+fi

@@ -41,6 +41,7 @@ cp plugins/dist/sync.wasm plugins/dist/async.wasm "$tmp/plugins/"
 
 VENDORHOST_LOG=${VENDORHOST_LOG:-warn} \
 VENDORHOST_CACHE_DIR="$PWD/target/schemathesis-component-cache" \
+VENDORHOST_API__MAX_WAIT=2s \
     "$bin" serve --listen "127.0.0.1:$port" --data "$tmp/vendorhost.db" --plugins-dir "$tmp/plugins" \
     >"$tmp/server.log" 2>&1 &
 pid=$!

@@ -4,8 +4,13 @@
 //! Also the cost of result cleaning (`clean`: key rules and value detectors
 //! over a vendor answer), in µs per KB of result.
 //!
+//! And the same sync vendor in each language (`langs`: Rust `sync`, Python
+//! `sync-py`, JavaScript `sync-js`): instantiate + call p50/p99 against a
+//! loopback vendor, component size, compile time, and the smallest memory cap
+//! each runs under.
+//!
 //! `cargo bench -p vendorhost --bench plugins` (release). `BENCH_ITERS`
-//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile|clean`
+//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile|clean|langs`
 //! runs one part (for profiling). Needs the built plugins (`make build-plugins`).
 
 use std::path::{Path, PathBuf};
@@ -93,6 +98,9 @@ async fn run(iters: usize) {
     }
     if on("compile") {
         compile_vs_cache(&runtime);
+    }
+    if on("langs") {
+        languages(&runtime, iters, server).await;
     }
     if on("clean") {
         cleaning_cost(iters);
@@ -232,6 +240,61 @@ fn compile_vs_cache(runtime: &Runtime) {
         median(&mut load),
         serialized.len() / 1024
     );
+}
+
+/// The sync vendor in Rust, Python and JavaScript: call cost, size, compile
+/// time, and the smallest memory cap (in MiB steps) a call succeeds under.
+/// Python and JavaScript calls cost milliseconds: a tenth of the iterations.
+async fn languages(runtime: &Arc<Runtime>, iters: usize, server: std::net::SocketAddr) {
+    let cache = ComponentCache::new(None, runtime.engine.compatibility_key());
+    let job = JobInput {
+        request_id: "bench-1".into(),
+        data: r#"{"name":"Ada"}"#.into(),
+        callback_url: String::new(),
+        attempt: 1,
+    };
+    let mut sizes = Vec::new();
+    for (file, language) in [("sync", "Rust"), ("sync-py", "Python"), ("sync-js", "JavaScript")] {
+        let path = plugin_path(&format!("plugins/dist/{file}.wasm"));
+        let size = std::fs::metadata(&path).unwrap().len();
+        let t = Instant::now();
+        let p = loader::load(runtime, &cache, &path).await.unwrap();
+        let compile_s = t.elapsed().as_secs_f64();
+        let policy = |cap_mib: usize| {
+            Arc::new(CallPolicy {
+                vendor: file.into(),
+                grants: Grants::new(&[server.to_string()]).unwrap(),
+                allow_private_addresses: false,
+                secret_headers: Vec::new(),
+                memory_cap_bytes: cap_mib << 20,
+                timeout: Duration::from_secs(10),
+                config: [("base_url".to_string(), format!("http://{server}"))].into_iter().collect(),
+            })
+        };
+        let mut needed = None;
+        for cap in 1..=256 {
+            if runtime.fetch(&p.pre, policy(cap), &job).await.is_ok() {
+                needed = Some(cap);
+                break;
+            }
+        }
+        let default_cap = policy(64);
+        let n = if file == "sync" { iters } else { (iters / 10).max(100) };
+        let ns = measure(n, || async {
+            let out = runtime.fetch(&p.pre, default_cap.clone(), &job).await.unwrap();
+            assert!(matches!(out, FetchOutcome::Complete(_)));
+        })
+        .await;
+        row(&format!("{file} fetch ({language}, + HTTP)"), &ns);
+        sizes.push(format!(
+            "{file}.wasm {:.1} KB ({language}: compile {compile_s:.1} s, runs under a {} memory cap)",
+            size as f64 / 1024.0,
+            needed.map_or("> 256 MiB".to_string(), |m| format!("{m} MiB"))
+        ));
+    }
+    for line in sizes {
+        println!("{line}");
+    }
 }
 
 /// A vendor answering every lookup with the same JSON, on loopback.

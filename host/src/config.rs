@@ -60,6 +60,10 @@ impl std::fmt::Display for BadSetting {
     }
 }
 
+/// The URL schemes `queue` accepts besides `sqlite`: one Redis node (plain
+/// or TLS) or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`).
+pub const QUEUE_SCHEMES: [&str; 3] = ["redis://", "rediss://", "redis+cluster://"];
+
 /// Everything the service reads at start-up (and on reload, for `vendors`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -77,7 +81,8 @@ pub struct Config {
     pub cache_dir: PathBuf,
     /// Embedded database file (queue and store) when `queue`/`store` are `sqlite`.
     pub data: PathBuf,
-    /// `sqlite` or `redis://host:port/db`.
+    /// `sqlite`, `redis://host:port/db` (one node) or
+    /// `redis+cluster://host:port[,host:port...]` (a Redis Cluster).
     #[serde(deserialize_with = "text::deserialize")]
     pub queue: String,
     /// `sqlite` or `mongodb://...`.
@@ -92,6 +97,11 @@ pub struct Config {
     pub mongo_write_concern: String,
     /// Whether MongoDB writes wait for the journal.
     pub mongo_journal: bool,
+    /// What start-up does to the MongoDB store: `indexes` creates the
+    /// missing indexes; `shard` also shards the collections against a
+    /// `mongos` (as `vendorhost store init`); `off` touches nothing.
+    #[serde(deserialize_with = "text::deserialize")]
+    pub mongo_init: String,
     /// Redis key prefix (streams, sets, limits, breakers).
     #[serde(deserialize_with = "text::deserialize")]
     pub redis_prefix: String,
@@ -110,6 +120,7 @@ pub struct Config {
     pub queue_settings: QueueSettings,
     pub api: ApiSettings,
     pub auth: AuthSettings,
+    pub notify: NotifySettings,
     pub retention: RetentionSettings,
     /// Replaces the built-in list of keys naming personal data (unset: the
     /// built-in list, `clean::DEFAULT_PII_KEYS`); a replacement is logged.
@@ -157,6 +168,11 @@ pub struct QueueSettings {
     /// "vendor removed".
     #[serde(with = "duration")]
     pub removed_vendor_grace: Duration,
+    /// Partitions of the Redis queue (each a stream, consumer group, delayed
+    /// set and dead-letter set under one hash tag). Unset: 1 on one node, 16
+    /// on a cluster. Every process of a deployment must use the same count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +200,8 @@ pub struct ApiSettings {
     /// Request body bytes buffered at once, all requests together; past it
     /// requests get 503 + Retry-After.
     pub max_body_bytes_in_flight: usize,
+    /// Largest `POST /jobs/batch` body, bytes (up to 1,000 submits).
+    pub max_batch_body_bytes: usize,
     /// Open connections from one client address (0: no cap).
     pub max_connections_per_ip: usize,
     /// A connection with no request in flight for this long is closed
@@ -193,6 +211,10 @@ pub struct ApiSettings {
     /// A connection is asked to close (HTTP/2: GOAWAY) after this long.
     #[serde(with = "duration")]
     pub max_connection_age: Duration,
+    /// The longest `GET /jobs/{id}?wait=` a client may ask for; longer
+    /// waits are cut to this.
+    #[serde(with = "duration")]
+    pub max_wait: Duration,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -204,6 +226,59 @@ pub struct AuthSettings {
     /// If set, `/admin/*`, `/metrics` and `/vendors` need `Bearer <admin_key>`.
     #[serde(deserialize_with = "text::deserialize")]
     pub admin_key: String,
+    /// Settings per API key, by the key's name (`[auth.keys.<name>]`).
+    pub keys: BTreeMap<String, KeySettings>,
+}
+
+/// One API key's settings (by its name in `auth.api_keys`). Every field is
+/// optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySettings {
+    /// Standard Webhooks secret (`whsec_<base64>`) that signs this key's
+    /// completion notifications; without one its jobs cannot ask for them.
+    #[serde(deserialize_with = "text::opt_deserialize")]
+    pub notify_secret: Option<String>,
+    /// Let this key's `notify_url`s reach non-public addresses.
+    pub notify_allow_private: Option<bool>,
+}
+
+/// Completion notifications (`notify_url` on a job).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    /// A notification not delivered by this long after its job ended is
+    /// given up.
+    #[serde(with = "duration")]
+    pub max_age: Duration,
+    /// The first retry's delay; each next one doubles, up to `backoff_max`.
+    #[serde(with = "duration")]
+    pub backoff_base: Duration,
+    #[serde(with = "duration")]
+    pub backoff_max: Duration,
+    /// Deadline of one delivery attempt (connect, send, answer).
+    #[serde(with = "duration")]
+    pub timeout: Duration,
+    /// Signs the notifications of jobs submitted without an API key (keys
+    /// off): a `whsec_<base64>` secret. Keys have their own
+    /// (`auth.keys.<name>.notify_secret`).
+    #[serde(deserialize_with = "text::opt_deserialize")]
+    pub secret: Option<String>,
+    /// Jobs submitted without an API key may notify non-public addresses.
+    pub allow_private: bool,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        NotifySettings {
+            max_age: Duration::from_secs(24 * 3600),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            secret: None,
+            allow_private: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,6 +409,7 @@ impl Default for QueueSettings {
             poll: Duration::from_millis(500),
             shutdown_grace: Duration::from_secs(10),
             removed_vendor_grace: Duration::from_secs(300),
+            partitions: None,
         }
     }
 }
@@ -349,9 +425,11 @@ impl Default for ApiSettings {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(10),
             max_body_bytes_in_flight: 64 * 1024 * 1024,
+            max_batch_body_bytes: 16 * 1024 * 1024,
             max_connections_per_ip: 1024,
             idle_timeout: Duration::from_secs(60),
             max_connection_age: Duration::from_secs(30 * 60),
+            max_wait: Duration::from_secs(30),
         }
     }
 }
@@ -371,6 +449,8 @@ impl Default for RetentionSettings {
 pub const PII_DETECTORS: &[&str] = &["email", "phone", "card", "iban", "ssn"];
 /// The values of `pii_action`.
 pub const PII_ACTIONS: &[&str] = &["redact", "drop"];
+/// The values of `mongo_init`.
+pub const MONGO_INIT: &[&str] = &["indexes", "shard", "off"];
 
 impl Default for Config {
     fn default() -> Self {
@@ -385,6 +465,7 @@ impl Default for Config {
             mongo_db: "vendorhost".into(),
             mongo_write_concern: "majority".into(),
             mongo_journal: true,
+            mongo_init: "indexes".into(),
             redis_prefix: "vendorhost".into(),
             redis_timeout: Duration::from_secs(10),
             metrics_listen: String::new(),
@@ -393,6 +474,7 @@ impl Default for Config {
             queue_settings: QueueSettings::default(),
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
+            notify: NotifySettings::default(),
             retention: RetentionSettings::default(),
             pii_keys: None,
             pii_keys_extra: Vec::new(),
@@ -501,10 +583,11 @@ impl Config {
         if !bad.is_empty() {
             return Err(ConfigError::OutOfRange(bad));
         }
-        if !(self.queue == "sqlite" || self.queue.starts_with("redis://") || self.queue.starts_with("rediss://")) {
+        if !(self.queue == "sqlite" || QUEUE_SCHEMES.iter().any(|s| self.queue.starts_with(s))) {
             return Err(ConfigError::Invalid(format!(
-                "queue = {:?}: expected \"sqlite\" or a redis:// URL",
-                self.queue
+                "queue = {:?}: expected \"sqlite\" or a URL of scheme {}",
+                self.queue,
+                QUEUE_SCHEMES.join(", ")
             )));
         }
         if !(self.store == "sqlite" || self.store.starts_with("mongodb://") || self.store.starts_with("mongodb+srv://"))
@@ -710,6 +793,11 @@ mod text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
         Scalar::deserialize(d).map(String::from)
+    }
+
+    /// Optional text.
+    pub fn opt_deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        Ok(Option::<Scalar>::deserialize(d)?.map(String::from))
     }
 
     /// A table of text values.

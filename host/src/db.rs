@@ -107,6 +107,29 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN redactions TEXT;
     "#,
+    // Job listing (`GET /jobs`), newest first by (created_at, request_id):
+    // one index per filter, each ordered for the keyset cursor, plus the
+    // error-prefix range; and the purge of cancelled jobs.
+    r#"
+    CREATE INDEX IF NOT EXISTS jobs_list_created ON jobs(created_at, request_id);
+    CREATE INDEX IF NOT EXISTS jobs_list_owner ON jobs(owner, created_at, request_id);
+    CREATE INDEX IF NOT EXISTS jobs_list_status ON jobs(status, created_at, request_id);
+    CREATE INDEX IF NOT EXISTS jobs_list_vendor ON jobs(vendor, created_at, request_id);
+    CREATE INDEX IF NOT EXISTS jobs_list_error ON jobs(error) WHERE error IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS jobs_cancelled ON jobs(updated_at) WHERE status = 'cancelled';
+    "#,
+    // Completion notifications (`notify_url`): the delivery state, and the
+    // finished jobs whose next attempt is due (set at insert: a job becomes
+    // due for delivery the moment its status is terminal, whoever ended it).
+    r#"
+    ALTER TABLE jobs ADD COLUMN notify_url TEXT;
+    ALTER TABLE jobs ADD COLUMN notify_attempts INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN notify_status INTEGER;
+    ALTER TABLE jobs ADD COLUMN notify_error TEXT;
+    ALTER TABLE jobs ADD COLUMN notify_delivered_at INTEGER;
+    ALTER TABLE jobs ADD COLUMN notify_next_at INTEGER;
+    CREATE INDEX IF NOT EXISTS jobs_notify_due ON jobs(status, notify_next_at) WHERE notify_next_at IS NOT NULL;
+    "#,
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

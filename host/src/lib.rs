@@ -6,7 +6,7 @@
 //! - leaves: `model` (job, dead letter, time), `config`, `clean` (result
 //!   cleaning), `telemetry` (metric names and help), `webhook` (Standard
 //!   Webhooks signing), `db` (the embedded SQLite file), `failpoint` (crash-test stops), `redis_conn` (the
-//!   shared Redis connection), `shutdown` (the stop signal).
+//!   shared Redis connection, to one node or a Redis Cluster), `shutdown` (the stop signal).
 //! - seams: `queue` and `store` (each a trait with SQLite and a production
 //!   backend: Redis Streams, MongoDB), `limits` and `breaker` (in-process or
 //!   shared through Redis), `plugins` (the wasmtime runtime, registry,

@@ -4,20 +4,33 @@
 //! connections from (a blocked command stalls everything behind it on its
 //! connection).
 //!
+//! Two deployments, chosen by the URL: one node (`redis://`, `rediss://`:
+//! a `ConnectionManager`) or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`:
+//! the `redis` crate's async cluster client, which routes every command to
+//! the master owning its key's slot, follows `MOVED`/`ASK` and refreshes
+//! its slot map after a failover). Callers see one connection type either
+//! way; on a cluster every command, pipeline and script must stay within
+//! one slot (the client refuses a pipeline that does not: `CROSSSLOT`).
+//!
 //! A dead connection cannot hang its users: every socket has TCP keepalive
 //! (and, on Linux, `TCP_USER_TIMEOUT`), every command on the shared
 //! connection is given up after the response timeout, and a command given up
 //! that way replaces the shared connection with a new one (a peer that
 //! stopped answering without closing the socket never tells the client
 //! otherwise). Blocking readers bound each read to its block time plus the
-//! same timeout (see `queue/redis.rs`).
+//! same timeout (see `queue/redis`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use redis::io::tcp::{TcpSettings, socket2::TcpKeepalive};
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use redis::{AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+
+/// The scheme of a Redis Cluster URL: `redis+cluster://[user:pass@]h1:p1[,h2:p2...][/]`.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
 /// Default response timeout of the shared connection (`redis_timeout`).
 /// Callers that must give up sooner (the rate limiter, the breakers) bound
@@ -34,13 +47,21 @@ const USER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct RedisConn {
-    /// For dedicated (blocking) connections; its sockets have TCP keepalive.
-    pub client: redis::Client,
+    /// Where dedicated (blocking) connections come from; their sockets
+    /// have TCP keepalive.
+    source: Source,
     /// Shared by every non-blocking command of the process.
     pub shared: SharedConn,
     /// Response timeout: of every command on `shared`, and what a blocking
     /// read may take beyond its block time.
     pub timeout: Duration,
+}
+
+/// A standalone node or a cluster (boxed: the cluster client is large).
+#[derive(Clone)]
+enum Source {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
 }
 
 impl RedisConn {
@@ -50,12 +71,127 @@ impl RedisConn {
     }
 
     /// Connects the shared connection; `timeout` bounds every command on it.
+    /// A `redis+cluster://` URL connects to a cluster, anything else to one node.
     pub async fn connect_with(url: &str, timeout: Duration) -> redis::RedisResult<RedisConn> {
-        let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
-        let client = redis::Client::open(info)?;
-        let shared = SharedConn::connect(client.clone(), timeout).await?;
-        Ok(RedisConn { client, shared, timeout })
+        let source = match cluster_nodes(url) {
+            Some(nodes) => {
+                let nodes =
+                    nodes.map_err(|m| RedisError::from((redis::ErrorKind::InvalidClientConfig, "cluster URL", m)))?;
+                let client = ClusterClient::builder(nodes)
+                    .tcp_settings(tcp_settings())
+                    .connection_timeout(timeout)
+                    .response_timeout(timeout)
+                    .build()?;
+                Source::Cluster(Box::new(client))
+            }
+            None => {
+                let info = url.into_connection_info()?.set_tcp_settings(tcp_settings());
+                Source::Single(redis::Client::open(info)?)
+            }
+        };
+        let shared = SharedConn::connect(source.clone(), timeout).await?;
+        Ok(RedisConn { source, shared, timeout })
     }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.source, Source::Cluster(_))
+    }
+
+    /// A new connection of its own for blocking commands, with no response
+    /// timeout: the caller bounds each command (block time + `timeout`). On
+    /// a cluster it routes by key like the shared one, so a blocking read
+    /// goes to the master owning its stream's slot.
+    pub async fn blocking(&self) -> redis::RedisResult<BlockingConn> {
+        match &self.source {
+            Source::Single(client) => {
+                let config =
+                    AsyncConnectionConfig::new().set_connection_timeout(Some(self.timeout)).set_response_timeout(None);
+                Ok(BlockingConn::Single(client.get_multiplexed_async_connection_with_config(&config).await?))
+            }
+            Source::Cluster(client) => {
+                // The cluster client has no "no timeout": a day stands for none.
+                let config = ClusterConfig::new().set_connection_timeout(self.timeout).set_response_timeout(UNBOUNDED);
+                Ok(BlockingConn::Cluster(client.get_async_connection_with_config(config).await?))
+            }
+        }
+    }
+}
+
+/// What a blocking connection's own response timeout is set to on a
+/// cluster (callers bound each read themselves).
+const UNBOUNDED: Duration = Duration::from_secs(24 * 3600);
+
+/// The nodes of a `redis+cluster://` URL as `redis://` URLs (credentials
+/// copied to each); None if `url` is not a cluster URL, `Some(Err)` if it
+/// is one without a usable node list.
+pub fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, String>> {
+    let rest = url.strip_prefix(CLUSTER_SCHEME)?;
+    let rest = rest.trim_end_matches('/');
+    let (auth, hosts) = match rest.rfind('@') {
+        Some(at) => (format!("{}@", &rest[..at]), &rest[at + 1..]),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> =
+        hosts.split(',').map(str::trim).filter(|h| !h.is_empty()).map(|h| format!("redis://{auth}{h}/")).collect();
+    if nodes.is_empty() {
+        return Some(Err(format!("{CLUSTER_SCHEME} needs at least one host:port")));
+    }
+    if hosts.split(',').any(|h| h.contains('/')) {
+        return Some(Err("a cluster URL names no database (a cluster has only database 0)".into()));
+    }
+    Some(Ok(nodes))
+}
+
+/// One node's URL: `url` itself, or a cluster URL's first node (pub/sub
+/// users: a PUBLISH on any node of a cluster reaches every node).
+pub fn one_node(url: &str) -> String {
+    match cluster_nodes(url) {
+        Some(Ok(nodes)) => nodes.into_iter().next().unwrap_or_else(|| url.to_string()),
+        _ => url.to_string(),
+    }
+}
+
+/// A dedicated connection for blocking commands.
+pub enum BlockingConn {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for BlockingConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            BlockingConn::Single(c) => c.req_packed_command(cmd),
+            BlockingConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            BlockingConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            BlockingConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            BlockingConn::Single(c) => c.get_db(),
+            BlockingConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The key `<what>` of one vendor, under the vendor's own hash tag
+/// (`{<prefix>:v:<vendor>}:<what>`): every key a rate-limit or breaker script
+/// touches for one vendor is in one cluster slot, and vendors spread over
+/// the slots.
+pub fn vendor_key(prefix: &str, vendor: &str, what: &str) -> String {
+    format!("{{{prefix}:v:{vendor}}}:{what}")
 }
 
 /// Keepalive on every socket: a peer that vanished (host down, connection
@@ -73,44 +209,86 @@ fn tcp_settings() -> TcpSettings {
 }
 
 /// The shared connection: a `ConnectionManager` (multiplexed, reconnects
-/// when the socket closes) whose every command is bounded by `timeout`, and
-/// which is replaced by a new one when a command runs out of time. The
-/// manager alone reconnects only on errors that close the socket; a response
-/// timeout leaves it on a connection that may never answer again.
+/// when the socket closes) or a cluster connection, whose every command is
+/// bounded by `timeout`, and which is replaced by a new one when a command
+/// runs out of time. The manager alone reconnects only on errors that close
+/// the socket; a response timeout leaves it on a connection that may never
+/// answer again.
 #[derive(Clone)]
 pub struct SharedConn(Arc<Shared>);
 
 struct Shared {
-    client: redis::Client,
+    source: Source,
     config: ConnectionManagerConfig,
     timeout: Duration,
-    /// The current manager and its generation (bumped on each replacement,
-    /// so that many commands timing out together replace it once).
-    current: Mutex<(u64, ConnectionManager)>,
+    /// The current connection and its generation (bumped on each
+    /// replacement, so that many commands timing out together replace it
+    /// once).
+    current: Mutex<(u64, Link)>,
+}
+
+/// One live connection of either kind (both are cheap handles to clone).
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 impl SharedConn {
-    async fn connect(client: redis::Client, timeout: Duration) -> redis::RedisResult<SharedConn> {
+    async fn connect(source: Source, timeout: Duration) -> redis::RedisResult<SharedConn> {
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(timeout))
             .set_connection_timeout(Some(timeout))
             .set_max_delay(timeout);
-        let manager = client.get_connection_manager_with_config(config.clone()).await?;
-        Ok(SharedConn(Arc::new(Shared { client, config, timeout, current: Mutex::new((0, manager)) })))
+        let link = match &source {
+            Source::Single(client) => Link::Single(client.get_connection_manager_with_config(config.clone()).await?),
+            Source::Cluster(client) => {
+                Link::Cluster(client.get_async_connection_with_config(cluster_config(timeout)).await?)
+            }
+        };
+        Ok(SharedConn(Arc::new(Shared { source, config, timeout, current: Mutex::new((0, link)) })))
     }
 
-    fn current(&self) -> (u64, ConnectionManager) {
+    fn current(&self) -> (u64, Link) {
         let guard = self.0.current.lock().unwrap_or_else(|p| p.into_inner());
         (guard.0, guard.1.clone())
     }
 
-    /// Runs one request on the current manager within the timeout; a
-    /// request that ran out of time replaces the manager (once per
+    /// Runs one request on the current connection within the timeout; a
+    /// request that ran out of time replaces the connection (once per
     /// generation). Requests in flight on the old one end by their own
-    /// timeout; its socket closes with its last user.
-    async fn run<'a, T>(&self, request: impl FnOnce(ConnectionManager) -> RedisFuture<'a, T>) -> redis::RedisResult<T> {
-        let (generation, manager) = self.current();
-        let result = match tokio::time::timeout(self.0.timeout, request(manager)).await {
+    /// timeout; its sockets close with its last user.
+    async fn run<'a, T>(&self, request: impl FnOnce(Link) -> RedisFuture<'a, T>) -> redis::RedisResult<T> {
+        let (generation, link) = self.current();
+        let result = match tokio::time::timeout(self.0.timeout, request(link)).await {
             Ok(r) => r,
             Err(_) => Err(timed_out(self.0.timeout)),
         };
@@ -127,7 +305,15 @@ impl SharedConn {
         if guard.0 != generation {
             return; // already replaced since
         }
-        match ConnectionManager::new_lazy_with_config(self.0.client.clone(), self.0.config.clone()) {
+        let fresh = match &self.0.source {
+            Source::Single(client) => {
+                ConnectionManager::new_lazy_with_config(client.clone(), self.0.config.clone()).map(Link::Single)
+            }
+            Source::Cluster(client) => {
+                Ok(Link::Cluster(client.get_pending_async_connection_with_config(cluster_config(self.0.timeout))))
+            }
+        };
+        match fresh {
             Ok(fresh) => {
                 *guard = (generation + 1, fresh);
                 tracing::warn!(error = %cause, timeout = ?self.0.timeout, "redis did not answer in time; reconnecting");
@@ -135,6 +321,10 @@ impl SharedConn {
             Err(e) => tracing::warn!(error = %e, "redis did not answer in time, and no new connection could be made"),
         }
     }
+}
+
+fn cluster_config(timeout: Duration) -> ClusterConfig {
+    ClusterConfig::new().set_connection_timeout(timeout).set_response_timeout(timeout)
 }
 
 fn timed_out(after: Duration) -> RedisError {

@@ -5,6 +5,7 @@
 pub const JOBS_SUBMITTED: &str = "vendorhost_jobs_submitted_total";
 pub const JOBS_COMPLETED: &str = "vendorhost_jobs_completed_total";
 pub const JOBS_FAILED: &str = "vendorhost_jobs_failed_total";
+pub const JOBS_CANCELLED: &str = "vendorhost_jobs_cancelled_total";
 pub const JOBS_DELAYED: &str = "vendorhost_jobs_delayed_total";
 pub const JOB_RETRIES: &str = "vendorhost_job_retries_total";
 pub const RATE_LIMIT_DELAY: &str = "vendorhost_rate_limit_delay_seconds";
@@ -32,6 +33,7 @@ pub const HTTP_SHED: &str = "vendorhost_http_shed_total";
 pub const SQLITE_BATCH_SIZE: &str = "vendorhost_sqlite_batch_size";
 pub const WORKER_LAST_POLL_AGE: &str = "vendorhost_worker_last_poll_age_seconds";
 pub const REDACTIONS: &str = "vendorhost_redactions_total";
+pub const NOTIFICATIONS: &str = "vendorhost_notifications_total";
 
 /// Registers the HELP text of every series (a no-op without a recorder).
 pub fn describe() {
@@ -39,6 +41,10 @@ pub fn describe() {
     describe_counter!(JOBS_SUBMITTED, "Jobs accepted by POST /jobs, by vendor.");
     describe_counter!(JOBS_COMPLETED, "Jobs that ended complete, by vendor.");
     describe_counter!(JOBS_FAILED, "Jobs that ended failed, by vendor.");
+    describe_counter!(
+        JOBS_CANCELLED,
+        "Jobs cancelled by their client (POST /jobs/{id}/cancel), by vendor and the state they were in (pending, processing, accepted)."
+    );
     describe_counter!(
         JOBS_DELAYED,
         "Jobs put back on the queue before a call (bulkhead, rate limit, open breaker, missing vendor), by vendor and reason."
@@ -88,6 +94,10 @@ pub fn describe() {
     describe_counter!(
         REDACTIONS,
         "Personal data cleaning removed from stored results, by vendor and kind (key: a key naming personal data; email, phone, card, iban, ssn: a value a detector found)."
+    );
+    describe_counter!(
+        NOTIFICATIONS,
+        "Completion notification attempts (notify_url), by outcome: delivered, retry (failed, tried again later), gave_up (failed past notify.max_age), refused (a non-public address or no signing secret: not retried)."
     );
     describe_gauge!(
         WORKER_LAST_POLL_AGE,

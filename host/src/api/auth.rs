@@ -3,6 +3,8 @@
 //! submitted it (to be exact: to keys of the same name, so a client's key can
 //! be rotated). The admin key guards `/admin`, `/metrics` and `/vendors`;
 //! with API keys on and no admin key those stay shut rather than open.
+//! The web console's session cookie (`ui::session`) stands for the admin key
+//! on requests that also carry the console's `X-Requested-With` header.
 
 use axum::http::{HeaderMap, header};
 
@@ -40,6 +42,50 @@ pub fn caller(auth: &AuthSettings, headers: &HeaderMap) -> Result<Option<String>
     found.map(Some).ok_or_else(|| ApiError::unauthorized("unknown API key"))
 }
 
+/// Who calls a `/jobs` endpoint that may reach other keys' jobs (listing,
+/// cancel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobsCaller {
+    /// API keys are off: every job is visible.
+    Open,
+    /// An API key (its name): only its own jobs.
+    Key(String),
+    /// The admin key: every job, and may filter by key.
+    Admin,
+}
+
+impl JobsCaller {
+    /// The owner the caller is confined to (None: every job).
+    pub fn owner(&self) -> Option<&str> {
+        match self {
+            JobsCaller::Key(name) => Some(name),
+            JobsCaller::Open | JobsCaller::Admin => None,
+        }
+    }
+}
+
+/// The console's session (cookie plus its header) when an admin key is set.
+fn console(auth: &AuthSettings, headers: &HeaderMap) -> bool {
+    !auth.admin_key.is_empty() && super::ui::session::authorizes(&auth.admin_key, headers, crate::model::now_ms())
+}
+
+/// `caller`, and also the admin key (when keys are on and it is set).
+pub fn jobs_caller(auth: &AuthSettings, headers: &HeaderMap) -> Result<JobsCaller, ApiError> {
+    if auth.api_keys.is_empty() {
+        return Ok(JobsCaller::Open);
+    }
+    if !auth.admin_key.is_empty()
+        && let Some(t) = bearer(headers)
+        && same(t, &auth.admin_key)
+    {
+        return Ok(JobsCaller::Admin);
+    }
+    if bearer(headers).is_none() && console(auth, headers) {
+        return Ok(JobsCaller::Admin);
+    }
+    Ok(caller(auth, headers)?.map_or(JobsCaller::Open, JobsCaller::Key))
+}
+
 /// Guards admin endpoints: open only while no key of any kind is configured.
 pub fn admin(auth: &AuthSettings, headers: &HeaderMap) -> Result<(), ApiError> {
     if auth.admin_key.is_empty() {
@@ -52,6 +98,7 @@ pub fn admin(auth: &AuthSettings, headers: &HeaderMap) -> Result<(), ApiError> {
     match bearer(headers) {
         Some(t) if same(t, &auth.admin_key) => Ok(()),
         Some(_) => Err(ApiError::unauthorized("unknown admin key")),
+        None if console(auth, headers) => Ok(()),
         None => Err(ApiError::unauthorized("missing admin key: send `Authorization: Bearer <admin key>`")),
     }
 }
@@ -73,6 +120,7 @@ mod tests {
         AuthSettings {
             api_keys: keys.iter().map(|(k, n)| (k.to_string(), n.to_string())).collect(),
             admin_key: admin.into(),
+            keys: Default::default(),
         }
     }
 
@@ -111,5 +159,28 @@ mod tests {
         let admin_only = settings(&[], "adm");
         assert_eq!(caller(&admin_only, &with(None)).unwrap(), None);
         assert_eq!(admin(&admin_only, &with(None)).unwrap_err().status, 401);
+    }
+
+    #[test]
+    fn the_console_cookie_is_the_admin_key_only_with_its_header() {
+        use crate::api::ui::session;
+        let on = settings(&[("k1", "alice")], "adm");
+        let (token, _) = session::mint("adm", crate::model::now_ms()).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(&format!("{}={token}", session::COOKIE)).unwrap());
+        assert_eq!(admin(&on, &h).unwrap_err().status, 401, "cookie alone (a cross-site request)");
+        assert_eq!(jobs_caller(&on, &h).unwrap_err().status, 401);
+        h.insert(session::CSRF_HEADER, HeaderValue::from_static("vendorhost-console"));
+        assert!(admin(&on, &h).is_ok());
+        assert_eq!(jobs_caller(&on, &h).unwrap(), JobsCaller::Admin);
+        // Not a client key: submitting and reading one's own jobs still need one.
+        assert_eq!(caller(&on, &h).unwrap_err().status, 401);
+        // Signed with another admin key (rotated): nothing.
+        let rotated = settings(&[("k1", "alice")], "adm2");
+        assert_eq!(admin(&rotated, &h).unwrap_err().status, 401);
+        // A bearer key, when sent, is what counts.
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k1"));
+        assert_eq!(admin(&on, &h).unwrap_err().status, 401);
+        assert_eq!(jobs_caller(&on, &h).unwrap(), JobsCaller::Key("alice".into()));
     }
 }

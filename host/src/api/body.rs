@@ -22,6 +22,8 @@ pub struct SubmitBody {
     pub vendor: String,
     /// `data` as JSON text: the client's, less whitespace between tokens.
     pub data: String,
+    /// Where to POST the job once finished (checked by the job service).
+    pub notify_url: Option<String>,
 }
 
 /// Why a body could not be read. Mapped to HTTP in `api::error`.
@@ -166,13 +168,22 @@ pub async fn read(
 /// `read` with the API's limits, for a handler that has done its checks
 /// (API key, content type, vendor) and now wants the body.
 pub async fn read_request(req: axum::extract::Request, st: &super::AppState) -> Result<ReadBody, ApiError> {
+    read_request_up_to(req, st, st.api.max_body_bytes).await
+}
+
+/// `read_request` with another size limit (a batch's).
+pub async fn read_request_up_to(
+    req: axum::extract::Request,
+    st: &super::AppState,
+    limit: usize,
+) -> Result<ReadBody, ApiError> {
     let budget = req
         .extensions()
         .get::<BodyBudget>()
         .cloned()
         .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no body budget configured"))?;
     let (parts, body) = req.into_parts();
-    Ok(read(&parts.headers, body, &budget, st.api.max_body_bytes, st.api.body_read_timeout).await?)
+    Ok(read(&parts.headers, body, &budget, limit, st.api.body_read_timeout).await?)
 }
 
 /// `application/json`, with or without parameters (`; charset=utf-8`), or
@@ -300,7 +311,82 @@ pub fn parse_submit(bytes: &[u8], max_depth: usize) -> Result<SubmitBody, ApiErr
         None => return Err(ApiError::bad_request("missing_field", "field `data` is required (any JSON value)")),
         Some(raw) => minify(raw.get()),
     };
-    Ok(SubmitBody { vendor, data })
+    let notify_url = match fields.remove("notify_url") {
+        None => None,
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) => None,
+            Ok(Value::String(s)) => Some(s),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("field `notify_url` must be a string (an http or https URL), not {}", kind(raw)),
+                ));
+            }
+        },
+    };
+    Ok(SubmitBody { vendor, data, notify_url })
+}
+
+/// Most submits in one `POST /jobs/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// A batch submit as parsed: each item a submit or why it is not one (in
+/// order), and the batch's canonical text (for its Idempotency-Key).
+pub struct BatchBody {
+    pub items: Vec<Result<SubmitBody, ApiError>>,
+    pub canonical: String,
+}
+
+/// Parses `{"jobs": [<submit body>, ...]}` (1 to `MAX_BATCH` items). The
+/// batch as a whole must be valid JSON with a `jobs` array; each item is
+/// checked as `parse_submit` checks a body, and a bad item fails alone.
+pub fn parse_batch(bytes: &[u8], max_depth: usize) -> Result<BatchBody, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("invalid_json", "the request body is empty; expected {\"jobs\": [...]}"));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the request body is not valid UTF-8 (JSON must be): {e}"))
+    })?;
+    // `{"jobs": [ <item> ]}`: two levels above each item's own.
+    let depth = json_depth(bytes);
+    if depth > max_depth + 2 {
+        return Err(ApiError::bad_request(
+            "too_deep",
+            format!(
+                "field `jobs`: JSON nested {depth} levels deep; an item's `data` may nest at most {} levels",
+                max_depth.saturating_sub(1)
+            ),
+        ));
+    }
+    let whole: &RawValue = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    if !whole.get().starts_with('{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the request body must be a JSON object {{\"jobs\": [...]}}, not {}", kind(whole)),
+        ));
+    }
+    if let Some(path) = duplicate_key(whole.get()).filter(|p| !p.starts_with("jobs[")) {
+        return Err(ApiError::bad_request(
+            "duplicate_key",
+            format!("field `{}` appears more than once in its object; each key may appear once", shorten(&path, 200)),
+        ));
+    }
+    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(whole.get())
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body: {e}")))?;
+    let jobs =
+        fields.remove("jobs").ok_or_else(|| ApiError::bad_request("missing_field", "field `jobs` is required"))?;
+    let items: Vec<&RawValue> = serde_json::from_str(jobs.get()).map_err(|_| {
+        ApiError::bad_request("invalid_field", format!("field `jobs` must be an array of submits, not {}", kind(jobs)))
+    })?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("field `jobs` must hold 1 to {MAX_BATCH} submits (it holds {})", items.len()),
+        ));
+    }
+    let items = items.into_iter().map(|item| parse_submit(item.get().as_bytes(), max_depth)).collect();
+    Ok(BatchBody { items, canonical: minify(whole.get()) })
 }
 
 /// One open object or array while scanning for duplicate keys.
@@ -413,7 +499,7 @@ mod tests {
     #[test]
     fn the_seed_body_parses() {
         let b = parse_submit(br#"{"vendor": "sync", "data": "test"}"#, 64).unwrap();
-        assert_eq!(b, SubmitBody { vendor: "sync".into(), data: "\"test\"".into() });
+        assert_eq!(b, SubmitBody { vendor: "sync".into(), data: "\"test\"".into(), notify_url: None });
     }
 
     #[test]

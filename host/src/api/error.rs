@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::body::BodyError;
 use crate::jobs::callbacks::CallbackError;
 use crate::jobs::dead_letters::ReplayError;
-use crate::jobs::service::SubmitError;
+use crate::jobs::service::{CancelError, SubmitError};
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
@@ -28,6 +28,10 @@ pub struct ErrorDetail {
     /// With `unknown_vendor`: the vendors that exist.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub known_vendors: Option<Vec<String>>,
+    /// With `already_finished`: the job's status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<super::views::JobStatus>)]
+    pub job_status: Option<String>,
 }
 
 #[derive(Debug)]
@@ -38,11 +42,13 @@ pub struct ApiError {
     /// With `unknown_vendor`: the vendors that exist.
     pub known_vendors: Option<Vec<String>>,
     pub retry_after: Option<u64>,
+    /// With `already_finished`: the job's status.
+    pub status_of_job: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), known_vendors: None, retry_after: None }
+        ApiError { status, code, message: message.into(), known_vendors: None, retry_after: None, status_of_job: None }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -74,6 +80,7 @@ impl IntoResponse for ApiError {
                 code: self.code.to_string(),
                 message: self.message,
                 known_vendors: self.known_vendors,
+                job_status: self.status_of_job.map(str::to_string),
             },
         };
         let mut resp = (self.status, axum::Json(body)).into_response();
@@ -96,6 +103,7 @@ impl ApiError {
                 code: self.code.to_string(),
                 message: self.message.clone(),
                 known_vendors: self.known_vendors.clone(),
+                job_status: self.status_of_job.map(str::to_string),
             },
         })
         .unwrap_or_default();
@@ -196,6 +204,7 @@ impl From<SubmitError> for ApiError {
                 "idempotency_conflict",
                 "this Idempotency-Key was already used with a different request body",
             ),
+            e @ SubmitError::NotifyUrl(_) => ApiError::bad_request("invalid_field", e.to_string()),
             SubmitError::Store(e) => e.into(),
             SubmitError::Queue(e) => e.into(),
         }
@@ -220,6 +229,22 @@ impl From<CallbackError> for ApiError {
             CallbackError::Plugin(_) => ApiError::bad_request("unreadable_webhook", msg),
             CallbackError::Store(e) => e.into(),
             CallbackError::Queue(e) => e.into(),
+        }
+    }
+}
+
+impl From<CancelError> for ApiError {
+    fn from(e: CancelError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CancelError::NotFound(_) => ApiError::not_found(msg),
+            CancelError::Finished { status, .. } => ApiError {
+                status_of_job: Some(status.as_str()),
+                ..ApiError::new(StatusCode::CONFLICT, "already_finished", msg)
+            },
+            CancelError::Store(e) => e.into(),
+            CancelError::Finish(crate::jobs::finish::FinishError::Store(e)) => e.into(),
+            CancelError::Finish(crate::jobs::finish::FinishError::Queue(e)) => e.into(),
         }
     }
 }

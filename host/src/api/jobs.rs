@@ -1,7 +1,9 @@
 //! `POST /jobs` and `GET /jobs/{request_id}`.
 
+use std::time::Duration;
+
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -11,7 +13,9 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use super::views::{JobStatus, RedactionView};
 use super::{AppState, Route, auth, body};
+
 use crate::model::{Job, format_ms};
+use crate::telemetry;
 
 pub fn routes() -> Vec<Route> {
     vec![Route::post("/jobs", submit), Route::get("/jobs/{request_id}", get_job)]
@@ -47,6 +51,28 @@ pub struct JobView {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schema(required = false)]
     pub redactions: Vec<RedactionView>,
+    /// The completion notification, when the job was submitted with a
+    /// `notify_url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notify: Option<NotifyView>,
+}
+
+/// How a job's completion notification went.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct NotifyView {
+    /// Where it is POSTed.
+    pub url: String,
+    /// Delivery attempts so far.
+    pub attempts: u32,
+    /// The HTTP status the last attempt got, if it got one.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    /// When the receiver took it (RFC 3339).
+    pub delivered_at: Option<String>,
+    /// When the next attempt is due (RFC 3339); null while the job runs and
+    /// once delivered or given up.
+    pub next_attempt_at: Option<String>,
 }
 
 impl From<Job> for JobView {
@@ -61,6 +87,14 @@ impl From<Job> for JobView {
             attempts: j.attempts,
             error: j.error,
             redactions: j.redactions.into_iter().map(RedactionView::from).collect(),
+            notify: j.notify.map(|n| NotifyView {
+                url: n.url,
+                attempts: n.attempts,
+                last_status: n.last_status,
+                last_error: n.last_error,
+                delivered_at: n.delivered_at.map(format_ms),
+                next_attempt_at: n.next_at.filter(|_| j.status.is_terminal()).map(format_ms),
+            }),
         }
     }
 }
@@ -74,7 +108,7 @@ impl From<Job> for JobView {
     responses(
         (status = 202, description = "Accepted", body = Accepted),
         (status = 200, description = "An earlier job with the same Idempotency-Key, with its current status", body = Accepted),
-        (status = 400, description = "Bad body (not JSON, a key repeated, a field missing), unknown vendor", body = super::error::ErrorBody),
+        (status = 400, description = "Bad body (not JSON, a key repeated, a field missing), unknown vendor, a `notify_url` that is not an http(s) URL this key may notify", body = super::error::ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
         (status = 408, description = "The body did not arrive within `api.body_read_timeout`", body = super::error::ErrorBody),
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
@@ -103,17 +137,20 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
             })?;
             // Length-prefixed, so no owner name and key can pose as another pair.
             let scope = owner.as_deref().unwrap_or("");
-            let hash = hex::encode(
-                Sha256::new()
-                    .chain_update(parsed.vendor.as_bytes())
-                    .chain_update([0])
-                    .chain_update(parsed.data.as_bytes())
-                    .finalize(),
-            );
+            let mut hasher = Sha256::new()
+                .chain_update(parsed.vendor.as_bytes())
+                .chain_update([0])
+                .chain_update(parsed.data.as_bytes());
+            // Bodies without `notify_url` hash as they always did.
+            if let Some(url) = &parsed.notify_url {
+                hasher = hasher.chain_update([0]).chain_update(url.as_bytes());
+            }
+            let hash = hex::encode(hasher.finalize());
             Some((format!("{}:{scope}:{key}", scope.len()), hash, st.api.idempotency_ttl))
         }
     };
-    let out = st.service.submit(&parsed.vendor, parsed.data, owner.clone(), idempotency).await?;
+    let out =
+        st.service.submit_with(&parsed.vendor, parsed.data, owner.clone(), idempotency, parsed.notify_url).await?;
     if out.created {
         let accepted = Accepted { request_id: out.request_id, status: JobStatus::Pending };
         return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
@@ -126,38 +163,112 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     Ok((StatusCode::OK, axum::Json(Accepted { request_id: out.request_id, status })).into_response())
 }
 
-/// Poll a job.
+/// Poll a job, or wait for it to finish (`?wait=`).
 #[utoipa::path(get, path = "/jobs/{request_id}", tag = "jobs", operation_id = "get_job",
     security((), ("api_key" = [])),
-    params(("request_id" = String, Path, description = "The id POST /jobs returned")),
+    params(
+        ("request_id" = String, Path, description = "The id POST /jobs returned"),
+        ("wait" = Option<String>, Query, pattern = r"^[0-9]{1,9}(ms|s|m)?$", example = "30s",
+            description = "Answer as soon as the job is finished (complete, failed, cancelled), or after this long \
+            with its state then: `30s`, `500ms`, `2m`, or plain seconds (`30`). Capped at `api.max_wait` (30 s by \
+            default). A waiting request holds no worker and no database connection, and counts toward neither \
+            `api.max_concurrency` nor `api.request_timeout`"),
+    ),
     responses(
-        (status = 200, description = "The job", body = JobView),
-        (status = 400, description = "Bad path", body = super::error::ErrorBody),
+        (status = 200, description = "The job (with `?wait=`: finished, or as it is when the wait ran out)", body = JobView),
+        (status = 400, description = "Bad path, or a `wait` that is not a duration", body = super::error::ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
         (status = 404, description = "No such job (or not yours)", body = super::error::ErrorBody),
+        (status = 503, description = "Overloaded (not for `?wait=`), or the store is unavailable", body = super::error::ErrorBody),
     ))]
 pub async fn get_job(
     State(st): State<AppState>,
     headers: HeaderMap,
     path: Result<Path<String>, PathRejection>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let owner = auth::caller(&st.auth, &headers)?;
     let Path(request_id) = path?;
+    let wait = wait_param(query.as_deref())?.map(|w| w.min(st.api.max_wait));
     if request_id.len() > 64 {
         return Err(ApiError::not_found(format!("no job {request_id:?}")));
     }
-    let job = st
-        .service
-        .get(&request_id, owner.as_deref())
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
+    let job = match wait {
+        Some(w) if !w.is_zero() => st.service.wait(&request_id, owner.as_deref(), w).await?,
+        _ => st.service.get(&request_id, owner.as_deref()).await?,
+    }
+    .ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
+    Ok(axum::Json(public_view(job)).into_response())
+}
+
+/// The job as clients see it.
+fn public_view(job: Job) -> JobView {
     let mut view: JobView = job.into();
     // A complete job whose status says so carries its result; the earlier
     // retry error is history, not news.
     if view.status == JobStatus::Complete {
         view.error = None;
     }
-    Ok(axum::Json(view).into_response())
+    view
+}
+
+/// The body of a job's completion notification: the job as `GET
+/// /jobs/{id}` shows it, less the notification's own delivery state.
+pub fn notification_body(job: &Job) -> Vec<u8> {
+    let mut view = public_view(job.clone());
+    view.notify = None;
+    serde_json::to_vec(&view).unwrap_or_default()
+}
+
+/// The `wait` query parameter, if given: `30s`, `500ms`, `2m`, or plain
+/// seconds.
+pub fn wait_param(query: Option<&str>) -> Result<Option<Duration>, ApiError> {
+    let Some(query) = query else { return Ok(None) };
+    let mut found = None;
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "wait" {
+            continue;
+        }
+        if found.is_some() {
+            return Err(ApiError::bad_request("invalid_query", "query parameter `wait` is given more than once"));
+        }
+        found = Some(parse_wait(value).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!(
+                    "query parameter `wait`: {:?} is not a duration; use e.g. `30s`, `500ms`, `2m` or plain seconds (`30`)",
+                    telemetry::one_line(&value.chars().take(40).collect::<String>())
+                ),
+            )
+        })?);
+    }
+    Ok(found)
+}
+
+fn parse_wait(v: &str) -> Option<Duration> {
+    let (digits, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    if digits.is_empty() || digits.len() > 9 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        _ => return None,
+    })
+}
+
+/// Whether a request is a waiting `GET /jobs/{id}?wait=...`: the router
+/// serves those outside the concurrency cap and the request timeout.
+pub fn is_wait(method: &axum::http::Method, uri: &axum::http::Uri) -> bool {
+    method == axum::http::Method::GET
+        && uri.path().strip_prefix("/jobs/").is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        && uri.query().is_some_and(|q| q.split('&').any(|p| p == "wait" || p.starts_with("wait=")))
 }
 
 /// The body of `POST /jobs`.
@@ -172,4 +283,12 @@ pub struct SubmitRequest {
     /// size are kept exactly).
     #[schema(example = json!("test"))]
     data: serde_json::Value,
+    /// Where to POST the job (its `GET /jobs/{id}` JSON, less `notify`) once
+    /// it is finished, signed per Standard Webhooks (`webhook-id`,
+    /// `webhook-timestamp`, `webhook-signature`) with the API key's
+    /// `notify_secret`; retried with backoff until `notify.max_age`. An
+    /// absolute http(s) URL; non-public addresses only where the key's
+    /// `notify_allow_private` is set.
+    #[schema(example = "https://client.example/hooks/vendorhost", max_length = 2048, format = "uri")]
+    notify_url: Option<String>,
 }

@@ -6,10 +6,12 @@ pub mod auth;
 pub mod body;
 pub mod error;
 pub mod health;
+pub mod job_control;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
+pub mod ui;
 pub mod vendors;
 pub mod views;
 pub mod webhooks;
@@ -24,7 +26,7 @@ use axum::handler::Handler;
 use axum::http::{Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::MethodRouter;
-use tower::ServiceBuilder;
+use tower::{ServiceBuilder, ServiceExt};
 
 use crate::breaker::Breakers;
 use crate::config::{ApiSettings, AuthSettings};
@@ -79,6 +81,7 @@ impl Route {
 pub fn routes() -> Vec<Route> {
     [
         jobs::routes(),
+        job_control::routes(),
         webhooks::routes(),
         vendors::routes(),
         health::routes(),
@@ -98,17 +101,26 @@ pub fn route_list() -> Vec<(Method, &'static str)> {
 
 pub fn router(state: AppState) -> Router {
     let api = state.api.clone();
-    let mut router = Router::new();
-    for r in routes() {
-        router = router.route(r.path, r.handler);
-    }
-    router
-        .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
-        })
-        .layer(DefaultBodyLimit::max(api.max_body_bytes))
-        .layer(axum::Extension(body::BodyBudget::new(api.max_body_bytes_in_flight)))
+    let budget = body::BodyBudget::new(api.max_body_bytes_in_flight);
+    let endpoints = || {
+        let mut router = Router::new();
+        for r in routes() {
+            router = router.route(r.path, r.handler);
+        }
+        let router = router.merge(ui::router());
+        router
+            .fallback(|| async { ApiError::not_found("no such endpoint; see /openapi.json") })
+            .method_not_allowed_fallback(|| async {
+                ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    "method not allowed on this endpoint",
+                )
+            })
+            .layer(DefaultBodyLimit::max(api.max_body_bytes))
+            .layer(axum::Extension(budget.clone()))
+    };
+    let limited = endpoints()
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(|e: tower::BoxError| async move { overload_error(e) }))
@@ -116,7 +128,16 @@ pub fn router(state: AppState) -> Router {
                 .concurrency_limit(api.max_concurrency)
                 .timeout(api.request_timeout),
         )
-        .with_state(state)
+        .with_state(state.clone());
+    // `GET /jobs/{id}?wait=` sleeps, holding nothing but its connection: it
+    // must neither take a concurrency slot from requests that work nor be
+    // cut by the request timeout (its own wait is capped by `api.max_wait`).
+    // Waiters are bounded by the connection caps instead (`api::serve`).
+    let waiting = endpoints().with_state(state);
+    Router::new().fallback_service(tower::service_fn(move |req: axum::extract::Request| {
+        let svc = if jobs::is_wait(req.method(), req.uri()) { waiting.clone() } else { limited.clone() };
+        svc.oneshot(req)
+    }))
 }
 
 /// A worker process's listener: the API's `/metrics` handler, and a

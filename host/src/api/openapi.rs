@@ -19,11 +19,13 @@ use super::error::{ErrorBody, ErrorDetail};
     info(title = "vendorhost", description = "Unified access to external data vendors; every vendor is a WASI component plugin."),
     paths(
         super::jobs::submit, super::jobs::get_job,
+        super::job_control::list_jobs, super::job_control::cancel_job, super::job_control::submit_batch,
         super::webhooks::receive,
         super::vendors::list,
         super::health::healthz, super::health::readyz,
         super::metrics::render,
         super::admin::list, super::admin::replay, super::admin::replay_all,
+        super::admin::discard, super::admin::bulk,
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
@@ -49,7 +51,10 @@ impl Modify for Common {
         );
         components.add_security_scheme(
             "admin_key",
-            bearer("`auth.admin_key`; required on /admin, /metrics and /vendors when set."),
+            bearer(
+                "`auth.admin_key`; required on /admin, /metrics and /vendors when set. The web console's session \
+                 cookie (`POST /ui/login`) stands for it on requests that also send `X-Requested-With`.",
+            ),
         );
         let unavailable = || {
             let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorBody"))).build();

@@ -6,7 +6,7 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::views::{BreakerView, PluginView, RejectedView};
+use super::views::{BreakerView, PluginEventView, PluginView, RejectedView};
 use super::{AppState, Route, auth};
 
 pub fn routes() -> Vec<Route> {
@@ -25,11 +25,28 @@ pub struct Limits {
     pub allowed_hosts: Vec<String>,
 }
 
+/// A config key the plugin declared (contract 0.2.0); the value is never shown.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConfigKeyView {
+    pub name: String,
+    /// The vendor is not called while a required key is unset.
+    pub required: bool,
+    pub secret: bool,
+    pub description: String,
+    /// Whether `[vendors.<id>.config]` sets it (non-empty).
+    pub set: bool,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct VendorView {
     #[serde(flatten)]
     pub plugin: PluginView,
     pub limits: Limits,
+    /// Hosts the plugin's `info` asks for that `allowed_hosts` does not cover:
+    /// its calls to them are denied until granted.
+    pub ungranted_hosts: Vec<String>,
+    /// The config keys the plugin reads, and which are set.
+    pub config: Vec<ConfigKeyView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerView>,
 }
@@ -38,6 +55,9 @@ pub struct VendorView {
 pub struct VendorList {
     pub vendors: Vec<VendorView>,
     pub rejected: Vec<RejectedView>,
+    /// Recent plugin loads, reloads, removals and rejections, newest first
+    /// (the last 100 in this process).
+    pub history: Vec<PluginEventView>,
 }
 
 /// Loaded vendors and rejected plugin files.
@@ -56,7 +76,26 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             None => continue,
         };
         let breaker = st.breakers.snapshot(&s.id).await.ok().map(BreakerView::from);
+        let (ungranted_hosts, config) = match st.registry.get(&s.id) {
+            Some(p) => (
+                crate::plugins::needs::ungranted_hosts(&p.info, &policy.call.grants),
+                p.info
+                    .config
+                    .iter()
+                    .map(|k| ConfigKeyView {
+                        name: k.name.clone(),
+                        required: k.required,
+                        secret: k.secret,
+                        description: k.description.clone(),
+                        set: policy.call.config.get(&k.name).is_some_and(|v| !v.is_empty()),
+                    })
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
         vendors.push(VendorView {
+            ungranted_hosts,
+            config,
             limits: Limits {
                 rate_per_second: policy.quota.rate,
                 burst: policy.quota.burst,
@@ -70,5 +109,9 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             breaker,
         });
     }
-    Ok(axum::Json(VendorList { vendors, rejected: rejected.into_iter().map(RejectedView::from).collect() }))
+    Ok(axum::Json(VendorList {
+        vendors,
+        rejected: rejected.into_iter().map(RejectedView::from).collect(),
+        history: st.registry.history().into_iter().map(PluginEventView::from).collect(),
+    }))
 }

@@ -6,9 +6,10 @@ use serde::Serialize;
 
 use crate::breaker::BreakerSnapshot;
 use crate::model::{DeadLetter, Redaction, Status};
-use crate::plugins::{Rejected, VendorSummary};
+use crate::plugins::{PluginEvent, Rejected, VendorSummary};
 
-/// A job's state: `pending → processing → complete | failed`.
+/// A job's state: `pending → processing → complete | failed`, or
+/// `cancelled` by its client from `pending` or `processing`. Only forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
@@ -16,6 +17,7 @@ pub enum JobStatus {
     Processing,
     Complete,
     Failed,
+    Cancelled,
 }
 
 impl From<Status> for JobStatus {
@@ -25,6 +27,7 @@ impl From<Status> for JobStatus {
             Status::Processing => JobStatus::Processing,
             Status::Complete => JobStatus::Complete,
             Status::Failed => JobStatus::Failed,
+            Status::Cancelled => JobStatus::Cancelled,
         }
     }
 }
@@ -91,6 +94,8 @@ pub struct PluginView {
     pub sha256: String,
     /// Hosts the plugin says it needs.
     pub hosts: Vec<String>,
+    /// When this version was loaded (epoch milliseconds).
+    pub loaded_at: i64,
 }
 
 impl From<VendorSummary> for PluginView {
@@ -103,6 +108,7 @@ impl From<VendorSummary> for PluginView {
             file: s.file,
             sha256: s.sha256,
             hosts: s.hosts,
+            loaded_at: s.loaded_at,
         }
     }
 }
@@ -118,6 +124,40 @@ pub struct RejectedView {
 impl From<Rejected> for RejectedView {
     fn from(r: Rejected) -> Self {
         RejectedView { file: r.file, reason: r.reason }
+    }
+}
+
+/// One change to the loaded plugins.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PluginEventView {
+    /// Epoch milliseconds.
+    pub at: i64,
+    /// `loaded` (a new vendor), `reloaded` (its file changed; the new
+    /// version serves), `removed`, or `rejected` (the previous version, if
+    /// any, keeps serving).
+    #[schema(example = "reloaded")]
+    pub kind: &'static str,
+    /// The vendor (absent for a file rejected before it named one).
+    pub vendor: Option<String>,
+    /// The file in the plugins directory.
+    pub file: String,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    /// Why a file was rejected.
+    pub reason: Option<String>,
+}
+
+impl From<PluginEvent> for PluginEventView {
+    fn from(e: PluginEvent) -> Self {
+        PluginEventView {
+            at: e.at,
+            kind: e.kind,
+            vendor: e.vendor,
+            file: e.file,
+            version: e.version,
+            sha256: e.sha256,
+            reason: e.reason,
+        }
     }
 }
 

@@ -57,7 +57,14 @@ pub async fn receive(
         .iter()
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_ascii_lowercase(), v.to_string())))
         .collect();
-    let out = st.callbacks.receive(&vendor, headers, body).await?;
+    // Applied on a task of its own: a vendor that hangs up mid-way (its own
+    // timeout) must not cut a job's end short between the store write and
+    // what follows it (waking the job's waiters, marking the id applied).
+    let callbacks = st.callbacks.clone();
+    let out = tokio::spawn(async move { callbacks.receive(&vendor, headers, body).await }).await.map_err(|e| {
+        tracing::error!(error = %e, "webhook handling panicked");
+        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+    })??;
     Ok(axum::Json(match out {
         CallbackOutcome::Applied { request_id, status } => {
             WebhookReply { result: "applied", request_id: Some(request_id), status: Some(status.into()) }

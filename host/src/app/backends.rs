@@ -1,5 +1,5 @@
-//! Backend selection: the configuration names a queue (`sqlite` or
-//! `redis://`) and a store (`sqlite` or `mongodb://`); this connects them,
+//! Backend selection: the configuration names a queue (`sqlite`, `redis://`
+//! for one node or `redis+cluster://` for a Redis Cluster) and a store (`sqlite` or `mongodb://`); this connects them,
 //! with the rate limiter and breakers that go with the queue (in-process
 //! beside SQLite, shared through Redis beside Redis).
 
@@ -19,7 +19,7 @@ use crate::queue::redis::RedisQueue;
 use crate::queue::sqlite::SqliteQueue;
 use crate::redis_conn::RedisConn;
 use crate::store::Store;
-use crate::store::mongo::{Durability, MongoStore};
+use crate::store::mongo::{Durability, MongoStore, ShardOutcome, Sharding};
 use crate::store::sqlite::SqliteStore;
 
 pub struct Backends {
@@ -54,7 +54,10 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
             // the rate limiter and the breakers; the queue opens its own
             // for blocking reads.
             let conn = RedisConn::connect_with(&cfg.queue, cfg.redis_timeout).await.map_err(|e| redis_err(&e))?;
-            let q = RedisQueue::new(&conn, &cfg.redis_prefix).await.map_err(|e| redis_err(&e))?;
+            let partitions = cfg.queue_settings.partitions;
+            let q =
+                RedisQueue::with_partitions(&conn, &cfg.redis_prefix, partitions).await.map_err(|e| redis_err(&e))?;
+            tracing::info!(partitions = q.partitions(), cluster = conn.is_cluster(), "redis queue ready");
             let l = RedisLimiter::new(&conn, &cfg.redis_prefix);
             let b = RedisBreakers::new(&conn, &cfg.redis_prefix);
             (Arc::new(q), Arc::new(l), Arc::new(b))
@@ -73,7 +76,8 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
         if cfg.is_embedded_queue() {
             format!("sqlite ({})", cfg.data.display())
         } else {
-            format!("redis ({})", redact(&cfg.queue))
+            let kind = if cfg.queue.starts_with("redis+cluster://") { "redis cluster" } else { "redis" };
+            format!("{kind} ({})", redact(&cfg.queue))
         },
         if cfg.is_embedded_store() {
             format!("sqlite ({})", cfg.data.display())
@@ -84,7 +88,35 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
     Ok(Backends { queue, store, limiter, breakers, description })
 }
 
+/// Connects the MongoDB store, then does what `mongo_init` says: create
+/// the missing indexes (`indexes`), also shard the collections against a
+/// `mongos` (`shard`), or nothing (`off`; `vendorhost store init` does it).
 async fn connect_mongo(cfg: &Config) -> Result<MongoStore, crate::store::StoreError> {
+    let store = mongo_store(cfg).await?;
+    let sharding = match cfg.mongo_init.as_str() {
+        "off" => return Ok(store),
+        "shard" => Sharding::IfMongos,
+        _ => Sharding::Never,
+    };
+    let report = store.init(sharding).await?;
+    tracing::info!(
+        database = %report.database,
+        mongos = report.mongos,
+        indexes_created = report.created(),
+        indexes_present = report.indexes.len() - report.created(),
+        collections_sharded = report.shards.iter().filter(|s| s.outcome == ShardOutcome::Sharded).count(),
+        "mongodb store initialised"
+    );
+    if report.mongos && sharding == Sharding::Never {
+        tracing::info!(
+            "connected to a mongos: collections are sharded by `vendorhost store init` (or mongo_init = \"shard\")"
+        );
+    }
+    Ok(store)
+}
+
+/// The MongoDB store `cfg` names, connected (nothing created).
+pub async fn mongo_store(cfg: &Config) -> Result<MongoStore, crate::store::StoreError> {
     let options = mongodb::options::ClientOptions::parse(&cfg.store).await?;
     let durability = Durability { write_concern: cfg.mongo_write_concern.clone(), journal: cfg.mongo_journal };
     Ok(MongoStore::connect_with(options, &cfg.mongo_db, &durability).await?.with_job_ttl(Some(cfg.retention.jobs)))

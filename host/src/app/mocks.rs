@@ -36,6 +36,10 @@ pub fn apply_overlay(cfg: &mut Config, overlay: &Overlay) {
     }
 }
 
+/// The vendor ids served by the sync mock: the sample plugin in Rust, Python
+/// (plugins/python/sync-py) and JavaScript (plugins/js/sync-js).
+pub const SYNC_VENDORS: [&str; 3] = ["sync", "sync-py", "sync-js"];
+
 /// The in-process mock vendors of the embedded default, and the grants and
 /// settings that point the sample plugins at them (only where the operator
 /// set nothing).
@@ -46,13 +50,17 @@ pub async fn start_mocks(overlay: &mut Overlay) -> Result<Vec<MockHandle>, Start
         let listener = TcpListener::bind("127.0.0.1:0").await.map_err(StartError::Mock)?;
         let opts = MockOptions { secret: (kind == MockKind::Async).then(|| secret.clone()), ..MockOptions::default() };
         let h = mock::spawn(kind, listener, opts).await.map_err(StartError::Mock)?;
-        let v = overlay.entry(id.to_string()).or_default();
-        v.allowed_hosts = Some(vec![h.addr.to_string()]);
-        // The mocks listen on 127.0.0.1, a non-public address.
-        v.allow_private_addresses = Some(true);
-        v.config = Some([("base_url".to_string(), h.base_url())].into_iter().collect());
-        if kind == MockKind::Async {
-            v.webhook_secrets = Some(vec![secret.clone()]);
+        // The sync vendor's plugin in Python and in JavaScript call the same mock.
+        let ids: &[&str] = if kind == MockKind::Sync { &SYNC_VENDORS } else { &[id] };
+        for id in ids {
+            let v = overlay.entry(id.to_string()).or_default();
+            v.allowed_hosts = Some(vec![h.addr.to_string()]);
+            // The mocks listen on 127.0.0.1, a non-public address.
+            v.allow_private_addresses = Some(true);
+            v.config = Some([("base_url".to_string(), h.base_url())].into_iter().collect());
+            if kind == MockKind::Async {
+                v.webhook_secrets = Some(vec![secret.clone()]);
+            }
         }
         println!("mock vendor {id} on {}", h.base_url());
         handles.push(h);

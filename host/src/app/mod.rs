@@ -5,9 +5,10 @@
 mod backends;
 mod error;
 mod mocks;
+mod needs;
 mod reload;
 
-pub use backends::{Backends, backends, redact};
+pub use backends::{Backends, backends, mongo_store, redact};
 pub use error::StartError;
 pub use mocks::{Overlay, apply_overlay};
 
@@ -22,13 +23,17 @@ use tokio::sync::watch;
 use crate::api::{self, AppState, MetricsState};
 use crate::config::Config;
 use crate::jobs::callbacks::Callbacks;
+use crate::jobs::cancel::CancelBus;
+use crate::jobs::completions::Completions;
 use crate::jobs::dead_letters::DeadLetters;
+use crate::jobs::notify::{Notifier, NotifyPolicy};
 use crate::jobs::service::JobService;
 use crate::jobs::sweeper::Sweeper;
 use crate::jobs::worker::{self, Liveness, WorkerCtx};
 use crate::plugins::cache::ComponentCache;
 use crate::plugins::{Registry, Runtime, watch as plugin_watch};
 use crate::policy::Policies;
+use crate::redis_conn::RedisConn;
 
 /// What this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +111,34 @@ pub async fn run(
         let rx = stop_rx.clone();
         tasks.spawn(reload::watch_config(path, policies, overlay.clone(), rx));
     }
+    tasks.spawn(needs::watch(registry.clone(), policies.clone(), overlay.keys().cloned().collect(), stop_rx.clone()));
+    // Cancels reach workers in this process directly, and through Redis
+    // pub/sub those of other processes.
+    let cancels = if cfg.is_embedded_queue() {
+        CancelBus::local()
+    } else {
+        CancelBus::redis(&cfg.queue, &cfg.redis_prefix, stop_rx.clone())
+            .await
+            .map_err(|e| StartError::Redis { url: redact(&cfg.queue), message: format!("cancel channel: {e}") })?
+    };
+    let completions = completions(&cfg, role, stop_rx.clone(), &mut tasks).await?;
+    let notify_policy = Arc::new(
+        NotifyPolicy::from_config(&cfg.auth, &cfg.notify)
+            .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?,
+    );
+    if role != Role::Worker {
+        // Deliveries run in API processes (they hold the keys' secrets);
+        // several share the work through the store.
+        let notifier = Arc::new(Notifier {
+            store: backends.store.clone(),
+            policy: notify_policy.clone(),
+            settings: cfg.notify.clone(),
+            outbound: crate::plugins::net::Outbound::new(),
+            completions: completions.clone(),
+            render: Arc::new(api::jobs::notification_body),
+        });
+        tasks.spawn(notifier.run(stop_rx.clone()));
+    }
     let liveness = (role != Role::Api).then(|| Arc::new(Liveness::new(&cfg.queue_settings)));
     if let Some(liveness) = &liveness {
         let ctx = Arc::new(WorkerCtx {
@@ -119,6 +152,8 @@ pub async fn run(
             public_url: cfg.public_url.clone(),
             consumer: format!("{}-{}", hostname(), std::process::id()),
             liveness: liveness.clone(),
+            cancels: cancels.clone(),
+            completions: completions.clone(),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
         let sweeper = Sweeper::new(
@@ -126,7 +161,8 @@ pub async fn run(
             backends.store.clone(),
             cfg.queue_settings.clone(),
             cfg.retention.clone(),
-        );
+        )
+        .with_completions(completions.clone());
         tasks.spawn(sweeper.run(stop_rx.clone()));
     }
 
@@ -137,6 +173,9 @@ pub async fn run(
                     store: backends.store.clone(),
                     queue: backends.queue.clone(),
                     registry: registry.clone(),
+                    cancels: cancels.clone(),
+                    completions: completions.clone(),
+                    notify: notify_policy.clone(),
                 }),
                 callbacks: Arc::new(Callbacks {
                     store: backends.store.clone(),
@@ -144,6 +183,7 @@ pub async fn run(
                     registry: registry.clone(),
                     policies: policies.clone(),
                     replay_window: cfg.retention.webhook_ids,
+                    completions: completions.clone(),
                 }),
                 dead_letters: Arc::new(DeadLetters { queue: backends.queue.clone(), store: backends.store.clone() }),
                 registry: registry.clone(),
@@ -223,6 +263,29 @@ async fn serve_worker_metrics(
     };
     let opts = api::serve::ServeOptions::from_settings(&api_settings);
     api::serve::serve(listener, api::worker_router(state), opts, graceful).await;
+}
+
+/// The hub that tells waiters (and the notification loop) a job ended. On
+/// the embedded backend every job ends in this process. With Redis, jobs
+/// end in worker processes too: finishes are published on `<prefix>:done`,
+/// and a process serving the API holds one subscriber connection to it.
+async fn completions(
+    cfg: &Config,
+    role: Role,
+    stop: watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> Result<Arc<Completions>, StartError> {
+    if cfg.is_embedded_queue() {
+        return Ok(if role == Role::Api { Completions::shared(None) } else { Completions::local() });
+    }
+    let conn = RedisConn::connect_with(&cfg.queue, cfg.redis_timeout)
+        .await
+        .map_err(|e| StartError::Redis { url: redact(&cfg.queue), message: format!("completion channel: {e}") })?;
+    let hub = Completions::shared(Some((conn, &cfg.redis_prefix)));
+    if role != Role::Worker {
+        tasks.spawn(hub.clone().subscribe(cfg.queue.clone(), cfg.redis_prefix.clone(), stop));
+    }
+    Ok(hub)
 }
 
 fn hostname() -> String {

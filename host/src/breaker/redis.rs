@@ -1,4 +1,5 @@
-//! Breakers shared by every worker process: `{prefix}:cb:{vendor}` holds the
+//! Breakers shared by every worker process: `{<prefix>:v:<vendor>}:cb` (the
+//! vendor's hash tag: one cluster slot per vendor) holds the
 //! JSON of a `BreakerState`. Updates are optimistic: read, run the state
 //! machine here, write back only if the value is still what was read (a
 //! compare-and-set script), else retry on the fresh value.
@@ -11,7 +12,7 @@ use redis::{AsyncCommands, Script};
 use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, report, transition};
 use crate::config::BreakerPolicy;
 use crate::model::now_ms;
-use crate::redis_conn::{RedisConn, SharedConn};
+use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Compare-and-set attempts before giving up on a contended breaker.
@@ -50,7 +51,7 @@ impl RedisBreakers {
     }
 
     fn key(&self, vendor: &str) -> String {
-        format!("{}:cb:{vendor}", self.prefix)
+        vendor_key(&self.prefix, vendor, "cb")
     }
 
     /// The stored value as read (to compare against) and the state it holds.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::app::{self, Role};
-use crate::cli::{Cli, Command, DlqCommand, MockArgs, PluginsCommand, ServeArgs};
+use crate::cli::{Cli, Command, DlqCommand, MockArgs, PluginsCommand, ServeArgs, StoreCommand};
 use crate::config::Config;
 use crate::jobs::dead_letters::DeadLetters;
 use crate::plugins::CallPolicy;
@@ -22,6 +22,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::MockVendor(a) => mock_vendor(a).await,
         Command::Plugins(p) => plugins(p).await,
         Command::Dlq(d) => dlq(d).await,
+        Command::Store(s) => store(s).await,
         Command::Loadtest(a) => match vendorhost_loadtest::run(a).await {
             Ok(true) => Ok(()),
             Ok(false) => Err("some jobs were lost (see the report above)".into()),
@@ -147,6 +148,10 @@ async fn plugins(cmd: PluginsCommand) -> Result<(), String> {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             super::template::create(&name, &dir).map_err(|e| e.to_string())?;
             println!("created plugin crate {} (vendor id {name})", dir.display());
+            println!(
+                "test it:   cd {} && cargo test   (fetch runs natively against the SDK's fake host)",
+                dir.display()
+            );
             println!("build it:  cd {} && cargo build --release --target wasm32-wasip2", dir.display());
             println!(
                 "check it:  vendorhost plugins check {}/target/wasm32-wasip2/release/{}.wasm",
@@ -230,8 +235,35 @@ async fn call(
             println!("accepted: vendor_ref {r} (request_id {})", job.request_id);
             Ok(())
         }
-        Err(e) => Err(format!("{} ({})", e, if e.is_retryable() { "retryable" } else { "permanent" })),
+        Err(e) => {
+            let kind = if e.is_retryable() { "retryable" } else { "permanent" };
+            // A 429's Retry-After as the host parsed it: the floor of the next attempt's backoff.
+            let retry_after = match &e {
+                crate::plugins::CallError::Vendor(v) => v.retry_after(),
+                _ => None,
+            };
+            match retry_after {
+                Some(ra) => Err(format!("{e} ({kind}; retry after {} ms)", ra.as_millis())),
+                None => Err(format!("{e} ({kind})")),
+            }
+        }
     }
+}
+
+async fn store(cmd: StoreCommand) -> Result<(), String> {
+    let StoreCommand::Init { backend } = cmd;
+    let cfg = load_config(&backend)?;
+    if cfg.is_embedded_store() {
+        let done = crate::store::sqlite::init(&cfg.data).map_err(|e| format!("{}: {e}", cfg.data.display()))?;
+        println!("{}", done.summary(&cfg.data));
+        return Ok(());
+    }
+    let url = app::redact(&cfg.store);
+    let store = app::mongo_store(&cfg).await.map_err(|e| format!("MongoDB at {url}: {e}"))?;
+    let report =
+        store.init(crate::store::mongo::Sharding::IfMongos).await.map_err(|e| format!("MongoDB at {url}: {e}"))?;
+    println!("{}", report.summary());
+    Ok(())
 }
 
 async fn dlq(cmd: DlqCommand) -> Result<(), String> {

@@ -42,6 +42,9 @@ pub enum Command {
     /// Work the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Prepare the store: indexes, migrations, sharding.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Generate load against a running service and report throughput and latency.
     Loadtest(vendorhost_loadtest::LoadtestArgs),
 }
@@ -185,6 +188,18 @@ pub enum DlqCommand {
         /// Replay every dead letter that names a job.
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        backend: ServeArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Create every index the store needs (MongoDB) or run the migrations
+    /// (SQLite); against a `mongos`, also shard every collection on its
+    /// hashed `_id`. Safe to run again: a second run changes nothing and
+    /// says what exists.
+    Init {
         #[command(flatten)]
         backend: ServeArgs,
     },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::collections::BTreeMap;
 
-use super::{BadSetting, BreakerPolicy, Config, PII_ACTIONS, PII_DETECTORS, VendorPolicy};
+use super::{BadSetting, BreakerPolicy, Config, MONGO_INIT, PII_ACTIONS, PII_DETECTORS, VendorPolicy};
 
 /// No duration is longer (about ten years): far beyond any sensible
 /// setting, and far from where millisecond and `Instant` arithmetic
@@ -33,6 +33,9 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
         let allowed = "`majority`, a number of nodes from 1, or a tag set name";
         c.bad(&k("mongo_write_concern"), format!("{:?}", cfg.mongo_write_concern), allowed);
     }
+    if !MONGO_INIT.contains(&cfg.mongo_init.as_str()) {
+        c.bad(&k("mongo_init"), format!("{:?}", cfg.mongo_init), &one_of(MONGO_INIT));
+    }
 
     let q = &cfg.queue_settings;
     c.duration(&k("queue_settings.lease"), q.lease, 100 * MS);
@@ -43,6 +46,9 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
     c.duration_to(&k("queue_settings.poll"), q.poll, MS, 60 * SECOND);
     c.duration(&k("queue_settings.shutdown_grace"), q.shutdown_grace, Duration::ZERO);
     c.duration(&k("queue_settings.removed_vendor_grace"), q.removed_vendor_grace, Duration::ZERO);
+    if let Some(p) = q.partitions {
+        c.count(&k("queue_settings.partitions"), p as u64, 1, 1_024);
+    }
 
     let a = &cfg.api;
     c.count(&k("api.max_body_bytes"), a.max_body_bytes as u64, 1 << 10, 1 << 30);
@@ -56,9 +62,22 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
         let allowed = "api.max_body_bytes to 1099511627776 (1 TiB)";
         c.bad(&k("api.max_body_bytes_in_flight"), a.max_body_bytes_in_flight.to_string(), allowed);
     }
+    c.count(&k("api.max_batch_body_bytes"), a.max_batch_body_bytes as u64, 1 << 10, 1 << 30);
     c.count(&k("api.max_connections_per_ip"), a.max_connections_per_ip as u64, 0, 1_000_000);
     c.duration(&k("api.idle_timeout"), a.idle_timeout, 100 * MS);
     c.duration(&k("api.max_connection_age"), a.max_connection_age, SECOND);
+    c.duration_to(&k("api.max_wait"), a.max_wait, Duration::ZERO, 3600 * SECOND);
+
+    let n = &cfg.notify;
+    c.duration(&k("notify.max_age"), n.max_age, SECOND);
+    c.duration(&k("notify.backoff_base"), n.backoff_base, MS);
+    c.duration(&k("notify.backoff_max"), n.backoff_max, MS);
+    c.duration_to(&k("notify.timeout"), n.timeout, 100 * MS, 600 * SECOND);
+    for name in cfg.auth.keys.keys() {
+        if !cfg.auth.api_keys.values().any(|n| n == name) {
+            c.bad(&k("auth.keys").join(name), format!("{name:?}"), "names of keys in `auth.api_keys`");
+        }
+    }
 
     for (key, name) in &cfg.auth.api_keys {
         // The key is a secret: the message names the table, not the entry.

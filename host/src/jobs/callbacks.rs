@@ -63,6 +63,8 @@ pub struct Callbacks {
     pub policies: Arc<Policies>,
     /// How long webhook ids are remembered.
     pub replay_window: std::time::Duration,
+    /// Told when a job ends (waiters, notifications).
+    pub completions: Arc<crate::jobs::completions::Completions>,
 }
 
 /// A vendor that may call back: its plugin, its policy, its secrets.
@@ -266,7 +268,9 @@ impl Callbacks {
             Err(reason) => (Outcome::Failed { error: format!("vendor reported failure: {reason}") }, None),
         };
         let status = outcome.status();
-        if finish(&*self.store, &*self.queue, &request_id, vendor, outcome, None, Via::Webhook).await? {
+        if finish(&*self.store, &*self.queue, &self.completions, &request_id, vendor, outcome, None, Via::Webhook)
+            .await?
+        {
             if let Some(removed) = removed {
                 // `vendor` is a loaded plugin's id (`trusted` found it).
                 count_redactions(vendor, &removed);

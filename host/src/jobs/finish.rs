@@ -2,6 +2,7 @@
 //! sweeper): the terminal state is written once, counted once, logged once,
 //! and a failed job gets its copy in the dead-letter queue.
 
+use super::completions::Completions;
 use crate::clean::{Cleaned, Counts};
 use crate::model::{DeadLetter, Outcome, Redaction, now_ms};
 use crate::queue::{Lease, Message, Queue, QueueError};
@@ -22,6 +23,8 @@ pub enum Via {
     Worker,
     Webhook,
     Sweeper,
+    /// Its client, through the API (a cancel).
+    Client,
 }
 
 impl Via {
@@ -30,6 +33,7 @@ impl Via {
             Via::Worker => "worker",
             Via::Webhook => "webhook",
             Via::Sweeper => "sweeper",
+            Via::Client => "client",
         }
     }
 }
@@ -58,14 +62,21 @@ pub fn count_redactions(vendor: &str, counts: &Counts) {
 /// Ends job `request_id` of `vendor` with `outcome` if it is still running;
 /// true if this call ended it.
 ///
+/// `completions`: told of the end (waiters here and, through Redis, in the
+/// API processes).
+///
 /// `lease`: the worker's delivery of the job. It is consumed here: moved to
 /// the dead-letter queue with a failure this call wrote, acked otherwise, and
 /// a queue error is returned (the lease then expires and the job's next
 /// delivery finds it finished). Without a lease (webhook, sweeper) the
 /// dead-letter copy is best effort: the job's state is already written.
+// Three sinks of one end (store, queue, waiters) and the job's own facts:
+// grouping them would only add a type every caller builds.
+#[allow(clippy::too_many_arguments)]
 pub async fn finish(
     store: &dyn Store,
     queue: &dyn Queue,
+    completions: &Completions,
     request_id: &str,
     vendor: &str,
     outcome: Outcome,
@@ -74,6 +85,8 @@ pub async fn finish(
 ) -> Result<bool, FinishError> {
     let ended = store.finish(request_id, &outcome, now_ms()).await?;
     if ended {
+        // Waiters (`GET /jobs/{id}?wait=`) and the notification loop.
+        completions.completed(request_id);
         match &outcome {
             Outcome::Complete { .. } => {
                 metrics::counter!(telemetry::JOBS_COMPLETED, "vendor" => vendor.to_string()).increment(1);
@@ -83,6 +96,8 @@ pub async fn finish(
                 metrics::counter!(telemetry::JOBS_FAILED, "vendor" => vendor.to_string()).increment(1);
                 tracing::warn!(request_id, vendor, via = via.as_str(), error = %telemetry::one_line(error), "job failed");
             }
+            // Counted by the caller, which knows the state it cancelled.
+            Outcome::Cancelled => tracing::info!(request_id, vendor, via = via.as_str(), "job cancelled"),
         }
     }
     let letter = match (&outcome, ended) {

@@ -2,8 +2,11 @@
 //! dead-letter queue. The job model itself is in `model`; cleaning in `clean`.
 
 pub mod callbacks;
+pub mod cancel;
+pub mod completions;
 pub mod dead_letters;
 pub mod finish;
+pub mod notify;
 pub mod service;
 pub mod sweeper;
 pub mod worker;

@@ -2,7 +2,11 @@
 
 use std::sync::Arc;
 
-use crate::model::{Idempotency, Job, NewJob, new_request_id, now_ms};
+use crate::jobs::cancel::CancelBus;
+use crate::jobs::completions::{Completions, Woken};
+use crate::jobs::finish::{FinishError, Via, finish};
+use crate::jobs::notify::NotifyPolicy;
+use crate::model::{Idempotency, Job, JobQuery, NewJob, Outcome, Status, new_request_id, now_ms};
 use crate::plugins::Registry;
 use crate::queue::{Message, Queue, QueueError};
 use crate::store::{Inserted, Store, StoreError};
@@ -14,11 +18,31 @@ pub enum SubmitError {
     UnknownVendor { vendor: String, known: Vec<String> },
     #[error("Idempotency-Key was used with a different request body")]
     IdempotencyConflict,
+    /// `notify_url` is not one this caller may use (the message says why).
+    #[error("field `notify_url`: {0}")]
+    NotifyUrl(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Queue(#[from] QueueError),
 }
+
+/// Why a cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("no job {0:?}")]
+    NotFound(String),
+    #[error("job {request_id:?} is already {}", status.as_str())]
+    Finished { request_id: String, status: Status },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Finish(#[from] FinishError),
+}
+
+/// One item of a batch submit: the vendor, `data` as JSON text, and its
+/// idempotency `(scoped key, body hash, ttl)`.
+pub type BatchItem = (String, String, Option<(String, String, std::time::Duration)>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submitted {
@@ -31,6 +55,12 @@ pub struct JobService {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub registry: Arc<Registry>,
+    /// Where cancels are announced to workers.
+    pub cancels: Arc<CancelBus>,
+    /// Told when a job ends; where waiters wait.
+    pub completions: Arc<Completions>,
+    /// Who may ask for completion notifications, and where to.
+    pub notify: Arc<NotifyPolicy>,
 }
 
 impl JobService {
@@ -43,22 +73,27 @@ impl JobService {
         owner: Option<String>,
         idempotency: Option<(String, String, std::time::Duration)>,
     ) -> Result<Submitted, SubmitError> {
+        self.submit_with(vendor, data, owner, idempotency, None).await
+    }
+
+    /// [`JobService::submit`] with a completion notification to
+    /// `notify_url` (checked here: a URL the caller may have notified).
+    pub async fn submit_with(
+        &self,
+        vendor: &str,
+        data: String,
+        owner: Option<String>,
+        idempotency: Option<(String, String, std::time::Duration)>,
+        notify_url: Option<String>,
+    ) -> Result<Submitted, SubmitError> {
         if self.registry.get(vendor).is_none() {
             return Err(SubmitError::UnknownVendor { vendor: vendor.to_string(), known: self.registry.vendor_ids() });
         }
-        let now = now_ms();
-        let job = NewJob {
-            request_id: new_request_id(),
-            vendor: vendor.to_string(),
-            data,
-            owner,
-            created_at: now,
-            idempotency: idempotency.map(|(key, body_hash, ttl)| Idempotency {
-                key,
-                body_hash,
-                expires_at: now + ttl.as_millis() as i64,
-            }),
-        };
+        if let Some(url) = &notify_url {
+            self.notify.check(owner.as_deref(), url).map_err(SubmitError::NotifyUrl)?;
+        }
+        let mut job = new_job(vendor, data, owner, idempotency, now_ms());
+        job.notify_url = notify_url;
         match self.store.insert(&job).await? {
             Inserted::Created { enqueued: true } => {}
             Inserted::Created { enqueued: false } => {
@@ -80,10 +115,151 @@ impl JobService {
         Ok(Submitted { request_id: job.request_id, created: true })
     }
 
+    /// Submits many jobs at once, answering per item in order: an unknown
+    /// vendor fails its item only. The accepted jobs are written in one
+    /// store call (one transaction on SQLite, bulk writes on MongoDB) and
+    /// enqueued in one queue call (one Redis pipeline). If any item's
+    /// idempotency key was used with another body, nothing is written and
+    /// the whole batch is a conflict.
+    pub async fn submit_batch(
+        &self,
+        items: Vec<BatchItem>,
+        owner: Option<String>,
+    ) -> Result<Vec<Result<Submitted, SubmitError>>, SubmitError> {
+        let now = now_ms();
+        let mut out: Vec<Option<Result<Submitted, SubmitError>>> = Vec::with_capacity(items.len());
+        let mut jobs: Vec<NewJob> = Vec::new();
+        let mut slots: Vec<usize> = Vec::new();
+        for (vendor, data, idempotency) in items {
+            if self.registry.get(&vendor).is_none() {
+                out.push(Some(Err(SubmitError::UnknownVendor { vendor, known: self.registry.vendor_ids() })));
+                continue;
+            }
+            slots.push(out.len());
+            out.push(None);
+            jobs.push(new_job(&vendor, data, owner.clone(), idempotency, now));
+        }
+        let inserted = if jobs.is_empty() { Vec::new() } else { self.store.insert_batch(&jobs).await? };
+        if inserted.iter().any(|i| matches!(i, Inserted::KeyConflict)) {
+            return Err(SubmitError::IdempotencyConflict);
+        }
+        let mut to_queue: Vec<Message> = Vec::new();
+        for ((job, slot), ins) in jobs.iter().zip(&slots).zip(inserted) {
+            let submitted = match ins {
+                Inserted::Created { enqueued } => {
+                    if !enqueued {
+                        to_queue.push(Message::new(&job.request_id, &job.vendor));
+                    }
+                    metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
+                    Submitted { request_id: job.request_id.clone(), created: true }
+                }
+                Inserted::Existing { request_id } => Submitted { request_id, created: false },
+                Inserted::Recovered { request_id } => {
+                    to_queue.push(Message::new(&request_id, &job.vendor));
+                    Submitted { request_id, created: false }
+                }
+                Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
+            };
+            out[*slot] = Some(Ok(submitted));
+        }
+        if !to_queue.is_empty() {
+            // A crash between these two leaves `pending` jobs not marked
+            // queued: the sweeper enqueues them.
+            self.queue.enqueue(&to_queue).await?;
+            let ids: Vec<String> = to_queue.into_iter().map(|m| m.request_id).collect();
+            self.store.mark_queued(&ids, now_ms()).await?;
+        }
+        tracing::debug!(items = out.len(), accepted = jobs.len(), "batch submitted");
+        Ok(out.into_iter().map(|o| o.unwrap_or(Err(SubmitError::IdempotencyConflict))).collect())
+    }
+
+    /// Jobs `query` selects (its `owner` already set to the caller's key
+    /// where the caller may see only its own).
+    pub async fn list(&self, query: &JobQuery) -> Result<Vec<Job>, StoreError> {
+        self.store.list(query).await
+    }
+
+    /// Cancels a job `owner` may see (None: any): a `pending` one is never
+    /// called; a running call is interrupted and its outcome discarded; an
+    /// accepted async job's late webhook finds it finished. Returns the job
+    /// as cancelled.
+    pub async fn cancel(&self, request_id: &str, owner: Option<&str>) -> Result<Job, CancelError> {
+        let job = self.get(request_id, owner).await?.ok_or_else(|| CancelError::NotFound(request_id.to_string()))?;
+        if job.status.is_terminal() {
+            return Err(CancelError::Finished { request_id: job.request_id, status: job.status });
+        }
+        let was = if job.vendor_ref.is_some() { "accepted" } else { job.status.as_str() };
+        let ended = finish(
+            &*self.store,
+            &*self.queue,
+            &self.completions,
+            request_id,
+            &job.vendor,
+            Outcome::Cancelled,
+            None,
+            Via::Client,
+        )
+        .await?;
+        let now = self.store.get(request_id).await?.ok_or_else(|| CancelError::NotFound(request_id.to_string()))?;
+        if !ended {
+            // It ended meanwhile (a result, a failure, another cancel).
+            return Err(CancelError::Finished { request_id: now.request_id, status: now.status });
+        }
+        metrics::counter!(telemetry::JOBS_CANCELLED, "vendor" => job.vendor.clone(), "state" => was).increment(1);
+        self.cancels.publish(request_id).await;
+        Ok(now)
+    }
+
+    /// The job (as [`JobService::get`]) once it is finished, or after `wait`
+    /// as it is then. The waiter is registered before the first read, holds
+    /// no database connection while it waits, and reads the job once more
+    /// when woken (or to re-check, where wake-ups may be lost).
+    pub async fn wait(
+        &self,
+        request_id: &str,
+        owner: Option<&str>,
+        wait: std::time::Duration,
+    ) -> Result<Option<Job>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut waiter = self.completions.watch(request_id);
+        loop {
+            let job = self.get(request_id, owner).await?;
+            match &job {
+                Some(j) if !j.status.is_terminal() => {}
+                _ => return Ok(job),
+            }
+            if waiter.wait(deadline).await == Woken::Deadline {
+                return self.get(request_id, owner).await;
+            }
+        }
+    }
+
     /// The job, if it exists and `owner` may see it (with API keys on, only
     /// the key that submitted it).
     pub async fn get(&self, request_id: &str, owner: Option<&str>) -> Result<Option<Job>, StoreError> {
         let job = self.store.get(request_id).await?;
         Ok(job.filter(|j| owner.is_none() || j.owner.as_deref() == owner))
+    }
+}
+
+fn new_job(
+    vendor: &str,
+    data: String,
+    owner: Option<String>,
+    idempotency: Option<(String, String, std::time::Duration)>,
+    now: crate::model::Millis,
+) -> NewJob {
+    NewJob {
+        request_id: new_request_id(),
+        vendor: vendor.to_string(),
+        data,
+        owner,
+        created_at: now,
+        idempotency: idempotency.map(|(key, body_hash, ttl)| Idempotency {
+            key,
+            body_hash,
+            expires_at: now + ttl.as_millis() as i64,
+        }),
+        notify_url: None,
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::config::{QueueSettings, RetentionSettings};
+use crate::jobs::completions::Completions;
 use crate::jobs::finish::{Via, finish};
 use crate::model::{Millis, Outcome, millis, now_ms};
 use crate::queue::{Message, Queue};
@@ -33,6 +34,8 @@ pub struct Sweeper {
     retention: RetentionSettings,
     /// Where the walk over overdue jobs stopped (due time, job id).
     cursor: Mutex<Option<(Millis, String)>>,
+    /// Told when a job ends (waiters, notifications).
+    completions: Arc<Completions>,
 }
 
 impl Sweeper {
@@ -42,7 +45,14 @@ impl Sweeper {
         settings: QueueSettings,
         retention: RetentionSettings,
     ) -> Self {
-        Sweeper { queue, store, settings, retention, cursor: Mutex::new(None) }
+        Sweeper { queue, store, settings, retention, cursor: Mutex::new(None), completions: Completions::local() }
+    }
+
+    /// Tells `completions` of the jobs this sweeper ends (by default only
+    /// waiters in this process would hear of them).
+    pub fn with_completions(mut self, completions: Arc<Completions>) -> Self {
+        self.completions = completions;
+        self
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
@@ -117,7 +127,7 @@ impl Sweeper {
         for id in &overdue {
             let Some(job) = self.store.get(id).await.map_err(|e| e.to_string())? else { continue };
             let outcome = Outcome::Failed { error: "no webhook from the vendor before the deadline".to_string() };
-            if finish(&*self.store, &*self.queue, id, &job.vendor, outcome, None, Via::Sweeper)
+            if finish(&*self.store, &*self.queue, &self.completions, id, &job.vendor, outcome, None, Via::Sweeper)
                 .await
                 .map_err(|e| e.to_string())?
             {

@@ -50,6 +50,10 @@ pub struct WorkerCtx {
     pub consumer: String,
     /// When the lease loop last polled the queue (the worker's `/healthz`).
     pub liveness: Arc<Liveness>,
+    /// Cancels announced by the API: a running job's call stops at once.
+    pub cancels: Arc<crate::jobs::cancel::CancelBus>,
+    /// Told when a job ends (waiters, notifications).
+    pub completions: Arc<crate::jobs::completions::Completions>,
 }
 
 /// How long ago the lease loop last polled the queue successfully: what a
@@ -282,6 +286,17 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
             metrics::counter!(telemetry::LEASES_LOST).increment(1);
             false
         }
+        Holding::Cancelled => {
+            // The call (if one ran) was dropped with the work: its outcome
+            // is discarded, and the job is over.
+            span.in_scope(|| tracing::info!("job cancelled while held; its work was stopped"));
+            if let Err(e) = ctx.queue.ack(&lease).await {
+                span.in_scope(
+                    || tracing::warn!(error = %e, "could not ack a cancelled job; its next delivery finds it finished"),
+                );
+            }
+            false
+        }
     };
     if give_back {
         // Back on the queue for a little later. A release starts the delivery
@@ -304,6 +319,8 @@ enum Holding<T> {
     /// The store missed every heartbeat for `recover_after` (at least a
     /// lease).
     StoreGone,
+    /// The job was cancelled: its work was dropped.
+    Cancelled,
 }
 
 /// Runs `work` while heartbeating its lease (and, once an attempt runs, the
@@ -313,25 +330,59 @@ enum Holding<T> {
 /// heartbeat for `recover_after` (at least a lease): its work cannot settle
 /// and may be stuck in a store call on a dead connection that never returns,
 /// which would hold the job, and the connection, for ever.
+///
+/// A cancel of the job drops `work` too: announced on the cancel bus (at
+/// once), or seen in the store at a heartbeat (a missed announcement).
 async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Future<Output = T>) -> Holding<T> {
+    // Listening before `work` starts: a cancel after its `start_attempt` is
+    // heard; one before it makes `start_attempt` refuse the job.
+    let mut cancels = ctx.cancels.subscribe();
+    let mut listening = true;
     tokio::pin!(work);
     let mut beat = tokio::time::interval((lease.lease_for / 3).max(Duration::from_millis(10)));
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     beat.tick().await;
     let silence_limit = ctx.settings.recover_after.max(lease.lease_for);
     let mut store_answered = tokio::time::Instant::now();
+    // The store's side of the heartbeat: at most one at a time, in its own
+    // task, and never given up. Dropping a database call in flight costs
+    // its connection (the driver must close a connection whose reply is
+    // still due), and a heartbeat that gave up every beat during an outage
+    // left the MongoDB pool rebuilding connections faster than it could
+    // use them, long after the server was back.
+    let mut store_beat: Option<tokio::task::JoinHandle<StoreBeat>> = None;
     loop {
         tokio::select! {
+            // The work first: a heartbeat that finds the entry gone because
+            // the work just acked it must not be read as a lost lease.
+            biased;
             r = &mut work => return Holding::Done(r),
+            heard = cancels.recv(), if listening => match heard {
+                Ok(id) if id == request_id => return Holding::Cancelled,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    if is_cancelled(ctx, request_id).await {
+                        return Holding::Cancelled;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => listening = false,
+            },
+            Some(answered) = futures::future::OptionFuture::from(store_beat.as_mut()), if store_beat.is_some() => {
+                store_beat = None;
+                match answered {
+                    Ok(StoreBeat::Held) => store_answered = tokio::time::Instant::now(),
+                    Ok(StoreBeat::Cancelled) => return Holding::Cancelled,
+                    Ok(StoreBeat::Failed(e)) => tracing::warn!(error = %e, "could not extend the running job's due time"),
+                    Err(e) => tracing::warn!(error = %e, "the heartbeat task failed"),
+                }
+            },
             _ = beat.tick() => match ctx.queue.extend(lease).await {
                 Ok(true) => {
-                    // Bounded by the beat: a store that hangs must not stop
-                    // the queue lease from being kept.
-                    let until = now_ms().saturating_add(millis(lease.lease_for));
-                    match tokio::time::timeout(beat.period(), ctx.store.hold(request_id, until)).await {
-                        Ok(Ok(())) => store_answered = tokio::time::Instant::now(),
-                        Ok(Err(e)) => tracing::warn!(error = %e, "could not extend the running job's due time"),
-                        Err(_) => tracing::warn!("the store did not answer the heartbeat in time"),
+                    if store_beat.is_none() {
+                        let until = now_ms().saturating_add(millis(lease.lease_for));
+                        store_beat = Some(tokio::spawn(beat_store(ctx.store.clone(), request_id.to_string(), until)));
+                    } else {
+                        tracing::warn!("the store has not answered the last heartbeat yet");
                     }
                     if store_answered.elapsed() >= silence_limit {
                         return Holding::StoreGone;
@@ -342,6 +393,35 @@ async fn held<T>(ctx: &WorkerCtx, lease: &Lease, request_id: &str, work: impl Fu
             },
         }
     }
+}
+
+/// What the store said to one heartbeat.
+enum StoreBeat {
+    Held,
+    Cancelled,
+    Failed(crate::store::StoreError),
+}
+
+/// The store's side of one heartbeat: push the job's due time on, and look
+/// for a cancel the announcement missed.
+async fn beat_store(store: Arc<dyn Store>, request_id: String, until: crate::model::Millis) -> StoreBeat {
+    if let Err(e) = store.hold(&request_id, until).await {
+        return StoreBeat::Failed(e);
+    }
+    match store.get(&request_id).await {
+        Ok(Some(job)) if job.status == crate::model::Status::Cancelled => StoreBeat::Cancelled,
+        Ok(_) => StoreBeat::Held,
+        Err(e) => StoreBeat::Failed(e),
+    }
+}
+
+/// Whether the store says the job was cancelled (bounded: a hung store is
+/// the heartbeat's business, not this check's).
+async fn is_cancelled(ctx: &WorkerCtx, request_id: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ctx.store.get(request_id)).await,
+        Ok(Ok(Some(job))) if job.status == crate::model::Status::Cancelled
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -357,7 +437,8 @@ enum StepError {
 /// Ends the job failed (and its delivery with it).
 async fn fail(ctx: &WorkerCtx, lease: &Lease, msg: &Message, reason: String) -> Result<(), StepError> {
     let outcome = Outcome::Failed { error: reason };
-    finish(&*ctx.store, &*ctx.queue, &msg.request_id, &msg.vendor, outcome, Some(lease), Via::Worker).await?;
+    finish(&*ctx.store, &*ctx.queue, &ctx.completions, &msg.request_id, &msg.vendor, outcome, Some(lease), Via::Worker)
+        .await?;
     Ok(())
 }
 
@@ -515,9 +596,17 @@ async fn settle(
     match result {
         Ok(FetchOutcome::Complete(text)) => {
             let (outcome, removed) = cleaned_outcome(policy.cleaner.clean_text(&text));
-            let ended =
-                finish(&*ctx.store, &*ctx.queue, &job.request_id, &job.vendor, outcome, Some(lease), Via::Worker)
-                    .await?;
+            let ended = finish(
+                &*ctx.store,
+                &*ctx.queue,
+                &ctx.completions,
+                &job.request_id,
+                &job.vendor,
+                outcome,
+                Some(lease),
+                Via::Worker,
+            )
+            .await?;
             if ended {
                 count_redactions(&job.vendor, &removed);
             }

@@ -1,12 +1,13 @@
 //! Rate limits shared by every worker process: GCRA in a Lua script.
 //!
-//! Key `{prefix}:rl:{vendor}` holds the theoretical arrival time (TAT) in
+//! Key `{<prefix>:v:<vendor>}:rl` holds the theoretical arrival time (TAT) in
 //! microseconds. The clock is Redis' `TIME`, so workers with skewed clocks
 //! still agree. With emission interval T and burst b, a call at `now` is
 //! allowed iff `now >= TAT - (b-1)*T` (b calls pass at once from idle); it
 //! then sets `TAT = max(TAT, now) + T`. A refusal leaves the TAT alone and
 //! returns the wait until the condition holds; `acquire_or_book` also books
-//! the caller a turn in `{prefix}:rlq:{vendor}` (see `RateLimiter`).
+//! the caller a turn in `{<prefix>:v:<vendor>}:rlq` (see `RateLimiter`). Both
+//! keys carry the vendor's hash tag, so the script stays in one cluster slot.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use redis::Script;
 
 use super::local::emission_interval;
 use super::{LimitError, Quota, RateLimiter};
-use crate::redis_conn::{RedisConn, SharedConn};
+use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
 
 /// Long enough for a loaded server, short enough that a dead one delays jobs
 /// rather than stalling workers.
@@ -71,7 +72,7 @@ impl RedisLimiter {
     }
 
     fn key(&self, vendor: &str) -> String {
-        format!("{}:rl:{vendor}", self.prefix)
+        vendor_key(&self.prefix, vendor, "rl")
     }
 
     /// `book`: Some(linger) to book turns (see `RateLimiter::acquire_or_book`).
@@ -81,7 +82,7 @@ impl RedisLimiter {
         let mut invocation = self.script.key(self.key(vendor));
         invocation.arg(t_us).arg(burst);
         if let Some(linger) = book {
-            invocation.key(format!("{}:rlq:{vendor}", self.prefix)).arg(linger.as_micros() as u64);
+            invocation.key(vendor_key(&self.prefix, vendor, "rlq")).arg(linger.as_micros() as u64);
         }
         let mut conn = self.conn.clone();
         let (allowed, wait_us): (i64, i64) = tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn))

@@ -4,7 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use super::time::Millis;
 
-/// A job's lifecycle. Moves only forward: `pending → processing → complete | failed`.
+/// A job's lifecycle. Moves only forward: `pending → processing → complete |
+/// failed`, and `cancelled` (by its client) from `pending` or `processing`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
@@ -12,6 +13,7 @@ pub enum Status {
     Processing,
     Complete,
     Failed,
+    Cancelled,
 }
 
 impl Status {
@@ -21,6 +23,7 @@ impl Status {
             Status::Processing => "processing",
             Status::Complete => "complete",
             Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
         }
     }
 
@@ -30,12 +33,13 @@ impl Status {
             "processing" => Status::Processing,
             "complete" => Status::Complete,
             "failed" => Status::Failed,
+            "cancelled" => Status::Cancelled,
             _ => return None,
         })
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, Status::Complete | Status::Failed)
+        matches!(self, Status::Complete | Status::Failed | Status::Cancelled)
     }
 }
 
@@ -65,6 +69,36 @@ pub struct Job {
     pub owner: Option<String>,
     /// What cleaning removed from the result, once `complete`.
     pub redactions: Vec<Redaction>,
+    /// The completion notification, when the job was submitted with a
+    /// `notify_url`.
+    pub notify: Option<Notify>,
+}
+
+/// A job's completion notification: where it goes and how delivery went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    pub url: String,
+    /// Delivery attempts made so far.
+    pub attempts: u32,
+    /// The HTTP status of the last attempt, when one answered.
+    pub last_status: Option<u16>,
+    /// Why the last attempt failed (no answer, refused address, ...).
+    pub last_error: Option<String>,
+    /// When a receiver took it (answered 2xx).
+    pub delivered_at: Option<Millis>,
+    /// When the next attempt is due once the job is finished; None when
+    /// nothing is left to do (delivered, or given up).
+    pub next_at: Option<Millis>,
+}
+
+/// How one delivery attempt went, as the store records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyAttempt {
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub delivered_at: Option<Millis>,
+    /// The next attempt's time; None: no more attempts.
+    pub next_at: Option<Millis>,
 }
 
 /// One thing cleaning removed from a result: where it was in the vendor's
@@ -88,6 +122,8 @@ pub struct NewJob {
     pub created_at: Millis,
     /// Idempotency: the scoped key and a hash of the request body.
     pub idempotency: Option<Idempotency>,
+    /// Where to POST the job once it is finished (validated by the API).
+    pub notify_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +147,9 @@ pub enum Outcome {
     Failed {
         error: String,
     },
+    /// Its client cancelled it: no result; a call still running is
+    /// interrupted and its outcome discarded.
+    Cancelled,
 }
 
 impl Outcome {
@@ -118,8 +157,52 @@ impl Outcome {
         match self {
             Outcome::Complete { .. } => Status::Complete,
             Outcome::Failed { .. } => Status::Failed,
+            Outcome::Cancelled => Status::Cancelled,
         }
     }
+}
+
+/// Which jobs a listing wants: every filter set must match. Newest first,
+/// by `(created_at, request_id)` descending.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobQuery {
+    /// Only jobs this key (its name) submitted.
+    pub owner: Option<String>,
+    pub status: Option<Status>,
+    pub vendor: Option<String>,
+    /// Only jobs whose `error` starts with this text (a prefix match, so an
+    /// index serves it).
+    pub error_prefix: Option<String>,
+    /// `created_at >= created_after`.
+    pub created_after: Option<Millis>,
+    /// `created_at < created_before`.
+    pub created_before: Option<Millis>,
+    /// The keyset cursor: only jobs strictly older than this
+    /// `(created_at, request_id)` (the last item of the previous page).
+    pub before: Option<(Millis, String)>,
+    /// At most this many jobs.
+    pub limit: usize,
+}
+
+/// The smallest text greater than every text that starts with `prefix`
+/// (under byte-wise comparison of UTF-8), for a range scan `[prefix, end)`;
+/// `None` when no such bound exists (an empty prefix matches everything).
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // The next scalar value after `last` (skipping the surrogate gap);
+        // UTF-8 byte order is scalar-value order.
+        let next = match last as u32 {
+            0xD7FF => Some('\u{E000}'),
+            0x10FFFF => None,
+            n => char::from_u32(n + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
 }
 
 /// A new job id: UUID v7 (time-ordered).

@@ -7,5 +7,7 @@ pub mod job;
 pub mod time;
 
 pub use dead_letter::DeadLetter;
-pub use job::{Idempotency, Job, NewJob, Outcome, Redaction, Status, new_request_id};
-pub use time::{Millis, format_ms, millis, now_ms};
+pub use job::{
+    Idempotency, Job, JobQuery, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, new_request_id, prefix_end,
+};
+pub use time::{Millis, format_ms, millis, now_ms, parse_ms};

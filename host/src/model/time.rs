@@ -20,6 +20,17 @@ pub fn format_ms(ms: Millis) -> String {
 }
 
 /// `d` as milliseconds to add to a `Millis`, saturating instead of wrapping.
+/// Epoch milliseconds of an RFC 3339 UTC time (`2026-11-25T02:39:21.750Z`,
+/// as `format_ms` writes them) or of a plain integer of epoch milliseconds.
+pub fn parse_ms(text: &str) -> Option<Millis> {
+    if let Ok(ms) = text.parse::<Millis>() {
+        return Some(ms);
+    }
+    let t = humantime::parse_rfc3339_weak(text).ok()?;
+    let d = t.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(d.as_millis()).ok()
+}
+
 pub fn millis(d: std::time::Duration) -> Millis {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -6,21 +6,23 @@
 //! (a ticker thread advances the epoch; each Store's callback yields to tokio
 //! on every tick and stops the call at its deadline).
 //!
-//! The Linker holds the only capabilities a plugin gets: our `host`
-//! interface, and of WASI just `wasi:cli` and `wasi:io` (what a Rust std guest
-//! links), with an empty context. Filesystem, sockets, clocks and random are
-//! never linked, so a plugin importing them fails to load.
+//! The Linker holds what a plugin may import: our `host` interface (of
+//! contract 0.2.0 and 0.1.0) and the whole WASI preview 2 surface, so that
+//! components made by componentize-py or jco load. WASI grants nothing (see
+//! `state`): no preopened directory, so opening a file fails; no environment
+//! or arguments; TCP, UDP and name lookup off and every socket address
+//! refused; stdio captured in memory. Clocks and random work: they grant no
+//! access. `wasi:http` is not linked: outbound HTTP goes only through
+//! `http-send` and its grants.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
-use wasmtime_wasi::cli::{WasiCli, WasiCliView};
-use wasmtime_wasi::p2::bindings::{cli, io};
 
-use super::bindings::VendorPlugin;
+use super::bindings::{VendorPlugin, v0_1};
 use super::state::State;
 
 /// How often the epoch advances: the granularity of deadlines and of the
@@ -129,28 +131,10 @@ fn config(pooling: bool) -> Config {
     c
 }
 
-/// `wasi:io` resources live in the Store's ResourceTable.
-struct HasIo;
-
-impl HasData for HasIo {
-    type Data<'a> = &'a mut ResourceTable;
-}
-
 fn linker(engine: &Engine) -> wasmtime::Result<Linker<State>> {
     let mut l: Linker<State> = Linker::new(engine);
-    io::error::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
-    io::poll::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
-    io::streams::add_to_linker::<State, HasIo>(&mut l, |s| &mut s.table)?;
-    cli::exit::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::environment::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_input::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_output::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stdin::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stdout::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
-    cli::terminal_stderr::add_to_linker::<State, WasiCli>(&mut l, State::cli)?;
+    wasmtime_wasi::p2::add_to_linker_async(&mut l)?;
     VendorPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
+    v0_1::VendorPlugin::add_to_linker::<State, wasmtime::component::HasSelf<State>>(&mut l, |s| s)?;
     Ok(l)
 }

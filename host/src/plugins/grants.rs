@@ -56,6 +56,28 @@ impl Grants {
         })
     }
 
+    /// Does some pattern cover a host a plugin declared in its `info`
+    /// (`host` or `host:port`)? With a port: that port by http or https;
+    /// without one: the host on any port a pattern allows.
+    pub fn covers_declared(&self, declared: &str) -> bool {
+        let declared = declared.trim().to_ascii_lowercase();
+        let (host, port) = match declared.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h.to_string(), p.parse::<u16>().ok()),
+            _ => (declared.clone(), None),
+        };
+        match port {
+            Some(port) => self.allows(&host, port, 80) || self.allows(&host, port, 443),
+            None => self.patterns.iter().any(|p| match p {
+                Pattern::Any => true,
+                Pattern::Host { port, .. } => {
+                    let probe = Grants { patterns: vec![p.clone()] };
+                    let port = port.unwrap_or(443);
+                    probe.allows(&host, port, 443)
+                }
+            }),
+        }
+    }
+
     /// May a request go to this URL? Only http(s) URLs with a host qualify.
     pub fn allows_url(&self, url: &reqwest::Url) -> bool {
         let Some(default_port) = default_port(url.scheme()) else { return false };

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::bindings::{HOST_IMPORT, TYPES_IMPORT, VENDOR_EXPORT, VendorPluginPre};
+use super::bindings::{
+    Linked, PluginPre, VENDOR_EXPORT, VENDOR_EXPORT_V0_1, VendorPluginPre, is_contract_import, v0_1,
+};
 use super::cache::{ComponentCache, Source, sha256_hex};
 use super::policy::CallPolicy;
 use super::runtime::Runtime;
@@ -20,7 +22,7 @@ pub struct Plugin {
     pub file: PathBuf,
     pub sha256: String,
     pub size: u64,
-    pub pre: VendorPluginPre<State>,
+    pub pre: PluginPre<State>,
     pub source: Source,
     pub load_time: std::time::Duration,
     pub loaded_at: crate::model::Millis,
@@ -46,10 +48,12 @@ pub enum LoadError {
     Invalid(String),
     #[error("a component of another world: it does not export `{VENDOR_EXPORT}` (its exports: {0})")]
     WrongWorld(String),
-    #[error("contract version mismatch: the plugin exports `{found}`, this host speaks `{VENDOR_EXPORT}`")]
+    #[error(
+        "contract version mismatch: the plugin exports `{found}`, this host speaks `{VENDOR_EXPORT}` and `{VENDOR_EXPORT_V0_1}`"
+    )]
     ContractVersion { found: String },
     #[error(
-        "imports `{0}`, which vendorhost does not grant (plugins get only vendorhost:plugin/host, wasi:cli and wasi:io; no filesystem, sockets, clocks or random)"
+        "imports `{0}`, which vendorhost does not link (plugins get vendorhost:plugin/host and WASI preview 2 with nothing granted; outbound HTTP goes through the host's http-send, not wasi:http)"
     )]
     ForbiddenImport(String),
     #[error("cannot link: {0}")]
@@ -72,8 +76,13 @@ pub fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
     }
 }
 
+/// WASI preview 2 packages the host links (with nothing granted: see
+/// `engine`). `wasi:http` is not among them.
+const WASI_LINKED: [&str; 6] =
+    ["wasi:cli/", "wasi:io/", "wasi:clocks/", "wasi:random/", "wasi:filesystem/", "wasi:sockets/"];
+
 fn import_allowed(name: &str) -> bool {
-    name == HOST_IMPORT || name == TYPES_IMPORT || name.starts_with("wasi:cli/") || name.starts_with("wasi:io/")
+    is_contract_import(name) || WASI_LINKED.iter().any(|p| name.starts_with(p))
 }
 
 /// Loads `path`. Compilation runs on a blocking thread.
@@ -95,7 +104,8 @@ pub async fn load(runtime: &Arc<Runtime>, cache: &ComponentCache, path: &Path) -
     let engine = &runtime.engine.engine;
     let ty = component.component_type();
     let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-    if !exports.iter().any(|e| e == VENDOR_EXPORT) {
+    let current = exports.iter().any(|e| e == VENDOR_EXPORT);
+    if !current && !exports.iter().any(|e| e == VENDOR_EXPORT_V0_1) {
         if let Some(found) = exports.iter().find(|e| e.starts_with("vendorhost:plugin/vendor")) {
             return Err(LoadError::ContractVersion { found: found.clone() });
         }
@@ -106,10 +116,17 @@ pub async fn load(runtime: &Arc<Runtime>, cache: &ComponentCache, path: &Path) -
         return Err(LoadError::ForbiddenImport(name.to_string()));
     }
     let pre = runtime.engine.linker.instantiate_pre(&component).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-    let pre = VendorPluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+    let linked = if current {
+        Linked::Current(VendorPluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?)
+    } else {
+        Linked::V0_1(v0_1::VendorPluginPre::new(pre).map_err(|e| LoadError::Link(format!("{e:#}")))?)
+    };
+    let pre = PluginPre::new(linked);
     let file_name = path.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
     let info = runtime.info(&pre, Arc::new(CallPolicy::for_load(&file_name))).await.map_err(LoadError::Info)?;
     validate_info(&info)?;
+    let required = info.config.iter().filter(|k| k.required).map(|k| k.name.clone()).collect();
+    let pre = pre.with_required_config(required);
     Ok(Plugin {
         info,
         file: path.to_path_buf(),
@@ -140,6 +157,15 @@ fn validate_info(info: &VendorInfo) -> Result<(), LoadError> {
     if info.version.is_empty() || info.version.len() > 64 {
         return Err(LoadError::BadInfo("version must be 1 to 64 characters".into()));
     }
+    let mut seen = std::collections::BTreeSet::new();
+    for key in &info.config {
+        if key.name.is_empty() || key.name.len() > 128 {
+            return Err(LoadError::BadInfo(format!("config key {:?} must be 1 to 128 characters", key.name)));
+        }
+        if !seen.insert(key.name.as_str()) {
+            return Err(LoadError::BadInfo(format!("config key {:?} is declared twice", key.name)));
+        }
+    }
     Ok(())
 }
 
@@ -152,6 +178,16 @@ mod tests {
         assert!(matches!(check_header(b"hello world"), Err(LoadError::NotWasm)));
         assert!(matches!(check_header(b"\0asm\x01\0\0\0"), Err(LoadError::CoreModule)));
         assert!(check_header(b"\0asm\x0d\0\x01\0").is_ok());
+    }
+
+    #[test]
+    fn wasi_and_both_contracts_are_linked_but_not_wasi_http() {
+        assert!(import_allowed("wasi:filesystem/types@0.2.6"));
+        assert!(import_allowed("wasi:sockets/tcp@0.2.0"));
+        assert!(import_allowed("vendorhost:plugin/host@0.1.0"));
+        assert!(import_allowed("vendorhost:plugin/host@0.2.0"));
+        assert!(!import_allowed("vendorhost:plugin/host@0.3.0"));
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.6"));
     }
 
     #[test]

@@ -81,6 +81,12 @@ impl AddressRule {
         AddressRule { allow_private: false, named: policy.grants.named_ips(port, default_port) }
     }
 
+    /// Every non-public address allowed, or every one refused (no grants
+    /// name any): the rule of completion notifications.
+    pub(crate) fn all_or_none(allow_private: bool) -> AddressRule {
+        AddressRule { allow_private, named: BTreeSet::new() }
+    }
+
     /// Why `ip` may not be reached under this rule, or None.
     pub(crate) fn refusal(&self, ip: IpAddr) -> Option<&'static str> {
         if self.allow_private || self.named.contains(&ip.to_canonical()) {

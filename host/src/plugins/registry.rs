@@ -5,7 +5,7 @@
 //! and a call that took an `Arc<Plugin>` finishes on that version even if an
 //! upgrade lands meanwhile.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -37,7 +37,28 @@ pub struct VendorSummary {
     pub file: String,
     pub sha256: String,
     pub hosts: Vec<String>,
+    /// When this version was loaded.
+    pub loaded_at: Millis,
 }
+
+/// One change to the loaded plugins: the registry's reload history.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PluginEvent {
+    pub at: Millis,
+    /// `loaded` (a new vendor), `reloaded` (a vendor's file changed and its
+    /// new version serves), `removed`, or `rejected`.
+    pub kind: &'static str,
+    /// The vendor (not known for a file rejected before it said its id).
+    pub vendor: Option<String>,
+    pub file: String,
+    pub version: Option<String>,
+    pub sha256: Option<String>,
+    /// Why a file was rejected.
+    pub reason: Option<String>,
+}
+
+/// How many plugin events the registry remembers (the newest).
+pub const HISTORY: usize = 100;
 
 /// A file that fails to load this soon after its last change may still be
 /// being written: it is retried, not rejected, until it has been still this
@@ -96,6 +117,8 @@ pub struct Registry {
     /// directory), and why: each is warned about once, and forgotten when
     /// it is gone or readable.
     unusable: std::sync::Mutex<BTreeMap<PathBuf, String>>,
+    /// The last `HISTORY` changes, oldest first.
+    history: std::sync::Mutex<VecDeque<PluginEvent>>,
 }
 
 impl Registry {
@@ -108,6 +131,7 @@ impl Registry {
             scan_lock: tokio::sync::Mutex::new(()),
             changed: tokio::sync::watch::channel(0).0,
             unusable: std::sync::Mutex::new(BTreeMap::new()),
+            history: std::sync::Mutex::new(VecDeque::new()),
         }
     }
 
@@ -153,9 +177,15 @@ impl Registry {
                 file: file_name(&p.file),
                 sha256: p.sha256.clone(),
                 hosts: p.info.hosts.clone(),
+                loaded_at: p.loaded_at,
             })
             .collect();
         (vendors, snap.rejected.values().cloned().collect())
+    }
+
+    /// Recent loads, reloads, removals and rejections, newest first.
+    pub fn history(&self) -> Vec<PluginEvent> {
+        self.history.lock().unwrap_or_else(|p| p.into_inner()).iter().rev().cloned().collect()
     }
 
     /// Reads the directory and applies what changed: new and changed files
@@ -236,6 +266,7 @@ impl Registry {
 
         let Work { plugins, files, rejected, removed, report, changed, .. } = work;
         if changed {
+            self.record(&old, &plugins, &report);
             let loaded = plugins.len();
             self.snapshot.store(Arc::new(Snapshot { plugins, files, rejected, removed }));
             metrics::gauge!(telemetry::PLUGINS_LOADED).set(loaded as f64);
@@ -246,6 +277,54 @@ impl Registry {
 }
 
 impl Registry {
+    /// Appends what one scan changed to the history (dropping the oldest).
+    fn record(&self, old: &Snapshot, plugins: &BTreeMap<String, Arc<Plugin>>, report: &ScanReport) {
+        let at = now_ms();
+        let mut events = Vec::new();
+        for vendor in &report.removed {
+            let file = old.plugins.get(vendor).map(|p| file_name(&p.file)).unwrap_or_default();
+            events.push(PluginEvent {
+                at,
+                kind: "removed",
+                vendor: Some(vendor.clone()),
+                file,
+                version: old.plugins.get(vendor).map(|p| p.info.version.clone()),
+                sha256: None,
+                reason: None,
+            });
+        }
+        for vendor in &report.loaded {
+            let Some(p) = plugins.get(vendor) else { continue };
+            events.push(PluginEvent {
+                at,
+                kind: if old.plugins.contains_key(vendor) { "reloaded" } else { "loaded" },
+                vendor: Some(vendor.clone()),
+                file: file_name(&p.file),
+                version: Some(p.info.version.clone()),
+                sha256: Some(p.sha256.clone()),
+                reason: None,
+            });
+        }
+        for r in &report.rejected {
+            events.push(PluginEvent {
+                at,
+                kind: "rejected",
+                vendor: None,
+                file: r.file.clone(),
+                version: None,
+                sha256: None,
+                reason: Some(r.reason.clone()),
+            });
+        }
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            if history.len() == HISTORY {
+                history.pop_front();
+            }
+            history.push_back(e);
+        }
+    }
+
     /// Warns once about each entry that looks like a plugin but cannot be
     /// read; it is skipped (and any vendor it provided is removed).
     fn warn_unusable(&self, now: BTreeMap<PathBuf, String>) {

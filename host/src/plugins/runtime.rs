@@ -6,12 +6,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
-use super::bindings::{VendorPluginPre, types as wit};
+use super::bindings::{Linked, PluginPre, types as wit};
+use super::compat;
 use super::engine::PluginEngine;
 use super::net::Outbound;
 use super::policy::CallPolicy;
 use super::state::State;
-use super::types::{CallError, FetchOutcome, JobInput, VendorInfo, WebhookOutcome};
+use super::types::{CallError, FetchOutcome, JobInput, VendorError, VendorInfo, WebhookOutcome};
 
 pub struct Runtime {
     pub engine: PluginEngine,
@@ -58,26 +59,35 @@ impl Runtime {
         store
     }
 
-    pub async fn info(&self, pre: &VendorPluginPre<State>, policy: Arc<CallPolicy>) -> Result<VendorInfo, CallError> {
+    pub async fn info(&self, pre: &PluginPre<State>, policy: Arc<CallPolicy>) -> Result<VendorInfo, CallError> {
         let timeout = policy.timeout;
         let deadline = Instant::now() + timeout;
         let mut store = self.store(policy, "", deadline);
         let res = {
             let fut = async {
-                let inst = pre.instantiate_async(&mut store).await?;
-                inst.vendorhost_plugin_vendor().call_info(&mut store).await
+                Ok(match &pre.linked {
+                    Linked::Current(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        VendorInfo::from(inst.vendorhost_plugin_vendor().call_info(&mut store).await?)
+                    }
+                    Linked::V0_1(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        VendorInfo::from(inst.vendorhost_plugin_vendor().call_info(&mut store).await?)
+                    }
+                })
             };
             tokio::time::timeout(timeout, fut).await
         };
-        finish(&store, res, timeout).map(VendorInfo::from)
+        finish(&store, res, timeout)
     }
 
     pub async fn fetch(
         &self,
-        pre: &VendorPluginPre<State>,
+        pre: &PluginPre<State>,
         policy: Arc<CallPolicy>,
         job: &JobInput,
     ) -> Result<FetchOutcome, CallError> {
+        refuse_unconfigured(pre, &policy)?;
         let timeout = policy.timeout;
         let deadline = Instant::now() + timeout;
         let wit_job = wit::Job {
@@ -89,43 +99,81 @@ impl Runtime {
         let mut store = self.store(policy, &job.request_id, deadline);
         let res = {
             let fut = async {
-                let inst = pre.instantiate_async(&mut store).await?;
-                inst.vendorhost_plugin_vendor().call_fetch(&mut store, &wit_job).await
+                Ok(match &pre.linked {
+                    Linked::Current(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        match inst.vendorhost_plugin_vendor().call_fetch(&mut store, &wit_job).await? {
+                            Ok(wit::FetchOutcome::Complete(d)) => Ok(FetchOutcome::Complete(d)),
+                            Ok(wit::FetchOutcome::Accepted(r)) => Ok(FetchOutcome::Accepted(r)),
+                            Err(e) => Err(VendorError::from(e)),
+                        }
+                    }
+                    Linked::V0_1(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        let v1_job = compat::job(&wit_job);
+                        inst.vendorhost_plugin_vendor()
+                            .call_fetch(&mut store, &v1_job)
+                            .await?
+                            .map(FetchOutcome::from)
+                            .map_err(VendorError::from)
+                    }
+                })
             };
             tokio::time::timeout(timeout, fut).await
         };
         log_output(&store);
-        match finish(&store, res, timeout)? {
-            Ok(wit::FetchOutcome::Complete(d)) => Ok(FetchOutcome::Complete(d)),
-            Ok(wit::FetchOutcome::Accepted(r)) => Ok(FetchOutcome::Accepted(r)),
-            Err(e) => Err(CallError::Vendor(e.into())),
-        }
+        finish(&store, res, timeout)?.map_err(CallError::Vendor)
     }
 
     pub async fn on_webhook(
         &self,
-        pre: &VendorPluginPre<State>,
+        pre: &PluginPre<State>,
         policy: Arc<CallPolicy>,
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     ) -> Result<WebhookOutcome, CallError> {
+        refuse_unconfigured(pre, &policy)?;
         let timeout = policy.timeout;
         let deadline = Instant::now() + timeout;
         let headers: Vec<wit::Header> = headers.into_iter().map(|(name, value)| wit::Header { name, value }).collect();
         let mut store = self.store(policy, "", deadline);
         let res = {
             let fut = async {
-                let inst = pre.instantiate_async(&mut store).await?;
-                inst.vendorhost_plugin_vendor().call_on_webhook(&mut store, &headers, &body).await
+                Ok(match &pre.linked {
+                    Linked::Current(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        inst.vendorhost_plugin_vendor()
+                            .call_on_webhook(&mut store, &headers, &body)
+                            .await?
+                            .map(WebhookOutcome::from)
+                            .map_err(VendorError::from)
+                    }
+                    Linked::V0_1(pre) => {
+                        let inst = pre.instantiate_async(&mut store).await?;
+                        let v1_headers = compat::headers_out(&headers);
+                        inst.vendorhost_plugin_vendor()
+                            .call_on_webhook(&mut store, &v1_headers, &body)
+                            .await?
+                            .map(WebhookOutcome::from)
+                            .map_err(VendorError::from)
+                    }
+                })
             };
             tokio::time::timeout(timeout, fut).await
         };
         log_output(&store);
-        match finish(&store, res, timeout)? {
-            Ok(w) => Ok(w.into()),
-            Err(e) => Err(CallError::Vendor(e.into())),
-        }
+        finish(&store, res, timeout)?.map_err(CallError::Vendor)
     }
+}
+
+/// A vendor whose `info` declared config keys required is not called while
+/// one is unset (or empty): the job fails at once, naming the keys.
+fn refuse_unconfigured(pre: &PluginPre<State>, policy: &CallPolicy) -> Result<(), CallError> {
+    let missing = super::needs::missing_config(pre.required_config(), &policy.config);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(CallError::Vendor(VendorError::Misconfigured(super::needs::missing_config_message(&policy.vendor, &missing))))
 }
 
 /// What the plugin printed goes to the log, tagged.

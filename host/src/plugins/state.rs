@@ -33,9 +33,18 @@ impl State {
     pub fn new(policy: Arc<CallPolicy>, http: Outbound, request_id: String, deadline: Instant) -> State {
         let stdout = MemoryOutputPipe::new(PIPE_CAPACITY);
         let stderr = MemoryOutputPipe::new(PIPE_CAPACITY);
-        // No args, no env, no preopens, no network: an empty context whose
-        // only outputs are two capped in-memory pipes.
-        let wasi = WasiCtx::builder().stdout(stdout.clone()).stderr(stderr.clone()).build();
+        // No args, no env, no preopens (opening a file fails), no network
+        // (TCP, UDP and name lookup off, every address refused), stdin empty;
+        // the only outputs are two capped in-memory pipes. Clocks and random
+        // are the builder's defaults: they grant no access.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
         State {
             wasi,
             table: ResourceTable::new(),

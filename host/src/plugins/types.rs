@@ -33,22 +33,52 @@ pub struct VendorInfo {
     pub rate_per_second: f64,
     pub burst: u32,
     pub call_timeout: Duration,
+    /// The config keys the plugin declared (contract 0.2.0; none for 0.1.0).
+    pub config: Vec<ConfigKey>,
+}
+
+/// A config key a plugin declared in its `info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConfigKey {
+    pub name: String,
+    pub required: bool,
+    pub secret: bool,
+    pub description: String,
 }
 
 impl From<wit::VendorInfo> for VendorInfo {
     fn from(i: wit::VendorInfo) -> Self {
+        let config = i
+            .config
+            .into_iter()
+            .map(|k| ConfigKey { name: k.name, required: k.required, secret: k.secret, description: k.description })
+            .collect();
+        VendorInfo { config, ..VendorInfo::from_parts(i.id, i.display_name, i.mode, i.version, i.hosts, i.limits) }
+    }
+}
+
+impl VendorInfo {
+    pub(super) fn from_parts(
+        id: String,
+        display_name: String,
+        mode: wit::Mode,
+        version: String,
+        hosts: Vec<String>,
+        limits: wit::Limits,
+    ) -> VendorInfo {
         VendorInfo {
-            id: i.id,
-            display_name: i.display_name,
-            mode: match i.mode {
+            id,
+            display_name,
+            mode: match mode {
                 wit::Mode::Sync => Mode::Sync,
                 wit::Mode::Async => Mode::Async,
             },
-            version: i.version,
-            hosts: i.hosts,
-            rate_per_second: i.limits.rate_per_second,
-            burst: i.limits.burst,
-            call_timeout: Duration::from_millis(u64::from(i.limits.call_timeout_ms)),
+            version,
+            hosts,
+            rate_per_second: limits.rate_per_second,
+            burst: limits.burst,
+            call_timeout: Duration::from_millis(u64::from(limits.call_timeout_ms)),
+            config: Vec::new(),
         }
     }
 }
@@ -88,6 +118,10 @@ pub enum VendorError {
     Unsupported(String),
     #[error("outbound request denied: {0}")]
     Denied(String),
+    /// Host-side, not in the contract: the operator has not set a config key
+    /// the plugin's `info` declared required; the call was not made.
+    #[error("vendor not configured: {0}")]
+    Misconfigured(String),
 }
 
 impl VendorError {
@@ -118,6 +152,7 @@ impl VendorError {
             VendorError::BadRequest(_) => "bad_request",
             VendorError::Unsupported(_) => "unsupported",
             VendorError::Denied(_) => "denied",
+            VendorError::Misconfigured(_) => "misconfigured",
         }
     }
 }

@@ -2,9 +2,10 @@
 //!
 //! - `sqlite`: a table in the embedded database (the same file as the store);
 //!   a lease is a visibility timeout, an ack deletes the row.
-//! - `redis`: a Redis Stream read by one consumer group; a lease is a pending
-//!   entry, reclaimed by `XAUTOCLAIM` once idle past the lease; delayed
-//!   messages wait in a sorted set until due.
+//! - `redis`: Redis Streams read by a consumer group, one stream per
+//!   partition (on one node or a Redis Cluster); a lease is a pending entry,
+//!   reclaimed by `XAUTOCLAIM` once idle past the lease; delayed messages
+//!   wait in a sorted set until due.
 //!
 //! Delivery is at least once. The store's conditional updates make a second
 //! delivery harmless.

@@ -9,7 +9,7 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::model::{Job, Millis, NewJob, Outcome};
+use crate::model::{Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -82,6 +82,16 @@ pub trait Store: Send + Sync + 'static {
     /// inserts.
     async fn insert(&self, job: &NewJob) -> Result<Inserted>;
 
+    /// `insert` for many jobs at once, answers in the same order: one
+    /// transaction on SQLite, bulk writes on MongoDB. Each job's
+    /// idempotency key (if any) is checked as `insert` checks it.
+    async fn insert_batch(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>>;
+
+    /// The jobs `query` selects, newest first (`(created_at, request_id)`
+    /// descending), at most `query.limit`, served by an index for every
+    /// combination of filters.
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>>;
+
     /// Records that the jobs' queue messages exist (so the sweeper leaves
     /// them) as of `now`: a job not yet finished is due again from `now`.
     async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()>;
@@ -108,7 +118,8 @@ pub trait Store: Send + Sync + 'static {
     /// The job an async vendor's reference belongs to.
     async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>>;
 
-    /// Ends a job: only from `pending|processing`. True if this call ended it;
+    /// Ends a job (`Outcome::Cancelled` too): only from `pending|processing`
+    /// (an accepted async job included). True if this call ended it;
     /// false if it was already finished (or unknown).
     async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool>;
 
@@ -144,6 +155,18 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes finished jobs updated before `before`, and expired webhook ids
     /// and idempotency keys. Returns the number of jobs deleted.
     async fn purge(&self, before: Millis, now: Millis) -> Result<u64>;
+
+    /// Finished jobs whose completion notification is due at `now`, the
+    /// longest due first.
+    async fn due_notifications(&self, now: Millis, limit: usize) -> Result<Vec<Job>>;
+
+    /// Takes the due notification of `request_id` for one attempt: its due
+    /// time moves from `due` to `until` (when another process may try again
+    /// if this one dies). False if another took it first.
+    async fn claim_notification(&self, request_id: &str, due: Millis, until: Millis) -> Result<bool>;
+
+    /// Records a delivery attempt (`attempts += 1`) and what is next.
+    async fn record_notification(&self, request_id: &str, attempt: &NotifyAttempt) -> Result<()>;
 
     /// Reachable? (readiness)
     async fn ping(&self) -> Result<()>;

@@ -9,7 +9,9 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
-use crate::model::{Job, Millis, NewJob, Outcome, Redaction, Status, now_ms};
+use crate::model::{
+    Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, now_ms, prefix_end,
+};
 use crate::queue::Message;
 
 pub struct SqliteStore {
@@ -25,6 +27,42 @@ impl SqliteStore {
     }
 }
 
+/// What [`init`] found and did to the embedded database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqliteInit {
+    /// The schema version (`PRAGMA user_version`) before; None for a new file.
+    pub before: Option<i64>,
+    /// The schema version now, every migration run.
+    pub after: i64,
+}
+
+impl SqliteInit {
+    /// A short account for people.
+    pub fn summary(&self, path: &std::path::Path) -> String {
+        let what = match self.before {
+            None => format!("created, schema version {} (every migration run)", self.after),
+            Some(v) if v < self.after => format!("migrated from schema version {v} to {}", self.after),
+            Some(v) => format!("schema version {v}, up to date: nothing to do"),
+        };
+        format!("SQLite store {}: {what}; its indexes are part of the schema, and it has no sharding", path.display())
+    }
+}
+
+/// Opens (creating if needed) the embedded database at `path`, which runs
+/// every pending migration: `vendorhost store init` on the embedded store.
+pub fn init(path: &std::path::Path) -> Result<SqliteInit> {
+    let version = |c: &rusqlite::Connection| c.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0));
+    let before = if path.exists() {
+        let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        Some(version(&c)?)
+    } else {
+        None
+    };
+    let db = Db::open(path)?;
+    let after = db.lookup(version)?;
+    Ok(SqliteInit { before, after })
+}
+
 impl From<DbError> for StoreError {
     fn from(e: DbError) -> Self {
         match e {
@@ -35,7 +73,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions";
+const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions, notify_url, notify_attempts, notify_status, notify_error, notify_delivered_at, notify_next_at";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = r.get(2)?;
@@ -63,6 +101,17 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
             Some(text) => serde_json::from_str::<Vec<Redaction>>(&text)
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(12, rusqlite::types::Type::Text, Box::new(e)))?,
         },
+        notify: match r.get::<_, Option<String>>(13)? {
+            None => None,
+            Some(url) => Some(Notify {
+                url,
+                attempts: r.get::<_, i64>(14)?.clamp(0, i64::from(u32::MAX)) as u32,
+                last_status: r.get::<_, Option<i64>>(15)?.and_then(|s| u16::try_from(s).ok()),
+                last_error: r.get(16)?,
+                delivered_at: r.get(17)?,
+                next_at: r.get(18)?,
+            }),
+        },
     })
 }
 
@@ -71,51 +120,174 @@ fn redactions_text(redactions: &[Redaction]) -> Option<String> {
     if redactions.is_empty() { None } else { serde_json::to_string(redactions).ok() }
 }
 
+/// Writes one new job (and with `inline` its queue row) inside the caller's
+/// write, honouring its idempotency key.
+fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: bool) -> rusqlite::Result<Inserted> {
+    if let Some(idem) = &job.idempotency {
+        let existing: Option<(String, Option<String>, Option<i64>)> = c
+            .prepare_cached("SELECT request_id, idem_hash, idem_expires FROM jobs WHERE idem_key = ?1")?
+            .query_row([&idem.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        if let Some((id, hash, expires)) = existing {
+            if expires.unwrap_or(0) > job.created_at {
+                return Ok(if hash.as_deref() == Some(idem.body_hash.as_str()) {
+                    Inserted::Existing { request_id: id }
+                } else {
+                    Inserted::KeyConflict
+                });
+            }
+            // The key expired: it binds the new job from now on.
+            c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE request_id = ?1")?.execute([&id])?;
+        }
+    }
+    let (key, hash, expires) = match &job.idempotency {
+        Some(i) => (Some(i.key.as_str()), Some(i.body_hash.as_str()), Some(i.expires_at)),
+        None => (None, None, None),
+    };
+    c.prepare_cached(
+        "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, due_at, attempts, owner, queued, idem_key, idem_hash, idem_expires,
+                           notify_url, notify_next_at)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8, ?10, CASE WHEN ?10 IS NULL THEN NULL ELSE ?4 END)",
+    )?
+    .execute(params![
+        job.request_id,
+        job.vendor,
+        job.data,
+        job.created_at,
+        job.owner,
+        key,
+        hash,
+        expires,
+        inline,
+        job.notify_url
+    ])?;
+    if inline {
+        c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
+            .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
+    }
+    Ok(Inserted::Created { enqueued: inline })
+}
+
+/// Jobs an error prefix may match before a listing stops using the error
+/// index (and sorting the matches) and walks the time order instead.
+const ERROR_PROBE: i64 = 2_000;
+
+/// The listing query for `q` selecting `columns`, and its arguments. Each
+/// filter is a plain comparison on an indexed column (`jobs_list_*`), the
+/// cursor a row-value comparison; SQLite serves every combination from one
+/// of those indexes (the contract tests read its query plans).
+///
+/// The error prefix is a range `[prefix, prefix_end)`. With `error_index`
+/// it may seek `jobs_list_error` (its matches are then sorted: right when
+/// they are few); without, the range is only a filter (`+error`) on a walk
+/// of the time order, which stops after `limit` matches (right when they
+/// are many).
+pub fn list_sql(q: &JobQuery, columns: &str, error_index: bool) -> (String, Vec<rusqlite::types::Value>) {
+    use rusqlite::types::Value as V;
+    let mut cond: Vec<String> = Vec::new();
+    let mut args: Vec<V> = Vec::new();
+    let arg = |v: V, args: &mut Vec<V>| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    if let Some(o) = &q.owner {
+        let p = arg(V::Text(o.clone()), &mut args);
+        cond.push(format!("owner = {p}"));
+    }
+    if let Some(s) = q.status {
+        let p = arg(V::Text(s.as_str().to_string()), &mut args);
+        cond.push(format!("status = {p}"));
+    }
+    if let Some(v) = &q.vendor {
+        let p = arg(V::Text(v.clone()), &mut args);
+        cond.push(format!("vendor = {p}"));
+    }
+    if let Some(e) = q.error_prefix.as_deref().filter(|e| !e.is_empty()) {
+        let p = arg(V::Text(e.to_string()), &mut args);
+        let col = if error_index { "error" } else { "+error" };
+        cond.push(format!("{col} >= {p}"));
+        if let Some(end) = prefix_end(e) {
+            let p = arg(V::Text(end), &mut args);
+            cond.push(format!("{col} < {p}"));
+        }
+    }
+    if let Some(t) = q.created_after {
+        let p = arg(V::Integer(t), &mut args);
+        cond.push(format!("created_at >= {p}"));
+    }
+    if let Some(t) = q.created_before {
+        let p = arg(V::Integer(t), &mut args);
+        cond.push(format!("created_at < {p}"));
+    }
+    if let Some((at, id)) = &q.before {
+        let a = arg(V::Integer(*at), &mut args);
+        let b = arg(V::Text(id.clone()), &mut args);
+        cond.push(format!("(created_at, request_id) < ({a}, {b})"));
+    }
+    let limit = arg(V::Integer(i64::try_from(q.limit).unwrap_or(i64::MAX)), &mut args);
+    let filter = if cond.is_empty() { String::new() } else { format!("WHERE {}", cond.join(" AND ")) };
+    (format!("SELECT {columns} FROM jobs {filter} ORDER BY created_at DESC, request_id DESC LIMIT {limit}"), args)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert(&self, job: &NewJob) -> Result<Inserted> {
         let job = job.clone();
         let inline = self.queue_inline;
-        let out = self
-            .db
-            .write(move |c| {
-                if let Some(idem) = &job.idempotency {
-                    let existing: Option<(String, Option<String>, Option<i64>)> = c
-                        .prepare_cached("SELECT request_id, idem_hash, idem_expires FROM jobs WHERE idem_key = ?1")?
-                        .query_row([&idem.key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                        .optional()?;
-                    if let Some((id, hash, expires)) = existing {
-                        if expires.unwrap_or(0) > job.created_at {
-                            return Ok(if hash.as_deref() == Some(idem.body_hash.as_str()) {
-                                Inserted::Existing { request_id: id }
-                            } else {
-                                Inserted::KeyConflict
-                            });
-                        }
-                        // The key expired: it binds the new job from now on.
-                        c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE request_id = ?1")?.execute([&id])?;
-                    }
-                }
-                let (key, hash, expires) = match &job.idempotency {
-                    Some(i) => (Some(i.key.as_str()), Some(i.body_hash.as_str()), Some(i.expires_at)),
-                    None => (None, None, None),
-                };
-                c.prepare_cached(
-                    "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, due_at, attempts, owner, queued, idem_key, idem_hash, idem_expires)
-                     VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8)",
-                )?
-                .execute(params![job.request_id, job.vendor, job.data, job.created_at, job.owner, key, hash, expires, inline])?;
-                if inline {
-                    c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
-                        .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
-                }
-                Ok(Inserted::Created { enqueued: inline })
-            })
-            .await?;
+        let out = self.db.write(move |c| insert_job(c, &job, inline)).await?;
         if matches!(out, Inserted::Created { .. }) {
             self.db.queue_signal.notify_waiters();
         }
         Ok(out)
+    }
+
+    async fn insert_batch(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+        let jobs = jobs.to_vec();
+        let inline = self.queue_inline;
+        // One write: every job (and its queue row) in one savepoint of one
+        // commit, all or none; none either when a key conflicts.
+        let out = self
+            .db
+            .write(move |c| {
+                c.execute_batch("SAVEPOINT batch")?;
+                let out = jobs.iter().map(|j| insert_job(c, j, inline)).collect::<rusqlite::Result<Vec<_>>>()?;
+                if out.iter().any(|i| matches!(i, Inserted::KeyConflict)) {
+                    c.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+                } else {
+                    c.execute_batch("RELEASE batch")?;
+                }
+                Ok(out)
+            })
+            .await?;
+        if out.iter().any(|i| matches!(i, Inserted::Created { .. })) {
+            self.db.queue_signal.notify_waiters();
+        }
+        Ok(out)
+    }
+
+    async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
+        let query = query.clone();
+        Ok(self
+            .db
+            .read(move |c| {
+                // How common the error prefix is decides the plan: a count
+                // on the error index, capped.
+                let error_index = match query.error_prefix.as_deref().filter(|e| !e.is_empty()) {
+                    None => true,
+                    Some(prefix) => {
+                        let end = prefix_end(prefix);
+                        let n: i64 = c
+                            .prepare_cached(
+                                "SELECT count(*) FROM (SELECT 1 FROM jobs WHERE error >= ?1 AND (?2 IS NULL OR error < ?2) LIMIT ?3)",
+                            )?
+                            .query_row(params![prefix, end, ERROR_PROBE], |r| r.get(0))?;
+                        n < ERROR_PROBE
+                    }
+                };
+                let (sql, args) = list_sql(&query, JOB_COLUMNS, error_index);
+                c.prepare_cached(&sql)?.query_map(rusqlite::params_from_iter(args.iter()), job_from_row)?.collect()
+            })
+            .await?)
     }
 
     async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()> {
@@ -236,6 +408,7 @@ impl Store for SqliteStore {
                         ("complete", Some(result.as_str()), None, redactions_text(redactions))
                     }
                     Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+                    Outcome::Cancelled => ("cancelled", None, None, None),
                 };
                 // On completion the last retry error is cleared; on failure it is the reason.
                 c.prepare_cached(
@@ -361,8 +534,12 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let n = c
+                let mut n = c
                     .prepare_cached("DELETE FROM jobs WHERE status IN ('complete', 'failed') AND updated_at < ?1")?
+                    .execute([before])?;
+                // Its own statement: the partial index `jobs_cancelled` serves it.
+                n += c
+                    .prepare_cached("DELETE FROM jobs WHERE status = 'cancelled' AND updated_at < ?1")?
                     .execute([before])?;
                 c.prepare_cached("DELETE FROM webhook_ids WHERE expires_at < ?1")?.execute([now])?;
                 c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE idem_key IS NOT NULL AND idem_expires < ?1")?
@@ -370,6 +547,50 @@ impl Store for SqliteStore {
                 Ok(n as u64)
             })
             .await?)
+    }
+
+    async fn due_notifications(&self, now: Millis, limit: usize) -> Result<Vec<Job>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self
+            .db
+            .read(move |c| {
+                c.prepare_cached(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs
+                     WHERE status IN ('complete', 'failed', 'cancelled') AND notify_next_at <= ?1
+                     ORDER BY notify_next_at LIMIT ?2"
+                ))?
+                .query_map(params![now, limit], job_from_row)?
+                .collect()
+            })
+            .await?)
+    }
+
+    async fn claim_notification(&self, request_id: &str, due: Millis, until: Millis) -> Result<bool> {
+        let id = request_id.to_string();
+        Ok(self
+            .db
+            .write(move |c| {
+                c.prepare_cached("UPDATE jobs SET notify_next_at = ?3 WHERE request_id = ?1 AND notify_next_at = ?2")?
+                    .execute(params![id, due, until])
+            })
+            .await?
+            == 1)
+    }
+
+    async fn record_notification(&self, request_id: &str, attempt: &NotifyAttempt) -> Result<()> {
+        let id = request_id.to_string();
+        let a = attempt.clone();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE jobs SET notify_attempts = notify_attempts + 1, notify_status = ?2, notify_error = ?3,
+                       notify_delivered_at = ?4, notify_next_at = ?5
+                     WHERE request_id = ?1 AND notify_url IS NOT NULL",
+                )?
+                .execute(params![id, a.status, a.error, a.delivered_at, a.next_at])
+            })
+            .await?;
+        Ok(())
     }
 
     async fn ping(&self) -> Result<()> {

@@ -105,6 +105,7 @@ async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
         owner: None,
         created_at: now,
         idempotency: None,
+        notify_url: None,
     };
     store.insert(&job).await.unwrap();
     store.mark_queued(&["wc-1".to_string()], now).await.unwrap();

@@ -63,6 +63,17 @@ fn cases() -> Vec<Case> {
         case("api.max_connections_per_ip", "2000000", "2000000", "0 to 1000000"),
         d("api.idle_timeout", DURATION_100MS),
         d("api.max_connection_age", "1s to 3650d"),
+        case("api.max_wait", "\"61m\"", "61m", "0s to 1h"),
+        d("notify.max_age", "1s to 3650d"),
+        d("notify.backoff_base", "1ms to 3650d"),
+        d("notify.backoff_max", "1ms to 3650d"),
+        case("notify.timeout", "\"11m\"", "11m", "100ms to 10m"),
+        Case {
+            key: "auth.keys.bob",
+            file: "[auth.keys.bob]\nnotify_allow_private = true\n".into(),
+            env: ("VENDORHOST_AUTH__KEYS__BOB__NOTIFY_ALLOW_PRIVATE".into(), "true".into()),
+            want: "names of keys in `auth.api_keys`",
+        },
         Case {
             key: "auth.api_keys",
             file: "[auth.api_keys]\n\"\" = \"alice\"\n".into(),
@@ -185,11 +196,14 @@ fn the_edges_of_each_range_are_accepted() {
     let dir = tempfile::tempdir().unwrap();
     let text = "workers = 10000\nredis_timeout = \"10m\"\n\
         [queue_settings]\nlease = \"100ms\"\nmax_deliveries = 1\nsweep_after = \"100ms\"\nsweep_interval = \"10ms\"\n\
-        recover_after = \"100ms\"\npoll = \"1m\"\nshutdown_grace = 0\nremoved_vendor_grace = \"3650d\"\n\
+        recover_after = \"100ms\"\npoll = \"1m\"\nshutdown_grace = 0\nremoved_vendor_grace = \"3650d\"\npartitions = 1024\n\
         [api]\nmax_body_bytes = 1024\nmax_json_depth = 100\nmax_concurrency = 1\nrequest_timeout = \"100ms\"\n\
         idempotency_ttl = \"1s\"\nheader_read_timeout = \"100ms\"\nbody_read_timeout = \"100ms\"\n\
         max_body_bytes_in_flight = 1024\nmax_connections_per_ip = 0\nidle_timeout = \"100ms\"\nmax_connection_age = \"1s\"\n\
+        max_wait = \"1h\"\n\
         [auth.api_keys]\nk1 = \"alice\"\n\
+        [auth.keys.alice]\nnotify_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nnotify_allow_private = true\n\
+        [notify]\nmax_age = \"1s\"\nbackoff_base = 1\nbackoff_max = 1\ntimeout = \"100ms\"\nallow_private = true\n\
         [retention]\njobs = \"1s\"\ndead_letters = \"1s\"\nwebhook_ids = \"1s\"\npurge_interval = \"1s\"\n\
         [vendor_defaults]\nrate = 1e9\n\
         [vendors.sync]\nrate = 1e-6\nmemory_mb = 1024\ntimeout = \"10ms\"\nburst = 1\nmax_in_flight = 1\nmax_attempts = 1000\n\

@@ -61,7 +61,7 @@ async fn redis_limiter_idle_key_expires() {
     at_once(&l, "v", Quota { rate: 10.0, burst: 2 }).await;
     let client = redis::Client::open(servers::redis().url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let key = format!("{prefix}:rl:v");
+    let key = vendorhost::redis_conn::vendor_key(&prefix, "v", "rl");
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 202, "{ttl}");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -156,6 +156,32 @@ async fn redis_breakers_share_state() {
     let (a, b) = (breakers(&prefix).await, breakers(&prefix).await);
     assert_eq!(a.snapshot("v").await.unwrap().state, "closed");
     lifecycle(&a, &b).await;
+}
+
+/// On a Redis Cluster: each vendor's breaker key in its own slot, shared
+/// by two connections.
+#[tokio::test]
+async fn redis_cluster_breakers_share_state() {
+    let prefix = servers::unique("vh");
+    let url = &servers::redis_cluster().url;
+    let a = RedisBreakers::connect(url, &prefix).await.unwrap();
+    let b = RedisBreakers::connect(url, &prefix).await.unwrap();
+    assert_eq!(a.snapshot("v").await.unwrap().state, "closed");
+    lifecycle(&a, &b).await;
+}
+
+/// On a Redis Cluster the GCRA script (its TAT and booking keys under the
+/// vendor's hash tag) grants the burst, then refuses with the interval.
+#[tokio::test]
+async fn redis_cluster_limiter_burst_then_interval() {
+    let l = RedisLimiter::connect(&servers::redis_cluster().url, &servers::unique("vh")).await.unwrap();
+    for vendor in ["a", "b", "c", "d"] {
+        let (n, wait) = at_once(&l, vendor, Quota { rate: 5.0, burst: 5 }).await;
+        assert_eq!(n, 5, "burst 5 lets exactly 5 through from idle");
+        assert!(wait > Duration::from_millis(150) && wait <= Duration::from_millis(200), "{wait:?}");
+        let booked = l.acquire_or_book(vendor, Quota { rate: 5.0, burst: 5 }, Duration::ZERO).await.unwrap();
+        assert!(booked.is_some_and(|w| w > Duration::ZERO), "{booked:?}");
+    }
 }
 
 #[tokio::test]

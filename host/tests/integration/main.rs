@@ -4,9 +4,11 @@
 mod support;
 
 mod backends;
+mod cluster;
 mod config;
 mod contract;
 mod faults;
+mod job_control;
 mod lifecycle;
 mod limits;
 mod loadtest;
@@ -15,3 +17,6 @@ mod plugin_runtime;
 mod recovery;
 mod resilience;
 mod security;
+mod store_init;
+mod ui;
+mod waiting;

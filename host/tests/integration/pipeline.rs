@@ -136,6 +136,16 @@ async fn seed_flow_production_backends() {
     app.stop().await;
 }
 
+/// The same flow on a 3-master Redis Cluster (16 partitions) and nx-27017.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seed_flow_on_a_redis_cluster() {
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let app = TestApp::start(app::cluster_config(d.path(), p.path())).await;
+    seed_flow(&app).await;
+    app.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_answer_comes_before_the_vendor_is_called() {
     // A vendor that takes 1.5 s per call: the 202 must not wait for it.
@@ -235,6 +245,7 @@ async fn a_crash_between_store_write_and_enqueue_is_swept() {
         owner: None,
         created_at: now_ms(),
         idempotency: None,
+        notify_url: None,
     };
     assert_eq!(store.insert(&job).await.unwrap(), vendorhost::store::Inserted::Created { enqueued: false });
     let app = TestApp::start(cfg).await;
@@ -321,9 +332,22 @@ async fn a_malformed_stream_entry_is_dead_lettered_and_work_goes_on() {
 /// worker reclaims it after the lease, and the job ends exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_killed_worker_s_job_is_finished_by_another() {
+    killed_worker_s_job_is_finished_by_another(production_config).await;
+}
+
+/// The same with the queue on a Redis Cluster (`vendorhost worker` given a
+/// `redis+cluster://` URL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_worker_s_job_is_finished_by_another_on_a_redis_cluster() {
+    killed_worker_s_job_is_finished_by_another(app::cluster_config).await;
+}
+
+async fn killed_worker_s_job_is_finished_by_another(
+    config: fn(&std::path::Path, &std::path::Path) -> vendorhost::config::Config,
+) {
     let p = sample_plugins();
     let d = tempfile::tempdir().unwrap();
-    let mut cfg = production_config(d.path(), p.path());
+    let mut cfg = config(d.path(), p.path());
     cfg.queue_settings.lease = Duration::from_millis(1500);
     cfg.vendors.entry("test-echo".into()).or_default().timeout = Some(Duration::from_secs(20));
     let api = TestApp::start_role(cfg.clone(), vendorhost::app::Role::Api, tempfile::tempdir().unwrap()).await;
@@ -548,6 +572,7 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
         owner: None,
         created_at: now_ms(),
         idempotency: None,
+        notify_url: None,
     };
     store.insert(&job).await.unwrap();
     queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();

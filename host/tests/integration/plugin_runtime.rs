@@ -18,7 +18,10 @@ use vendorhost::plugins::{CallError, CallPolicy, FetchOutcome, JobInput, Mode, R
 
 use crate::support::app::{plugin, test_plugin};
 
+mod languages;
 mod outbound;
+mod sandbox;
+mod versions;
 
 fn runtime() -> Arc<Runtime> {
     Runtime::shared().unwrap()
@@ -368,8 +371,6 @@ fn cli_check_names_each_bad_file_and_why() {
         (core, "core WebAssembly module"),
         (test_plugin("wrong-world"), "another world"),
         (test_plugin("future-contract"), "contract version mismatch"),
-        // std::fs pulls in clocks and filesystem; whichever is named first.
-        (test_plugin("test-fs"), "which vendorhost does not grant"),
     ];
     for (file, reason) in &cases {
         let (ok, out) = cli(&["plugins", "check", file.to_str().unwrap()]);
@@ -378,6 +379,30 @@ fn cli_check_names_each_bad_file_and_why() {
         let line = out.lines().find(|l| l.contains(name)).unwrap_or_else(|| panic!("{name} not named: {out}"));
         assert!(line.contains(reason), "{name}: expected {reason:?} in {line:?}");
     }
+}
+
+/// `plugins call` shows a 429's Retry-After as the host parsed it, and a
+/// denial names the setting that grants the host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_call_prints_a_429s_retry_after_and_what_grants_a_host() {
+    let m = start_mock(MockKind::Sync, MockOptions::default()).await;
+    let file = plugin("sync").to_str().unwrap().to_string();
+    let (addr, base) = (m.addr.to_string(), format!("base_url={}", m.base_url()));
+    let args = |data: &str, allow: bool| {
+        let mut a = vec!["plugins".to_string(), "call".into(), file.clone(), "--data".into(), data.into()];
+        if allow {
+            a.extend(["--allow".to_string(), addr.clone()]);
+        }
+        a.extend(["--config".to_string(), base.clone()]);
+        a
+    };
+    let run =
+        |a: Vec<String>| tokio::task::spawn_blocking(move || cli(&a.iter().map(String::as_str).collect::<Vec<_>>()));
+    let (ok, out) = run(args(r#"{"_fault": "429:2"}"#, true)).await.unwrap();
+    assert!(!ok && out.contains("rate limited") && out.contains("(retryable; retry after 2000 ms)"), "{out}");
+    let (ok, out) = run(args("{}", false)).await.unwrap();
+    assert!(!ok && out.contains("add it to allowed_hosts in [vendors.sync]") && out.contains("(permanent)"), "{out}");
+    m.shutdown().await;
 }
 
 #[test]

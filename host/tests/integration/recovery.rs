@@ -33,6 +33,8 @@ enum Wipe {
     Sqlite(std::path::PathBuf),
     /// Delete the prefix's keys: the Redis lost its data.
     Redis { prefix: String },
+    /// Delete the prefix's keys on every master of the shared cluster.
+    RedisCluster { prefix: String },
 }
 
 impl Pair {
@@ -72,6 +74,18 @@ impl Pair {
         }
     }
 
+    /// Production on a Redis Cluster: 16 partitions over 3 masters, and MongoDB.
+    async fn redis_cluster_mongo() -> Pair {
+        let prefix = servers::unique("vh_recover");
+        let db = servers::unique("vh_recover");
+        Pair {
+            queue: Arc::new(RedisQueue::connect(&servers::redis_cluster().url, &prefix).await.unwrap()),
+            store: Arc::new(MongoStore::connect(&servers::mongo().uri, &db).await.unwrap()),
+            wipe: Wipe::RedisCluster { prefix },
+            _dir: None,
+        }
+    }
+
     fn sweeper(&self, recover_after: Duration) -> Sweeper {
         let settings = QueueSettings { recover_after, ..QueueSettings::default() };
         Sweeper::new(self.queue.clone(), self.store.clone(), settings, RetentionSettings::default())
@@ -87,6 +101,7 @@ impl Pair {
             owner: None,
             created_at,
             idempotency: None,
+            notify_url: None,
         };
         match self.store.insert(&job).await.unwrap() {
             Inserted::Created { enqueued: true } => {}
@@ -113,6 +128,22 @@ impl Pair {
                 if !keys.is_empty() {
                     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut c).await.unwrap();
                 }
+            }
+            Wipe::RedisCluster { prefix } => {
+                let cluster = servers::redis_cluster();
+                let mut wiped = 0;
+                for port in cluster.master_ports() {
+                    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+                    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                    let keys: Vec<String> =
+                        redis::cmd("KEYS").arg(format!("{{{prefix}:*")).query_async(&mut c).await.unwrap();
+                    // One key per command: a node's keys are in many slots.
+                    for key in keys {
+                        let _: () = redis::cmd("DEL").arg(&key).query_async(&mut c).await.unwrap();
+                        wiped += 1;
+                    }
+                }
+                assert!(wiped > 0, "no key of {prefix} on any master");
             }
         }
     }
@@ -205,6 +236,7 @@ pairing! {
     embedded => Pair::embedded();
     redis_sqlite => Pair::redis_sqlite().await;
     redis_mongo => Pair::redis_mongo().await;
+    redis_cluster_mongo => Pair::redis_cluster_mongo().await;
 }
 
 /// A store outage longer than `max_deliveries` leases is not a crash: every
@@ -256,7 +288,9 @@ async fn store_outage(recover_after: Duration, freeze: Duration, max_attempts: u
     tokio::time::sleep(freeze).await;
     store.signal("CONT");
     for id in &ids {
-        let job = api.wait_terminal(id, Duration::from_secs(60)).await;
+        let job = app::poll_terminal(&api.client, &api.base, id, Duration::from_secs(60))
+            .await
+            .unwrap_or_else(|last| panic!("{id} not terminal: {last}\n{}", worker.log_text()));
         assert_eq!(job["status"].as_str(), Some("complete"), "{job}\n{}", worker.log_text());
         let attempts = job["attempts"].as_u64().unwrap_or(0);
         assert!((1..=max_attempts).contains(&attempts), "{attempts} attempts: {job}");

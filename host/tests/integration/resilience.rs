@@ -579,10 +579,19 @@ async fn a_rate_limited_backlog_waits_in_line_instead_of_stampeding() {
 /// refused callers get turns one interval apart, and each finds its slot.
 #[tokio::test]
 async fn redis_limiter_books_refused_callers_one_interval_apart() {
+    books_refused_callers_one_interval_apart(&crate::support::servers::redis().url).await;
+}
+
+/// The same on a Redis Cluster (both keys of the script under the vendor's
+/// hash tag).
+#[tokio::test]
+async fn redis_cluster_limiter_books_refused_callers_one_interval_apart() {
+    books_refused_callers_one_interval_apart(&crate::support::servers::redis_cluster().url).await;
+}
+
+async fn books_refused_callers_one_interval_apart(url: &str) {
     use vendorhost::limits::{Quota, RateLimiter, redis::RedisLimiter};
-    let l = RedisLimiter::connect(&crate::support::servers::redis().url, &crate::support::servers::unique("vh"))
-        .await
-        .unwrap();
+    let l = RedisLimiter::connect(url, &crate::support::servers::unique("vh")).await.unwrap();
     let q = Quota { rate: 10.0, burst: 1 };
     let book = |linger| l.acquire_or_book("v", q, linger);
     assert_eq!(book(ms(0)).await.unwrap(), None);

@@ -1,15 +1,11 @@
 //! Plugin for the async mock vendor: `POST {base}/v1/jobs` accepts a job and
 //! returns the vendor's reference; the result arrives later on our webhook.
 
-wit_bindgen::generate!({ world: "vendor-plugin", path: "../../wit" });
-
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-
-use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::host::{self, HttpError, HttpRequest, HttpResponse};
-use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo, WebhookOutcome,
+use vendorhost_plugin::{
+    ConfigKey, FetchOutcome, Header, Job, JobOutcome, Mode, Vendor, VendorError, VendorInfo, WebhookOutcome, config,
+    http,
 };
 
 /// Where the mock vendor listens unless the operator sets `base_url`.
@@ -46,18 +42,15 @@ struct Callback<'a> {
 
 struct Plugin;
 
-export!(Plugin);
+vendorhost_plugin::export_vendor!(Plugin);
 
-impl Guest for Plugin {
+impl Vendor for Plugin {
     fn info() -> VendorInfo {
-        VendorInfo {
-            id: "async".into(),
-            display_name: "Async mock vendor".into(),
-            mode: Mode::Async,
-            version: "0.1.0".into(),
-            hosts: vec!["127.0.0.1".into()],
-            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
-        }
+        VendorInfo::new("async", "Async mock vendor", Mode::Async)
+            .version("0.1.0")
+            .host("127.0.0.1")
+            .limits(50.0, 20, 5000)
+            .config_key(ConfigKey::optional("base_url", "the vendor's base URL (default http://127.0.0.1:9002)"))
     }
 
     fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
@@ -69,16 +62,10 @@ impl Guest for Plugin {
             callback_url: &job.callback_url,
         })
         .map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
-        let base = host::config_get("base_url").unwrap_or_else(|| DEFAULT_BASE.into());
-        let request = HttpRequest {
-            method: "POST".into(),
-            url: format!("{}/v1/jobs", base.trim_end_matches('/')),
-            headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
-            body: body.into_bytes(),
-        };
-        let response = host::http_send(&request).map_err(map_http_error)?;
+        let base = config::get_or("base_url", DEFAULT_BASE);
+        let response = http::post_json(http::join(&base, &["v1", "jobs"]), body).send()?;
         if !matches!(response.status, 200 | 202) {
-            return Err(map_status(&response));
+            return Err(VendorError::from_status(&response));
         }
         let answer: SubmitResponse = serde_json::from_slice(&response.body)
             .map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
@@ -126,35 +113,40 @@ fn bad_webhook(what: &str) -> VendorError {
     VendorError::BadRequest(format!("webhook body: {what}"))
 }
 
-/// Maps an answer other than 200/202: 429 and 5xx are retryable, other 4xx not.
-fn map_status(response: &HttpResponse) -> VendorError {
-    let message = format!("HTTP {}: {}", response.status, short_body(&response.body));
-    match response.status {
-        429 => VendorError::RateLimited(RateLimited { retry_after_ms: response.retry_after_ms, message }),
-        400..=499 => VendorError::BadRequest(message),
-        // 5xx, and anything else unexpected: retryable, so a transient oddity
-        // does not fail the job outright.
-        _ => VendorError::Server(message),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vendorhost_plugin::testing::{FakeHost, job};
 
-fn map_http_error(error: HttpError) -> VendorError {
-    match error {
-        HttpError::Denied(m) => VendorError::Denied(m),
-        HttpError::Timeout => VendorError::Timeout("vendor did not answer in time".into()),
-        HttpError::Connect(m) => VendorError::Connection(m),
-        HttpError::InvalidRequest(m) => VendorError::BadRequest(m),
-        HttpError::TooLarge => VendorError::Server("response too large".into()),
+    #[test]
+    fn a_submit_returns_the_vendor_ref() {
+        let host = FakeHost::new()
+            .config("base_url", "http://vendor.test")
+            .respond("POST", "http://vendor.test/v1/jobs", 202, r#"{"vendor_ref":"v-1"}"#)
+            .install();
+        let mut j = job(r#"{"q":1}"#);
+        j.callback_url = "http://host/vendor-webhook/async".into();
+        assert_eq!(Plugin::fetch(j).unwrap(), FetchOutcome::Accepted("v-1".into()));
+        assert!(
+            String::from_utf8_lossy(&host.requests()[0].body)
+                .contains(r#""callback_url":"http://host/vendor-webhook/async""#)
+        );
     }
-}
 
-/// The start of a body, for error messages (which end up in job records).
-fn short_body(body: &[u8]) -> String {
-    const MAX: usize = 200;
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
+    #[test]
+    fn webhooks_map_to_outcomes() {
+        let done = Plugin::on_webhook(vec![], br#"{"vendor_ref":"v-1","status":"complete","result":{"a":1}}"#.to_vec());
+        let done = done.unwrap();
+        assert_eq!(
+            (done.vendor_ref.as_deref(), done.outcome),
+            (Some("v-1"), JobOutcome::Complete(r#"{"a":1}"#.into()))
+        );
+        let failed = Plugin::on_webhook(vec![], br#"{"vendor_ref":"v-1","status":"failed"}"#.to_vec()).unwrap();
+        assert_eq!(failed.outcome, JobOutcome::Failed("vendor reported failure".into()));
+        assert!(matches!(Plugin::on_webhook(vec![], b"[1]".to_vec()), Err(VendorError::BadRequest(_))));
+        assert!(matches!(
+            Plugin::on_webhook(vec![], br#"{"vendor_ref":"v","status":"odd"}"#.to_vec()),
+            Err(VendorError::BadRequest(m)) if m.contains("odd")
+        ));
     }
 }

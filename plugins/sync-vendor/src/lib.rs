@@ -1,16 +1,9 @@
 //! Plugin for the sync mock vendor: `POST {base}/v1/lookup` per job; the
 //! vendor's JSON answer is the job's result.
 
-wit_bindgen::generate!({ world: "vendor-plugin", path: "../../wit" });
-
 use serde::Serialize;
 use serde_json::value::RawValue;
-
-use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::host::{self, HttpError, HttpRequest, HttpResponse};
-use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, Limits, Mode, RateLimited, VendorError, VendorInfo, WebhookOutcome,
-};
+use vendorhost_plugin::{ConfigKey, FetchOutcome, Job, Mode, Vendor, VendorError, VendorInfo, config, http};
 
 /// Where the mock vendor listens unless the operator sets `base_url`.
 const DEFAULT_BASE: &str = "http://127.0.0.1:9001";
@@ -24,18 +17,15 @@ struct LookupRequest<'a> {
 
 struct Plugin;
 
-export!(Plugin);
+vendorhost_plugin::export_vendor!(Plugin);
 
-impl Guest for Plugin {
+impl Vendor for Plugin {
     fn info() -> VendorInfo {
-        VendorInfo {
-            id: "sync".into(),
-            display_name: "Sync mock vendor".into(),
-            mode: Mode::Sync,
-            version: "0.1.0".into(),
-            hosts: vec!["127.0.0.1".into()],
-            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
-        }
+        VendorInfo::new("sync", "Sync mock vendor", Mode::Sync)
+            .version("0.1.0")
+            .host("127.0.0.1")
+            .limits(50.0, 20, 5000)
+            .config_key(ConfigKey::optional("base_url", "the vendor's base URL (default http://127.0.0.1:9001)"))
     }
 
     fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
@@ -45,60 +35,63 @@ impl Guest for Plugin {
             serde_json::from_str(&job.data).map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
         let body = serde_json::to_string(&LookupRequest { request_id: &job.request_id, data })
             .map_err(|e| VendorError::Unsupported(format!("data is not JSON: {e}")))?;
-        let base = host::config_get("base_url").unwrap_or_else(|| DEFAULT_BASE.into());
-        let request = HttpRequest {
-            method: "POST".into(),
-            url: format!("{}/v1/lookup", base.trim_end_matches('/')),
-            headers: vec![Header { name: "content-type".into(), value: "application/json".into() }],
-            body: body.into_bytes(),
-        };
-        let response = host::http_send(&request).map_err(map_http_error)?;
+        let base = config::get_or("base_url", DEFAULT_BASE);
+        let response = http::post_json(http::join(&base, &["v1", "lookup"]), body).send()?;
         if response.status != 200 {
-            return Err(map_status(&response));
+            return Err(VendorError::from_status(&response));
         }
         // The host cleans the result; here we only make sure it is JSON at all,
         // and pass the vendor's text through unchanged.
-        let text =
-            String::from_utf8(response.body).map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
+        let text = response.into_text()?;
         serde_json::from_str::<&RawValue>(&text)
             .map_err(|e| VendorError::Server(format!("malformed response: {e}")))?;
         Ok(FetchOutcome::Complete(text))
     }
-
-    fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported("sync vendor takes no webhooks".into()))
-    }
 }
 
-/// Maps a non-200 answer: 429 and 5xx are retryable, other 4xx are not.
-fn map_status(response: &HttpResponse) -> VendorError {
-    let message = format!("HTTP {}: {}", response.status, short_body(&response.body));
-    match response.status {
-        429 => VendorError::RateLimited(RateLimited { retry_after_ms: response.retry_after_ms, message }),
-        400..=499 => VendorError::BadRequest(message),
-        // 5xx, and anything else unexpected (1xx, other 2xx, unfollowed 3xx):
-        // retryable, so a transient oddity does not fail the job outright.
-        _ => VendorError::Server(message),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vendorhost_plugin::testing::{FakeHost, job, response};
 
-fn map_http_error(error: HttpError) -> VendorError {
-    match error {
-        HttpError::Denied(m) => VendorError::Denied(m),
-        HttpError::Timeout => VendorError::Timeout("vendor did not answer in time".into()),
-        HttpError::Connect(m) => VendorError::Connection(m),
-        HttpError::InvalidRequest(m) => VendorError::BadRequest(m),
-        HttpError::TooLarge => VendorError::Server("response too large".into()),
-    }
-}
+    const LOOKUP: &str = "http://vendor.test/v1/lookup";
 
-/// The start of a body, for error messages (which end up in job records).
-fn short_body(body: &[u8]) -> String {
-    const MAX: usize = 200;
-    let text = String::from_utf8_lossy(body);
-    let text = text.trim();
-    match text.char_indices().nth(MAX) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
+    #[test]
+    fn posts_the_envelope_and_passes_the_answer_through() {
+        let host = FakeHost::new()
+            .config("base_url", "http://vendor.test/")
+            .respond("POST", LOOKUP, 200, r#"{"name":"Ada"}"#)
+            .install();
+        let out = Plugin::fetch(job(r#"{"q": "Ada"}"#)).unwrap();
+        assert_eq!(out, FetchOutcome::Complete(r#"{"name":"Ada"}"#.into()));
+        let sent = &host.requests()[0];
+        assert_eq!(
+            String::from_utf8_lossy(&sent.body),
+            format!(r#"{{"request_id":"{}","data":{{"q": "Ada"}}}}"#, job("1").request_id)
+        );
+        assert!(sent.headers.iter().any(|h| h.name == "content-type" && h.value == "application/json"));
+    }
+
+    #[test]
+    fn statuses_become_the_errors_the_host_retries_by() {
+        let _host = FakeHost::new()
+            .config("base_url", "http://vendor.test")
+            .respond_with("POST", LOOKUP, response(429, &[("retry-after", "2")], "busy"))
+            .install();
+        match Plugin::fetch(job("1")) {
+            Err(VendorError::RateLimited(r)) => assert_eq!(r.retry_after_ms, Some(2000)),
+            other => panic!("{other:?}"),
+        }
+        let _host =
+            FakeHost::new().config("base_url", "http://vendor.test").respond("POST", LOOKUP, 200, "<html>").install();
+        assert!(matches!(Plugin::fetch(job("1")), Err(VendorError::Server(m)) if m.contains("malformed")));
+    }
+
+    #[test]
+    fn bad_data_and_an_ungranted_host_fail_for_good() {
+        let _host = FakeHost::new().install();
+        assert!(matches!(Plugin::fetch(job("{not json")), Err(VendorError::Unsupported(_))));
+        // No base_url: the default mock address, which this fake host does not answer.
+        assert!(matches!(Plugin::fetch(job("1")), Err(VendorError::Denied(m)) if m.contains("127.0.0.1:9001")));
     }
 }

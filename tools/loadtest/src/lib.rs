@@ -15,6 +15,7 @@ mod e2e;
 mod http;
 mod report;
 mod stats;
+mod waiters;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -39,6 +40,9 @@ pub enum Mode {
     Get,
     /// Submit, then poll every job to complete or failed.
     E2e,
+    /// Submit `-n` jobs, then hold one `GET /jobs/{id}?wait=` per job open at
+    /// once (over HTTP/2) and time each answer against the job's end.
+    Wait,
 }
 
 impl Mode {
@@ -47,6 +51,7 @@ impl Mode {
             Mode::Submit => "submit",
             Mode::Get => "get",
             Mode::E2e => "e2e",
+            Mode::Wait => "wait",
         }
     }
 }
@@ -98,6 +103,13 @@ pub struct LoadtestArgs {
     /// until terminal, so no worker runs while GETs are measured).
     #[arg(long, default_value_t = 1000)]
     pub ids: u64,
+    /// Wait mode: how long each waiter asks to wait (`?wait=`).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub wait: Duration,
+    /// Wait mode: the service's process id (same machine), to read its RSS
+    /// before the waiters connect and once they all wait.
+    #[arg(long)]
+    pub rss_pid: Option<u32>,
     /// E2e mode: tasks polling jobs.
     #[arg(long, default_value_t = 8)]
     pub pollers: usize,
@@ -158,6 +170,11 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<Report> {
     let begin = Instant::now();
     let mut report = Report::new(args, plan.total);
     match args.mode {
+        Mode::Wait => {
+            let n = args.jobs.unwrap_or(10_000);
+            let w = waiters::run(&pool, &body, n, args).await?;
+            report.wait = Some(w);
+        }
         Mode::Submit => {
             let rec = Arc::new(Recorder::default());
             let started = Arc::new(Started::default());

@@ -27,6 +27,8 @@ pub struct Report {
     pub get: Option<Summary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub e2e: Option<E2eReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait: Option<super::waiters::WaitReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,6 +86,7 @@ impl Report {
             submit: None,
             get: None,
             e2e: None,
+            wait: None,
         }
     }
 
@@ -103,6 +106,30 @@ impl Report {
         }
         if let Some(g) = &self.get {
             let _ = writeln!(s, "  GET /jobs/{{id}}  {}", g.line());
+        }
+        if let Some(w) = &self.wait {
+            let _ = writeln!(
+                s,
+                "  waiters          {} at once on {} HTTP/2 connections ({} jobs submitted in {:.1} s); {} answered, {} finished, {} errors",
+                w.waiters, w.connections, w.waiters, w.submit_s, w.answered, w.finished, w.errors
+            );
+            let _ = writeln!(
+                s,
+                "  end to answer    p50 {}  p99 {}  max {}  (the job's terminal stamp to its waiter's answer)",
+                fmt_ms(w.latency.p50_ms),
+                fmt_ms(w.latency.p99_ms),
+                fmt_ms(w.latency.max_ms)
+            );
+            if let (Some(before), Some(waiting)) = (w.rss_before_kib, w.rss_waiting_kib) {
+                let _ = writeln!(
+                    s,
+                    "  service RSS      {:.1} MiB with the jobs in flight, {:.1} MiB with every waiter waiting ({:+.1} MiB; {} answered early)",
+                    before as f64 / 1024.0,
+                    waiting as f64 / 1024.0,
+                    (waiting as f64 - before as f64) / 1024.0,
+                    w.ended_early
+                );
+            }
         }
         if let Some(e) = &self.e2e {
             let _ = writeln!(

@@ -80,8 +80,8 @@ fn denied(policy: &CallPolicy, request_id: &str, reason: &'static str, message: 
 
 fn private_denial(policy: &CallPolicy, request_id: &str, what: &str) -> HttpError {
     let message = format!(
-        "{what}: vendor {} may not reach non-public addresses (grant that IP itself, or set allow_private_addresses)",
-        policy.vendor
+        "{what}: vendor {v} may not reach non-public addresses (grant that IP itself in allowed_hosts, or set allow_private_addresses, in [vendors.{v}])",
+        v = policy.vendor
     );
     denied(policy, request_id, "private_address", message)
 }
@@ -96,7 +96,11 @@ fn check_hop(policy: &CallPolicy, request_id: &str, url: &reqwest::Url) -> Resul
     };
     let ports = default_port(url.scheme()).zip(url.port_or_known_default());
     let (Some((default, port)), true) = (ports, policy.grants.allows_url(url)) else {
-        let message = format!("{target} is not granted to vendor {}", policy.vendor);
+        // Names the setting that grants it, so the operator knows what to change.
+        let message = format!(
+            "{target} is not granted to vendor {v}: add it to allowed_hosts in [vendors.{v}]",
+            v = policy.vendor
+        );
         return Err(denied(policy, request_id, "not_granted", message));
     };
     let rule = AddressRule::for_request(policy, port, default);

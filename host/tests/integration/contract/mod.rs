@@ -34,6 +34,8 @@ macro_rules! contract_test {
 
 mod queue;
 mod store;
+mod store_jobs;
+mod store_notify;
 
 /// An implementation under test, and whatever must live as long as it (the
 /// temporary directory of its SQLite file).

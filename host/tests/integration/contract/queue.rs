@@ -1,5 +1,10 @@
-//! The `Queue` behaviour suite: every case runs on `SqliteQueue` and on
-//! `RedisQueue` (see the table at the end).
+//! The `Queue` behaviour suite: every case runs on `SqliteQueue`, on
+//! `RedisQueue` on one node (one partition, and 16), and on `RedisQueue` on
+//! a 3-master Redis Cluster (16 partitions; see the table at the end).
+//!
+//! A partitioned queue keeps order within a partition only, so the cases
+//! compare the jobs leased as sets; `leases_oldest_first` checks the order
+//! of the unpartitioned queues.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -33,6 +38,20 @@ async fn redis() -> Subject<dyn Queue> {
     Subject::new(q, None)
 }
 
+async fn redis_partitioned() -> Subject<dyn Queue> {
+    let prefix = servers::unique("vh_contract");
+    let q = RedisQueue::connect_partitioned(&servers::redis().url, &prefix, 16).await.expect("connect to redis");
+    assert_eq!(q.partitions(), 16);
+    Subject::new(Arc::new(q), None)
+}
+
+async fn redis_cluster() -> Subject<dyn Queue> {
+    let prefix = servers::unique("vh_contract");
+    let q = RedisQueue::connect(&servers::redis_cluster().url, &prefix).await.expect("connect to the redis cluster");
+    assert_eq!(q.partitions(), 16, "16 partitions by default on a cluster");
+    Subject::new(Arc::new(q), None)
+}
+
 // ---- helpers ----
 
 fn msg(i: usize) -> Message {
@@ -41,6 +60,24 @@ fn msg(i: usize) -> Message {
 
 fn decoded(leases: &[Lease]) -> Vec<Message> {
     leases.iter().map(|l| Message::decode(&l.payload).expect("a payload the queue was given")).collect()
+}
+
+/// The jobs leased, in id order (a partitioned queue orders per partition).
+fn jobs(leases: &[Lease]) -> Vec<String> {
+    let mut ids: Vec<String> = decoded(leases).into_iter().map(|m| m.request_id).collect();
+    ids.sort();
+    ids
+}
+
+fn job_ids(msgs: &[Message]) -> Vec<String> {
+    let mut ids: Vec<String> = msgs.iter().map(|m| m.request_id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+/// The lease of `m`'s job among `leases`.
+fn lease_of<'a>(leases: &'a [Lease], m: &Message) -> &'a Lease {
+    leases.iter().find(|l| Message::decode(&l.payload).is_ok_and(|x| x == *m)).expect("a lease of that job")
 }
 
 /// `(ready, delayed, leased, dead)`.
@@ -69,8 +106,8 @@ fn anonymous(mut l: DeadLetter) -> DeadLetter {
 
 // ---- cases ----
 
-/// Enqueued messages are leased oldest first, at most `max` at a time, once
-/// each; acked ones are gone.
+/// Enqueued messages are leased at most `max` at a time, once each; acked
+/// ones are gone.
 async fn enqueue_lease_ack(q: Arc<dyn Queue>) {
     q.ping().await.unwrap();
     assert!(q.lease("c1", 10, LONG, Duration::ZERO).await.unwrap().is_empty(), "a new queue is empty");
@@ -78,13 +115,15 @@ async fn enqueue_lease_ack(q: Arc<dyn Queue>) {
     assert_eq!(depth(&*q).await, (3, 0, 0, 0));
 
     let first = q.lease("c1", 2, LONG, Duration::ZERO).await.unwrap();
-    assert_eq!(decoded(&first), [msg(1), msg(2)]);
+    assert_eq!(first.len(), 2, "{first:?}");
     assert!(first.iter().all(|l| l.deliveries == 1), "{first:?}");
     assert_ne!(first[0].entry_id, first[1].entry_id);
     assert_eq!(depth(&*q).await, (1, 0, 2, 0));
 
     let rest = q.lease("c2", 10, LONG, Duration::ZERO).await.unwrap();
-    assert_eq!(decoded(&rest), [msg(3)]);
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    let all: Vec<Lease> = first.iter().chain(&rest).cloned().collect();
+    assert_eq!(jobs(&all), job_ids(&[msg(1), msg(2), msg(3)]), "each job leased once");
     assert_eq!(rest[0].deliveries, 1);
     for l in first.iter().chain(&rest) {
         q.ack(l).await.unwrap();
@@ -155,9 +194,9 @@ async fn release_is_invisible_until_due(q: Arc<dyn Queue>) {
 async fn release_past_due_is_visible_at_once(q: Arc<dyn Queue>) {
     q.enqueue(&[msg(1), msg(2)]).await.unwrap();
     let leases = q.lease("c1", 2, LONG, Duration::ZERO).await.unwrap();
-    assert_eq!(decoded(&leases), [msg(1), msg(2)]);
-    q.release(&leases[0], &msg(1), now_ms() - 1).await.unwrap();
-    q.release(&leases[1], &msg(2), now_ms() + 60_000).await.unwrap();
+    assert_eq!(jobs(&leases), job_ids(&[msg(1), msg(2)]));
+    q.release(lease_of(&leases, &msg(1)), &msg(1), now_ms() - 1).await.unwrap();
+    q.release(lease_of(&leases, &msg(2)), &msg(2), now_ms() + 60_000).await.unwrap();
     assert_eq!(depth(&*q).await, (1, 1, 0, 0));
 
     let got = q.lease("c2", 10, LONG, Duration::ZERO).await.unwrap();
@@ -268,9 +307,10 @@ async fn depth_counts_each_state(q: Arc<dyn Queue>) {
     assert_eq!(depth(&*q).await, (0, 0, 0, 0));
     q.enqueue(&(0..10).map(msg).collect::<Vec<_>>()).await.unwrap();
     let leases = q.lease("c1", 6, LONG, Duration::ZERO).await.unwrap();
-    assert_eq!(decoded(&leases), (0..6).map(msg).collect::<Vec<_>>());
-    for (i, l) in leases[..3].iter().enumerate() {
-        q.release(l, &msg(i), now_ms() + 60_000).await.unwrap();
+    assert_eq!(leases.len(), 6, "{leases:?}");
+    let leased = decoded(&leases);
+    for (l, m) in leases[..3].iter().zip(&leased) {
+        q.release(l, m, now_ms() + 60_000).await.unwrap();
     }
     q.dead_letter(Some(&leases[3]), letter(Some("job-3"), &leases[3].payload, now_ms())).await.unwrap();
     assert_eq!(depth(&*q).await, (4, 3, 2, 1));
@@ -329,10 +369,10 @@ async fn present_tracks_each_job_s_entry(q: Arc<dyn Queue>) {
     assert!(q.present(&[]).await.unwrap().is_empty());
     q.enqueue(&[msg(1), msg(2), msg(3), msg(4)]).await.unwrap();
     let leased = q.lease("c1", 4, LONG, Duration::ZERO).await.unwrap();
-    assert_eq!(decoded(&leased), [msg(1), msg(2), msg(3), msg(4)]);
-    q.ack(&leased[0]).await.unwrap();
-    q.release(&leased[1], &msg(2), now_ms() + 60_000).await.unwrap();
-    q.dead_letter(Some(&leased[3]), letter(Some("job-4"), "boom", now_ms())).await.unwrap();
+    assert_eq!(jobs(&leased), job_ids(&[msg(1), msg(2), msg(3), msg(4)]));
+    q.ack(lease_of(&leased, &msg(1))).await.unwrap();
+    q.release(lease_of(&leased, &msg(2)), &msg(2), now_ms() + 60_000).await.unwrap();
+    q.dead_letter(Some(lease_of(&leased, &msg(4))), letter(Some("job-4"), "boom", now_ms())).await.unwrap();
     let seen = q.present(&ids).await.unwrap();
     assert_eq!(
         seen,
@@ -344,36 +384,94 @@ async fn present_tracks_each_job_s_entry(q: Arc<dyn Queue>) {
 // ---- the table: one test per (case, implementation) ----
 
 macro_rules! queue_suite {
-    ($( $case:ident => $(#[$sqlite_attr:meta])* $sqlite:ident, $(#[$redis_attr:meta])* $redis:ident; )*) => {
+    ($( $case:ident =>
+        $(#[$sqlite_attr:meta])* $sqlite:ident,
+        $(#[$redis_attr:meta])* $redis:ident,
+        $(#[$parted_attr:meta])* $parted:ident,
+        $(#[$cluster_attr:meta])* $cluster:ident; )*) => {
         $(
             contract_test!($case, sqlite, $sqlite $(, #[$sqlite_attr])*);
             contract_test!($case, redis, $redis $(, #[$redis_attr])*);
+            contract_test!($case, redis_partitioned, $parted $(, #[$parted_attr])*);
+            contract_test!($case, redis_cluster, $cluster $(, #[$cluster_attr])*);
         )*
     };
 }
 
 queue_suite! {
-    enqueue_lease_ack => queue_sqlite_enqueue_lease_ack, queue_redis_enqueue_lease_ack;
+    enqueue_lease_ack =>
+        queue_sqlite_enqueue_lease_ack,
+        queue_redis_enqueue_lease_ack,
+        queue_redis_partitioned_enqueue_lease_ack,
+        queue_redis_cluster_enqueue_lease_ack;
     expired_lease_is_redelivered_to_another_consumer =>
         queue_sqlite_expired_lease_is_redelivered_to_another_consumer,
-        queue_redis_expired_lease_is_redelivered_to_another_consumer;
-    release_is_invisible_until_due => queue_sqlite_release_is_invisible_until_due, queue_redis_release_is_invisible_until_due;
+        queue_redis_expired_lease_is_redelivered_to_another_consumer,
+        queue_redis_partitioned_expired_lease_is_redelivered_to_another_consumer,
+        queue_redis_cluster_expired_lease_is_redelivered_to_another_consumer;
+    release_is_invisible_until_due =>
+        queue_sqlite_release_is_invisible_until_due,
+        queue_redis_release_is_invisible_until_due,
+        queue_redis_partitioned_release_is_invisible_until_due,
+        queue_redis_cluster_release_is_invisible_until_due;
     release_past_due_is_visible_at_once =>
-        queue_sqlite_release_past_due_is_visible_at_once, queue_redis_release_past_due_is_visible_at_once;
-    blocking_lease_wakes_on_enqueue => queue_sqlite_blocking_lease_wakes_on_enqueue, queue_redis_blocking_lease_wakes_on_enqueue;
+        queue_sqlite_release_past_due_is_visible_at_once,
+        queue_redis_release_past_due_is_visible_at_once,
+        queue_redis_partitioned_release_past_due_is_visible_at_once,
+        queue_redis_cluster_release_past_due_is_visible_at_once;
+    blocking_lease_wakes_on_enqueue =>
+        queue_sqlite_blocking_lease_wakes_on_enqueue,
+        queue_redis_blocking_lease_wakes_on_enqueue,
+        queue_redis_partitioned_blocking_lease_wakes_on_enqueue,
+        queue_redis_cluster_blocking_lease_wakes_on_enqueue;
     concurrent_consumers_get_each_entry_once =>
-        queue_sqlite_concurrent_consumers_get_each_entry_once, queue_redis_concurrent_consumers_get_each_entry_once;
+        queue_sqlite_concurrent_consumers_get_each_entry_once,
+        queue_redis_concurrent_consumers_get_each_entry_once,
+        queue_redis_partitioned_concurrent_consumers_get_each_entry_once,
+        queue_redis_cluster_concurrent_consumers_get_each_entry_once;
     dead_letters_listed_removed_and_purged =>
-        queue_sqlite_dead_letters_listed_removed_and_purged, queue_redis_dead_letters_listed_removed_and_purged;
+        queue_sqlite_dead_letters_listed_removed_and_purged,
+        queue_redis_dead_letters_listed_removed_and_purged,
+        queue_redis_partitioned_dead_letters_listed_removed_and_purged,
+        queue_redis_cluster_dead_letters_listed_removed_and_purged;
     dead_letters_listed_by_death_time =>
-        queue_sqlite_dead_letters_listed_by_death_time, queue_redis_dead_letters_listed_by_death_time;
-    depth_counts_each_state => queue_sqlite_depth_counts_each_state, queue_redis_depth_counts_each_state;
+        queue_sqlite_dead_letters_listed_by_death_time,
+        queue_redis_dead_letters_listed_by_death_time,
+        queue_redis_partitioned_dead_letters_listed_by_death_time,
+        queue_redis_cluster_dead_letters_listed_by_death_time;
+    depth_counts_each_state =>
+        queue_sqlite_depth_counts_each_state,
+        queue_redis_depth_counts_each_state,
+        queue_redis_partitioned_depth_counts_each_state,
+        queue_redis_cluster_depth_counts_each_state;
     stale_holder_cannot_touch_the_newer_lease =>
-        queue_sqlite_stale_holder_cannot_touch_the_newer_lease, queue_redis_stale_holder_cannot_touch_the_newer_lease;
-    present_tracks_each_job_s_entry => queue_sqlite_present_tracks_each_job_s_entry, queue_redis_present_tracks_each_job_s_entry;
+        queue_sqlite_stale_holder_cannot_touch_the_newer_lease,
+        queue_redis_stale_holder_cannot_touch_the_newer_lease,
+        queue_redis_partitioned_stale_holder_cannot_touch_the_newer_lease,
+        queue_redis_cluster_stale_holder_cannot_touch_the_newer_lease;
+    present_tracks_each_job_s_entry =>
+        queue_sqlite_present_tracks_each_job_s_entry,
+        queue_redis_present_tracks_each_job_s_entry,
+        queue_redis_partitioned_present_tracks_each_job_s_entry,
+        queue_redis_cluster_present_tracks_each_job_s_entry;
     extend_keeps_a_lease_from_being_redelivered =>
-        queue_sqlite_extend_keeps_a_lease_from_being_redelivered, queue_redis_extend_keeps_a_lease_from_being_redelivered;
+        queue_sqlite_extend_keeps_a_lease_from_being_redelivered,
+        queue_redis_extend_keeps_a_lease_from_being_redelivered,
+        queue_redis_partitioned_extend_keeps_a_lease_from_being_redelivered,
+        queue_redis_cluster_extend_keeps_a_lease_from_being_redelivered;
 }
+
+/// Unpartitioned queues lease oldest first.
+async fn leases_oldest_first(q: Arc<dyn Queue>) {
+    q.enqueue(&(0..5).map(msg).collect::<Vec<_>>()).await.unwrap();
+    let first = q.lease("c1", 2, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&first), [msg(0), msg(1)]);
+    let rest = q.lease("c1", 10, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(decoded(&rest), [msg(2), msg(3), msg(4)]);
+}
+
+contract_test!(leases_oldest_first, sqlite, queue_sqlite_leases_oldest_first);
+contract_test!(leases_oldest_first, redis, queue_redis_leases_oldest_first);
 
 // ---- SQLite only ----
 

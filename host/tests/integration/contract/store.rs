@@ -45,6 +45,7 @@ fn new_job(id: &str, created_at: Millis) -> NewJob {
         owner: Some("alice".into()),
         created_at,
         idempotency: None,
+        notify_url: None,
     }
 }
 
@@ -111,6 +112,7 @@ async fn insert_get(s: Arc<dyn Store>) {
         webhook_deadline: None,
         owner: Some("alice".into()),
         redactions: Vec::new(),
+        notify: None,
     };
     assert_eq!(job(&*s, "j1").await, expected);
 
@@ -224,6 +226,7 @@ async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
     match outcome {
         Outcome::Complete { result, .. } => assert_eq!((j.result.as_ref(), j.error), (Some(result), None)),
         Outcome::Failed { error } => assert_eq!((j.result, j.error.as_ref()), (None, Some(error))),
+        Outcome::Cancelled => assert_eq!((j.result, j.error), (None, None)),
     }
 }
 
@@ -549,6 +552,36 @@ async fn purge(s: Arc<dyn Store>) {
     assert_eq!(s.purge(5_000, purge_now).await.unwrap(), 0);
 }
 
+/// A vendor reference is recorded only on a job that is processing: one
+/// refused (a pending, finished or unknown job) leaves nothing a webhook
+/// could find; the same reference of two vendors names two jobs; a job's
+/// later reference finds it too.
+async fn vendor_ref_lookup_follows_the_job(s: Arc<dyn Store>) {
+    for id in ["p", "f", "x", "y"] {
+        let vendor = if id == "y" { "zeta" } else { "acme" };
+        s.insert(&NewJob { vendor: vendor.into(), ..new_job(id, 1_000) }).await.unwrap();
+    }
+    assert!(!s.set_vendor_ref("p", "ref-p", 9_000, 1_100).await.unwrap());
+    assert!(s.find_by_vendor_ref("acme", "ref-p").await.unwrap().is_none(), "a pending job took a reference");
+    start(&*s, "f", 1_100).await;
+    assert!(s.finish("f", &complete("1"), 1_200).await.unwrap());
+    assert!(!s.set_vendor_ref("f", "ref-f", 9_000, 1_300).await.unwrap());
+    assert!(s.find_by_vendor_ref("acme", "ref-f").await.unwrap().is_none(), "a finished job took a reference");
+    assert!(!s.set_vendor_ref("ghost", "ref-g", 9_000, 1_300).await.unwrap());
+    assert!(s.find_by_vendor_ref("acme", "ref-g").await.unwrap().is_none(), "an unknown job took a reference");
+
+    start(&*s, "x", 1_400).await;
+    start(&*s, "y", 1_400).await;
+    assert!(s.set_vendor_ref("x", "shared", 9_000, 1_500).await.unwrap());
+    assert!(s.set_vendor_ref("y", "shared", 9_000, 1_500).await.unwrap());
+    assert_eq!(s.find_by_vendor_ref("acme", "shared").await.unwrap().as_deref(), Some("x"));
+    assert_eq!(s.find_by_vendor_ref("zeta", "shared").await.unwrap().as_deref(), Some("y"));
+    // The vendor accepted it again (a second call): the new reference finds it.
+    assert!(s.set_vendor_ref("x", "again", 9_500, 1_600).await.unwrap());
+    assert_eq!(s.find_by_vendor_ref("acme", "again").await.unwrap().as_deref(), Some("x"));
+    assert_eq!(job(&*s, "x").await.vendor_ref.as_deref(), Some("again"));
+}
+
 // ---- the table: one test per (case, implementation) ----
 
 macro_rules! store_suite {
@@ -590,6 +623,8 @@ store_suite! {
     vendor_refs_and_overdue_webhooks =>
         store_sqlite_vendor_refs_and_overdue_webhooks, store_mongo_vendor_refs_and_overdue_webhooks;
     purge => store_sqlite_purge, store_mongo_purge;
+    vendor_ref_lookup_follows_the_job =>
+        store_sqlite_vendor_ref_lookup_follows_the_job, store_mongo_vendor_ref_lookup_follows_the_job;
 }
 
 // ---- SQLite only ----
@@ -605,7 +640,19 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
     start(&s, "old", 1_100).await;
     assert!(s.finish("old", &complete("1"), 2_000).await.unwrap());
     // Back to version 1: no column, the version before it.
-    db.write(|c| c.execute_batch("ALTER TABLE jobs DROP COLUMN redactions; PRAGMA user_version = 1;")).await.unwrap();
+    // (Columns of later versions go too: a version-1 file had none of them.)
+    db.write(|c| {
+        c.execute_batch(
+            "ALTER TABLE jobs DROP COLUMN redactions;
+             DROP INDEX IF EXISTS jobs_notify_due;
+             ALTER TABLE jobs DROP COLUMN notify_url; ALTER TABLE jobs DROP COLUMN notify_attempts;
+             ALTER TABLE jobs DROP COLUMN notify_status; ALTER TABLE jobs DROP COLUMN notify_error;
+             ALTER TABLE jobs DROP COLUMN notify_delivered_at; ALTER TABLE jobs DROP COLUMN notify_next_at;
+             PRAGMA user_version = 1;",
+        )
+    })
+    .await
+    .unwrap();
     drop(s);
     drop(db);
 
@@ -661,4 +708,72 @@ async fn store_sqlite_inline_queue_enqueues_in_the_same_transaction() {
     let next = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
     let msgs: Vec<Message> = next.iter().map(|l| Message::decode(&l.payload).unwrap()).collect();
     assert_eq!(msgs, [Message::new("k1", "acme")]);
+}
+
+// ---- MongoDB only ----
+
+/// On MongoDB a vendor reference is also written to `vendor_refs`
+/// (`_id` = `<vendor>:<reference>`), so a webhook's lookup is one read by
+/// `_id`. A job accepted by an earlier version (its reference only on the
+/// job) or whose entry was lost is still found, by the indexed query on the
+/// jobs, and a waiting one is indexed then; a reopened job's entry goes; and
+/// `purge` drops entries whose deadline is older than the retention.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_mongo_vendor_refs_are_indexed_and_earlier_jobs_fall_back() {
+    use mongodb::bson::{Document, doc};
+    let name = servers::unique("vh_refs");
+    let s = MongoStore::connect(&servers::mongo().uri, &name).await.expect("connect to mongo");
+    let db = mongodb::Client::with_uri_str(&servers::mongo().uri).await.unwrap().database(&name);
+    let refs = db.collection::<Document>("vendor_refs");
+    let entry = |id: &'static str| {
+        let refs = refs.clone();
+        async move { refs.find_one(doc! { "_id": id }).await.unwrap() }
+    };
+
+    s.insert(&new_job("a", 1_000)).await.unwrap();
+    start(&s, "a", 1_100).await;
+    assert!(s.set_vendor_ref("a", "ref-a", 9_000, 1_200).await.unwrap());
+    let e = entry("acme:ref-a").await.expect("no vendor_refs entry");
+    assert_eq!(e.get_str("request_id").unwrap(), "a");
+    assert_eq!(e.get("deadline").and_then(|d| d.as_i64().or(d.as_i32().map(i64::from))), Some(9_000));
+
+    // Jobs as an earlier version wrote them: the reference on the job only.
+    for (id, status) in [("legacy", "processing"), ("legacy-done", "complete")] {
+        let d = doc! {
+            "_id": id, "vendor": "acme", "status": status, "data": "{}", "created_at": 1_000_i64,
+            "updated_at": 1_000_i64, "attempts": 1_i64, "queued": true,
+            "vendor_ref": format!("ref-{id}"), "webhook_deadline": 9_000_i64,
+        };
+        db.collection::<Document>("jobs").insert_one(d).await.unwrap();
+    }
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-legacy").await.unwrap().as_deref(), Some("legacy"));
+    let healed = entry("acme:ref-legacy").await.expect("the waiting legacy job was not indexed by its lookup");
+    assert_eq!(healed.get_str("request_id").unwrap(), "legacy");
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-legacy").await.unwrap().as_deref(), Some("legacy"));
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-legacy-done").await.unwrap().as_deref(), Some("legacy-done"));
+    assert!(entry("acme:ref-legacy-done").await.is_none(), "a finished job was indexed");
+    assert!(s.find_by_vendor_ref("other", "ref-legacy").await.unwrap().is_none(), "references are per vendor");
+
+    // An entry lost (a crash between the job's update and its entry).
+    refs.delete_one(doc! { "_id": "acme:ref-a" }).await.unwrap();
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-a").await.unwrap().as_deref(), Some("a"));
+
+    // A reopened job's entry goes with its reference.
+    s.insert(&new_job("r", 1_000)).await.unwrap();
+    start(&s, "r", 1_100).await;
+    assert!(s.set_vendor_ref("r", "ref-r", 3_000, 1_200).await.unwrap());
+    assert!(s.finish("r", &failed("x"), 1_300).await.unwrap());
+    assert!(entry("acme:ref-r").await.is_some());
+    assert!(s.reopen("r", 1_400).await.unwrap());
+    assert!(entry("acme:ref-r").await.is_none(), "a reopened job kept its old reference's entry");
+    assert!(s.find_by_vendor_ref("acme", "ref-r").await.unwrap().is_none());
+
+    // Purge: entries whose deadline is before `before` go, later ones stay.
+    assert!(!s.set_vendor_ref("r", "ref-r2", 3_000, 1_450).await.unwrap(), "a pending job took a reference");
+    start(&s, "r", 1_500).await;
+    assert!(s.set_vendor_ref("r", "ref-r2", 3_000, 1_600).await.unwrap());
+    s.purge(5_000, now_ms()).await.unwrap();
+    assert!(entry("acme:ref-r2").await.is_none(), "an entry past its deadline and the retention was kept");
+    assert!(entry("acme:ref-legacy").await.is_some(), "an entry inside the retention was purged");
+    assert_eq!(s.find_by_vendor_ref("acme", "ref-r2").await.unwrap().as_deref(), Some("r"), "the job still answers");
 }

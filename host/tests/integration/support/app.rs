@@ -20,7 +20,10 @@ pub fn ensure_plugins() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let root = repo_root();
-        if root.join("plugins/dist/sync.wasm").exists() && root.join("plugins/dist-test/echo-v2.wasm").exists() {
+        if root.join("plugins/dist/sync.wasm").exists()
+            && root.join("plugins/dist-test/echo-v2.wasm").exists()
+            && root.join("plugins/dist-test/test-needs.wasm").exists()
+        {
             return;
         }
         let st = Command::new("bash").arg(root.join("plugins/build.sh")).status().expect("run plugins/build.sh");
@@ -84,6 +87,14 @@ pub fn production_config(data_dir: &Path, plugins: &Path) -> Config {
     cfg.store = super::servers::mongo().uri.clone();
     cfg.redis_prefix = super::servers::unique("vh");
     cfg.mongo_db = super::servers::unique("vh");
+    cfg
+}
+
+/// Production backends on the shared 3-master Redis Cluster (16 partitions)
+/// and nx-27017, with a unique prefix and db.
+pub fn cluster_config(data_dir: &Path, plugins: &Path) -> Config {
+    let mut cfg = production_config(data_dir, plugins);
+    cfg.queue = super::servers::redis_cluster().url.clone();
     cfg
 }
 
@@ -198,15 +209,29 @@ impl Drop for TestApp {
 }
 
 pub async fn wait_terminal(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Value {
+    match poll_terminal(client, base, id, timeout).await {
+        Ok(v) => v,
+        Err(last) => panic!("job {id} did not finish within {timeout:?}; last seen: {last}"),
+    }
+}
+
+/// Polls until the job is terminal; on timeout, the last state seen (so a
+/// caller can add its own context, a process log say, to the failure).
+pub async fn poll_terminal(client: &reqwest::Client, base: &str, id: &str, timeout: Duration) -> Result<Value, Value> {
     let deadline = Instant::now() + timeout;
+    let mut last = Value::Null;
     loop {
         if let Ok(r) = client.get(format!("{base}/jobs/{id}")).send().await
             && let Ok(v) = r.json::<Value>().await
-            && matches!(v["status"].as_str(), Some("complete" | "failed"))
         {
-            return v;
+            if matches!(v["status"].as_str(), Some("complete" | "failed")) {
+                return Ok(v);
+            }
+            last = v;
         }
-        assert!(Instant::now() < deadline, "job {id} did not finish within {timeout:?}");
+        if Instant::now() >= deadline {
+            return Err(last);
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

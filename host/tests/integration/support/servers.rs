@@ -286,3 +286,185 @@ pub fn mongo() -> &'static MongoServer {
     static SERVER: OnceLock<MongoServer> = OnceLock::new();
     SERVER.get_or_init(MongoServer::start)
 }
+
+/// A private Redis Cluster: `masters` masters, each with `replicas`
+/// replicas, every node a `redis-server --cluster-enabled yes` on a free
+/// port of 127.0.0.1 (its cluster bus on the port + 10000), joined by
+/// `redis-cli --cluster create`. Every node is killed on drop.
+pub struct RedisCluster {
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,...`
+    pub url: String,
+    nodes: Vec<(u16, Watched)>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster and waits until every node
+    /// reports `cluster_state:ok` with every slot assigned. A failed master
+    /// is replaced by its replica after 2 s (`cluster-node-timeout`).
+    pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        let program = std::env::var_os("REDIS_SERVER")
+            .map(PathBuf::from)
+            .or_else(|| on_path("redis-server"))
+            .unwrap_or_else(|| panic!("redis-server not found: run `make test`, which installs it"));
+        let total = masters * (1 + replicas);
+        let mut nodes = Vec::with_capacity(total);
+        while nodes.len() < total {
+            let port = free_cluster_port();
+            let dir = temp_dir("vh-redis-cluster-");
+            let args: Vec<String> = [
+                "--port",
+                &port.to_string(),
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                &dir.join("nodes.conf").to_string_lossy(),
+                "--cluster-node-timeout",
+                "2000",
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.to_string_lossy(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let proc = Watched::spawn(&program, &args, dir);
+            match proc.wait_ready("redis-server (cluster node)", Duration::from_secs(10), || redis_pings(port)) {
+                Ok(()) => nodes.push((port, proc)),
+                Err(e) => eprintln!("retrying a cluster node: {e}"),
+            }
+        }
+        let mut create = Command::new(on_path("redis-cli").unwrap_or_else(|| PathBuf::from("redis-cli")));
+        create.arg("--cluster").arg("create");
+        for (port, _) in &nodes {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        create.arg("--cluster-replicas").arg(replicas.to_string()).arg("--cluster-yes");
+        let out = create.output().expect("run redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create failed: {}", String::from_utf8_lossy(&out.stdout));
+        let url = format!(
+            "redis+cluster://{}",
+            nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+        );
+        let cluster = RedisCluster { url, nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`, every slot
+    /// assigned and every other node known.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let total = self.nodes.len();
+        loop {
+            let ok = self.nodes.iter().filter(|(_, n)| n.alive()).all(|(port, _)| {
+                let info = cli(*port, &["CLUSTER", "INFO"]);
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_assigned:16384")
+                    && info.contains(&format!("cluster_known_nodes:{total}"))
+            });
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster is not ok after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `n` live nodes are masters (after a failover: a replica
+    /// promoted) and every live node reports `cluster_state:ok` again.
+    pub fn wait_masters(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.master_ports().len() != n {
+            assert!(Instant::now() < deadline, "not {n} masters after {timeout:?}: {:?}", self.master_ports());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|(_, node)| node.alive())
+                .all(|(port, _)| cli(*port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster is not ok after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGKILLs the master on `port` and promotes its replica at once
+    /// (`CLUSTER FAILOVER TAKEOVER` on it: no wait for failure detection);
+    /// returns the replica's port.
+    pub fn kill_master(&self, port: u16) -> u16 {
+        let id = cli(port, &["CLUSTER", "MYID"]).trim().to_string();
+        let nodes = cli(port, &["CLUSTER", "NODES"]);
+        let replica = nodes
+            .lines()
+            .map(|l| l.split(' ').collect::<Vec<_>>())
+            .find(|f| f.len() > 3 && f[2].contains("slave") && f[3] == id)
+            .and_then(|f| f[1].split('@').next()?.rsplit(':').next()?.parse::<u16>().ok())
+            .unwrap_or_else(|| panic!("no replica of {port} ({id}) in:\n{nodes}"));
+        self.signal(port, "KILL");
+        let answer = cli(replica, &["CLUSTER", "FAILOVER", "TAKEOVER"]);
+        assert!(answer.contains("OK"), "CLUSTER FAILOVER TAKEOVER on {replica}: {answer}");
+        replica
+    }
+
+    /// Every node's port, in start order.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(|(p, _)| *p).collect()
+    }
+
+    /// The ports of the nodes that are masters now (as the live nodes see it).
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter(|(p, n)| n.alive() && cli(*p, &["ROLE"]).lines().next() == Some("master"))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    /// Sends `signal` ("STOP", "CONT", "KILL") to the node on `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        let (_, node) = self.nodes.iter().find(|(p, _)| *p == port).expect("a node of this cluster");
+        node.signal(signal);
+    }
+
+    /// Runs `redis-cli -p <port> <args>` on one node; its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        cli(port, args)
+    }
+}
+
+/// `redis-cli -p <port> <args...>`'s output ("" if it could not run).
+fn cli(port: u16, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).replace('\r', ""))
+        .unwrap_or_default()
+}
+
+/// A port free on 127.0.0.1 whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = 20_000 + (rand::random::<u16>() % 25_000);
+        let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
+        if free(port) && free(port + 10_000) {
+            return port;
+        }
+    }
+}
+
+/// The 3-master Redis Cluster shared by this test binary.
+pub fn redis_cluster() -> &'static RedisCluster {
+    static CLUSTER: OnceLock<RedisCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| RedisCluster::start(3, 0))
+}

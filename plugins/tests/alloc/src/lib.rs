@@ -1,25 +1,15 @@
 //! Test plugin whose `fetch` allocates until memory runs out: the host's
 //! store limits must stop it without harming the host.
 
-wit_bindgen::generate!({ world: "vendor-plugin", path: "../../../wit" });
-
-use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::types::{FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome};
+use vendorhost_plugin::{FetchOutcome, Job, Mode, Vendor, VendorError, VendorInfo};
 
 struct Plugin;
 
-export!(Plugin);
+vendorhost_plugin::export_vendor!(Plugin);
 
-impl Guest for Plugin {
+impl Vendor for Plugin {
     fn info() -> VendorInfo {
-        VendorInfo {
-            id: "test-alloc".into(),
-            display_name: "Test plugin test-alloc".into(),
-            mode: Mode::Sync,
-            version: "0.1.0".into(),
-            hosts: vec![],
-            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
-        }
+        VendorInfo::new("test-alloc", "Test plugin test-alloc", Mode::Sync).version("0.1.0").limits(50.0, 20, 5000)
     }
 
     fn fetch(_job: Job) -> Result<FetchOutcome, VendorError> {
@@ -29,9 +19,5 @@ impl Guest for Plugin {
             let chunk = vec![0xA5u8; 1 << 20];
             hoard.push(std::hint::black_box(chunk));
         }
-    }
-
-    fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported("test plugin takes no webhooks".into()))
     }
 }

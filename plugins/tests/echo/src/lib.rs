@@ -10,14 +10,10 @@
 //!
 //! The reported version is 1.0.0, or 2.0.0 with the `v2` feature.
 
-wit_bindgen::generate!({ world: "vendor-plugin", path: "../../../wit" });
-
 use serde_json::{Map, Value, json};
-
-use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::host::{self, HttpError, HttpRequest, Level};
-use vendorhost::plugin::types::{
-    FetchOutcome, Header, Job, JobOutcome, Limits, Mode, RateLimited, VendorError, VendorInfo, WebhookOutcome,
+use vendorhost_plugin::{
+    FetchOutcome, Header, Job, JobOutcome, Mode, RateLimited, Vendor, VendorError, VendorInfo, WebhookOutcome, config,
+    http, log, now_ms,
 };
 
 #[cfg(not(feature = "v2"))]
@@ -27,28 +23,24 @@ const VERSION: &str = "2.0.0";
 
 struct Plugin;
 
-export!(Plugin);
+vendorhost_plugin::export_vendor!(Plugin);
 
-impl Guest for Plugin {
+impl Vendor for Plugin {
     fn info() -> VendorInfo {
-        VendorInfo {
-            id: "test-echo".into(),
-            display_name: "Test echo plugin".into(),
-            mode: Mode::Sync,
-            version: VERSION.into(),
-            hosts: vec!["127.0.0.1".into()],
-            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
-        }
+        VendorInfo::new("test-echo", "Test echo plugin", Mode::Sync)
+            .version(VERSION)
+            .host("127.0.0.1")
+            .limits(50.0, 20, 5000)
     }
 
     fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
-        host::log(Level::Info, &format!("echo fetch {}", job.request_id));
+        log::info(&format!("echo fetch {}", job.request_id));
         let data: Map<String, Value> = serde_json::from_str(&job.data)
             .map_err(|e| VendorError::Unsupported(format!("echo takes a JSON object: {e}")))?;
 
         if let Some(ms) = data.get("sleep_ms").and_then(Value::as_u64) {
-            let until = host::now().saturating_add(ms);
-            while host::now() < until {
+            let until = now_ms().saturating_add(ms);
+            while now_ms() < until {
                 std::hint::spin_loop();
             }
         }
@@ -59,18 +51,17 @@ impl Guest for Plugin {
         let mut out = Map::new();
         out.insert("plugin_version".into(), VERSION.into());
         out.insert("attempt".into(), job.attempt.into());
-        out.insert("now".into(), host::now().into());
+        out.insert("now".into(), now_ms().into());
         if let Some(keys) = data.get("read_config").and_then(Value::as_array) {
             let config: Map<String, Value> = keys
                 .iter()
                 .filter_map(Value::as_str)
-                .map(|k| (k.to_string(), host::config_get(k).map_or(Value::Null, Value::from)))
+                .map(|k| (k.to_string(), config::get(k).map_or(Value::Null, Value::from)))
                 .collect();
             out.insert("config".into(), config.into());
         }
         if let Some(url) = data.get("url").and_then(Value::as_str) {
-            let request = HttpRequest { method: "GET".into(), url: url.into(), headers: vec![], body: vec![] };
-            let response = host::http_send(&request).map_err(map_http_error)?;
+            let response = http::get(url).send()?;
             out.insert("http".into(), json!({ "status": response.status }));
         }
         out.insert("echo".into(), data.into());
@@ -106,15 +97,5 @@ fn requested_failure(kind: &str, data: &Map<String, Value>) -> VendorError {
             message,
         }),
         _ => VendorError::Unsupported(format!("echo: unknown \"fail\" kind {kind:?}")),
-    }
-}
-
-fn map_http_error(error: HttpError) -> VendorError {
-    match error {
-        HttpError::Denied(m) => VendorError::Denied(m),
-        HttpError::Timeout => VendorError::Timeout("vendor did not answer in time".into()),
-        HttpError::Connect(m) => VendorError::Connection(m),
-        HttpError::InvalidRequest(m) => VendorError::BadRequest(m),
-        HttpError::TooLarge => VendorError::Server("response too large".into()),
     }
 }

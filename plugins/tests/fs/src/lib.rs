@@ -1,36 +1,47 @@
-//! Test plugin that uses `std::fs`, so the component imports
-//! `wasi:filesystem`: the host, which links only `wasi:cli`/`wasi:io`, must
-//! refuse to load it with a clear error.
+//! Test plugin that reaches for what WASI would give an unconfined program:
+//! a file, the environment, its arguments, a TCP connection, the clock and
+//! random bytes. The host links WASI with nothing granted, so the first four
+//! fail (or are empty) and the last two work. `fetch` reports each as JSON;
+//! the job's data is the TCP port to try on 127.0.0.1 (a number).
 
-wit_bindgen::generate!({ world: "vendor-plugin", path: "../../../wit" });
-
-use exports::vendorhost::plugin::vendor::Guest;
-use vendorhost::plugin::types::{FetchOutcome, Header, Job, Limits, Mode, VendorError, VendorInfo, WebhookOutcome};
+use vendorhost_plugin::{FetchOutcome, Job, Mode, Vendor, VendorError, VendorInfo, json_string};
 
 struct Plugin;
 
-export!(Plugin);
+vendorhost_plugin::export_vendor!(Plugin);
 
-impl Guest for Plugin {
+impl Vendor for Plugin {
     fn info() -> VendorInfo {
-        VendorInfo {
-            id: "test-fs".into(),
-            display_name: "Test plugin test-fs".into(),
-            mode: Mode::Sync,
-            version: "0.1.0".into(),
-            hosts: vec![],
-            limits: Limits { rate_per_second: 50.0, burst: 20, call_timeout_ms: 5000 },
-        }
+        VendorInfo::new("test-fs", "Test plugin test-fs", Mode::Sync).version("0.1.0").limits(50.0, 20, 5000)
     }
 
-    fn fetch(_job: Job) -> Result<FetchOutcome, VendorError> {
-        match std::fs::read_to_string("/etc/hostname") {
-            Ok(text) => Ok(FetchOutcome::Complete(format!("{:?}", text.trim()))),
-            Err(e) => Err(VendorError::Server(format!("read /etc/hostname: {e}"))),
-        }
-    }
-
-    fn on_webhook(_headers: Vec<Header>, _body: Vec<u8>) -> Result<WebhookOutcome, VendorError> {
-        Err(VendorError::Unsupported("test plugin takes no webhooks".into()))
+    fn fetch(job: Job) -> Result<FetchOutcome, VendorError> {
+        let file = match std::fs::read_to_string("/etc/hostname") {
+            Ok(text) => format!("read {} bytes", text.len()),
+            Err(e) => format!("error: {e}"),
+        };
+        let dir = match std::fs::read_dir(".") {
+            Ok(_) => "listed".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        let port: u16 = job.data.trim().parse().unwrap_or(1);
+        let socket = match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => "connected".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        // A HashMap's seed comes from wasi:random.
+        let seeded: std::collections::HashMap<u8, u8> = [(1, 2)].into_iter().collect();
+        Ok(FetchOutcome::Complete(format!(
+            r#"{{"file":{},"dir":{},"env":{},"args":{},"socket":{},"clock_secs":{},"random":{}}}"#,
+            json_string(&file),
+            json_string(&dir),
+            std::env::vars().count(),
+            std::env::args().count(),
+            json_string(&socket),
+            clock,
+            seeded.len()
+        )))
     }
 }

@@ -1,5 +1,5 @@
-//! Test plugin built against a copy of the contract at version 0.2.0: the
-//! host (contract 0.1.0) must refuse it with a clear version error.
+//! Test plugin built against a copy of the contract at version 0.3.0: the
+//! host (contract 0.2.0) must refuse it with a clear version error.
 
 wit_bindgen::generate!({ world: "vendor-plugin", path: "wit" });
 
@@ -23,7 +23,7 @@ impl Guest for Plugin {
     }
 
     fn fetch(_job: Job) -> Result<FetchOutcome, VendorError> {
-        // Uses the host interface so the component imports host@0.2.0, as a
+        // Uses the host interface so the component imports host@0.3.0, as a
         // real plugin built against a newer contract would.
         let now = vendorhost::plugin::host::now();
         Ok(FetchOutcome::Complete(format!("{{\"now\": {now}}}")))

@@ -1,0 +1,747 @@
+//! The Redis Streams queue, on one node or a Redis Cluster.
+//!
+//! The queue is P partitions (`queue_settings.partitions`); a job's partition
+//! is a hash of its id (`keys.rs`). Each partition has, under one hash tag
+//! (so one cluster slot):
+//! - `jobs`: the stream (field `m` = payload), read by the group `workers`.
+//!   A lease is a pending entry; `XAUTOCLAIM` reclaims entries idle past the
+//!   lease. Acked entries are deleted, so the stream holds only waiting and
+//!   leased entries.
+//! - `delayed`: a sorted set, member `<token>|<payload>`, score = due ms. Its
+//!   promoter (a Lua script, run by one process of the fleet at a time: the
+//!   holder of the partition's `promoter` lock) moves due members onto the
+//!   stream.
+//! - `dead` (hash id → JSON) and `dead:at` (sorted set id → died_at): dead
+//!   letters (a letter's partition is a hash of its id), listed oldest first
+//!   and purged by age.
+//! - `present`: a set of the job ids that have an entry (waiting, delayed or
+//!   leased), kept in the same atomic step as the entry itself; the sweeper
+//!   asks it which overdue jobs lost their entry.
+//!
+//! A lease takes from every partition fairly: each call starts at the next
+//! partition, reads the others without blocking, then blocks on its first
+//! one only (with several partitions, briefly, then goes round again). No
+//! command spans two partitions; what does (depth, listing dead letters,
+//! `present`) asks each partition and merges.
+//!
+//! Leases are fenced by the pending entry's owner and delivery count (which
+//! only grows for an entry; a release makes a new entry): the scripts act on
+//! an entry only while XPENDING still names the caller's holding.
+
+mod keys;
+mod scripts;
+mod wire;
+
+use async_trait::async_trait;
+use futures::future::try_join_all;
+use redis::streams::{StreamPendingCountReply, StreamPendingReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, Script, Value};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
+use crate::model::{DeadLetter, Millis, now_ms};
+use crate::redis_conn::{BlockingConn, RedisConn, SharedConn};
+use crate::telemetry;
+use keys::{Keys, entry_id, partition_of, split_entry_id};
+use wire::{is_nogroup, letter_of, parse_autoclaim, payload_of};
+
+const GROUP: &str = "workers";
+/// Delayed entries moved per script call (bounds the script's run time).
+const PROMOTE_BATCH: usize = 1000;
+/// Entries per enqueue pipeline.
+const ENQUEUE_BATCH: usize = 1000;
+/// Idle blocking connections kept for reuse.
+const BLOCKING_POOL: usize = 16;
+/// With several partitions, a lease blocks on one at a time, this long at
+/// most, then looks at the others again.
+const SHORT_BLOCK: Duration = Duration::from_millis(200);
+/// How long a partition's promoter keeps the role after its last run.
+const PROMOTER_TTL: Duration = Duration::from_millis(500);
+/// A partition whose next due entry is known to be later is promoted again
+/// after this at the latest (another process may have delayed an entry).
+const PROMOTE_RECHECK: Duration = Duration::from_millis(100);
+/// Default partition counts.
+pub const DEFAULT_PARTITIONS_NODE: usize = 1;
+pub const DEFAULT_PARTITIONS_CLUSTER: usize = 16;
+
+/// One partition: its keys and this process's bookkeeping of it.
+struct Partition {
+    keys: Keys,
+    /// `XAUTOCLAIM` cursor, so successive leases walk the whole pending list.
+    claim_cursor: Mutex<String>,
+    /// When this process last looked for expired leases here.
+    reclaimed_at: Mutex<Option<Instant>>,
+    /// When this process last ran the promoter here, and the next due time it
+    /// reported.
+    promoted: Mutex<Option<(Instant, Option<Millis>)>>,
+}
+
+pub struct RedisQueue {
+    redis: RedisConn,
+    /// Shared connection for every non-blocking command.
+    conn: SharedConn,
+    /// Dedicated connections for `XREADGROUP BLOCK`: a blocked command stalls
+    /// everything behind it on its connection. Each read may take its block
+    /// time plus `timeout`; a read that does not answer by then drops its
+    /// connection (the socket may be dead).
+    blocking: Mutex<Vec<BlockingConn>>,
+    timeout: Duration,
+    parts: Vec<Partition>,
+    /// Where the next lease starts (fairness across partitions).
+    next_start: AtomicUsize,
+    /// This instance's promoter token.
+    token: String,
+    promote: Script,
+    purge_dead: Script,
+    ack: Script,
+    extend: Script,
+    release: Script,
+}
+
+impl RedisQueue {
+    /// Its own connection (tests, tools), default partition count.
+    pub async fn connect(url: &str, prefix: &str) -> std::result::Result<RedisQueue, QueueError> {
+        Self::new(&RedisConn::connect(url).await?, prefix).await
+    }
+
+    /// Its own connection with `partitions` partitions (tests, tools).
+    pub async fn connect_partitioned(
+        url: &str,
+        prefix: &str,
+        partitions: usize,
+    ) -> std::result::Result<RedisQueue, QueueError> {
+        Self::with_partitions(&RedisConn::connect(url).await?, prefix, Some(partitions)).await
+    }
+
+    /// Over the process's shared connection, with the default partition
+    /// count (1 on one node, 16 on a cluster).
+    pub async fn new(conn: &RedisConn, prefix: &str) -> std::result::Result<RedisQueue, QueueError> {
+        Self::with_partitions(conn, prefix, None).await
+    }
+
+    /// Over the process's shared connection; creates each partition's
+    /// consumer group (and stream) if missing. Every process of a
+    /// deployment must use the same count.
+    pub async fn with_partitions(
+        conn: &RedisConn,
+        prefix: &str,
+        partitions: Option<usize>,
+    ) -> std::result::Result<RedisQueue, QueueError> {
+        let default = if conn.is_cluster() { DEFAULT_PARTITIONS_CLUSTER } else { DEFAULT_PARTITIONS_NODE };
+        let partitions = partitions.unwrap_or(default).max(1);
+        let parts = Keys::all(prefix, partitions, conn.is_cluster())
+            .into_iter()
+            .map(|keys| Partition {
+                keys,
+                claim_cursor: Mutex::new("0-0".into()),
+                reclaimed_at: Mutex::new(None),
+                promoted: Mutex::new(None),
+            })
+            .collect();
+        let queue = RedisQueue {
+            redis: conn.clone(),
+            conn: conn.shared.clone(),
+            blocking: Mutex::new(Vec::new()),
+            timeout: conn.timeout,
+            parts,
+            next_start: AtomicUsize::new(0),
+            token: uuid::Uuid::new_v4().simple().to_string(),
+            promote: Script::new(scripts::PROMOTE),
+            purge_dead: Script::new(scripts::PURGE_DEAD),
+            ack: Script::new(&format!("{}{}", scripts::HELD, scripts::ACK)),
+            extend: Script::new(&format!("{}{}", scripts::HELD, scripts::EXTEND)),
+            release: Script::new(&format!("{}{}", scripts::HELD, scripts::RELEASE)),
+        };
+        try_join_all((0..partitions).map(|p| queue.ensure_group(p))).await?;
+        Ok(queue)
+    }
+
+    /// How many partitions this queue has.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// The stream key of each partition (tools, tests: backlog per partition).
+    pub fn stream_keys(&self) -> Vec<String> {
+        self.parts.iter().map(|p| p.keys.jobs.clone()).collect()
+    }
+
+    fn keys(&self, p: usize) -> &Keys {
+        &self.parts[p].keys
+    }
+
+    fn part_of(&self, id: &str) -> usize {
+        partition_of(id, self.parts.len())
+    }
+
+    async fn ensure_group(&self, p: usize) -> Result<()> {
+        let mut conn = self.conn.clone();
+        // Start at 0: entries added before the group existed are delivered too.
+        let created: redis::RedisResult<()> = conn.xgroup_create_mkstream(&self.keys(p).jobs, GROUP, "0").await;
+        match created {
+            Err(e) if e.code() != Some("BUSYGROUP") => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs each partition's promoter (those not known to have nothing due);
+    /// returns the earliest next due time.
+    async fn promote_all(&self, now: Millis) -> Result<Option<Millis>> {
+        let nexts = try_join_all((0..self.parts.len()).map(|p| self.promote_due(p, now))).await?;
+        Ok(nexts.into_iter().flatten().min())
+    }
+
+    /// Moves due delayed entries of partition `p` onto its stream, if this
+    /// process is (or becomes) its promoter; returns the next due time.
+    async fn promote_due(&self, p: usize, now: Millis) -> Result<Option<Millis>> {
+        let part = &self.parts[p];
+        if let Some((at, next)) = *lock(&part.promoted)
+            && at.elapsed() < PROMOTE_RECHECK
+            && next.is_none_or(|d| d > now)
+        {
+            return Ok(next);
+        }
+        let mut conn = self.conn.clone();
+        let mut next_due = Some(now);
+        // Bounded: a huge backlog of due entries is moved over several leases.
+        for _ in 0..10 {
+            let (moved, next): (i64, String) = self
+                .promote
+                .key(&part.keys.delayed)
+                .key(&part.keys.jobs)
+                .key(&part.keys.promoter)
+                .arg(now)
+                .arg(PROMOTE_BATCH)
+                .arg(&self.token)
+                .arg(PROMOTER_TTL.as_millis() as u64)
+                .invoke_async(&mut conn)
+                .await?;
+            if moved < PROMOTE_BATCH as i64 {
+                next_due = next.parse::<f64>().ok().map(|s| s as Millis);
+                if moved < 0 {
+                    // Another process is this partition's promoter: what is
+                    // due is its to move; look again a little later rather
+                    // than spin on an entry already due.
+                    let later = now + PROMOTE_RECHECK.as_millis() as Millis;
+                    next_due = next_due.map(|d| d.max(later));
+                }
+                break;
+            }
+        }
+        *lock(&part.promoted) = Some((Instant::now(), next_due));
+        Ok(next_due)
+    }
+
+    /// Takes over entries idle longer than `lease` (their holder died), from
+    /// the partitions not looked at within a quarter of the lease, starting
+    /// at `start`.
+    async fn reclaim_all(&self, consumer: &str, max: usize, lease: Duration, start: usize) -> Result<Vec<Lease>> {
+        let every = (lease / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let n = self.parts.len();
+        let mut out = Vec::new();
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let p = (start + i) % n;
+            {
+                let mut at = lock(&self.parts[p].reclaimed_at);
+                if at.is_some_and(|t| t.elapsed() < every) {
+                    continue;
+                }
+                *at = Some(Instant::now());
+            }
+            let room = max - out.len();
+            out.extend(self.with_group(p, || self.reclaim(p, consumer, room, lease)).await?);
+        }
+        Ok(out)
+    }
+
+    /// Takes over entries of partition `p` idle longer than `lease`.
+    async fn reclaim(&self, p: usize, consumer: &str, max: usize, lease: Duration) -> Result<Vec<Lease>> {
+        let keys = self.keys(p);
+        let mut conn = self.conn.clone();
+        let start = lock(&self.parts[p].claim_cursor).clone();
+        let min_idle = lease.as_millis().max(1) as u64;
+        let raw: Value = redis::cmd("XAUTOCLAIM")
+            .arg(&keys.jobs)
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(min_idle)
+            .arg(&start)
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await?;
+        let (next, entries, deleted) = parse_autoclaim(raw)?;
+        *lock(&self.parts[p].claim_cursor) = next;
+
+        // Entries deleted from the stream while pending: drop them from the
+        // pending list (Redis 7 already did; 6.2 returns them with no fields).
+        let mut gone: Vec<String> = deleted;
+        let mut claimed = Vec::new();
+        for (id, fields) in entries {
+            match fields {
+                Some(payload) => claimed.push((id, payload)),
+                None => gone.push(id),
+            }
+        }
+        if !gone.is_empty() {
+            let _: () = conn.xack(&keys.jobs, GROUP, &gone).await?;
+        }
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // XAUTOCLAIM does not report delivery counts: ask per entry, in one trip.
+        let mut pipe = redis::pipe();
+        for (id, _) in &claimed {
+            pipe.cmd("XPENDING").arg(&keys.jobs).arg(GROUP).arg(id).arg(id).arg(1);
+        }
+        let counts: Vec<StreamPendingCountReply> = pipe.query_async(&mut conn).await?;
+        let n = self.parts.len();
+        Ok(claimed
+            .into_iter()
+            .zip(counts)
+            .map(|((id, payload), count)| {
+                let deliveries = count.ids.first().map(|p| p.times_delivered).unwrap_or(1);
+                let deliveries = deliveries.clamp(1, u32::MAX as usize) as u32;
+                let consumer = consumer.to_string();
+                let entry_id = entry_id(p, &id, n);
+                Lease { entry_id, payload, deliveries, lease_for: lease, consumer, token: u64::from(deliveries) }
+            })
+            .collect())
+    }
+
+    /// Reads never-delivered entries of partition `p`, blocking up to
+    /// `block` for the first.
+    async fn read_new(
+        &self,
+        p: usize,
+        consumer: &str,
+        count: usize,
+        block: Option<Duration>,
+        lease: Duration,
+    ) -> Result<Vec<Lease>> {
+        let stream = &self.keys(p).jobs;
+        let mut opts = StreamReadOptions::default().group(GROUP, consumer).count(count);
+        let reply: Option<StreamReadReply> = match block {
+            None => {
+                let mut conn = self.conn.clone();
+                conn.xread_options(&[stream], &[">"], &opts).await?
+            }
+            Some(wait) => {
+                opts = opts.block(wait.as_millis().max(1) as usize);
+                let mut conn = self.blocking_conn().await?;
+                // Bounded: a dead socket fails the read instead of hanging
+                // it. On error the connection is dropped, not pooled.
+                let bound = wait.saturating_add(self.timeout);
+                let reply = match tokio::time::timeout(bound, conn.xread_options(&[stream], &[">"], &opts)).await {
+                    Ok(r) => r?,
+                    Err(_) => return Err(QueueError::Other(format!("redis did not answer within {bound:?}"))),
+                };
+                let mut pool = lock(&self.blocking);
+                if pool.len() < BLOCKING_POOL {
+                    pool.push(conn);
+                }
+                reply
+            }
+        };
+        let n = self.parts.len();
+        let entries = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>());
+        Ok(entries
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| Lease {
+                payload: payload_of(&e),
+                entry_id: entry_id(p, &e.id, n),
+                deliveries: 1,
+                lease_for: lease,
+                consumer: consumer.to_string(),
+                token: 1,
+            })
+            .collect())
+    }
+
+    /// The partition and stream id a lease names (None: not this queue's).
+    fn locate<'a>(&self, lease: &'a Lease) -> Option<(usize, &'a str)> {
+        split_entry_id(&lease.entry_id, self.parts.len())
+    }
+
+    /// A fenced script's invocation with its holding arguments (the stream
+    /// key and the rest follow).
+    fn fenced<'a>(&self, script: &'a Script, stream_id: &str, lease: &Lease) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(GROUP).arg(stream_id).arg(&lease.consumer).arg(lease.token);
+        inv
+    }
+
+    async fn blocking_conn(&self) -> Result<BlockingConn> {
+        if let Some(conn) = lock(&self.blocking).pop() {
+            return Ok(conn);
+        }
+        Ok(self.redis.blocking().await?)
+    }
+
+    /// Runs `f`; if partition `p`'s group vanished (the stream was deleted),
+    /// recreates it and runs `f` once more.
+    async fn with_group<T, F, Fut>(&self, p: usize, f: F) -> Result<T>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match f().await {
+            Err(QueueError::Redis(e)) if is_nogroup(&e) => {
+                // The stream and its group are gone: Redis lost its data (or
+                // someone deleted the key). Entries are lost with it; the
+                // sweeper re-enqueues their jobs from the store.
+                tracing::warn!(stream = %self.keys(p).jobs, "the queue's consumer group vanished; recreating it");
+                metrics::counter!(telemetry::QUEUE_GROUP_RECREATED).increment(1);
+                self.ensure_group(p).await?;
+                f().await
+            }
+            other => other,
+        }
+    }
+
+    /// Adds `msgs` (all of partition `p`) to its stream, in atomic batches.
+    async fn enqueue_into(&self, p: usize, msgs: &[&Message]) -> Result<()> {
+        let keys = self.keys(p);
+        let mut conn = self.conn.clone();
+        for chunk in msgs.chunks(ENQUEUE_BATCH) {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for m in chunk {
+                pipe.xadd(&keys.jobs, "*", &[("m", m.encode())]).ignore();
+                pipe.sadd(&keys.present, &m.request_id).ignore();
+            }
+            let _: () = pipe.query_async(&mut conn).await?;
+        }
+        Ok(())
+    }
+
+    /// Partition `p`'s depth.
+    async fn depth_of(&self, p: usize) -> Result<QueueDepth> {
+        let keys = self.keys(p);
+        let depth = || async {
+            let (len, pending, delayed, dead): (u64, StreamPendingReply, u64, u64) = redis::pipe()
+                .atomic()
+                .xlen(&keys.jobs)
+                .xpending(&keys.jobs, GROUP)
+                .zcard(&keys.delayed)
+                .zcard(&keys.dead_at)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            let leased = pending.count() as u64;
+            // Acks delete entries, so the stream holds exactly the waiting
+            // entries plus the leased ones.
+            Ok(QueueDepth { ready: len.saturating_sub(leased), delayed, leased, dead })
+        };
+        self.with_group(p, depth).await
+    }
+
+    /// Each partition's backlog: entries waiting or leased in its stream
+    /// (tools, tests: balance across partitions).
+    pub async fn backlogs(&self) -> Result<Vec<u64>> {
+        let depths = try_join_all((0..self.parts.len()).map(|p| self.depth_of(p))).await?;
+        Ok(depths.into_iter().map(|d| d.ready + d.leased).collect())
+    }
+
+    /// Partition `p`'s oldest `limit` dead letters (id, died_at).
+    async fn dead_ids(&self, p: usize, limit: usize) -> Result<Vec<(String, f64)>> {
+        let mut conn = self.conn.clone();
+        Ok(conn.zrange_withscores(&self.keys(p).dead_at, 0, limit as isize - 1).await?)
+    }
+
+    /// The bodies of dead letters `ids` of partition `p`.
+    async fn dead_bodies(&self, p: usize, ids: &[&String]) -> Result<Vec<Option<String>>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let bodies: Vec<Option<String>> =
+            redis::cmd("HMGET").arg(&self.keys(p).dead).arg(ids).query_async(&mut self.conn.clone()).await?;
+        Ok(bodies)
+    }
+
+    async fn purge_partition(&self, p: usize, before: Millis) -> Result<u64> {
+        let keys = self.keys(p);
+        let mut conn = self.conn.clone();
+        let mut total = 0u64;
+        loop {
+            let n: u64 = self
+                .purge_dead
+                .key(&keys.dead_at)
+                .key(&keys.dead)
+                .arg(before)
+                .arg(PROMOTE_BATCH)
+                .invoke_async(&mut conn)
+                .await?;
+            total += n;
+            if n < PROMOTE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Lets this process's promoter of partition `p` know of an entry due at
+    /// `due` (so a lease stops blocking in time for it).
+    fn note_due(&self, p: usize, due: Millis) {
+        let mut promoted = lock(&self.parts[p].promoted);
+        if let Some((_, next)) = promoted.as_mut() {
+            *next = Some(next.map_or(due, |n| n.min(due)));
+        }
+    }
+}
+
+#[async_trait]
+impl Queue for RedisQueue {
+    async fn enqueue(&self, msgs: &[Message]) -> Result<()> {
+        let n = self.parts.len();
+        let mut by_part: Vec<Vec<&Message>> = vec![Vec::new(); n];
+        for m in msgs {
+            by_part[self.part_of(&m.request_id)].push(m);
+        }
+        let writes =
+            by_part.iter().enumerate().filter(|(_, ms)| !ms.is_empty()).map(|(p, ms)| self.enqueue_into(p, ms));
+        try_join_all(writes).await?;
+        Ok(())
+    }
+
+    async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let n = self.parts.len();
+        let deadline = Instant::now() + wait;
+        let mut start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
+        loop {
+            let now = now_ms();
+            let next_due = self.promote_all(now).await?;
+            let mut out = self.reclaim_all(consumer, max, lease, start).await?;
+            // The other partitions without blocking, then `start` (blocking
+            // only when empty-handed).
+            for i in 1..=n {
+                if out.len() >= max {
+                    break;
+                }
+                let p = (start + i) % n;
+                let room = max - out.len();
+                if p != start || !out.is_empty() {
+                    out.extend(self.with_group(p, || self.read_new(p, consumer, room, None, lease)).await?);
+                    continue;
+                }
+                // Block only when empty-handed, and not past the next delayed entry.
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let until_due = next_due.map(|d| Duration::from_millis((d - now).max(1) as u64));
+                let mut block = until_due.map_or(remaining, |u| u.min(remaining));
+                if n > 1 {
+                    block = block.min(SHORT_BLOCK);
+                }
+                let block = (!block.is_zero()).then_some(block);
+                out.extend(self.with_group(p, || self.read_new(p, consumer, room, block, lease)).await?);
+                if out.is_empty() && block.is_none() {
+                    return Ok(out);
+                }
+            }
+            let due_reached = next_due.is_some_and(|d| now_ms() >= d);
+            if !out.is_empty() || Instant::now() >= deadline || due_reached {
+                return Ok(out);
+            }
+            start = (start + 1) % n;
+        }
+    }
+
+    async fn extend(&self, lease: &Lease) -> Result<bool> {
+        let Some((p, id)) = self.locate(lease) else { return Ok(false) };
+        // Resetting the idle time makes XAUTOCLAIM (which reclaims entries
+        // idle past the lease every consumer is configured with) leave it.
+        let held: i64 =
+            self.fenced(&self.extend, id, lease).key(&self.keys(p).jobs).invoke_async(&mut self.conn.clone()).await?;
+        Ok(held == 1)
+    }
+
+    async fn ack(&self, lease: &Lease) -> Result<()> {
+        let Some((p, id)) = self.locate(lease) else { return Ok(()) };
+        let job = Message::decode(&lease.payload).map(|m| m.request_id).unwrap_or_default();
+        let keys = self.keys(p);
+        let _: i64 = self
+            .fenced(&self.ack, id, lease)
+            .key(&keys.jobs)
+            .key(&keys.present)
+            .arg(job)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()> {
+        let Some((p, id)) = self.locate(lease) else { return Ok(()) };
+        let target = self.part_of(&msg.request_id);
+        if target != p {
+            // Another job's message than the one leased: its entry belongs
+            // in its own partition. Not atomic (two slots): enqueue first,
+            // so the job cannot be without an entry.
+            let keys = self.keys(target);
+            if due <= now_ms() {
+                self.enqueue_into(target, &[msg]).await?;
+            } else {
+                let member = format!("{}|{}", uuid::Uuid::new_v4().simple(), msg.encode());
+                let _: () = redis::pipe()
+                    .atomic()
+                    .zadd(&keys.delayed, member, due)
+                    .ignore()
+                    .sadd(&keys.present, &msg.request_id)
+                    .ignore()
+                    .query_async(&mut self.conn.clone())
+                    .await?;
+                self.note_due(target, due);
+            }
+            return self.ack(lease).await;
+        }
+        let payload = msg.encode();
+        let member = format!("{}|{payload}", uuid::Uuid::new_v4().simple());
+        let keys = self.keys(p);
+        let _: i64 = self
+            .fenced(&self.release, id, lease)
+            .key(&keys.jobs)
+            .key(&keys.delayed)
+            .key(&keys.present)
+            .arg(payload)
+            .arg(due)
+            .arg(now_ms())
+            .arg(member)
+            .arg(&msg.request_id)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        self.note_due(p, due);
+        Ok(())
+    }
+
+    async fn dead_letter(&self, lease: Option<&Lease>, mut letter: DeadLetter) -> Result<()> {
+        if letter.id.is_empty() {
+            letter.id = uuid::Uuid::now_v7().to_string();
+        }
+        let keys = self.keys(self.part_of(&letter.id));
+        let json = serde_json::to_string(&letter).map_err(|e| QueueError::Other(e.to_string()))?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset(&keys.dead, &letter.id, json)
+            .ignore()
+            .zadd(&keys.dead_at, &letter.id, letter.died_at)
+            .ignore();
+        let _: () = pipe.query_async(&mut self.conn.clone()).await?;
+        if let Some(lease) = lease {
+            self.ack(lease).await?;
+        }
+        Ok(())
+    }
+
+    async fn present(&self, request_ids: &[String]) -> Result<Vec<bool>> {
+        if request_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = self.parts.len();
+        let mut by_part: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, id) in request_ids.iter().enumerate() {
+            by_part[self.part_of(id)].push(i);
+        }
+        let asks = by_part.iter().enumerate().filter(|(_, is)| !is.is_empty()).map(|(p, is)| async move {
+            let ids: Vec<&String> = is.iter().map(|i| &request_ids[*i]).collect();
+            let found: Vec<bool> = redis::cmd("SMISMEMBER")
+                .arg(&self.keys(p).present)
+                .arg(ids)
+                .query_async(&mut self.conn.clone())
+                .await?;
+            Ok::<_, QueueError>(is.iter().copied().zip(found).collect::<Vec<_>>())
+        });
+        let mut out = vec![false; request_ids.len()];
+        for (i, found) in try_join_all(asks).await?.into_iter().flatten() {
+            out[i] = found;
+        }
+        Ok(out)
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The oldest `limit` of each partition, merged by death time (then
+        // id, as one sorted set orders ties).
+        let per_part = try_join_all((0..self.parts.len()).map(|p| self.dead_ids(p, limit))).await?;
+        let mut all: Vec<(usize, String, f64)> = per_part
+            .into_iter()
+            .enumerate()
+            .flat_map(|(p, ids)| ids.into_iter().map(move |(id, at)| (p, id, at)))
+            .collect();
+        all.sort_by(|a, b| a.2.total_cmp(&b.2).then_with(|| a.1.cmp(&b.1)));
+        all.truncate(limit);
+        let bodies = try_join_all((0..self.parts.len()).map(|p| {
+            let ids: Vec<&String> = all.iter().filter(|(q, _, _)| *q == p).map(|(_, id, _)| id).collect();
+            async move {
+                Ok::<_, QueueError>(
+                    ids.iter().map(|s| (*s).clone()).zip(self.dead_bodies(p, &ids).await?).collect::<Vec<_>>(),
+                )
+            }
+        }))
+        .await?;
+        let mut bodies: std::collections::HashMap<String, Option<String>> = bodies.into_iter().flatten().collect();
+        Ok(all
+            .into_iter()
+            // A letter removed in between is skipped.
+            .filter_map(|(_, id, died_at)| {
+                let body = bodies.remove(&id).flatten()?;
+                Some(letter_of(id, body, died_at as Millis))
+            })
+            .collect())
+    }
+
+    async fn dead_letter_by_id(&self, id: &str) -> Result<Option<DeadLetter>> {
+        let keys = self.keys(self.part_of(id));
+        let mut conn = self.conn.clone();
+        let (body, died_at): (Option<String>, Option<f64>) =
+            redis::pipe().hget(&keys.dead, id).zscore(&keys.dead_at, id).query_async(&mut conn).await?;
+        Ok(body.map(|b| letter_of(id.to_string(), b, died_at.unwrap_or_default() as Millis)))
+    }
+
+    async fn remove_dead_letter(&self, id: &str) -> Result<bool> {
+        let keys = self.keys(self.part_of(id));
+        let (removed, _): (u64, u64) = redis::pipe()
+            .atomic()
+            .hdel(&keys.dead, id)
+            .zrem(&keys.dead_at, id)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(removed > 0)
+    }
+
+    async fn depth(&self) -> Result<QueueDepth> {
+        let depths = try_join_all((0..self.parts.len()).map(|p| self.depth_of(p))).await?;
+        Ok(depths.into_iter().fold(QueueDepth::default(), |a, d| QueueDepth {
+            ready: a.ready + d.ready,
+            delayed: a.delayed + d.delayed,
+            leased: a.leased + d.leased,
+            dead: a.dead + d.dead,
+        }))
+    }
+
+    async fn purge_dead_letters(&self, before: Millis) -> Result<u64> {
+        let purged = try_join_all((0..self.parts.len()).map(|p| self.purge_partition(p, before))).await?;
+        Ok(purged.into_iter().sum())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values stay valid even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
