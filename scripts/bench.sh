@@ -16,9 +16,11 @@
 #   BENCH_KEEP=1          keep the work directory (service logs, raw JSON)
 #   BENCH_LISTING_JOBS=1000000  jobs in the store for the GET /jobs runs
 #   BENCH_WAITERS=10000   concurrent `GET /jobs/{id}?wait=` for the waiters run
-#   BENCH_ONLY="embedded nx scale listing waiters cluster"  scenarios to run (default: all;
+#   BENCH_ONLY="embedded nx scale listing waiters cluster limits"  scenarios to run (default: all;
 #                         cluster: scripts/bench-cluster.sh, one Redis node vs a
 #                         3-master Redis Cluster, BENCH_CLUSTER_JOBS=20000)
+#                         limits: scripts/bench-limits.sh, the mock vendor's hidden
+#                         limit with and without rate headers, BENCH_LIMIT_SECONDS=60)
 #
 # Every scenario gets a fresh data directory, Redis key prefix and Mongo
 # database; rate limits are lifted and the mock vendors answer at once, so
@@ -32,7 +34,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
-ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cluster}
+ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cluster limits}
 BIN=$ROOT/target/release/vendorhost
 WORK=$(mktemp -d /tmp/vendorhost-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -646,4 +648,7 @@ cp "$RESULTS" "$ROOT/target/bench-results.jsonl" 2>/dev/null || true
 print_table "$RESULTS" "$WORK/plugins-bench.txt"
 if wants cluster; then
   bash "$ROOT/scripts/bench-cluster.sh" || log "the Redis Cluster step failed"
+fi
+if wants limits; then
+  bash "$ROOT/scripts/bench-limits.sh" || log "the learned-limits step failed"
 fi

@@ -54,6 +54,7 @@ async fn fill() {
                 created_at: base + 2 * k as i64,
                 idempotency: None,
                 notify_url: None,
+                trace: None,
             })
             .collect();
         store.insert_batch(&jobs).await.unwrap();

@@ -59,6 +59,7 @@ async fn run(iters: usize) {
             memory_cap_bytes: 64 << 20,
             timeout: Duration::from_secs(5),
             config: config.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            observed: Default::default(),
         })
     };
     let none = policy(&[], &[]);
@@ -269,6 +270,7 @@ async fn languages(runtime: &Arc<Runtime>, iters: usize, server: std::net::Socke
                 memory_cap_bytes: cap_mib << 20,
                 timeout: Duration::from_secs(10),
                 config: [("base_url".to_string(), format!("http://{server}"))].into_iter().collect(),
+                observed: Default::default(),
             })
         };
         let mut needed = None;

@@ -121,6 +121,7 @@ pub struct Config {
     pub api: ApiSettings,
     pub auth: AuthSettings,
     pub notify: NotifySettings,
+    pub telemetry: TelemetrySettings,
     pub retention: RetentionSettings,
     /// Replaces the built-in list of keys naming personal data (unset: the
     /// built-in list, `clean::DEFAULT_PII_KEYS`); a replacement is logged.
@@ -241,6 +242,35 @@ pub struct KeySettings {
     pub notify_secret: Option<String>,
     /// Let this key's `notify_url`s reach non-public addresses.
     pub notify_allow_private: Option<bool>,
+    /// Submit requests per second, sustained (`POST /jobs` and
+    /// `POST /jobs/batch` take one each); unset: no limit. Shared by every
+    /// API process (through Redis beside a Redis queue).
+    pub submit_rate: Option<f64>,
+    /// Submit requests allowed at once above `submit_rate` (default 1).
+    pub submit_burst: Option<u32>,
+    /// Jobs of this key pending or processing at once; a submit past it
+    /// gets 429 `too_many_in_flight`. Unset: no limit.
+    pub max_in_flight: Option<u64>,
+    /// Vendor calls allowed per vendor per UTC day or month, by vendor id:
+    /// `quotas.weather = { limit = 1000, per = "day" }`.
+    pub quotas: BTreeMap<String, KeyQuota>,
+}
+
+/// A key's quota of calls to one vendor.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuota {
+    /// Vendor calls per period.
+    pub limit: u64,
+    pub per: QuotaPeriod,
+}
+
+/// The period a quota counts over (UTC calendar day or month).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QuotaPeriod {
+    Day,
+    Month,
 }
 
 /// Completion notifications (`notify_url` on a job).
@@ -278,6 +308,26 @@ impl Default for NotifySettings {
             secret: None,
             allow_private: false,
         }
+    }
+}
+
+/// Traces (OpenTelemetry over OTLP/HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`; spans
+    /// go to `/v1/traces` under it). Empty: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are off.
+    #[serde(deserialize_with = "text::deserialize")]
+    pub otlp_endpoint: String,
+    /// The `service.name` spans carry.
+    #[serde(deserialize_with = "text::deserialize")]
+    pub service_name: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings { otlp_endpoint: String::new(), service_name: "vendorhost".into() }
     }
 }
 
@@ -475,6 +525,7 @@ impl Default for Config {
             api: ApiSettings::default(),
             auth: AuthSettings::default(),
             notify: NotifySettings::default(),
+            telemetry: TelemetrySettings::default(),
             retention: RetentionSettings::default(),
             pii_keys: None,
             pii_keys_extra: Vec::new(),
@@ -603,6 +654,16 @@ impl Config {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     return Err(ConfigError::Invalid(format!("{table}.secret_headers: {h:?} is not a header name")));
                 }
+            }
+        }
+        for (name, k) in &self.auth.keys {
+            if let Some(r) = k.submit_rate
+                && !(r.is_finite() && r > 0.0)
+            {
+                return Err(ConfigError::Invalid(format!("auth.keys.{name}.submit_rate = {r}: expected a rate > 0")));
+            }
+            if k.max_in_flight == Some(0) {
+                return Err(ConfigError::Invalid(format!("auth.keys.{name}.max_in_flight = 0: expected at least 1")));
             }
         }
         Ok(())

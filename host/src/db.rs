@@ -130,6 +130,58 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE jobs ADD COLUMN notify_next_at INTEGER;
     CREATE INDEX IF NOT EXISTS jobs_notify_due ON jobs(status, notify_next_at) WHERE notify_next_at IS NOT NULL;
     "#,
+    // The job's latest vendor calls (JSON text: [{"started_at",
+    // "duration_ms", "outcome", "error"?}], oldest first; NULL before the
+    // first).
+    r#"
+    ALTER TABLE jobs ADD COLUMN attempts_log TEXT;
+    "#,
+    // Per-key limits (issue 20): jobs in flight per key (a partial index the
+    // count uses), and quota counters, one row per (key, vendor, period).
+    r#"
+    CREATE INDEX IF NOT EXISTS jobs_owner_active ON jobs(owner) WHERE status IN ('pending', 'processing');
+    CREATE TABLE IF NOT EXISTS quota_usage (
+        id TEXT PRIMARY KEY,
+        used INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    "#,
+    // Usage rollups (issue 20): each vendor call's cost summed per (API key
+    // name, vendor, hour start).
+    r#"
+    CREATE TABLE IF NOT EXISTS usage_rollup (
+        key TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        hour INTEGER NOT NULL,
+        calls INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        cpu_us INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, vendor, hour)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS usage_rollup_hour ON usage_rollup(hour);
+    "#,
+    // Daily usage rollups beside the hourly ones (issue 20): `GET /usage`
+    // by day reads a month as 30 rows per (key, vendor), not 720.
+    r#"
+    CREATE TABLE IF NOT EXISTS usage_rollup_day (
+        key TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        day INTEGER NOT NULL,
+        calls INTEGER NOT NULL,
+        bytes_in INTEGER NOT NULL,
+        bytes_out INTEGER NOT NULL,
+        cpu_us INTEGER NOT NULL,
+        latency_ms INTEGER NOT NULL,
+        PRIMARY KEY (key, vendor, day)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS usage_rollup_day_day ON usage_rollup_day(day);
+    INSERT OR IGNORE INTO usage_rollup_day (key, vendor, day, calls, bytes_in, bytes_out, cpu_us, latency_ms)
+        SELECT key, vendor, (hour / 86400000) * 86400000, sum(calls), sum(bytes_in), sum(bytes_out), sum(cpu_us),
+            sum(latency_ms)
+        FROM usage_rollup GROUP BY key, vendor, (hour / 86400000) * 86400000;
+    "#,
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -6,7 +6,9 @@
 //! - leaves: `model` (job, dead letter, time), `config`, `clean` (result
 //!   cleaning), `telemetry` (metric names and help), `webhook` (Standard
 //!   Webhooks signing), `db` (the embedded SQLite file), `failpoint` (crash-test stops), `redis_conn` (the
-//!   shared Redis connection, to one node or a Redis Cluster), `shutdown` (the stop signal).
+//!   shared Redis connection, to one node or a Redis Cluster), `shutdown` (the stop signal),
+//!   `rate_headers` (what a vendor's answer says about its rate limit), `traces` (OpenTelemetry export
+//!   and W3C `traceparent` propagation).
 //! - seams: `queue` and `store` (each a trait with SQLite and a production
 //!   backend: Redis Streams, MongoDB), `limits` and `breaker` (in-process or
 //!   shared through Redis), `plugins` (the wasmtime runtime, registry,
@@ -23,9 +25,11 @@ pub mod config;
 pub mod db;
 pub mod failpoint;
 pub mod model;
+pub mod rate_headers;
 pub mod redis_conn;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;
 pub mod webhook;
 
 pub mod breaker;

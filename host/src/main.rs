@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 fn main() -> ExitCode {
     tune_allocator();
@@ -12,11 +14,13 @@ fn main() -> ExitCode {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,wasmtime=warn,cranelift=warn,wasmtime_cranelift=warn"));
     let json = std::env::var("VENDORHOST_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // The trace layer stays empty until the configuration names an OTLP
+    // endpoint (`vendorhost::traces::start`).
+    let logs = tracing_subscriber::registry().with(filter).with(vendorhost::traces::slot());
     if json {
-        builder.json().init();
+        logs.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).init();
     } else {
-        builder.init();
+        logs.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
     }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -25,7 +29,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(vendorhost::cli::commands::run(cli))
+    let code = rt.block_on(vendorhost::cli::commands::run(cli));
+    drop(rt);
+    vendorhost::traces::shutdown();
+    code
 }
 
 /// glibc's malloc raises its mmap threshold each time a large block is

@@ -108,6 +108,7 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
             memory_cap_bytes: (p.memory_mb.unwrap_or(DEFAULT_MEMORY_MB).clamp(1, 1024) as usize) << 20,
             timeout,
             config: p.config.clone().unwrap_or_default().into_iter().collect(),
+            observed: Default::default(),
         }),
         quota: Quota { rate, burst },
         max_in_flight: p.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT).max(1),

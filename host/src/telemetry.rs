@@ -7,6 +7,13 @@ pub const JOBS_COMPLETED: &str = "vendorhost_jobs_completed_total";
 pub const JOBS_FAILED: &str = "vendorhost_jobs_failed_total";
 pub const JOBS_CANCELLED: &str = "vendorhost_jobs_cancelled_total";
 pub const JOBS_DELAYED: &str = "vendorhost_jobs_delayed_total";
+pub const QUOTA_EXCEEDED: &str = "vendorhost_quota_exceeded_total";
+pub const USAGE_CALLS: &str = "vendorhost_usage_calls_total";
+pub const USAGE_BYTES_IN: &str = "vendorhost_usage_bytes_in_total";
+pub const USAGE_BYTES_OUT: &str = "vendorhost_usage_bytes_out_total";
+pub const USAGE_CPU: &str = "vendorhost_usage_cpu_microseconds_total";
+pub const PLUGIN_PEAK_MEMORY: &str = "vendorhost_plugin_peak_memory_bytes";
+pub const KEY_SUBMITS_REFUSED: &str = "vendorhost_key_submits_refused_total";
 pub const JOB_RETRIES: &str = "vendorhost_job_retries_total";
 pub const RATE_LIMIT_DELAY: &str = "vendorhost_rate_limit_delay_seconds";
 pub const VENDOR_CALL: &str = "vendorhost_vendor_call_seconds";
@@ -34,6 +41,63 @@ pub const SQLITE_BATCH_SIZE: &str = "vendorhost_sqlite_batch_size";
 pub const WORKER_LAST_POLL_AGE: &str = "vendorhost_worker_last_poll_age_seconds";
 pub const REDACTIONS: &str = "vendorhost_redactions_total";
 pub const NOTIFICATIONS: &str = "vendorhost_notifications_total";
+pub const VENDOR_THROTTLED: &str = "vendorhost_vendor_throttled_total";
+pub const VENDOR_PAUSES: &str = "vendorhost_vendor_pauses_total";
+pub const VENDOR_CONFIGURED_RATE: &str = "vendorhost_vendor_configured_rate";
+pub const VENDOR_LEARNED_RATE: &str = "vendorhost_vendor_learned_rate";
+
+/// Why a job is put back before a call (`JOBS_DELAYED`'s `reason`).
+pub const DELAY_REASONS: [&str; 7] =
+    ["bulkhead", "rate_limit", "limiter_error", "breaker_open", "vendor_missing", "held", "vendor_paused"];
+/// `WEBHOOKS_ACCEPTED`'s reasons.
+pub const WEBHOOK_ACCEPTED_REASONS: [&str; 2] = ["applied", "already_finished"];
+/// `WEBHOOKS_REJECTED`'s reasons.
+pub const WEBHOOK_REJECTED_REASONS: [&str; 13] = [
+    "replay",
+    "missing_header",
+    "bad_timestamp",
+    "stale",
+    "mismatch",
+    "bad_secret",
+    "no_secret",
+    "unknown_job",
+    "in_progress",
+    "not_yet",
+    "unparsable",
+    "store_error",
+    "queue_error",
+];
+/// `JOBS_CANCELLED`'s states.
+pub const CANCELLED_STATES: [&str; 3] = ["pending", "processing", "accepted"];
+/// `PLUGIN_HTTP_DENIED`'s reasons.
+pub const HTTP_DENIED_REASONS: [&str; 2] = ["not_granted", "private_address"];
+
+/// Makes the known series of `vendors` present (at 0 when nothing was
+/// counted yet; a count is never changed), so dashboards and alerts see
+/// them before the first event.
+pub fn zero_series<'a>(vendors: impl IntoIterator<Item = &'a str>) {
+    use metrics::counter;
+    for v in vendors {
+        for name in [JOBS_SUBMITTED, JOBS_COMPLETED, JOBS_FAILED, VENDOR_THROTTLED, VENDOR_PAUSES] {
+            counter!(name, "vendor" => v.to_string()).increment(0);
+        }
+        for reason in DELAY_REASONS {
+            counter!(JOBS_DELAYED, "vendor" => v.to_string(), "reason" => reason).increment(0);
+        }
+        for reason in WEBHOOK_ACCEPTED_REASONS {
+            counter!(WEBHOOKS_ACCEPTED, "vendor" => v.to_string(), "reason" => reason).increment(0);
+        }
+        for reason in WEBHOOK_REJECTED_REASONS {
+            counter!(WEBHOOKS_REJECTED, "vendor" => v.to_string(), "reason" => reason).increment(0);
+        }
+        for state in CANCELLED_STATES {
+            counter!(JOBS_CANCELLED, "vendor" => v.to_string(), "state" => state).increment(0);
+        }
+        for reason in HTTP_DENIED_REASONS {
+            counter!(PLUGIN_HTTP_DENIED, "vendor" => v.to_string(), "reason" => reason).increment(0);
+        }
+    }
+}
 
 /// Registers the HELP text of every series (a no-op without a recorder).
 pub fn describe() {
@@ -45,9 +109,28 @@ pub fn describe() {
         JOBS_CANCELLED,
         "Jobs cancelled by their client (POST /jobs/{id}/cancel), by vendor and the state they were in (pending, processing, accepted)."
     );
+    describe_counter!(USAGE_CALLS, "Vendor calls (plugin fetches), by API key name (`-`: no key) and vendor.");
+    describe_counter!(
+        USAGE_BYTES_IN,
+        "Bytes plugins received over HTTP (headers and bodies), by API key name and vendor."
+    );
+    describe_counter!(
+        USAGE_BYTES_OUT,
+        "Bytes plugins sent over HTTP (request line, headers, bodies), by API key name and vendor."
+    );
+    describe_counter!(USAGE_CPU, "CPU time of plugin calls, microseconds, by API key name and vendor.");
+    describe_histogram!(PLUGIN_PEAK_MEMORY, "Peak linear memory of a plugin call, bytes, by vendor.");
+    describe_counter!(
+        QUOTA_EXCEEDED,
+        "Jobs failed without a vendor call because their API key's quota for the vendor was used up, by key name and vendor."
+    );
+    describe_counter!(
+        KEY_SUBMITS_REFUSED,
+        "Submits refused by their API key's limits (`auth.keys.<name>`), by key name and reason (rate, in_flight)."
+    );
     describe_counter!(
         JOBS_DELAYED,
-        "Jobs put back on the queue before a call (bulkhead, rate limit, open breaker, missing vendor), by vendor and reason."
+        "Jobs put back on the queue before a call (bulkhead, rate limit, vendor paused, open breaker, missing vendor), by vendor and reason."
     );
     describe_counter!(
         JOB_RETRIES,
@@ -98,6 +181,19 @@ pub fn describe() {
     describe_counter!(
         NOTIFICATIONS,
         "Completion notification attempts (notify_url), by outcome: delivered, retry (failed, tried again later), gave_up (failed past notify.max_age), refused (a non-public address or no signing secret: not retried)."
+    );
+    describe_counter!(
+        VENDOR_THROTTLED,
+        "Vendor answers that said 429 Too Many Requests (an HTTP answer to a plugin, or a plugin's rate-limited error), by vendor."
+    );
+    describe_counter!(
+        VENDOR_PAUSES,
+        "Fleet-wide pauses of a vendor set by this process (a 429, or an answer saying no calls are left until a reset), by vendor."
+    );
+    describe_gauge!(VENDOR_CONFIGURED_RATE, "A vendor's configured rate limit, in calls per second, by vendor.");
+    describe_gauge!(
+        VENDOR_LEARNED_RATE,
+        "The rate the workers use for a vendor, in calls per second: the configured rate, lowered after repeated 429s and recovering toward it, by vendor."
     );
     describe_gauge!(
         WORKER_LAST_POLL_AGE,

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::body::BodyError;
 use crate::jobs::callbacks::CallbackError;
 use crate::jobs::dead_letters::ReplayError;
+use crate::jobs::key_limits::KeyLimitError;
 use crate::jobs::service::{CancelError, SubmitError};
 use crate::queue::QueueError;
 use crate::store::StoreError;
@@ -44,11 +45,22 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
     /// With `already_finished`: the job's status.
     pub status_of_job: Option<&'static str>,
+    /// More headers (the IETF `RateLimit` / `RateLimit-Policy` of a 429).
+    /// Boxed: errors travel by value through every handler.
+    pub headers: Option<Box<Vec<(&'static str, String)>>>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), known_vendors: None, retry_after: None, status_of_job: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            known_vendors: None,
+            retry_after: None,
+            status_of_job: None,
+            headers: None,
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -88,6 +100,11 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        for (name, value) in self.headers.map(|h| *h).unwrap_or_default() {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
+            }
         }
         resp
     }
@@ -205,8 +222,41 @@ impl From<SubmitError> for ApiError {
                 "this Idempotency-Key was already used with a different request body",
             ),
             e @ SubmitError::NotifyUrl(_) => ApiError::bad_request("invalid_field", e.to_string()),
+            SubmitError::KeyLimit(e) => e.into(),
             SubmitError::Store(e) => e.into(),
             SubmitError::Queue(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyLimitError> for ApiError {
+    fn from(e: KeyLimitError) -> Self {
+        let msg = e.to_string();
+        match e {
+            KeyLimitError::RateLimited { rate, burst, retry_after, .. } => {
+                // IETF RateLimit headers (draft-ietf-httpapi-ratelimit-headers):
+                // the policy is the burst over the time the rate refills it;
+                // none left now, and `t` seconds until some is.
+                let wait = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let window = (f64::from(burst) / rate).ceil().max(1.0) as u64;
+                ApiError {
+                    retry_after: Some(wait),
+                    headers: Some(Box::new(vec![
+                        ("ratelimit-policy", format!("\"submit\";q={burst};w={window}")),
+                        ("ratelimit", format!("\"submit\";r=0;t={wait}")),
+                    ])),
+                    ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", msg)
+                }
+            }
+            KeyLimitError::TooManyInFlight { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(StatusCode::TOO_MANY_REQUESTS, "too_many_in_flight", msg)
+            },
+            KeyLimitError::Limiter(e) => {
+                tracing::error!(error = %e, "rate limiter error on submit");
+                ApiError::unavailable("the rate limiter is unavailable; retry shortly")
+            }
+            KeyLimitError::Store(e) => e.into(),
         }
     }
 }

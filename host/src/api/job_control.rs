@@ -185,7 +185,16 @@ pub async fn cancel_job(
     if request_id.len() > 64 {
         return Err(ApiError::not_found(format!("no job {request_id:?}")));
     }
-    let job = st.service.cancel(&request_id, caller.owner()).await?;
+    // On a task of its own, as a webhook is applied: a client that hangs up
+    // mid-way must not cut the cancel short between the store write and
+    // what follows it (waking waiters, telling the worker running the call).
+    let service = st.service.clone();
+    let owner = caller.owner().map(str::to_string);
+    let job =
+        tokio::spawn(async move { service.cancel(&request_id, owner.as_deref()).await }).await.map_err(|e| {
+            tracing::error!(error = %e, "cancel handling panicked");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        })??;
     Ok(axum::Json(list_view(job)).into_response())
 }
 
@@ -208,7 +217,8 @@ pub struct BatchAccepted {
 #[derive(utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct BatchRequest {
-    /// 1 to 1,000 submits, each a `POST /jobs` body (`{"vendor", "data"}`).
+    /// 1 to 1,000 submits, each a `POST /jobs` body (`{"vendor", "data"}`,
+    /// optionally `notify_url`, checked as for `POST /jobs`).
     /// An item that is not one is refused in its own result, not the batch's,
     /// so the items are any JSON here.
     #[schema(min_items = 1, max_items = 1000, example = json!([{"vendor": "sync", "data": "test"}]))]
@@ -231,6 +241,10 @@ pub struct BatchRequest {
         (status = 413, description = "Body over `api.max_batch_body_bytes`", body = ErrorBody),
         (status = 415, description = "Not application/json", body = ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = ErrorBody),
+        (status = 429, description = "The API key's submit rate (`auth.keys.<name>.submit_rate`; with `Retry-After`, `RateLimit` and `RateLimit-Policy`) or jobs in flight (`max_in_flight`) is used up", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a submit may pass"),
+                ("RateLimit" = String, description = "IETF RateLimit: `\"submit\";r=0;t=<seconds>` (rate refusals)"),
+                ("RateLimit-Policy" = String, description = "IETF RateLimit-Policy: `\"submit\";q=<burst>;w=<seconds>` (rate refusals)"))),
     ))]
 pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let owner = auth::caller(&st.auth, req.headers())?;
@@ -253,7 +267,7 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
                 let idem = key.as_ref().zip(hash.as_ref()).map(|(k, h)| {
                     (format!("{}:{scope}:{k}\nbatch:{i}", scope.len()), h.clone(), st.api.idempotency_ttl)
                 });
-                items.push((submit.vendor, submit.data, idem));
+                items.push((submit.vendor, submit.data, idem, submit.notify_url));
                 refused.push(None);
             }
             Err(e) => refused.push(Some(e)),

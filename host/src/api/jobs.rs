@@ -55,6 +55,77 @@ pub struct JobView {
     /// `notify_url`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notify: Option<NotifyView>,
+    /// Its latest vendor calls (at most 20), oldest first; empty before the
+    /// first.
+    pub attempts_log: Vec<AttemptView>,
+    /// What the calls in `attempts_log` cost together; absent before the
+    /// first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}
+
+/// One vendor call of a job.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AttemptView {
+    /// When the call started (RFC 3339).
+    pub started_at: String,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// `complete` (a result), `accepted` (an async vendor took it),
+    /// `retryable_error` (retried later), `failed` (ended the job),
+    /// `cancelled` (stopped by a cancel).
+    #[schema(value_type = String, example = "retryable_error")]
+    pub outcome: &'static str,
+    /// The call's error, cut to 500 characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the call cost; absent for a call stopped before it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}
+
+/// What vendor calls cost.
+#[derive(Serialize, utoipa::ToSchema, Default, Clone, Copy)]
+pub struct UsageView {
+    /// Vendor calls (plugin fetches).
+    pub calls: u64,
+    /// `http-send` requests that got an answer.
+    pub http_calls: u64,
+    /// Bytes received over HTTP (headers and bodies).
+    pub bytes_in: u64,
+    /// Bytes sent over HTTP (request line, headers, bodies).
+    pub bytes_out: u64,
+    /// CPU time in the plugin, milliseconds.
+    pub cpu_ms: f64,
+    /// The largest plugin memory of any call, bytes.
+    pub peak_memory_bytes: u64,
+    /// The calls' wall time, milliseconds.
+    pub latency_ms: u64,
+}
+
+impl UsageView {
+    fn of(u: &crate::model::usage::AttemptUsage, latency_ms: u64) -> UsageView {
+        UsageView {
+            calls: 1,
+            http_calls: u.http_calls,
+            bytes_in: u.bytes_in,
+            bytes_out: u.bytes_out,
+            cpu_ms: u.cpu_us as f64 / 1000.0,
+            peak_memory_bytes: u.peak_memory_bytes,
+            latency_ms,
+        }
+    }
+
+    fn add(mut self, o: &UsageView) -> UsageView {
+        self.calls += o.calls;
+        self.http_calls += o.http_calls;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+        self.cpu_ms += o.cpu_ms;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(o.peak_memory_bytes);
+        self.latency_ms += o.latency_ms;
+        self
+    }
 }
 
 /// How a job's completion notification went.
@@ -77,6 +148,14 @@ pub struct NotifyView {
 
 impl From<Job> for JobView {
     fn from(j: Job) -> Self {
+        let mut view = JobView::without_total(j);
+        view.usage = view.attempts_log.iter().filter_map(|a| a.usage).reduce(|x, y| x.add(&y));
+        view
+    }
+}
+
+impl JobView {
+    fn without_total(j: Job) -> Self {
         JobView {
             result: j.result.and_then(|r| RawValue::from_string(r).ok()),
             request_id: j.request_id,
@@ -95,6 +174,18 @@ impl From<Job> for JobView {
                 delivered_at: n.delivered_at.map(format_ms),
                 next_attempt_at: n.next_at.filter(|_| j.status.is_terminal()).map(format_ms),
             }),
+            attempts_log: j
+                .attempts_log
+                .into_iter()
+                .map(|a| AttemptView {
+                    started_at: format_ms(a.started_at),
+                    duration_ms: a.duration_ms,
+                    outcome: a.outcome.as_str(),
+                    error: a.error,
+                    usage: a.usage.map(|u| UsageView::of(&u, a.duration_ms)),
+                })
+                .collect(),
+            usage: None,
         }
     }
 }
@@ -114,6 +205,10 @@ impl From<Job> for JobView {
         (status = 413, description = "Body too large", body = super::error::ErrorBody),
         (status = 415, description = "Not application/json", body = super::error::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with another body", body = super::error::ErrorBody),
+        (status = 429, description = "The API key's submit rate (`auth.keys.<name>.submit_rate`; with `Retry-After`, `RateLimit` and `RateLimit-Policy`) or jobs in flight (`max_in_flight`) is used up", body = super::error::ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a submit may pass"),
+                ("RateLimit" = String, description = "IETF RateLimit: `\"submit\";r=0;t=<seconds>` (rate refusals)"),
+                ("RateLimit-Policy" = String, description = "IETF RateLimit-Policy: `\"submit\";q=<burst>;w=<seconds>` (rate refusals)"))),
         (status = 503, description = "Overloaded or backend unavailable", body = super::error::ErrorBody),
     ))]
 pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -165,7 +260,7 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
 
 /// Poll a job, or wait for it to finish (`?wait=`).
 #[utoipa::path(get, path = "/jobs/{request_id}", tag = "jobs", operation_id = "get_job",
-    security((), ("api_key" = [])),
+    security((), ("api_key" = []), ("admin_key" = [])),
     params(
         ("request_id" = String, Path, description = "The id POST /jobs returned"),
         ("wait" = Option<String>, Query, pattern = r"^[0-9]{1,9}(ms|s|m)?$", example = "30s",
@@ -187,15 +282,17 @@ pub async fn get_job(
     path: Result<Path<String>, PathRejection>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let owner = auth::caller(&st.auth, &headers)?;
+    // The admin key (or the console) reads any job; an API key its own.
+    let caller = auth::jobs_caller(&st.auth, &headers)?;
+    let owner = caller.owner();
     let Path(request_id) = path?;
     let wait = wait_param(query.as_deref())?.map(|w| w.min(st.api.max_wait));
     if request_id.len() > 64 {
         return Err(ApiError::not_found(format!("no job {request_id:?}")));
     }
     let job = match wait {
-        Some(w) if !w.is_zero() => st.service.wait(&request_id, owner.as_deref(), w).await?,
-        _ => st.service.get(&request_id, owner.as_deref()).await?,
+        Some(w) if !w.is_zero() => st.service.wait(&request_id, owner, w).await?,
+        _ => st.service.get(&request_id, owner).await?,
     }
     .ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
     Ok(axum::Json(public_view(job)).into_response())

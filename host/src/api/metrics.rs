@@ -89,6 +89,10 @@ pub fn recorder() -> Option<PrometheusHandle> {
     (status = 401, description = "Admin key required", body = super::error::ErrorBody)))]
 pub async fn render(State(st): State<MetricsState>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::admin(&st.auth, &headers)?;
+    // Every loaded vendor's known series, at 0 until counted (a vendor
+    // loaded since the last scrape too).
+    let vendors = st.registry.vendor_ids();
+    telemetry::zero_series(vendors.iter().map(String::as_str));
     if let Ok(d) = st.queue.depth().await {
         d.publish();
     }

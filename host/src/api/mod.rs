@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod serve;
 pub mod ui;
+pub mod usage;
 pub mod vendors;
 pub mod views;
 pub mod webhooks;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub policies: Arc<Policies>,
     pub breakers: Arc<dyn Breakers>,
+    /// For what vendors taught about their limits (`GET /vendors`).
+    pub limiter: Arc<dyn crate::limits::RateLimiter>,
     pub queue: Arc<dyn Queue>,
     pub store: Arc<dyn Store>,
     pub api: Arc<ApiSettings>,
@@ -88,6 +91,7 @@ pub fn routes() -> Vec<Route> {
         metrics::routes(),
         openapi::routes(),
         admin::routes(),
+        usage::routes(),
     ]
     .into_iter()
     .flatten()

@@ -26,6 +26,7 @@ use super::error::{ErrorBody, ErrorDetail};
         super::metrics::render,
         super::admin::list, super::admin::replay, super::admin::replay_all,
         super::admin::discard, super::admin::bulk,
+        super::usage::usage,
         openapi_json,
     ),
     components(schemas(ErrorBody, ErrorDetail)),

@@ -15,7 +15,15 @@ pub fn routes() -> Vec<Route> {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Limits {
+    /// The configured rate (config over the plugin's `info`).
     pub rate_per_second: f64,
+    /// The rate the workers use now: the configured one, lowered after
+    /// repeated 429s and recovering toward it (never above it).
+    pub learned_rate_per_second: f64,
+    /// While the vendor is paused for the whole fleet (a 429, or an answer
+    /// saying no calls are left): milliseconds until the pause ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_for_ms: Option<u64>,
     pub burst: u32,
     pub max_in_flight: usize,
     pub timeout_ms: u64,
@@ -76,6 +84,12 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             None => continue,
         };
         let breaker = st.breakers.snapshot(&s.id).await.ok().map(BreakerView::from);
+        // What the vendor taught; the configured rate if the limiter cannot say.
+        let learned = st
+            .limiter
+            .learned(&s.id, policy.quota.rate)
+            .await
+            .unwrap_or(crate::limits::Learned::configured(policy.quota.rate));
         let (ungranted_hosts, config) = match st.registry.get(&s.id) {
             Some(p) => (
                 crate::plugins::needs::ungranted_hosts(&p.info, &policy.call.grants),
@@ -98,6 +112,8 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             config,
             limits: Limits {
                 rate_per_second: policy.quota.rate,
+                learned_rate_per_second: learned.rate,
+                paused_for_ms: learned.paused_for.map(|d| d.as_millis() as u64),
                 burst: policy.quota.burst,
                 max_in_flight: policy.max_in_flight,
                 timeout_ms: policy.call.timeout.as_millis() as u64,

@@ -61,7 +61,14 @@ pub async fn receive(
     // timeout) must not cut a job's end short between the store write and
     // what follows it (waking the job's waiters, marking the id applied).
     let callbacks = st.callbacks.clone();
-    let out = tokio::spawn(async move { callbacks.receive(&vendor, headers, body).await }).await.map_err(|e| {
+    // A vendor that sends back the `traceparent` it was called with puts
+    // its webhook into the job's trace.
+    let span = tracing::info_span!("webhook", vendor = %vendor);
+    if let Some((_, tp)) = headers.iter().find(|(k, _)| k == crate::traces::TRACEPARENT) {
+        crate::traces::continue_from(&span, tp);
+    }
+    let applying = async move { callbacks.receive(&vendor, headers, body).await };
+    let out = tokio::spawn(tracing::Instrument::instrument(applying, span)).await.map_err(|e| {
         tracing::error!(error = %e, "webhook handling panicked");
         ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     })??;

@@ -60,6 +60,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let metrics = api::metrics::recorder();
+    crate::traces::start(&cfg.telemetry)
+        .map_err(|e| StartError::Config(crate::config::ConfigError::Invalid(e.to_string())))?;
     let listener = match (role, listener) {
         (Role::Worker, _) => None,
         (_, Some(l)) => Some(l),
@@ -139,6 +141,11 @@ pub async fn run(
         });
         tasks.spawn(notifier.run(stop_rx.clone()));
     }
+    let key_limits = Arc::new(crate::jobs::key_limits::KeyLimits::new(
+        cfg.auth.keys.clone(),
+        backends.limiter.clone(),
+        backends.store.clone(),
+    ));
     let liveness = (role != Role::Api).then(|| Arc::new(Liveness::new(&cfg.queue_settings)));
     if let Some(liveness) = &liveness {
         let ctx = Arc::new(WorkerCtx {
@@ -154,6 +161,7 @@ pub async fn run(
             liveness: liveness.clone(),
             cancels: cancels.clone(),
             completions: completions.clone(),
+            key_limits: key_limits.clone(),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
         let sweeper = Sweeper::new(
@@ -176,6 +184,7 @@ pub async fn run(
                     cancels: cancels.clone(),
                     completions: completions.clone(),
                     notify: notify_policy.clone(),
+                    limits: key_limits.clone(),
                 }),
                 callbacks: Arc::new(Callbacks {
                     store: backends.store.clone(),
@@ -189,6 +198,7 @@ pub async fn run(
                 registry: registry.clone(),
                 policies: policies.clone(),
                 breakers: backends.breakers.clone(),
+                limiter: backends.limiter.clone(),
                 queue: backends.queue.clone(),
                 store: backends.store.clone(),
                 api: Arc::new(cfg.api.clone()),

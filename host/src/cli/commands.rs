@@ -82,6 +82,13 @@ async fn mock_vendor(a: MockArgs) -> Result<(), String> {
         fault,
         callback_delay_ms: a.callback_delay_ms,
         secret: a.secret,
+        limit: a
+            .limit
+            .as_deref()
+            .map(str::parse::<crate::mock::HiddenLimit>)
+            .transpose()
+            .map_err(|e| e.to_string())?
+            .map(|l| crate::mock::HiddenLimit { headers: a.limit_headers, ..l }),
     };
     let h = crate::mock::spawn(kind, listener, opts).await.map_err(|e| e.to_string())?;
     println!("mock {} vendor listening on {}", a.kind, h.base_url());
@@ -203,6 +210,7 @@ async fn call(
         memory_cap_bytes: 64 << 20,
         timeout: Duration::from_millis(timeout_ms),
         config: cfg,
+        observed: Default::default(),
     };
     let job = JobInput {
         request_id: crate::model::new_request_id(),

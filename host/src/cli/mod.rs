@@ -118,6 +118,14 @@ pub struct MockArgs {
     /// Async: Standard Webhooks secret (`whsec_...`) to sign callbacks.
     #[arg(long, env = "VENDORHOST_MOCK_SECRET")]
     pub secret: Option<String>,
+    /// A hidden rate limit, e.g. `50/s`: calls over it in a one-second
+    /// window are answered 429.
+    #[arg(long)]
+    pub limit: Option<String>,
+    /// With --limit: whether answers carry X-RateLimit-Limit/Remaining/Reset
+    /// (and a 429 Retry-After); `false` sends bare 429s.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub limit_headers: bool,
 }
 
 #[derive(Subcommand, Debug)]

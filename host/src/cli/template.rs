@@ -9,11 +9,12 @@ const LIB_RS: &str = include_str!("../../../plugins/template/src/lib.rs");
 const WIT: &str = include_str!("../../../wit/vendor-plugin.wit");
 
 /// The SDK's files, copied under `vendorhost-plugin/` in the new crate.
-const SDK_FILES: [(&str, &str); 8] = [
+const SDK_FILES: [(&str, &str); 9] = [
     ("Cargo.toml", include_str!("../../../plugins/sdk/Cargo.toml")),
     ("src/lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")),
     ("src/config.rs", include_str!("../../../plugins/sdk/src/config.rs")),
     ("src/http.rs", include_str!("../../../plugins/sdk/src/http.rs")),
+    ("src/limits.rs", include_str!("../../../plugins/sdk/src/limits.rs")),
     ("src/log.rs", include_str!("../../../plugins/sdk/src/log.rs")),
     ("src/sys.rs", include_str!("../../../plugins/sdk/src/sys.rs")),
     ("src/testing.rs", include_str!("../../../plugins/sdk/src/testing.rs")),

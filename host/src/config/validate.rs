@@ -73,6 +73,20 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
     c.duration(&k("notify.backoff_base"), n.backoff_base, MS);
     c.duration(&k("notify.backoff_max"), n.backoff_max, MS);
     c.duration_to(&k("notify.timeout"), n.timeout, 100 * MS, 600 * SECOND);
+    let t = &cfg.telemetry;
+    let endpoint = t.otlp_endpoint.trim();
+    if !endpoint.is_empty()
+        && !reqwest::Url::parse(endpoint).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+    {
+        c.bad(
+            &k("telemetry.otlp_endpoint"),
+            format!("{endpoint:?}"),
+            "an http or https URL (the collector's OTLP/HTTP base)",
+        );
+    }
+    if t.service_name.trim().is_empty() {
+        c.bad(&k("telemetry.service_name"), format!("{:?}", t.service_name), "a non-blank name");
+    }
     for name in cfg.auth.keys.keys() {
         if !cfg.auth.api_keys.values().any(|n| n == name) {
             c.bad(&k("auth.keys").join(name), format!("{name:?}"), "names of keys in `auth.api_keys`");

@@ -324,6 +324,7 @@ mod tests {
             KeySettings {
                 notify_secret: Some("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()),
                 notify_allow_private: Some(true),
+                ..Default::default()
             },
         );
         auth.keys.insert(

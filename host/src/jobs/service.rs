@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::jobs::cancel::CancelBus;
 use crate::jobs::completions::{Completions, Woken};
 use crate::jobs::finish::{FinishError, Via, finish};
+use crate::jobs::key_limits::{KeyLimitError, KeyLimits};
 use crate::jobs::notify::NotifyPolicy;
 use crate::model::{Idempotency, Job, JobQuery, NewJob, Outcome, Status, new_request_id, now_ms};
 use crate::plugins::Registry;
@@ -21,6 +24,9 @@ pub enum SubmitError {
     /// `notify_url` is not one this caller may use (the message says why).
     #[error("field `notify_url`: {0}")]
     NotifyUrl(String),
+    /// The key's submit rate or jobs in flight (`auth.keys.<name>`).
+    #[error(transparent)]
+    KeyLimit(#[from] KeyLimitError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -40,9 +46,9 @@ pub enum CancelError {
     Finish(#[from] FinishError),
 }
 
-/// One item of a batch submit: the vendor, `data` as JSON text, and its
-/// idempotency `(scoped key, body hash, ttl)`.
-pub type BatchItem = (String, String, Option<(String, String, std::time::Duration)>);
+/// One item of a batch submit: the vendor, `data` as JSON text, its
+/// idempotency `(scoped key, body hash, ttl)` and its `notify_url`.
+pub type BatchItem = (String, String, Option<(String, String, std::time::Duration)>, Option<String>);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submitted {
@@ -61,6 +67,8 @@ pub struct JobService {
     pub completions: Arc<Completions>,
     /// Who may ask for completion notifications, and where to.
     pub notify: Arc<NotifyPolicy>,
+    /// Per-key submit rate and jobs in flight.
+    pub limits: Arc<KeyLimits>,
 }
 
 impl JobService {
@@ -92,14 +100,22 @@ impl JobService {
         if let Some(url) = &notify_url {
             self.notify.check(owner.as_deref(), url).map_err(SubmitError::NotifyUrl)?;
         }
+        // Held until the job is written: the in-flight count stays exact.
+        let _admitted = self.limits.admit(owner.as_deref(), 1).await?;
         let mut job = new_job(vendor, data, owner, idempotency, now_ms());
         job.notify_url = notify_url;
-        match self.store.insert(&job).await? {
+        // The job's trace (traces on): this submit, then its queue entry,
+        // whose `traceparent` the worker's span continues.
+        let submit = tracing::info_span!("submit", request_id = %job.request_id, vendor = %job.vendor);
+        let enqueue = tracing::info_span!(parent: &submit, "enqueue", request_id = %job.request_id);
+        job.trace = crate::traces::traceparent_of(&enqueue);
+        match self.store.insert(&job).instrument(enqueue.clone()).await? {
             Inserted::Created { enqueued: true } => {}
             Inserted::Created { enqueued: false } => {
                 // A crash between these two leaves a `pending` job not marked
                 // queued: the sweeper enqueues it.
-                self.queue.enqueue(&[Message::new(&job.request_id, &job.vendor)]).await?;
+                let msg = Message::new(&job.request_id, &job.vendor).traced(job.trace.clone());
+                self.queue.enqueue(&[msg]).instrument(enqueue.clone()).await?;
                 self.store.mark_queued(std::slice::from_ref(&job.request_id), now_ms()).await?;
             }
             Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false }),
@@ -127,19 +143,39 @@ impl JobService {
         owner: Option<String>,
     ) -> Result<Vec<Result<Submitted, SubmitError>>, SubmitError> {
         let now = now_ms();
+        // One trace for the batch: each job's worker span continues it.
+        let enqueue = tracing::info_span!("submit_batch", items = items.len());
+        let trace = crate::traces::traceparent_of(&enqueue);
         let mut out: Vec<Option<Result<Submitted, SubmitError>>> = Vec::with_capacity(items.len());
         let mut jobs: Vec<NewJob> = Vec::new();
         let mut slots: Vec<usize> = Vec::new();
-        for (vendor, data, idempotency) in items {
+        for (vendor, data, idempotency, notify_url) in items {
             if self.registry.get(&vendor).is_none() {
                 out.push(Some(Err(SubmitError::UnknownVendor { vendor, known: self.registry.vendor_ids() })));
                 continue;
             }
+            // Checked as a single submit's: a bad one fails its item only.
+            if let Some(url) = &notify_url
+                && let Err(why) = self.notify.check(owner.as_deref(), url)
+            {
+                out.push(Some(Err(SubmitError::NotifyUrl(why))));
+                continue;
+            }
             slots.push(out.len());
             out.push(None);
-            jobs.push(new_job(&vendor, data, owner.clone(), idempotency, now));
+            let mut job = new_job(&vendor, data, owner.clone(), idempotency, now);
+            job.notify_url = notify_url;
+            job.trace = trace.clone();
+            jobs.push(job);
         }
-        let inserted = if jobs.is_empty() { Vec::new() } else { self.store.insert_batch(&jobs).await? };
+        // The whole batch is one submit for the rate and counts in full
+        // against the jobs in flight (refused whole, like a key conflict).
+        let _admitted = self.limits.admit(owner.as_deref(), jobs.len() as u64).await?;
+        let inserted = if jobs.is_empty() {
+            Vec::new()
+        } else {
+            self.store.insert_batch(&jobs).instrument(enqueue.clone()).await?
+        };
         if inserted.iter().any(|i| matches!(i, Inserted::KeyConflict)) {
             return Err(SubmitError::IdempotencyConflict);
         }
@@ -148,7 +184,7 @@ impl JobService {
             let submitted = match ins {
                 Inserted::Created { enqueued } => {
                     if !enqueued {
-                        to_queue.push(Message::new(&job.request_id, &job.vendor));
+                        to_queue.push(Message::new(&job.request_id, &job.vendor).traced(trace.clone()));
                     }
                     metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
                     Submitted { request_id: job.request_id.clone(), created: true }
@@ -165,7 +201,7 @@ impl JobService {
         if !to_queue.is_empty() {
             // A crash between these two leaves `pending` jobs not marked
             // queued: the sweeper enqueues them.
-            self.queue.enqueue(&to_queue).await?;
+            self.queue.enqueue(&to_queue).instrument(enqueue.clone()).await?;
             let ids: Vec<String> = to_queue.into_iter().map(|m| m.request_id).collect();
             self.store.mark_queued(&ids, now_ms()).await?;
         }
@@ -261,5 +297,6 @@ fn new_job(
             expires_at: now + ttl.as_millis() as i64,
         }),
         notify_url: None,
+        trace: None,
     }
 }

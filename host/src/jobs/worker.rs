@@ -22,7 +22,7 @@ use crate::breaker::{Admission, Breakers, CallOutcome};
 use crate::config::QueueSettings;
 use crate::jobs::finish::{FinishError, Via, cleaned_outcome, count_redactions, finish};
 use crate::limits::{LimitError, Quota, RateLimiter};
-use crate::model::{DeadLetter, Job, Outcome, millis, now_ms};
+use crate::model::{ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::{Policies, Resolved};
 use crate::queue::{Lease, Message, Queue};
@@ -54,6 +54,8 @@ pub struct WorkerCtx {
     pub cancels: Arc<crate::jobs::cancel::CancelBus>,
     /// Told when a job ends (waiters, notifications).
     pub completions: Arc<crate::jobs::completions::Completions>,
+    /// Per-key quotas of vendor calls.
+    pub key_limits: Arc<crate::jobs::key_limits::KeyLimits>,
 }
 
 /// How long ago the lease loop last polled the queue successfully: what a
@@ -262,7 +264,15 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
         }
     };
     let span = tracing::info_span!("job", request_id = %msg.request_id, vendor = %msg.vendor);
-    let outcome = held(ctx, &lease, &msg.request_id, process(ctx, &lease, &msg)).instrument(span.clone()).await;
+    // The job's trace goes on from its submit (traces on).
+    if let Some(parent) = &msg.trace {
+        crate::traces::continue_from(&span, parent);
+    }
+    // When the call started, while it runs: a cancel that drops it records
+    // the attempt from here.
+    let running: Mutex<Option<(crate::model::Millis, Instant)>> = Mutex::new(None);
+    let outcome =
+        held(ctx, &lease, &msg.request_id, process(ctx, &lease, &msg, &running)).instrument(span.clone()).await;
     let give_back = match outcome {
         Holding::Done(Ok(())) => false,
         Holding::Done(Err(e)) => {
@@ -290,6 +300,14 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
             // The call (if one ran) was dropped with the work: its outcome
             // is discarded, and the job is over.
             span.in_scope(|| tracing::info!("job cancelled while held; its work was stopped"));
+            let call = running.lock().ok().and_then(|mut r| r.take());
+            if let Some((at, started)) = call {
+                let took = started.elapsed().as_millis() as u64;
+                let record = AttemptRecord::new(at, took, AttemptOutcome::Cancelled, None);
+                if let Err(e) = ctx.store.record_attempt(&msg.request_id, &record, ATTEMPTS_KEPT).await {
+                    span.in_scope(|| tracing::warn!(error = %e, "could not record the cancelled attempt"));
+                }
+            }
             if let Err(e) = ctx.queue.ack(&lease).await {
                 span.in_scope(
                     || tracing::warn!(error = %e, "could not ack a cancelled job; its next delivery finds it finished"),
@@ -460,7 +478,12 @@ async fn delay(
 
 /// One delivery: check the job still wants a call, pass the gate, call the
 /// plugin, settle the outcome.
-async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), StepError> {
+async fn process(
+    ctx: &WorkerCtx,
+    lease: &Lease,
+    msg: &Message,
+    running: &Mutex<Option<(crate::model::Millis, Instant)>>,
+) -> Result<(), StepError> {
     let Some(job) = ctx.store.get(&msg.request_id).await? else {
         let letter = DeadLetter::new(
             Some((&msg.request_id, &msg.vendor)),
@@ -499,6 +522,15 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         Gate::Pass { bulkhead, probe } => (bulkhead, probe),
         Gate::Wait { wait, why } => return delay(ctx, lease, msg, wait, why).await,
     };
+    // The key's quota of calls to this vendor, last (a unit is spent only
+    // on a call about to be made): over it, the job fails without a call.
+    let quota = ctx.key_limits.take_quota(job.owner.as_deref(), &vendor, now_ms()).await?;
+    if let Some(why) = quota.error_text(job.owner.as_deref().unwrap_or(""), &vendor) {
+        let key = job.owner.clone().unwrap_or_default();
+        metrics::counter!(telemetry::QUOTA_EXCEEDED, "key" => key, "vendor" => vendor.clone()).increment(1);
+        tracing::info!(owner = job.owner.as_deref().unwrap_or(""), "quota exceeded; job fails without a call");
+        return fail(ctx, lease, msg, why).await;
+    }
 
     let now = now_ms();
     let job = match ctx.store.start_attempt(&msg.request_id, now, now.saturating_add(millis(lease.lease_for))).await? {
@@ -520,8 +552,25 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
         attempt: job.attempts,
     };
     let started = Instant::now();
-    let result = ctx.registry.runtime().fetch(&plugin.pre, policy.call.clone(), &input).await;
+    if let Ok(mut r) = running.lock() {
+        *r = Some((now, started));
+    }
+    let (call_policy, observed) = policy.call.with_observer();
+    let call = tracing::info_span!("plugin.fetch", vendor = %vendor, attempt = job.attempts);
+    let (result, usage) = ctx.registry.runtime().fetch_metered(&plugin.pre, call_policy, &input).instrument(call).await;
+    learn_from_answers(ctx, &vendor, &policy, &observed, &result).await;
     let took = started.elapsed();
+    crate::jobs::usage::record(&*ctx.store, job.owner.as_deref(), &vendor, now, took, &usage).await;
+    if let Ok(mut r) = running.lock() {
+        *r = None;
+    }
+    // The call's record, before the job settles (so whoever sees it end
+    // sees the call too). History only: a failed write does not hold the job.
+    let mut record = attempt_record(now, took, &result, job.attempts < policy.max_attempts);
+    record.usage = Some(crate::jobs::usage::attempt_usage(&usage));
+    if let Err(e) = ctx.store.record_attempt(&job.request_id, &record, ATTEMPTS_KEPT).await {
+        tracing::warn!(error = %e, "could not record the attempt in the job's history");
+    }
     let outcome_label = match &result {
         Ok(FetchOutcome::Complete(_)) => "complete",
         Ok(FetchOutcome::Accepted(_)) => "accepted",
@@ -549,6 +598,106 @@ async fn process(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<(), St
     settle(ctx, lease, msg, &job, &policy, result).await
 }
 
+/// How a call went, for the job's history: `retries_left` says whether a
+/// retryable error is retried (else it fails the job).
+fn attempt_record(
+    at: crate::model::Millis,
+    took: Duration,
+    result: &Result<FetchOutcome, CallError>,
+    retries_left: bool,
+) -> AttemptRecord {
+    let took = took.as_millis() as u64;
+    match result {
+        Ok(FetchOutcome::Complete(_)) => AttemptRecord::new(at, took, AttemptOutcome::Complete, None),
+        Ok(FetchOutcome::Accepted(_)) => AttemptRecord::new(at, took, AttemptOutcome::Accepted, None),
+        Err(e) => {
+            let outcome =
+                if e.is_retryable() && retries_left { AttemptOutcome::RetryableError } else { AttemptOutcome::Failed };
+            AttemptRecord::new(at, took, outcome, Some(&e.to_string()))
+        }
+    }
+}
+
+/// The quota to limit calls by: the configured one at the rate learned from
+/// the vendor (see `limits::learned`), or `Err(wait)` while the vendor is
+/// paused fleet-wide. A limiter that cannot answer leaves the configured
+/// quota (the breaker and the vendor's own 429s still protect it).
+async fn learned_quota(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Result<Quota, Duration> {
+    let learned = match ctx.limiter.learned(vendor, quota.rate).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "learned limits unavailable; using the configured rate");
+            return Ok(quota);
+        }
+    };
+    metrics::gauge!(telemetry::VENDOR_CONFIGURED_RATE, "vendor" => vendor.to_string()).set(quota.rate);
+    metrics::gauge!(telemetry::VENDOR_LEARNED_RATE, "vendor" => vendor.to_string()).set(learned.rate);
+    if let Some(p) = learned.paused_for {
+        tracing::debug!(pause_ms = p.as_millis() as u64, "vendor paused; job delayed until the pause ends");
+        // Spread over a tenth of the pause so the backlog does not return in
+        // one instant (the rate limit books turns from there on).
+        return Err(jitter_up(at_or_after(p), p / 10));
+    }
+    if learned.rate >= quota.rate {
+        return Ok(quota);
+    }
+    // Below the configured rate: no burst above it either.
+    Ok(Quota { rate: crate::limits::learned::quantized(learned.rate, quota.rate), burst: 1 })
+}
+
+/// `d` plus up to `spread`, at random.
+fn jitter_up(d: Duration, spread: Duration) -> Duration {
+    d + Duration::from_millis(rand::rng().random_range(0..=spread.as_millis() as u64))
+}
+
+/// After a call: what the vendor's answers said about its limit (a 429, no
+/// calls left until a reset) pauses the vendor fleet-wide and lowers its
+/// learned rate. A plugin's rate-limited error counts as a 429; its
+/// `pause-vendor` ask pauses the vendor without lowering the rate.
+async fn learn_from_answers(
+    ctx: &WorkerCtx,
+    vendor: &str,
+    policy: &Resolved,
+    observed: &crate::plugins::policy::Observed,
+    result: &Result<FetchOutcome, CallError>,
+) {
+    let mut lesson = crate::limits::Lesson { pause: observed.pause_requested(), throttled: false };
+    for s in observed.signals() {
+        lesson.throttled |= s.throttled;
+        lesson.pause = lesson.pause.max(s.pause());
+    }
+    if let Err(CallError::Vendor(v)) = result
+        && let crate::plugins::VendorError::RateLimited { retry_after, .. } = v
+    {
+        lesson.throttled = true;
+        let said = retry_after.unwrap_or(crate::rate_headers::DEFAULT_429_PAUSE);
+        lesson.pause = lesson.pause.max(Some(said.min(crate::rate_headers::MAX_PAUSE)));
+    }
+    if lesson.is_empty() {
+        return;
+    }
+    // The longest wait a vendor can impose is the operator's, pauses included.
+    lesson.pause = lesson.pause.map(|p| p.min(policy.max_retry_after));
+    if lesson.throttled {
+        metrics::counter!(telemetry::VENDOR_THROTTLED, "vendor" => vendor.to_string()).increment(1);
+    }
+    match ctx.limiter.learn(vendor, policy.quota.rate, lesson).await {
+        Ok(learned) => {
+            metrics::gauge!(telemetry::VENDOR_LEARNED_RATE, "vendor" => vendor.to_string()).set(learned.rate);
+            if let Some(p) = lesson.pause {
+                metrics::counter!(telemetry::VENDOR_PAUSES, "vendor" => vendor.to_string()).increment(1);
+                tracing::info!(
+                    pause_ms = p.as_millis() as u64,
+                    throttled = lesson.throttled,
+                    learned_rate = learned.rate,
+                    "vendor paused for the fleet"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "could not share what the vendor said about its limit"),
+    }
+}
+
 /// What the gate decided.
 enum Gate {
     /// Call now, holding a bulkhead slot; `probe`: the call is a half-open
@@ -564,7 +713,11 @@ async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
     let Some(bulkhead) = ctx.policies.try_bulkhead(vendor, policy.max_in_flight) else {
         return Gate::Wait { wait: jitter(Duration::from_millis(50)), why: "bulkhead" };
     };
-    match rate_limit(ctx, vendor, policy.quota).await {
+    let quota = match learned_quota(ctx, vendor, policy.quota).await {
+        Ok(q) => q,
+        Err(wait) => return Gate::Wait { wait, why: "vendor_paused" },
+    };
+    match rate_limit(ctx, vendor, quota).await {
         None => {}
         Some(Ok(wait)) => return Gate::Wait { wait, why: "rate_limit" },
         Some(Err(e)) => {

@@ -14,7 +14,9 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::{InMemoryState, NotKeyed};
 
-use super::{LimitError, Quota, RateLimiter};
+use super::learned::{self, Aimd};
+use super::{Learned, Lesson, LimitError, Quota, RateLimiter};
+use crate::model::{Millis, now_ms};
 
 /// The slowest rate honoured (one call per ~11.6 days); slower rates are
 /// raised to it so intervals stay representable (and within Redis' `PX`).
@@ -48,6 +50,25 @@ struct Entry<C: Clock> {
 pub struct LocalLimiter<C: Clock = DefaultClock> {
     clock: C,
     vendors: Mutex<HashMap<String, Entry<C>>>,
+    /// What vendors taught (see `learned`), on the wall clock.
+    taught: Mutex<HashMap<String, Taught>>,
+}
+
+/// One vendor's pause (until, epoch ms) and AIMD state.
+#[derive(Default)]
+struct Taught {
+    paused_until: Millis,
+    aimd: Option<Aimd>,
+}
+
+impl Taught {
+    fn view(&self, configured: f64, now: Millis) -> Learned {
+        let left = self.paused_until - now;
+        Learned {
+            rate: learned::current(self.aimd, configured, now),
+            paused_for: (left > 0).then(|| Duration::from_millis(left as u64)),
+        }
+    }
 }
 
 impl LocalLimiter<DefaultClock> {
@@ -65,7 +86,7 @@ impl Default for LocalLimiter<DefaultClock> {
 impl<C: Clock + Clone> LocalLimiter<C> {
     /// With a custom clock (tests use `governor::clock::FakeRelativeClock`).
     pub fn with_clock(clock: C) -> Self {
-        LocalLimiter { clock, vendors: Mutex::new(HashMap::new()) }
+        LocalLimiter { clock, vendors: Mutex::new(HashMap::new()), taught: Mutex::new(HashMap::new()) }
     }
 
     /// The vendor's limiter, replaced if its quota changed (config reload).
@@ -131,6 +152,28 @@ where
         *next = Some(turn + Nanos::from(limit.period));
         Ok(Some(Duration::from(turn.duration_since(now))))
     }
+
+    async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError> {
+        let taught = self.taught.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(taught.get(vendor).map_or(Learned::configured(configured), |t| t.view(configured, now_ms())))
+    }
+
+    async fn learn(&self, vendor: &str, configured: f64, lesson: Lesson) -> Result<Learned, LimitError> {
+        let now = now_ms();
+        let mut taught = self.taught.lock().unwrap_or_else(|e| e.into_inner());
+        let t = taught.entry(vendor.to_string()).or_default();
+        if let Some(p) = lesson.pause {
+            t.paused_until = t.paused_until.max(now.saturating_add(p.as_millis() as Millis));
+        }
+        if lesson.throttled {
+            t.aimd = learned::throttle(t.aimd, configured, now);
+        }
+        let view = t.view(configured, now);
+        if view.paused_for.is_none() && t.aimd.is_none_or(|a| learned::recovered(a, configured, now)) {
+            taught.remove(vendor);
+        }
+        Ok(view)
+    }
 }
 
 #[cfg(test)]
@@ -152,6 +195,21 @@ mod tests {
             }
             assert!(n < 10_000, "limiter never said wait");
         }
+    }
+
+    #[tokio::test]
+    async fn a_pause_and_a_lower_rate_are_learned() {
+        let l = LocalLimiter::new();
+        assert_eq!(l.learned("v", 10.0).await.unwrap(), Learned::configured(10.0));
+        let lesson = Lesson { pause: Some(Duration::from_secs(30)), throttled: true };
+        let got = l.learn("v", 10.0, lesson).await.unwrap();
+        assert!((got.rate - 10.0 * learned::DECREASE).abs() < 0.01, "{got:?}");
+        let wait = l.learned("v", 10.0).await.unwrap().paused_for.unwrap();
+        assert!(wait > Duration::from_secs(29) && wait <= Duration::from_secs(30), "{wait:?}");
+        // A shorter pause never shortens the one in force; other vendors are untouched.
+        let got = l.learn("v", 10.0, Lesson { pause: Some(Duration::from_secs(1)), throttled: false }).await.unwrap();
+        assert!(got.paused_for.unwrap() > Duration::from_secs(29));
+        assert_eq!(l.learned("w", 10.0).await.unwrap(), Learned::configured(10.0));
     }
 
     #[tokio::test]

@@ -9,9 +9,16 @@
 //! backlog of N jobs would all come back at that instant, one would get the
 //! slot and N-1 would go round again, every interval (N queue round trips
 //! per call). Booked turns bring them back one per slot.
+//!
+//! Each also keeps what the vendor itself taught (`learned`): a fleet-wide
+//! pause after a 429 or an exhausted quota, and an AIMD rate below the
+//! configured one after repeated 429s.
 
+pub mod learned;
 pub mod local;
 pub mod redis;
+
+pub use learned::{Learned, Lesson};
 
 use async_trait::async_trait;
 use std::time::Duration;
@@ -54,4 +61,11 @@ pub trait RateLimiter: Send + Sync + 'static {
         quota: Quota,
         linger: Duration,
     ) -> Result<Option<Duration>, LimitError>;
+
+    /// What the fleet has learned about `vendor` (configured rate
+    /// `configured`): its learned rate and any pause in force.
+    async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError>;
+
+    /// Applies what one call taught (a pause, a 429) and returns the result.
+    async fn learn(&self, vendor: &str, configured: f64, lesson: Lesson) -> Result<Learned, LimitError>;
 }

@@ -8,14 +8,20 @@
 //! returns the wait until the condition holds; `acquire_or_book` also books
 //! the caller a turn in `{<prefix>:v:<vendor>}:rlq` (see `RateLimiter`). Both
 //! keys carry the vendor's hash tag, so the script stays in one cluster slot.
+//!
+//! What vendors taught (`learned`) is shared the same way: `…:pause` holds
+//! the epoch millisecond the vendor's pause ends (expiring then), `…:aimd` a
+//! hash of the learned rate and the millisecond it was set (expiring once it
+//! has recovered), both on Redis' clock.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
 
+use super::learned;
 use super::local::emission_interval;
-use super::{LimitError, Quota, RateLimiter};
+use super::{Learned, Lesson, LimitError, Quota, RateLimiter};
 use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
 
 /// Long enough for a loaded server, short enough that a dead one delays jobs
@@ -53,17 +59,55 @@ redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(new_tat)), 'PX', stri
 return {1, 0}
 "#;
 
+// KEYS[1] = pause, KEYS[2] = aimd. ARGV[1] = configured rate, ARGV[2] =
+// recovery per ms, ARGV[3] = pause ms (0: none), ARGV[4] = 1 on a 429,
+// ARGV[5] = decrease factor, ARGV[6] = floor rate, ARGV[7] = guard ms.
+// Returns {pause left in ms, learned rate as text} (Lua numbers would be
+// truncated to integers in the reply). Only reads when ARGV[3] and ARGV[4]
+// are 0. The same steps as `learned::{current, throttle}`.
+const LEARN: &str = r#"
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local c = tonumber(ARGV[1])
+local rec = tonumber(ARGV[2])
+local pause_ms = tonumber(ARGV[3])
+local paused_until = tonumber(redis.call('GET', KEYS[1]) or '') or 0
+if pause_ms > 0 and now + pause_ms > paused_until then
+  paused_until = now + pause_ms
+  redis.call('SET', KEYS[1], string.format('%.0f', paused_until), 'PX', string.format('%.0f', pause_ms))
+end
+local rate = c
+local at = nil
+local st = redis.call('HMGET', KEYS[2], 'rate', 'at')
+if st[1] and st[2] then
+  at = tonumber(st[2])
+  rate = math.min(c, tonumber(st[1]) + rec * math.max(0, now - at))
+end
+if ARGV[4] == '1' and (at == nil or now - at >= tonumber(ARGV[7])) then
+  rate = math.max(rate * tonumber(ARGV[5]), tonumber(ARGV[6]))
+  redis.call('HSET', KEYS[2], 'rate', string.format('%.17g', rate), 'at', string.format('%.0f', now))
+  redis.call('PEXPIRE', KEYS[2], string.format('%.0f', math.ceil((c - rate) / rec) + 1000))
+end
+return {math.max(0, paused_until - now), string.format('%.17g', rate)}
+"#;
+
 /// Per-vendor GCRA limits in Redis, shared across processes.
 pub struct RedisLimiter {
     conn: SharedConn,
     prefix: String,
     script: Script,
+    learn: Script,
 }
 
 impl RedisLimiter {
     /// Over the process's shared connection.
     pub fn new(conn: &RedisConn, prefix: &str) -> RedisLimiter {
-        RedisLimiter { conn: conn.shared.clone(), prefix: prefix.to_string(), script: Script::new(GCRA) }
+        RedisLimiter {
+            conn: conn.shared.clone(),
+            prefix: prefix.to_string(),
+            script: Script::new(GCRA),
+            learn: Script::new(LEARN),
+        }
     }
 
     /// Its own connection (tests, tools).
@@ -90,6 +134,29 @@ impl RedisLimiter {
             .map_err(|_| LimitError::Other(format!("redis did not answer within {RESPONSE_TIMEOUT:?}")))??;
         if allowed == 1 { Ok(None) } else { Ok(Some(Duration::from_micros(wait_us.max(1) as u64))) }
     }
+
+    /// Runs `LEARN` (a read when `lesson` is empty).
+    async fn taught(&self, vendor: &str, configured: f64, lesson: Lesson) -> Result<Learned, LimitError> {
+        if !configured.is_finite() || configured <= 0.0 {
+            return Err(LimitError::Other(format!("rate must be a positive number, got {configured}")));
+        }
+        let mut invocation = self.learn.key(vendor_key(&self.prefix, vendor, "pause"));
+        invocation
+            .key(vendor_key(&self.prefix, vendor, "aimd"))
+            .arg(configured)
+            .arg(learned::recovery_per_ms(configured))
+            .arg(lesson.pause.map_or(0, |p| p.as_millis().max(1) as u64))
+            .arg(u8::from(lesson.throttled))
+            .arg(learned::DECREASE)
+            .arg(configured * learned::FLOOR)
+            .arg(learned::DECREASE_GUARD.as_millis() as u64);
+        let mut conn = self.conn.clone();
+        let (left_ms, rate): (i64, String) = tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| LimitError::Other(format!("redis did not answer within {RESPONSE_TIMEOUT:?}")))??;
+        let rate = rate.parse::<f64>().ok().filter(|r| r.is_finite() && *r > 0.0).unwrap_or(configured);
+        Ok(Learned { rate, paused_for: (left_ms > 0).then(|| Duration::from_millis(left_ms as u64)) })
+    }
 }
 
 #[async_trait]
@@ -105,5 +172,13 @@ impl RateLimiter for RedisLimiter {
         linger: Duration,
     ) -> Result<Option<Duration>, LimitError> {
         self.run(vendor, quota, Some(linger)).await
+    }
+
+    async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError> {
+        self.taught(vendor, configured, Lesson::default()).await
+    }
+
+    async fn learn(&self, vendor: &str, configured: f64, lesson: Lesson) -> Result<Learned, LimitError> {
+        self.taught(vendor, configured, lesson).await
     }
 }

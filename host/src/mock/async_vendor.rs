@@ -25,7 +25,7 @@ const MAX_RETRIES: u32 = 10;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-pub(super) async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+pub(super) async fn submit(State(shared): State<Arc<Shared>>, headers: axum::http::HeaderMap, body: Bytes) -> Response {
     let call = match admit(&shared, MockKind::Async, &body).await {
         Ok(call) => call,
         Err(resp) => return resp,
@@ -51,14 +51,16 @@ pub(super) async fn submit(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         })),
         Callback::Never => None,
     };
+    // Sent back on the callback, as a vendor that keeps W3C trace context would.
+    let trace = headers.get(crate::traces::TRACEPARENT).and_then(|v| v.to_str().ok()).map(str::to_string);
     if let Some(payload) = payload {
-        tokio::spawn(deliver(shared.clone(), url, payload, delay));
+        tokio::spawn(deliver(shared.clone(), url, payload, delay, trace));
     }
-    (StatusCode::ACCEPTED, Json(json!({ "vendor_ref": vendor_ref }))).into_response()
+    (StatusCode::ACCEPTED, call.limit_headers, Json(json!({ "vendor_ref": vendor_ref }))).into_response()
 }
 
 /// Waits `delay`, then POSTs until a 2xx, `MAX_RETRIES` retries or shutdown.
-async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: Duration) {
+async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: Duration, trace: Option<String>) {
     if !shared.sleep(delay).await {
         return;
     }
@@ -66,7 +68,7 @@ async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: 
     let msg_id = format!("msg_{}", Uuid::new_v4());
     let mut backoff = FIRST_BACKOFF;
     for attempt in 0..=MAX_RETRIES {
-        let outcome = match shared.until_stopped(send_once(&shared, &url, &msg_id, &body)).await {
+        let outcome = match shared.until_stopped(send_once(&shared, &url, &msg_id, &body, trace.as_deref())).await {
             Some(outcome) => outcome,
             None => return,
         };
@@ -85,9 +87,18 @@ async fn deliver(shared: Arc<Shared>, url: reqwest::Url, payload: Value, delay: 
     tracing::warn!(%url, msg_id, "mock callback given up");
 }
 
-async fn send_once(shared: &Shared, url: &reqwest::Url, msg_id: &str, body: &[u8]) -> Result<(), String> {
+async fn send_once(
+    shared: &Shared,
+    url: &reqwest::Url,
+    msg_id: &str,
+    body: &[u8],
+    trace: Option<&str>,
+) -> Result<(), String> {
     let ts = stats::now_secs();
     let mut req = shared.http.post(url.clone()).header(header::CONTENT_TYPE, "application/json").body(body.to_vec());
+    if let Some(tp) = trace {
+        req = req.header(crate::traces::TRACEPARENT, tp);
+    }
     req = match &shared.secret {
         Some(secret) => {
             webhook::headers(secret, msg_id, ts, body).into_iter().fold(req, |req, (k, v)| req.header(k, v))

@@ -6,12 +6,14 @@
 //!   to the caller's `callback_url`, signed as a Standard Webhook.
 //! - `fault`: injected failures (server-wide, counted, or per request).
 //! - `stats`: calls per second, so load tests can check rate limits held.
+//! - `limit`: a hidden rate limit (`--limit N/s`), with or without headers.
 //!
 //! Both serve `POST /faults`, `GET /faults`, `GET /stats`, `POST /stats/reset`
 //! and `GET /healthz`.
 
 mod async_vendor;
 mod fault;
+mod limit;
 mod record;
 mod stats;
 mod sync;
@@ -33,6 +35,7 @@ use tokio::task::JoinHandle;
 use crate::webhook::Secret;
 
 pub use fault::{Fault, ParseFaultError};
+pub use limit::{HiddenLimit, ParseLimitError};
 pub use stats::Stats;
 
 use fault::FaultState;
@@ -47,11 +50,13 @@ pub struct MockOptions {
     pub callback_delay_ms: u64,
     /// Async only: `whsec_` text used to sign callbacks; `None` sends them unsigned.
     pub secret: Option<String>,
+    /// A hidden rate limit: calls over it are answered 429.
+    pub limit: Option<HiddenLimit>,
 }
 
 impl Default for MockOptions {
     fn default() -> Self {
-        MockOptions { latency_ms: 0, fault: Fault::None, callback_delay_ms: 200, secret: None }
+        MockOptions { latency_ms: 0, fault: Fault::None, callback_delay_ms: 200, secret: None, limit: None }
     }
 }
 
@@ -110,6 +115,7 @@ pub async fn spawn(
     let shared = Arc::new(Shared {
         faults: Mutex::new(FaultState::new(opts.fault.clone(), opts.latency_ms)),
         stats: Mutex::new(Counter::default()),
+        limit: opts.limit.map(|l| Mutex::new(limit::Window::new(l))),
         callback_delay: Duration::from_millis(opts.callback_delay_ms),
         secret,
         http,
@@ -149,6 +155,7 @@ struct Shared {
     // std Mutex: held only for a few field updates, never across an await.
     faults: Mutex<FaultState>,
     stats: Mutex<Counter>,
+    limit: Option<Mutex<limit::Window>>,
     callback_delay: Duration,
     secret: Option<Secret>,
     http: reqwest::Client,
@@ -229,6 +236,8 @@ struct Admitted {
     plan: fault::Plan,
     /// The whole request, for fields only one mock reads (`callback_url`).
     request: Value,
+    /// The hidden limit's headers for the answer (empty without one).
+    limit_headers: axum::http::HeaderMap,
 }
 
 /// Counts the call, parses `{"request_id", "data", ...}`, picks the fault and
@@ -236,6 +245,15 @@ struct Admitted {
 async fn admit(shared: &Shared, kind: MockKind, body: &[u8]) -> Result<Admitted, Response> {
     // Counted at arrival, before anything can reject it.
     shared.stats().record_call(stats::now_secs());
+    let verdict = shared.limit.as_ref().map(|w| w.lock().unwrap_or_else(|p| p.into_inner()).admit());
+    let limit_headers = match verdict {
+        Some(v) if v.refused => {
+            shared.stats().record_limited();
+            return Err(limit::too_many(v.headers));
+        }
+        Some(v) => v.headers,
+        None => axum::http::HeaderMap::new(),
+    };
     let req: Value = serde_json::from_slice(body).map_err(bad_request)?;
     let Some(request_id) = req.get("request_id").and_then(Value::as_str) else {
         return Err(bad_request("request_id (string) is required"));
@@ -252,7 +270,7 @@ async fn admit(shared: &Shared, kind: MockKind, body: &[u8]) -> Result<Admitted,
     if let Some(resp) = fault::respond(shared, &plan.fault).await {
         return Err(resp);
     }
-    Ok(Admitted { request_id, data, plan, request: req })
+    Ok(Admitted { request_id, data, plan, request: req, limit_headers })
 }
 
 #[cfg(test)]

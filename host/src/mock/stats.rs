@@ -16,6 +16,9 @@ pub struct Stats {
     pub total: u64,
     /// Of those, calls answered with an injected fault.
     pub faults: u64,
+    /// Of those, calls refused with 429 by the hidden limit (`--limit`).
+    #[serde(default)]
+    pub limited: u64,
     /// The busiest second since start or the last reset (not only the window).
     pub max_per_second: u64,
     /// `(epoch_second, calls)` for the last 300 s, ascending; quiet seconds omitted.
@@ -26,6 +29,7 @@ pub struct Stats {
 pub(super) struct Counter {
     total: u64,
     faults: u64,
+    limited: u64,
     max_per_second: u64,
     // A map, not a ring: clock reads taken before the lock may arrive slightly out of order.
     seconds: BTreeMap<i64, u64>,
@@ -44,11 +48,16 @@ impl Counter {
         self.faults += 1;
     }
 
+    pub fn record_limited(&mut self) {
+        self.limited += 1;
+    }
+
     pub fn snapshot(&mut self, now_secs: i64) -> Stats {
         self.prune(now_secs);
         Stats {
             total: self.total,
             faults: self.faults,
+            limited: self.limited,
             max_per_second: self.max_per_second,
             per_second: self.seconds.iter().map(|(s, n)| (*s, *n)).collect(),
         }

@@ -15,12 +15,12 @@ pub(super) async fn lookup(State(shared): State<Arc<Shared>>, body: Bytes) -> Re
         Ok(call) => call,
         Err(resp) => return resp,
     };
-    Json(json!({
+    let body = Json(json!({
         "request_id": call.request_id,
         "source": "mock-sync",
         "record": record::untidy(&call.data),
-    }))
-    .into_response()
+    }));
+    (call.limit_headers, body).into_response()
 }
 
 #[cfg(test)]

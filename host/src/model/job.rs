@@ -72,6 +72,81 @@ pub struct Job {
     /// The completion notification, when the job was submitted with a
     /// `notify_url`.
     pub notify: Option<Notify>,
+    /// Its latest vendor calls, oldest first (at most [`ATTEMPTS_KEPT`]).
+    pub attempts_log: Vec<AttemptRecord>,
+}
+
+/// Vendor calls a job's history keeps (the latest ones).
+pub const ATTEMPTS_KEPT: usize = 20;
+/// Characters of an attempt's error text its record keeps.
+pub const ATTEMPT_ERROR_CHARS: usize = 500;
+
+/// One vendor call of a job, as its history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// When the call started.
+    pub started_at: Millis,
+    /// How long it ran, in milliseconds.
+    pub duration_ms: u64,
+    pub outcome: AttemptOutcome,
+    /// The call's error, cut to [`ATTEMPT_ERROR_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What the call cost (absent for calls stopped before they ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<super::usage::AttemptUsage>,
+}
+
+impl AttemptRecord {
+    pub fn new(started_at: Millis, duration_ms: u64, outcome: AttemptOutcome, error: Option<&str>) -> AttemptRecord {
+        let error = error.map(|e| {
+            let mut cut: String = e.chars().take(ATTEMPT_ERROR_CHARS).collect();
+            if cut.len() < e.len() {
+                cut.push('…');
+            }
+            cut
+        });
+        AttemptRecord { started_at, duration_ms, outcome, error, usage: None }
+    }
+}
+
+/// How one vendor call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// A result (the job completes).
+    Complete,
+    /// An async vendor took the job (a webhook finishes it).
+    Accepted,
+    /// An error the job is retried after.
+    RetryableError,
+    /// An error that ends the job (or the last retry).
+    Failed,
+    /// Its client cancelled the job while the call ran.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Complete => "complete",
+            AttemptOutcome::Accepted => "accepted",
+            AttemptOutcome::RetryableError => "retryable_error",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<AttemptOutcome> {
+        Some(match s {
+            "complete" => AttemptOutcome::Complete,
+            "accepted" => AttemptOutcome::Accepted,
+            "retryable_error" => AttemptOutcome::RetryableError,
+            "failed" => AttemptOutcome::Failed,
+            "cancelled" => AttemptOutcome::Cancelled,
+            _ => return None,
+        })
+    }
 }
 
 /// A job's completion notification: where it goes and how delivery went.
@@ -124,6 +199,8 @@ pub struct NewJob {
     pub idempotency: Option<Idempotency>,
     /// Where to POST the job once it is finished (validated by the API).
     pub notify_url: Option<String>,
+    /// The submit's W3C `traceparent` (traces on), for its queue entry.
+    pub trace: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -5,9 +5,11 @@
 pub mod dead_letter;
 pub mod job;
 pub mod time;
+pub mod usage;
 
 pub use dead_letter::DeadLetter;
 pub use job::{
-    Idempotency, Job, JobQuery, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, new_request_id, prefix_end,
+    ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, Idempotency, Job, JobQuery, NewJob, Notify, NotifyAttempt, Outcome,
+    Redaction, Status, new_request_id, prefix_end,
 };
 pub use time::{Millis, format_ms, millis, now_ms, parse_ms};

@@ -27,6 +27,7 @@ pub mod bindings;
 pub mod cache;
 pub mod caps;
 mod compat;
+pub mod cpu;
 pub mod engine;
 pub mod grants;
 pub mod loader;

@@ -3,7 +3,10 @@
 //! runtime, the Store state and the host capabilities all read it.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::rate_headers::RateSignal;
 
 use super::grants::Grants;
 
@@ -26,6 +29,70 @@ pub struct CallPolicy {
     pub timeout: Duration,
     /// `config-get` values; only this vendor's.
     pub config: BTreeMap<String, String>,
+    /// Where `http-send` records what each answer said about the vendor's
+    /// rate limit. Shared policies carry none; the worker gives each call
+    /// its own (`with_observer`) and reads it after the call.
+    pub observed: Observed,
+}
+
+/// What one call told the host about its vendor: the rate-limit signals of
+/// its HTTP answers (see `rate_headers`), and what the plugin said itself
+/// (`pause-vendor`, `not-cacheable`).
+#[derive(Debug, Clone, Default)]
+pub struct Observed(Option<Arc<Mutex<Seen>>>);
+
+#[derive(Debug, Default)]
+struct Seen {
+    signals: Vec<RateSignal>,
+    pause: Option<Duration>,
+    not_cacheable: bool,
+}
+
+impl Observed {
+    fn with(&self, f: impl FnOnce(&mut Seen)) {
+        if let Some(seen) = &self.0 {
+            f(&mut seen.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
+    fn read<R: Default>(&self, f: impl FnOnce(&Seen) -> R) -> R {
+        self.0.as_ref().map(|s| f(&s.lock().unwrap_or_else(|e| e.into_inner()))).unwrap_or_default()
+    }
+
+    /// The plugin asked to pause the vendor this long (the longest ask counts).
+    pub fn request_pause(&self, d: Duration) {
+        self.with(|s| s.pause = s.pause.max(Some(d)));
+    }
+
+    pub fn pause_requested(&self) -> Option<Duration> {
+        self.read(|s| s.pause)
+    }
+
+    /// The plugin marked the call's result not cacheable.
+    pub fn mark_not_cacheable(&self) {
+        self.with(|s| s.not_cacheable = true);
+    }
+
+    pub fn not_cacheable(&self) -> bool {
+        self.read(|s| s.not_cacheable)
+    }
+
+    /// A fresh recorder.
+    pub fn recording() -> Observed {
+        Observed(Some(Arc::default()))
+    }
+
+    /// Records an answer's signal (nothing when not recording or empty).
+    pub fn record(&self, signal: RateSignal) {
+        if !signal.is_empty() {
+            self.with(|s| s.signals.push(signal));
+        }
+    }
+
+    /// What was recorded so far.
+    pub fn signals(&self) -> Vec<RateSignal> {
+        self.read(|s| s.signals.clone())
+    }
 }
 
 pub const DEFAULT_MEMORY_MB: u64 = 64;
@@ -43,6 +110,13 @@ impl CallPolicy {
             memory_cap_bytes: (DEFAULT_MEMORY_MB as usize) << 20,
             timeout: Duration::from_secs(2),
             config: BTreeMap::new(),
+            observed: Observed::default(),
         }
+    }
+
+    /// This policy with a fresh recorder of rate-limit signals, for one call.
+    pub fn with_observer(&self) -> (Arc<CallPolicy>, Observed) {
+        let observed = Observed::recording();
+        (Arc::new(CallPolicy { observed: observed.clone(), ..self.clone() }), observed)
     }
 }

@@ -2,16 +2,18 @@
 //! every failure turned into a `CallError` for that one call.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
 use super::bindings::{Linked, PluginPre, types as wit};
 use super::compat;
+use super::cpu::CpuTimed;
 use super::engine::PluginEngine;
 use super::net::Outbound;
 use super::policy::CallPolicy;
-use super::state::State;
+use super::state::{CallUsage, State};
 use super::types::{CallError, FetchOutcome, JobInput, VendorError, VendorInfo, WebhookOutcome};
 
 pub struct Runtime {
@@ -87,7 +89,20 @@ impl Runtime {
         policy: Arc<CallPolicy>,
         job: &JobInput,
     ) -> Result<FetchOutcome, CallError> {
-        refuse_unconfigured(pre, &policy)?;
+        self.fetch_metered(pre, policy, job).await.0
+    }
+
+    /// `fetch`, and what the call cost (HTTP, CPU time, peak memory; zero
+    /// for a call refused before it ran).
+    pub async fn fetch_metered(
+        &self,
+        pre: &PluginPre<State>,
+        policy: Arc<CallPolicy>,
+        job: &JobInput,
+    ) -> (Result<FetchOutcome, CallError>, CallUsage) {
+        if let Err(e) = refuse_unconfigured(pre, &policy) {
+            return (Err(e), CallUsage::default());
+        }
         let timeout = policy.timeout;
         let deadline = Instant::now() + timeout;
         let wit_job = wit::Job {
@@ -119,10 +134,18 @@ impl Runtime {
                     }
                 })
             };
-            tokio::time::timeout(timeout, fut).await
+            let cpu = Arc::new(AtomicU64::new(0));
+            let r = tokio::time::timeout(timeout, CpuTimed::new(fut, cpu.clone())).await;
+            (r, cpu.load(Ordering::Relaxed))
         };
+        let (res, cpu_us) = res;
         log_output(&store);
-        finish(&store, res, timeout)?.map_err(CallError::Vendor)
+        let usage = CallUsage { cpu_us, ..store.data().usage() };
+        let out = match finish(&store, res, timeout) {
+            Ok(r) => r.map_err(CallError::Vendor),
+            Err(e) => Err(e),
+        };
+        (out, usage)
     }
 
     pub async fn on_webhook(

@@ -27,6 +27,24 @@ pub struct State {
     pub(crate) deadline: Instant,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
+    /// What this call has cost so far (HTTP; memory is in `limits`).
+    pub(crate) usage: CallUsage,
+}
+
+/// What one plugin call cost: its outbound HTTP, its CPU time in wasm (and
+/// the host code it ran), its peak linear memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallUsage {
+    /// `http-send` requests that got an answer (each redirect hop not counted).
+    pub http_calls: u64,
+    /// Request bytes sent: method, URL, headers and body.
+    pub bytes_out: u64,
+    /// Response bytes received: headers and body.
+    pub bytes_in: u64,
+    /// CPU time of the call's polls, microseconds.
+    pub cpu_us: u64,
+    /// Largest linear memory the instance grew to, bytes.
+    pub peak_memory_bytes: u64,
 }
 
 impl State {
@@ -48,14 +66,20 @@ impl State {
         State {
             wasi,
             table: ResourceTable::new(),
-            limits: MemoryCap { cap: policy.memory_cap_bytes, exceeded: false },
+            limits: MemoryCap { cap: policy.memory_cap_bytes, exceeded: false, peak: 0 },
             policy,
             http,
             request_id,
             deadline,
             stdout,
             stderr,
+            usage: CallUsage::default(),
         }
+    }
+
+    /// The call's cost so far (without `cpu_us`, which the runtime measures).
+    pub fn usage(&self) -> CallUsage {
+        CallUsage { peak_memory_bytes: self.limits.peak as u64, ..self.usage }
     }
 
     /// What the plugin wrote to stderr (a panic message, say), trimmed.
@@ -79,6 +103,8 @@ impl WasiView for State {
 pub struct MemoryCap {
     pub cap: usize,
     pub exceeded: bool,
+    /// The largest size a memory was allowed to grow to (the call's peak).
+    pub peak: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -87,6 +113,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
             self.exceeded = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

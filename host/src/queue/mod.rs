@@ -34,16 +34,26 @@ pub enum QueueError {
 
 pub type Result<T> = std::result::Result<T, QueueError>;
 
-/// What the queue carries: which job, for which vendor.
+/// What the queue carries: which job, for which vendor, and the W3C
+/// `traceparent` of the submit when traces are on (absent in entries queued
+/// without one, and in those written before it existed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub request_id: String,
     pub vendor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
 }
 
 impl Message {
     pub fn new(request_id: impl Into<String>, vendor: impl Into<String>) -> Self {
-        Message { request_id: request_id.into(), vendor: vendor.into() }
+        Message { request_id: request_id.into(), vendor: vendor.into(), trace: None }
+    }
+
+    /// The message carrying `traceparent` (the span the job's work continues).
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.trace = traceparent;
+        self
     }
 
     pub fn encode(&self) -> String {
@@ -155,5 +165,22 @@ impl QueueDepth {
         metrics::gauge!(telemetry::QUEUE_DEPTH, "state" => "delayed").set(self.delayed as f64);
         metrics::gauge!(telemetry::QUEUE_DEPTH, "state" => "leased").set(self.leased as f64);
         metrics::gauge!(telemetry::DEAD_LETTERS).set(self.dead as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_without_a_trace_read_as_before_and_a_trace_round_trips() {
+        // An entry queued before `trace` existed.
+        let old = Message::decode(r#"{"request_id":"r1","vendor":"sync"}"#).unwrap();
+        assert_eq!(old, Message::new("r1", "sync"));
+        // Untraced entries are written exactly as before.
+        assert_eq!(Message::new("r1", "sync").encode(), r#"{"request_id":"r1","vendor":"sync"}"#);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
+        let traced = Message::new("r1", "sync").traced(Some(tp.clone()));
+        assert_eq!(Message::decode(&traced.encode()).unwrap().trace, Some(tp));
     }
 }

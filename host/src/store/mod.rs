@@ -9,7 +9,8 @@ pub mod sqlite;
 
 use async_trait::async_trait;
 
-use crate::model::{Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome};
+use crate::model::usage::{UsageDelta, UsageQuery, UsageRow};
+use crate::model::{AttemptRecord, Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -167,6 +168,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a delivery attempt (`attempts += 1`) and what is next.
     async fn record_notification(&self, request_id: &str, attempt: &NotifyAttempt) -> Result<()>;
+
+    /// Appends a vendor call to the job's history, keeping the latest
+    /// `keep`.
+    async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()>;
+
+    /// Jobs of `owner` (a key name) pending or processing now: what
+    /// `auth.keys.<name>.max_in_flight` bounds.
+    async fn count_active(&self, owner: &str) -> Result<u64>;
+
+    /// Takes one unit of the quota counter `id` (a key, a vendor and a
+    /// period) if fewer than `limit` are used: true if taken. Atomic, so
+    /// exact under concurrency; the counter lives until `expires_at`.
+    async fn take_quota(&self, id: &str, limit: u64, expires_at: Millis) -> Result<bool>;
+
+    /// Adds one call's cost to the (key, vendor, hour) rollup.
+    async fn record_usage(&self, key: &str, vendor: &str, hour: Millis, delta: &UsageDelta) -> Result<()>;
+
+    /// Rollups `query` selects, summed per its granularity, ordered by key,
+    /// vendor, time.
+    async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
 
     /// Reachable? (readiness)
     async fn ping(&self) -> Result<()>;

@@ -32,11 +32,13 @@ use mongodb::options::{
     WriteConcern,
 };
 use mongodb::{Client, Collection, IndexModel};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::model::{
-    Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, now_ms, prefix_end,
+    AttemptOutcome, AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status,
+    now_ms, prefix_end,
 };
 
 const IN_FLIGHT: [&str; 2] = ["pending", "processing"];
@@ -487,6 +489,31 @@ impl Store for MongoStore {
         Ok(())
     }
 
+    async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()> {
+        let mut record = doc! {
+            "started_at": attempt.started_at,
+            "duration_ms": i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
+            "outcome": attempt.outcome.as_str(),
+        };
+        if let Some(e) = &attempt.error {
+            record.insert("error", e);
+        }
+        if let Some(u) = &attempt.usage {
+            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            record.insert(
+                "usage",
+                doc! {
+                    "http_calls": n(u.http_calls), "bytes_in": n(u.bytes_in), "bytes_out": n(u.bytes_out),
+                    "cpu_us": n(u.cpu_us), "peak_memory_bytes": n(u.peak_memory_bytes),
+                },
+            );
+        }
+        let keep = -i64::try_from(keep).unwrap_or(i64::MAX);
+        let update = doc! { "$push": { "attempts_log": { "$each": [record], "$slice": keep } } };
+        self.jobs.update_one(doc! { "_id": request_id }, update).await?;
+        Ok(())
+    }
+
     async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool> {
         // The job first, then its entry in `vendor_refs`: the job's own
         // `vendor_ref` is the truth and `vendor_refs` an index of it (as the
@@ -739,6 +766,97 @@ impl Store for MongoStore {
         let filter = doc! { "_id": request_id, "notify_url": { "$exists": true } };
         self.jobs.update_one(filter, update).await?;
         Ok(())
+    }
+
+    async fn count_active(&self, owner: &str) -> Result<u64> {
+        let filter = doc! { "owner": owner, "status": { "$in": IN_FLIGHT.to_vec() } };
+        Ok(self.jobs.count_documents(filter).await?)
+    }
+
+    async fn take_quota(&self, id: &str, limit: u64, expires_at: Millis) -> Result<bool> {
+        // Two single-document writes, each atomic: make sure the counter
+        // exists, then take a unit only below the limit (the filter and the
+        // $inc are one operation, so racing workers cannot both take the
+        // last unit). Periods are in the id: a counter is never reset.
+        let quotas = self.db.collection::<Document>("quotas");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let made = quotas
+            .update_one(doc! { "_id": id }, doc! { "$setOnInsert": { "used": 0_i64, "expires_at": expires_at } })
+            .upsert(true)
+            .await;
+        // Two racing upserts: the loser's duplicate key means it exists.
+        if let Err(e) = made
+            && !is_duplicate(&e)
+        {
+            return Err(e.into());
+        }
+        let r =
+            quotas.update_one(doc! { "_id": id, "used": { "$lt": limit } }, doc! { "$inc": { "used": 1_i64 } }).await?;
+        Ok(r.modified_count == 1)
+    }
+
+    async fn record_usage(
+        &self,
+        key: &str,
+        vendor: &str,
+        hour: Millis,
+        d: &crate::model::usage::UsageDelta,
+    ) -> Result<()> {
+        // One upsert with $inc per call: concurrent workers add, never
+        // overwrite. A racing first insert loses on the duplicate `_id` and
+        // is retried once as a plain $inc.
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let id = format!("{key}|{vendor}|{hour}");
+        let inc = doc! { "$inc": {
+            "calls": n(d.calls), "bytes_in": n(d.bytes_in), "bytes_out": n(d.bytes_out),
+            "cpu_us": n(d.cpu_us), "latency_ms": n(d.latency_ms),
+        } };
+        let mut update = inc.clone();
+        update.insert("$setOnInsert", doc! { "key": key, "vendor": vendor, "hour": hour });
+        let usage = self.db.collection::<Document>("usage");
+        match usage.update_one(doc! { "_id": &id }, update).upsert(true).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_duplicate(&e) => {
+                usage.update_one(doc! { "_id": &id }, inc).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn usage(&self, q: &crate::model::usage::UsageQuery) -> Result<Vec<crate::model::usage::UsageRow>> {
+        use crate::model::usage::{UsageDelta, UsageRow};
+        let mut filter = doc! { "hour": { "$gte": q.from, "$lt": q.to } };
+        if let Some(k) = &q.key {
+            filter.insert("key", k);
+        }
+        if let Some(v) = &q.vendor {
+            filter.insert("vendor", v);
+        }
+        let g = q.granularity.millis();
+        let num = |d: &Document, f: &str| -> u64 {
+            match d.get(f) {
+                Some(Bson::Int64(v)) => (*v).max(0) as u64,
+                Some(Bson::Int32(v)) => (*v).max(0) as u64,
+                Some(Bson::Double(v)) => v.max(0.0) as u64,
+                _ => 0,
+            }
+        };
+        // Summed here per bucket (the stand-in has no reliable $group).
+        let mut sums: BTreeMap<(String, String, Millis), UsageDelta> = BTreeMap::new();
+        let mut cursor = self.db.collection::<Document>("usage").find(filter).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let key = d.get_str("key").unwrap_or_default().to_string();
+            let vendor = d.get_str("vendor").unwrap_or_default().to_string();
+            let hour = num(&d, "hour") as Millis;
+            let e = sums.entry((key, vendor, hour.div_euclid(g) * g)).or_default();
+            e.calls += num(&d, "calls");
+            e.bytes_in += num(&d, "bytes_in");
+            e.bytes_out += num(&d, "bytes_out");
+            e.cpu_us += num(&d, "cpu_us");
+            e.latency_ms += num(&d, "latency_ms");
+        }
+        Ok(sums.into_iter().map(|((key, vendor, from), usage)| UsageRow { key, vendor, from, usage }).collect())
     }
 
     async fn ping(&self) -> Result<()> {
@@ -1090,8 +1208,41 @@ fn job_of(d: Document) -> Result<Job> {
             delivered_at: int(&d, "notify_delivered_at"),
             next_at: int(&d, "notify_at"),
         }),
+        attempts_log: attempts_of(&d),
         request_id,
     })
+}
+
+/// The job's call history; a record that does not read is left out. The
+/// nx-27017 stand-in returns documents `$push`ed into an array as their JSON
+/// text: read that too.
+fn attempts_of(d: &Document) -> Vec<AttemptRecord> {
+    let Ok(list) = d.get_array("attempts_log") else { return Vec::new() };
+    list.iter()
+        .filter_map(|r| {
+            let r = match r {
+                Bson::Document(r) => r,
+                Bson::String(text) => return serde_json::from_str::<AttemptRecord>(text).ok(),
+                _ => return None,
+            };
+            Some(AttemptRecord {
+                started_at: int(r, "started_at")?,
+                duration_ms: u64::try_from(int(r, "duration_ms")?).unwrap_or(0),
+                outcome: AttemptOutcome::parse(r.get_str("outcome").ok()?)?,
+                error: opt_text(r, "error"),
+                usage: r.get_document("usage").ok().map(|u| {
+                    let n = |f: &str| int(u, f).map(|v| v.max(0) as u64).unwrap_or(0);
+                    crate::model::usage::AttemptUsage {
+                        http_calls: n("http_calls"),
+                        bytes_in: n("bytes_in"),
+                        bytes_out: n("bytes_out"),
+                        cpu_us: n("cpu_us"),
+                        peak_memory_bytes: n("peak_memory_bytes"),
+                    }
+                }),
+            })
+        })
+        .collect()
 }
 
 fn redactions_of(d: &Document, request_id: &str) -> Result<Vec<Redaction>> {

@@ -10,7 +10,7 @@ use rusqlite::{OptionalExtension, Row, params};
 use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
 use crate::model::{
-    Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, now_ms, prefix_end,
+    AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, now_ms, prefix_end,
 };
 use crate::queue::Message;
 
@@ -73,7 +73,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions, notify_url, notify_attempts, notify_status, notify_error, notify_delivered_at, notify_next_at";
+const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions, notify_url, notify_attempts, notify_status, notify_error, notify_delivered_at, notify_next_at, attempts_log";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = r.get(2)?;
@@ -111,6 +111,11 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
                 delivered_at: r.get(17)?,
                 next_at: r.get(18)?,
             }),
+        },
+        attempts_log: match r.get::<_, Option<String>>(19)? {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<AttemptRecord>>(&text)
+                .map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Text, Box::new(e)))?,
         },
     })
 }
@@ -162,8 +167,10 @@ fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: bool) -> rusqlite:
         job.notify_url
     ])?;
     if inline {
-        c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?
-            .execute(params![Message::new(&job.request_id, &job.vendor).encode(), job.created_at])?;
+        c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?.execute(params![
+            Message::new(&job.request_id, &job.vendor).traced(job.trace.clone()).encode(),
+            job.created_at
+        ])?;
     }
     Ok(Inserted::Created { enqueued: inline })
 }
@@ -369,6 +376,31 @@ impl Store for SqliteStore {
                      WHERE request_id = ?1 AND status IN ('pending', 'processing')",
                 )?
                 .execute(params![id, err, now, due])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()> {
+        let id = request_id.to_string();
+        let record = serde_json::to_value(attempt).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.db
+            .write(move |c| {
+                let text: Option<Option<String>> = c
+                    .prepare_cached("SELECT attempts_log FROM jobs WHERE request_id = ?1")?
+                    .query_row([&id], |r| r.get(0))
+                    .optional()?;
+                let Some(text) = text else { return Ok(()) };
+                // A history that does not parse is started over, not kept wrong.
+                let mut log: Vec<serde_json::Value> =
+                    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+                log.push(record);
+                let drop = log.len().saturating_sub(keep);
+                log.drain(..drop);
+                let text = serde_json::Value::Array(log).to_string();
+                c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?
+                    .execute(params![id, text])?;
+                Ok(())
             })
             .await?;
         Ok(())
@@ -591,6 +623,123 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(())
+    }
+
+    async fn count_active(&self, owner: &str) -> Result<u64> {
+        let owner = owner.to_string();
+        let n: i64 = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT count(*) FROM jobs WHERE owner = ?1 AND status IN ('pending', 'processing')")?
+                    .query_row(params![owner], |r| r.get(0))
+            })
+            .await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn take_quota(&self, id: &str, limit: u64, expires_at: Millis) -> Result<bool> {
+        let id = id.to_string();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // One write transaction (the single writer): create the counter if
+        // new, then take a unit only below the limit. Expired counters go.
+        Ok(self
+            .db
+            .write(move |c| {
+                let now = crate::model::now_ms();
+                c.prepare_cached("DELETE FROM quota_usage WHERE id = ?1 AND expires_at <= ?2")?
+                    .execute(params![id, now])?;
+                c.prepare_cached("INSERT OR IGNORE INTO quota_usage (id, used, expires_at) VALUES (?1, 0, ?2)")?
+                    .execute(params![id, expires_at])?;
+                let n = c
+                    .prepare_cached("UPDATE quota_usage SET used = used + 1 WHERE id = ?1 AND used < ?2")?
+                    .execute(params![id, limit])?;
+                Ok(n == 1)
+            })
+            .await?)
+    }
+
+    async fn record_usage(
+        &self,
+        key: &str,
+        vendor: &str,
+        hour: Millis,
+        d: &crate::model::usage::UsageDelta,
+    ) -> Result<()> {
+        let (key, vendor, d) = (key.to_string(), vendor.to_string(), *d);
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.db
+            .write(move |c| {
+                // The hour's row and its day's, in one write transaction.
+                let day = hour.div_euclid(crate::model::usage::DAY_MS) * crate::model::usage::DAY_MS;
+                for (table, col, at) in [("usage_rollup", "hour", hour), ("usage_rollup_day", "day", day)] {
+                    c.prepare_cached(&format!(
+                        "INSERT INTO {table} (key, vendor, {col}, calls, bytes_in, bytes_out, cpu_us, latency_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                         ON CONFLICT (key, vendor, {col}) DO UPDATE SET calls = calls + excluded.calls,
+                            bytes_in = bytes_in + excluded.bytes_in, bytes_out = bytes_out + excluded.bytes_out,
+                            cpu_us = cpu_us + excluded.cpu_us, latency_ms = latency_ms + excluded.latency_ms"
+                    ))?
+                    .execute(params![
+                        key,
+                        vendor,
+                        at,
+                        n(d.calls),
+                        n(d.bytes_in),
+                        n(d.bytes_out),
+                        n(d.cpu_us),
+                        n(d.latency_ms)
+                    ])?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn usage(&self, q: &crate::model::usage::UsageQuery) -> Result<Vec<crate::model::usage::UsageRow>> {
+        use crate::model::usage::{UsageDelta, UsageRow};
+        let q = q.clone();
+        let g = q.granularity.millis();
+        Ok(self
+            .db
+            .read(move |c| {
+                let (table, col) = match q.granularity {
+                    crate::model::usage::Granularity::Hour => ("usage_rollup", "hour"),
+                    crate::model::usage::Granularity::Day => ("usage_rollup_day", "day"),
+                };
+                let mut sql = format!(
+                    "SELECT key, vendor, ({col} / ?1) * ?1 AS b, sum(calls), sum(bytes_in), sum(bytes_out), sum(cpu_us),
+                        sum(latency_ms) FROM {table} WHERE {col} >= ?2 AND {col} < ?3"
+                );
+                let mut args: Vec<rusqlite::types::Value> = vec![g.into(), q.from.into(), q.to.into()];
+                if let Some(k) = &q.key {
+                    args.push(k.clone().into());
+                    sql.push_str(&format!(" AND key = ?{}", args.len()));
+                }
+                if let Some(v) = &q.vendor {
+                    args.push(v.clone().into());
+                    sql.push_str(&format!(" AND vendor = ?{}", args.len()));
+                }
+                sql.push_str(" GROUP BY key, vendor, b ORDER BY key, vendor, b");
+                let u = |v: i64| v.max(0) as u64;
+                c.prepare_cached(&sql)?
+                    .query_map(rusqlite::params_from_iter(args.iter()), |r| {
+                        Ok(UsageRow {
+                            key: r.get(0)?,
+                            vendor: r.get(1)?,
+                            from: r.get(2)?,
+                            usage: UsageDelta {
+                                calls: u(r.get(3)?),
+                                bytes_in: u(r.get(4)?),
+                                bytes_out: u(r.get(5)?),
+                                cpu_us: u(r.get(6)?),
+                                latency_ms: u(r.get(7)?),
+                            },
+                        })
+                    })?
+                    .collect()
+            })
+            .await?)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -106,6 +106,7 @@ async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
         created_at: now,
         idempotency: None,
         notify_url: None,
+        trace: None,
     };
     store.insert(&job).await.unwrap();
     store.mark_queued(&["wc-1".to_string()], now).await.unwrap();

@@ -300,6 +300,15 @@ async fn listing_and_keys(production: bool) {
     assert_eq!(listed(&page).len(), 8);
     let (_, page) = get(&app, "/jobs?key=bob", "key-admin").await;
     assert_eq!(listed(&page), std::slice::from_ref(&bob));
+    // ... and reads any one job, result included; another key cannot.
+    wait_status_keyed(&app, &alice[0], "key-a", "complete").await;
+    let (code, j) = get(&app, &format!("/jobs/{}", alice[0]), "key-admin").await;
+    assert_eq!((code, j["status"].as_str()), (200, Some("complete")), "{j}");
+    assert!(j["result"].is_object(), "the admin sees the result: {j}");
+    let (code, j) = get(&app, &format!("/jobs/{}?wait=1s", bob), "key-admin").await;
+    assert_eq!((code, j["status"].as_str()), (200, Some("failed")), "{j}");
+    let (code, j) = get(&app, &format!("/jobs/{}", alice[0]), "key-b").await;
+    assert_eq!((code, j["error"]["code"].as_str()), (404, Some("not_found")), "{j}");
     let (code, b) = get(&app, "/jobs?key=bob", "key-a").await;
     assert_eq!((code, b["error"]["message"].as_str().is_some_and(|m| m.contains("`key`"))), (403, true), "{b}");
 

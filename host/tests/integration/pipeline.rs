@@ -246,6 +246,7 @@ async fn a_crash_between_store_write_and_enqueue_is_swept() {
         created_at: now_ms(),
         idempotency: None,
         notify_url: None,
+        trace: None,
     };
     assert_eq!(store.insert(&job).await.unwrap(), vendorhost::store::Inserted::Created { enqueued: false });
     let app = TestApp::start(cfg).await;
@@ -573,6 +574,7 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
         created_at: now_ms(),
         idempotency: None,
         notify_url: None,
+        trace: None,
     };
     store.insert(&job).await.unwrap();
     queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();

@@ -48,6 +48,7 @@ fn policy(vendor: &str, grants: &[String], config: &[(&str, &str)]) -> Arc<CallP
         memory_cap_bytes: 64 << 20,
         timeout: Duration::from_secs(5),
         config: config.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        observed: Default::default(),
     })
 }
 

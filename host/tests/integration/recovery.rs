@@ -102,6 +102,7 @@ impl Pair {
             created_at,
             idempotency: None,
             notify_url: None,
+            trace: None,
         };
         match self.store.insert(&job).await.unwrap() {
             Inserted::Created { enqueued: true } => {}

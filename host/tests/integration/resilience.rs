@@ -324,14 +324,12 @@ async fn a_hung_vendor_times_out_is_retried_then_dead_lettered_and_replayed() {
         "the error does not mention the timeout: {error}"
     );
 
-    let letters = app.get_json("/admin/dead-letters").await;
-    let letter = letters["dead_letters"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["request_id"] == id.as_str())
-        .cloned()
-        .unwrap_or_else(|| panic!("job {id} is not in the dead-letter queue: {letters}"));
+    // The job's failure is written first, its dead letter right after.
+    let letter = crate::support::app::eventually(LONG, "the job's dead letter", || async {
+        let letters = app.get_json("/admin/dead-letters").await;
+        letters["dead_letters"].as_array()?.iter().find(|l| l["request_id"] == id.as_str()).cloned()
+    })
+    .await;
     assert_eq!(letter["vendor"], "sync");
     assert!(letter["reason"].as_str().unwrap().contains("3"), "{letter}");
 

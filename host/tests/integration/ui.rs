@@ -204,7 +204,14 @@ async fn an_operator_works_the_console_in_a_browser() {
     };
     // Overview: live numbers and both charts, fed without a reload (a
     // marker set in the page survives every sample).
-    until(&c, "both vendors", "document.querySelectorAll('#vendor-table tbody tr[data-vendor]').length === 2").await;
+    // Both loaded vendors (the metrics recorder is the test process's, so
+    // other tests' vendors may be listed too, as not loaded).
+    until(
+        &c,
+        "both vendors",
+        "['sync', 'test-echo'].every(v => document.querySelector(`#vendor-table tbody tr[data-vendor='${v}']`))",
+    )
+    .await;
     js(&c, "window.sameDocument = true; return null").await;
     // Five 3-second samples (more time on a loaded machine: polls wait for their answers).
     let samples = "Number(document.querySelector('#chart-throughput').dataset.samples) >= 5";
@@ -265,9 +272,15 @@ async fn an_operator_works_the_console_in_a_browser() {
     )
     .await;
     let text = timeline.text().await.unwrap();
-    for part in ["Submitted", "1 vendor call started", "Failed", "Dead-lettered"] {
+    for part in ["Submitted", "Call 1: failed", "Failed", "Dead-lettered"] {
         assert!(text.contains(part), "timeline lacks {part:?}: {text}");
     }
+    // The call is a row of its own, from the job's attempt records.
+    assert_eq!(
+        js(&c, "return document.querySelectorAll('#timeline li.attempt').length").await,
+        1,
+        "one attempt row: {text}"
+    );
     shot(&c, "job-timeline").await;
 
     // Cancel the running job from its page.

@@ -358,9 +358,10 @@ async fn a_key_without_the_flag_cannot_notify_private_addresses() {
     cfg.auth.api_keys.insert("key-none".into(), "none".into());
     cfg.auth.admin_key = "adm".into();
     cfg.auth.keys.insert("strict".into(), KeySettings { notify_secret: Some(SECRET.into()), ..Default::default() });
-    cfg.auth
-        .keys
-        .insert("lab".into(), KeySettings { notify_secret: Some(SECRET.into()), notify_allow_private: Some(true) });
+    cfg.auth.keys.insert(
+        "lab".into(),
+        KeySettings { notify_secret: Some(SECRET.into()), notify_allow_private: Some(true), ..Default::default() },
+    );
     let app = TestApp::start(cfg).await;
     let mut rx = receiver(&[]).await;
     // A loopback literal: refused at once.
@@ -450,4 +451,38 @@ async fn a_notification_is_delivered_on_redis_and_mongodb() {
         "{job}"
     );
     api.stop().await;
+}
+
+/// A batch item's `notify_url` is checked as a single submit's (a bad one
+/// fails its item only) and carried to the job: notified once it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_item_carries_its_notify_url() {
+    let p = plugins();
+    let d = tempfile::tempdir().unwrap();
+    let app = TestApp::start(notifying(embedded_config(d.path(), p.path()))).await;
+    let mut rx = receiver(&[]).await;
+    let body = json!({"jobs": [
+        {"vendor": "sync", "data": "notified", "notify_url": rx.url},
+        {"vendor": "sync", "data": "bad", "notify_url": "ftp://example.com/x"},
+        {"vendor": "sync", "data": "bad type", "notify_url": 42},
+        {"vendor": "sync", "data": "silent"},
+    ]});
+    let r = app.client.post(app.url("/jobs/batch")).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let b: Value = r.json().await.unwrap();
+    let results = b["results"].as_array().unwrap();
+    for i in [1, 2] {
+        assert_eq!(results[i]["error"]["code"], "invalid_field", "{b}");
+        assert!(results[i]["error"]["message"].as_str().unwrap().contains("`notify_url`"), "{b}");
+    }
+    let id = results[0]["request_id"].as_str().unwrap().to_string();
+    let silent = results[3]["request_id"].as_str().unwrap().to_string();
+    let got = rx.next().await;
+    verify(SECRET, &got).expect("signed with the notify secret");
+    assert_eq!(serde_json::from_slice::<Value>(&got.1).unwrap()["request_id"], id.as_str());
+    let job = settled(&app, &id).await;
+    assert_eq!((job["notify"]["url"].as_str(), job["notify"]["attempts"].as_u64()), (Some(rx.url.as_str()), Some(1)));
+    let other = app.job(&silent).await;
+    assert!(other.get("notify").is_none(), "{other}");
+    app.stop().await;
 }

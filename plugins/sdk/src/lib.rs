@@ -43,6 +43,7 @@ pub mod bindings {
 
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod log;
 mod sys;
 #[cfg(not(target_arch = "wasm32"))]

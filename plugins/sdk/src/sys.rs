@@ -23,6 +23,14 @@ mod imp {
     pub fn config_get(key: &str) -> Option<String> {
         host::config_get(key)
     }
+
+    pub fn pause_vendor(ms: u64) {
+        host::pause_vendor(ms)
+    }
+
+    pub fn not_cacheable() {
+        host::not_cacheable()
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -44,6 +52,14 @@ mod imp {
 
     pub fn config_get(key: &str) -> Option<String> {
         current(|h| h.config_get(key))
+    }
+
+    pub fn pause_vendor(ms: u64) {
+        current(|h| h.pauses.push(ms))
+    }
+
+    pub fn not_cacheable() {
+        current(|h| h.not_cacheable = true)
     }
 }
 

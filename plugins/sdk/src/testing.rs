@@ -59,6 +59,8 @@ pub(crate) struct Inner {
     host: FakeHost,
     requests: Vec<HttpRequest>,
     logs: Vec<(Level, String)>,
+    pub(crate) pauses: Vec<u64>,
+    pub(crate) not_cacheable: bool,
 }
 
 impl Inner {
@@ -171,6 +173,16 @@ impl Installed {
     /// Whether some log line contains `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.inner.borrow().logs.iter().any(|(_, m)| m.contains(needle))
+    }
+
+    /// Every pause the plugin asked for ([`crate::limits::pause_vendor`]), in ms.
+    pub fn pauses(&self) -> Vec<u64> {
+        self.inner.borrow().pauses.clone()
+    }
+
+    /// Whether the plugin marked its result not cacheable.
+    pub fn not_cacheable(&self) -> bool {
+        self.inner.borrow().not_cacheable
     }
 }
 

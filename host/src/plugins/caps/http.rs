@@ -7,7 +7,10 @@
 //! names that IP literally or the vendor sets `allow_private_addresses`. A
 //! redirect to another origin drops the credential headers. A plugin may not
 //! set `Host` (the request is refused). The call's deadline bounds the whole
-//! exchange, and response bodies are capped.
+//! exchange, and response bodies are capped. What each final answer says
+//! about the vendor's rate limit is recorded for the worker
+//! (`CallPolicy::observed`). With traces on, each request carries the W3C
+//! `traceparent` of its `vendor.http` span.
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
@@ -37,7 +40,8 @@ pub async fn send(
 ) -> Result<HttpResponse, HttpError> {
     let vendor = policy.vendor.as_str();
     let started = Instant::now();
-    let result = send_inner(outbound, policy, request_id, deadline, req).await;
+    let span = tracing::info_span!("vendor.http", vendor, method = %req.method.to_ascii_uppercase());
+    let result = tracing::Instrument::instrument(send_inner(outbound, policy, request_id, deadline, req), span).await;
     let outcome = match &result {
         Ok(r) => status_class(r.status),
         Err(HttpError::Denied(_)) => "denied",
@@ -147,6 +151,13 @@ async fn send_inner(
             .map_err(|_| HttpError::InvalidRequest(format!("invalid value for header {:?}", h.name)))?;
         headers.append(name, value);
     }
+    // The vendor learns the trace it is part of (W3C Trace Context): it may
+    // send it back on its webhook. The host's own span, not one a plugin names.
+    if let Some(tp) = crate::traces::current_traceparent()
+        && let Ok(v) = reqwest::header::HeaderValue::from_str(&tp)
+    {
+        headers.insert(HeaderName::from_static(crate::traces::TRACEPARENT), v);
+    }
     let mut method = method;
     let mut body = Some(req.body);
     for _hop in 0..=MAX_REDIRECTS {
@@ -199,6 +210,10 @@ async fn send_inner(
             }
             continue;
         }
+        policy.observed.record(crate::rate_headers::parse(
+            status.as_u16(),
+            resp.headers().iter().filter_map(|(k, v)| Some((k.as_str(), v.to_str().ok()?))),
+        ));
         return read_response(resp, deadline).await;
     }
     Err(HttpError::InvalidRequest(format!("more than {MAX_REDIRECTS} redirects")))

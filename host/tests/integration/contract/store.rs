@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vendorhost::model::{Idempotency, Job, Millis, NewJob, Outcome, Redaction, Status, now_ms};
+use vendorhost::model::{
+    AttemptOutcome, AttemptRecord, Idempotency, Job, Millis, NewJob, Outcome, Redaction, Status, now_ms,
+};
 use vendorhost::queue::sqlite::SqliteQueue;
 use vendorhost::queue::{Message, Queue};
 use vendorhost::store::mongo::MongoStore;
@@ -46,6 +48,7 @@ fn new_job(id: &str, created_at: Millis) -> NewJob {
         created_at,
         idempotency: None,
         notify_url: None,
+        trace: None,
     }
 }
 
@@ -113,6 +116,7 @@ async fn insert_get(s: Arc<dyn Store>) {
         owner: Some("alice".into()),
         redactions: Vec::new(),
         notify: None,
+        attempts_log: Vec::new(),
     };
     assert_eq!(job(&*s, "j1").await, expected);
 
@@ -582,6 +586,35 @@ async fn vendor_ref_lookup_follows_the_job(s: Arc<dyn Store>) {
     assert_eq!(job(&*s, "x").await.vendor_ref.as_deref(), Some("again"));
 }
 
+/// Each vendor call is kept on the job, oldest first, the latest `keep`
+/// only; errors as given; a job that does not exist is left alone.
+async fn attempts_are_kept_latest_first_bounded(s: Arc<dyn Store>) {
+    assert_eq!(s.insert(&new_job("a1", 1_000)).await.unwrap(), CREATED);
+    let rec = |i: i64, outcome, error: Option<&str>| AttemptRecord::new(1_000 + i, i as u64 * 10, outcome, error);
+    for i in 0..5 {
+        s.record_attempt("a1", &rec(i, AttemptOutcome::RetryableError, Some("vendor said 503")), 3).await.unwrap();
+    }
+    s.record_attempt("a1", &rec(5, AttemptOutcome::Complete, None), 3).await.unwrap();
+    let log = job(&*s, "a1").await.attempts_log;
+    assert_eq!(
+        log,
+        vec![
+            rec(3, AttemptOutcome::RetryableError, Some("vendor said 503")),
+            rec(4, AttemptOutcome::RetryableError, Some("vendor said 503")),
+            rec(5, AttemptOutcome::Complete, None),
+        ]
+    );
+    // Read back the same way by a listing.
+    let listed = s.list(&vendorhost::model::JobQuery { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(listed.iter().find(|j| j.request_id == "a1").map(|j| j.attempts_log.len()), Some(3));
+    s.record_attempt("nope", &rec(0, AttemptOutcome::Failed, Some("x")), 3).await.unwrap();
+    assert!(s.get("nope").await.unwrap().is_none());
+    // A long error is cut.
+    let long = "e".repeat(2_000);
+    let cut = AttemptRecord::new(1, 1, AttemptOutcome::Failed, Some(&long));
+    assert!(cut.error.as_ref().unwrap().chars().count() <= vendorhost::model::job::ATTEMPT_ERROR_CHARS + 1);
+}
+
 // ---- the table: one test per (case, implementation) ----
 
 macro_rules! store_suite {
@@ -625,6 +658,8 @@ store_suite! {
     purge => store_sqlite_purge, store_mongo_purge;
     vendor_ref_lookup_follows_the_job =>
         store_sqlite_vendor_ref_lookup_follows_the_job, store_mongo_vendor_ref_lookup_follows_the_job;
+    attempts_are_kept_latest_first_bounded =>
+        store_sqlite_attempts_are_kept_latest_first_bounded, store_mongo_attempts_are_kept_latest_first_bounded;
 }
 
 // ---- SQLite only ----
@@ -648,6 +683,7 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
              ALTER TABLE jobs DROP COLUMN notify_url; ALTER TABLE jobs DROP COLUMN notify_attempts;
              ALTER TABLE jobs DROP COLUMN notify_status; ALTER TABLE jobs DROP COLUMN notify_error;
              ALTER TABLE jobs DROP COLUMN notify_delivered_at; ALTER TABLE jobs DROP COLUMN notify_next_at;
+             ALTER TABLE jobs DROP COLUMN attempts_log;
              PRAGMA user_version = 1;",
         )
     })

@@ -41,6 +41,7 @@ fn job(id: &str, owner: &str, vendor: &str, created_at: Millis) -> NewJob {
         created_at,
         idempotency: None,
         notify_url: None,
+        trace: None,
     }
 }
 

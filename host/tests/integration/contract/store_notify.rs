@@ -32,6 +32,7 @@ fn job(id: &str, notify_url: Option<&str>, created_at: Millis) -> NewJob {
         created_at,
         idempotency: None,
         notify_url: notify_url.map(str::to_string),
+        trace: None,
     }
 }
 

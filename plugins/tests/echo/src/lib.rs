@@ -5,6 +5,8 @@
 //! - `"url": "http://.."` → GET it; `"http": {"status": n}`, or the mapped
 //!   vendor error when the host refuses or fails the request
 //! - `"sleep_ms": n` → busy-wait n ms on the host clock (a slow call)
+//! - `"pause_vendor_ms": n` → ask the host to pause the vendor n ms;
+//!   `"not_cacheable": true` → mark the result not cacheable
 //! - `"fail": "server" | "timeout" | "bad-request" | "connection" |
 //!   "rate-limited" | "unsupported" | "denied"` → that vendor error
 //!
@@ -43,6 +45,12 @@ impl Vendor for Plugin {
             while now_ms() < until {
                 std::hint::spin_loop();
             }
+        }
+        if let Some(ms) = data.get("pause_vendor_ms").and_then(Value::as_u64) {
+            vendorhost_plugin::limits::pause_vendor(std::time::Duration::from_millis(ms));
+        }
+        if data.get("not_cacheable").and_then(Value::as_bool) == Some(true) {
+            vendorhost_plugin::limits::not_cacheable();
         }
         if let Some(kind) = data.get("fail").and_then(Value::as_str) {
             return Err(requested_failure(kind, &data));

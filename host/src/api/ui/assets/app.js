@@ -392,7 +392,8 @@
       const prev = history.last;
       const dt = prev ? (nowT - history.lastAt) / 1000 : 0;
       const names = vendors.map((v) => v.id);
-      for (const n of Object.keys(s.finished)) if (n && !names.includes(n)) names.push(n);
+      // A vendor no longer loaded stays while its jobs count (series at 0 are only the known series).
+      for (const [n, c] of Object.entries(s.finished)) if (n && c > 0 && !names.includes(n)) names.push(n);
       names.sort();
       const rate = (m, pm, v) => (prev && dt > 0 ? Math.max(0, ((m[v] || 0) - ((pm && pm[v]) || 0)) / dt) : null);
       if (prev && dt > 0) {
@@ -653,9 +654,20 @@
     const created = Date.parse(job.created_at);
     const updated = Date.parse(job.updated_at);
     items.push({ cls: "", title: "Submitted", when: job.created_at, text: `to ${job.vendor}` });
-    if (job.attempts > 0) {
+    const calls = job.attempts_log || [];
+    if (calls.length) {
+      // One row per recorded call (the store keeps the latest 20).
+      const earlier = job.attempts - calls.length;
+      if (earlier > 0) items.push({ cls: "grey", title: `${earlier} earlier vendor call${earlier === 1 ? "" : "s"}`, when: null, text: "not kept" });
+      const label = { complete: "result", accepted: "accepted by the vendor", retryable_error: "retryable error", failed: "failed", cancelled: "cancelled" };
+      calls.forEach((a, i) => {
+        const cls = a.outcome === "complete" || a.outcome === "accepted" ? "good" : a.outcome === "cancelled" ? "grey" : "bad";
+        items.push({ cls: `${cls} attempt`, title: `Call ${earlier + i + 1}: ${label[a.outcome] || a.outcome}`, when: a.started_at,
+          text: `took ${ago(a.duration_ms)}${a.error ? ` — ${a.error}` : ""}` });
+      });
+    } else if (job.attempts > 0) {
       items.push({ cls: job.status === "processing" ? "" : "grey", title: job.attempts === 1 ? "1 vendor call started" : `${job.attempts} vendor calls started`,
-        when: null, text: job.attempts > 1 ? "the earlier ones failed with retryable errors" : "" });
+        when: null, text: "" });
     }
     if (job.status === "pending" || job.status === "processing") {
       if (job.error) items.push({ cls: "bad", title: "Last retryable error", when: job.updated_at, text: job.error });
@@ -684,12 +696,12 @@
     let job = null;
     let full = false;
     const fetchJob = async () => {
-      if (!session.apiKeys) {
+      try {
+        // The console's session reads any job, as the admin key does.
         job = await api(`/jobs/${encodeURIComponent(id)}`);
         full = true;
-      } else {
-        // With API keys on, GET /jobs/{id} answers only the submitting key:
-        // the console shows the row the listing gave.
+      } catch (e) {
+        // Gone, or not readable here: the row the listing gave, if any.
         job = jobCache.get(id) || null;
         full = false;
       }
@@ -744,7 +756,7 @@
             h("ol", { class: "timeline", id: "timeline" }, items.map((it) =>
               h("li", { class: it.cls }, h("strong", {}, it.title), it.when ? h("div", { class: "when" }, when(it.when)) : null,
                 it.text ? h("div", {}, it.text) : null))),
-            h("p", { class: "muted small" }, "The store keeps a job's attempt count, its last error and its times; per-attempt records are not stored."))),
+            h("p", { class: "muted small" }, "Each vendor call is kept with its start, duration and outcome (the latest 20)."))),
         j.redactions && j.redactions.length ? h("section", { class: "panel" }, h("h2", {}, "Removed by cleaning"),
           h("ul", {}, j.redactions.map((r) => h("li", {}, h("code", {}, r.path), " — ", r.kind)))) : null,
         full && j.result !== undefined ? h("section", { class: "panel" }, h("h2", {}, "Result"),
