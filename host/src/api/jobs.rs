@@ -61,7 +61,7 @@ pub struct JobView {
     /// What the calls in `attempts_log` cost together; absent before the
     /// first.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageView>,
+    pub usage: Option<CostView>,
 }
 
 /// One vendor call of a job.
@@ -81,12 +81,12 @@ pub struct AttemptView {
     pub error: Option<String>,
     /// What the call cost; absent for a call stopped before it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<UsageView>,
+    pub usage: Option<CostView>,
 }
 
 /// What vendor calls cost.
 #[derive(Serialize, utoipa::ToSchema, Default, Clone, Copy)]
-pub struct UsageView {
+pub struct CostView {
     /// Vendor calls (plugin fetches).
     pub calls: u64,
     /// `http-send` requests that got an answer.
@@ -103,9 +103,9 @@ pub struct UsageView {
     pub latency_ms: u64,
 }
 
-impl UsageView {
-    fn of(u: &crate::model::usage::AttemptUsage, latency_ms: u64) -> UsageView {
-        UsageView {
+impl CostView {
+    fn of(u: &crate::model::usage::AttemptUsage, latency_ms: u64) -> CostView {
+        CostView {
             calls: 1,
             http_calls: u.http_calls,
             bytes_in: u.bytes_in,
@@ -116,7 +116,7 @@ impl UsageView {
         }
     }
 
-    fn add(mut self, o: &UsageView) -> UsageView {
+    fn add(mut self, o: &CostView) -> CostView {
         self.calls += o.calls;
         self.http_calls += o.http_calls;
         self.bytes_in += o.bytes_in;
@@ -182,7 +182,7 @@ impl JobView {
                     duration_ms: a.duration_ms,
                     outcome: a.outcome.as_str(),
                     error: a.error,
-                    usage: a.usage.map(|u| UsageView::of(&u, a.duration_ms)),
+                    usage: a.usage.map(|u| CostView::of(&u, a.duration_ms)),
                 })
                 .collect(),
             usage: None,
