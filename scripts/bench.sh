@@ -16,11 +16,16 @@
 #   BENCH_KEEP=1          keep the work directory (service logs, raw JSON)
 #   BENCH_LISTING_JOBS=1000000  jobs in the store for the GET /jobs runs
 #   BENCH_WAITERS=10000   concurrent `GET /jobs/{id}?wait=` for the waiters run
-#   BENCH_ONLY="embedded nx scale listing waiters cluster limits"  scenarios to run (default: all;
+#   BENCH_WAITERS_RATE=500  their submit rate, which is also the rate their jobs end
+#   BENCH_ONLY="embedded nx scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
 #                         cluster: scripts/bench-cluster.sh, one Redis node vs a
 #                         3-master Redis Cluster, BENCH_CLUSTER_JOBS=20000)
 #                         limits: scripts/bench-limits.sh, the mock vendor's hidden
 #                         limit with and without rate headers, BENCH_LIMIT_SECONDS=60)
+#                         fair: scripts/bench-fair.sh, key B at 10 jobs/s beside key A's
+#                         100,000 queued jobs on a vendor limited to 200/s, BENCH_FAIR_SECONDS=60)
+#                         cache: scripts/bench-cache.sh, vendor calls per 1,000 jobs with 30 %
+#                         duplicates, without and with cache_ttl, BENCH_CACHE_JOBS=1000)
 #
 # Every scenario gets a fresh data directory, Redis key prefix and Mongo
 # database; rate limits are lifted and the mock vendors answer at once, so
@@ -34,7 +39,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
-ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cluster limits}
+ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cancel cluster limits fair cache}
 BIN=$ROOT/target/release/vendorhost
 WORK=$(mktemp -d /tmp/vendorhost-bench.XXXXXX)
 RESULTS=$WORK/results.jsonl
@@ -355,13 +360,17 @@ listing_scale() {
   down
 }
 
-# Waiting instead of polling: BENCH_WAITERS async jobs (the mock vendor calls
-# back 20 s after its call), then one `GET /jobs/{id}?wait=90s` per job, all
+# Waiting instead of polling: BENCH_WAITERS async jobs submitted at
+# BENCH_WAITERS_RATE/s (the mock vendor calls back once all are submitted
+# and their waiters wait), then one `GET /jobs/{id}?wait=90s` per job, all
 # held at once over HTTP/2 (190 per connection: ~53 connections, far under
 # the 10,000-connection cap); the service's RSS before and at its peak, and
 # how long after each job ended its waiter was answered.
 waiters_scenario() {
-  local n=${BENCH_WAITERS:-10000}
+  local n=${BENCH_WAITERS:-10000} rate=${BENCH_WAITERS_RATE:-500} delay
+  # Submitted at `rate`/s, each job ends `delay` ms after its call: the
+  # waiters all wait before the first job ends, and the ends come at `rate`/s.
+  delay=$((n * 1000 / rate + 20000))
   log "waiters: $n jobs, one ?wait= each, all at once"
   new_instance
   export VENDORHOST_API__MAX_WAIT=120s
@@ -369,10 +378,28 @@ waiters_scenario() {
   unset VENDORHOST_API__MAX_WAIT
   record_value "waiters.rss_idle_kib" "$(rss_sum "${SVC_PIDS[@]}")"
   rss_watch_start "${SVC_PIDS[@]}"
-  measured "waiters.run" loadtest --mode wait -n "$n" -c 64 --vendor async --data '{"_delay_ms": 20000}' --wait 90s \
+  measured "waiters.run" loadtest --mode wait -n "$n" -c 64 --rate "$rate" --vendor async --data "{\"_delay_ms\": $delay}" --wait 90s \
     --rss-pid "${SVC_PIDS[0]}"
   record_value "waiters.rss_peak_kib" "$(rss_watch_stop)"
   down
+}
+
+# Cancel: 50 jobs whose vendor call takes a minute, each cancelled while
+# its call runs, one at a time; how long from the cancel request to the
+# worker dropping the call (the cancelled attempt's end in attempts_log).
+# Embedded: the in-process cancel bus; api + worker: Redis pub/sub.
+cancel_scenario() {
+  local kind
+  for kind in embedded nx; do
+    if [ "$kind" = nx ] && [ -z "${MONGO_URL:-}" ]; then continue; fi
+    log "cancel: $kind, 50 running calls cancelled one at a time"
+    new_instance
+    export VENDORHOST_VENDOR_DEFAULTS__TIMEOUT=300s
+    up "$kind" 1
+    unset VENDORHOST_VENDOR_DEFAULTS__TIMEOUT
+    measured "cancel.$kind" loadtest --mode cancel -n 50 --vendor sync --data '{"_latency_ms": 120000}'
+    down
+  done
 }
 
 # The one table: each figure beside the peers' (ratio = times better: ours
@@ -539,6 +566,15 @@ if w:
         out.append(f"  {'waiters: service RSS idle -> peak':<{W}}{num(peak / 1024):>12}   MiB peak (idle {idle / 1024:.0f} MiB; the peak includes the jobs' calls and webhooks)")
     if p99 is not None:
         out.append(f"  {'waiters: job end -> answer':<{W}}{num(p99, 'ms'):>12}   p99 (p50 {num(lat.get('p50_ms'), 'ms')}, max {num(lat.get('max_ms'), 'ms')}; goal < 50 ms {'met' if p99 < 50 else 'MISSED'})")
+for kind, name in (("embedded", "embedded, in-process bus"), ("nx", "api + worker, Redis pub/sub")):
+    c = (rows.get(f"cancel.{kind}") or {}).get("cancel")
+    if not c:
+        continue
+    st, ans = c.get("stop", {}), c.get("answer", {})
+    p99 = st.get("p99_ms")
+    label = f"cancel -> running call stopped, {name}"
+    out.append(f"  {label:<{W}}{num(p99, 'ms'):>12}   p99 (p50 {num(st.get('p50_ms'), 'ms')}, max {num(st.get('max_ms'), 'ms')}; {c.get('timed')} of {c.get('running')} running calls; "
+               f"cancel answered p99 {num(ans.get('p99_ms'), 'ms')}; goal < 100 ms {'met' if p99 is not None and p99 < 100 else 'MISSED'})")
 for kind, name in (("embedded", "embedded (serve)"), ("nx", "Redis + nx-27017 (api + worker)")):
     idle, load, sub = get(f"{kind}.rss_idle_kib.value"), get(f"{kind}.rss_load_kib.value"), get(f"{kind}.rss_submit_kib.value")
     if idle is None:
@@ -595,7 +631,7 @@ touch "$WORK/plugins-bench.txt"
 service_env
 
 # Redis, nx-27017 and the mock vendor the worker processes call.
-if wants nx || wants scale; then
+if wants nx || wants scale || wants cancel; then
   NX=""
   for c in "$ROOT/.venv/bin/nx-27017" /tmp/nxvenv/bin/nx-27017 "$(command -v nx-27017 || true)"; do
     if [ -n "$c" ] && [ -x "$c" ]; then NX=$c; break; fi
@@ -630,6 +666,7 @@ if wants nx && [ -n "${MONGO_URL:-}" ]; then
 fi
 if wants listing; then listing_scale; fi
 if wants waiters; then waiters_scenario; fi
+if wants cancel; then cancel_scenario; fi
 if wants scale; then
   read -r -a sizes <<<"${BENCH_PENDING:-1000 100000}"
   if [ "$SCALE" = 1 ]; then sizes+=(1000000); fi
@@ -651,4 +688,10 @@ if wants cluster; then
 fi
 if wants limits; then
   bash "$ROOT/scripts/bench-limits.sh" || log "the learned-limits step failed"
+fi
+if wants fair; then
+  bash "$ROOT/scripts/bench-fair.sh" || log "the fairness step failed"
+fi
+if wants cache; then
+  BENCH_BIN="$BIN" bash "$ROOT/scripts/bench-cache.sh" || log "the result-cache step failed"
 fi

@@ -55,6 +55,7 @@ async fn fill() {
                 idempotency: None,
                 notify_url: None,
                 trace: None,
+                priority: vendorhost::model::Priority::Normal,
             })
             .collect();
         store.insert_batch(&jobs).await.unwrap();

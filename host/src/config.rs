@@ -174,6 +174,11 @@ pub struct QueueSettings {
     /// on a cluster. Every process of a deployment must use the same count.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<usize>,
+    /// A job of lower priority waits at most this long per level behind
+    /// later jobs of higher priority of the same API key (aging: no
+    /// starvation). Honoured by the embedded queue.
+    #[serde(with = "duration")]
+    pub priority_aging: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -254,6 +259,10 @@ pub struct KeySettings {
     /// Vendor calls allowed per vendor per UTC day or month, by vendor id:
     /// `quotas.weather = { limit = 1000, per = "day" }`.
     pub quotas: BTreeMap<String, KeyQuota>,
+    /// This key's share of a busy vendor against other keys' (default 1):
+    /// a key of weight 3 gets three calls for each one of a key of weight
+    /// 1 while both wait. Honoured by the embedded queue.
+    pub weight: Option<f64>,
 }
 
 /// A key's quota of calls to one vendor.
@@ -410,6 +419,14 @@ pub struct VendorPolicy {
     /// Paths of fields kept whatever the cleaning rules say
     /// (`record.email_domain`, `items[*].phone`).
     pub pii_allow: Option<Vec<String>>,
+    /// Keep each complete (cleaned) result this long and answer identical
+    /// jobs from it without a call; identical jobs in flight at once share
+    /// one call. Unset: no cache, no coalescing.
+    #[serde(with = "opt_duration")]
+    pub cache_ttl: Option<Duration>,
+    /// Who shares cached results: `key` (jobs of the same API key; the
+    /// default) or `global` (every caller).
+    pub cache_scope: Option<String>,
 }
 
 /// resilience4j-style circuit breaker settings (count-based window).
@@ -460,6 +477,7 @@ impl Default for QueueSettings {
             shutdown_grace: Duration::from_secs(10),
             removed_vendor_grace: Duration::from_secs(300),
             partitions: None,
+            priority_aging: crate::queue::fair::DEFAULT_AGING,
         }
     }
 }
@@ -665,6 +683,13 @@ impl Config {
             if k.max_in_flight == Some(0) {
                 return Err(ConfigError::Invalid(format!("auth.keys.{name}.max_in_flight = 0: expected at least 1")));
             }
+            if let Some(w) = k.weight
+                && !(w.is_finite() && w > 0.0 && w <= 1_000_000.0)
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "auth.keys.{name}.weight = {w}: expected a number > 0 and at most 1000000"
+                )));
+            }
         }
         Ok(())
     }
@@ -703,6 +728,8 @@ impl Config {
                     (a, b) => b.clone().or_else(|| a.clone()),
                 },
                 pii_allow: v.pii_allow.clone().or_else(|| d.pii_allow.clone()),
+                cache_ttl: v.cache_ttl.or(d.cache_ttl),
+                cache_scope: v.cache_scope.clone().or_else(|| d.cache_scope.clone()),
             },
         }
     }
@@ -916,6 +943,22 @@ mod tests {
         assert_eq!(cfg.queue_settings.lease, Duration::from_millis(1500));
         assert_eq!(cfg.vendor("sync").rate, Some(2.5));
         assert_eq!(cfg.vendor("sync").timeout, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_key_weight_must_be_positive_and_defaults_to_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vendorhost.toml");
+        let keys = "[auth.api_keys]\nk1 = \"acme\"\n[auth.keys.acme]\n";
+        std::fs::write(&path, format!("{keys}weight = 3\n")).unwrap();
+        let cfg = Config::load(Some(&path), &Overrides::default()).unwrap();
+        assert_eq!(cfg.auth.keys["acme"].weight, Some(3.0));
+        assert_eq!(cfg.queue_settings.priority_aging, Duration::from_secs(30));
+        for bad in ["0", "-1", "nan"] {
+            std::fs::write(&path, format!("{keys}weight = {bad}\n")).unwrap();
+            let err = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("auth.keys.acme.weight"), "{bad}: {err}");
+        }
     }
 
     #[test]

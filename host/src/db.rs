@@ -182,6 +182,73 @@ const MIGRATIONS: &[&str] = &[
             sum(latency_ms)
         FROM usage_rollup GROUP BY key, vendor, (hour / 86400000) * 86400000;
     "#,
+    // Vendor result cache and coalescing (issue 21): a job completed with a
+    // result it did not call for (`cached`); the cleaned results by cache
+    // key until `expires_at`; the claim of the one call in flight per key
+    // (its leader job, until its lease ends); the jobs waiting for it.
+    r#"
+    ALTER TABLE jobs ADD COLUMN cached INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE IF NOT EXISTS result_cache (
+        key TEXT PRIMARY KEY,
+        vendor TEXT NOT NULL,
+        result TEXT NOT NULL,
+        redactions TEXT,
+        stored_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS result_cache_expires ON result_cache(expires_at);
+    CREATE TABLE IF NOT EXISTS cache_flights (
+        key TEXT PRIMARY KEY,
+        leader TEXT NOT NULL,
+        until INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS cache_flights_until ON cache_flights(until);
+    CREATE TABLE IF NOT EXISTS cache_waiters (
+        key TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        until INTEGER NOT NULL,
+        PRIMARY KEY (key, request_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX IF NOT EXISTS cache_waiters_until ON cache_waiters(until);
+    "#,
+    // The (key, vendor) pairs that have usage (issue 20), kept by a trigger
+    // when a pair's first daily row is written: a usage read walks these
+    // and seeks each pair's time range in the rollup's primary key, in
+    // order, instead of looking up every row found through the time index
+    // and sorting them (98 ms for a month of 2,000 pairs, now a few).
+    r#"
+    CREATE TABLE IF NOT EXISTS usage_pairs (
+        key TEXT NOT NULL,
+        vendor TEXT NOT NULL,
+        PRIMARY KEY (key, vendor)
+    ) WITHOUT ROWID;
+    INSERT OR IGNORE INTO usage_pairs (key, vendor) SELECT DISTINCT key, vendor FROM usage_rollup_day;
+    CREATE TRIGGER IF NOT EXISTS usage_pairs_add AFTER INSERT ON usage_rollup_day BEGIN
+        INSERT OR IGNORE INTO usage_pairs (key, vendor) VALUES (new.key, new.vendor);
+    END;
+    "#,
+    // Fair scheduling and priorities (issue 20): a job's priority; queue
+    // rows carry their vendor, key (the job's owner, "" without keys),
+    // aged-priority rank, virtual-time tag and readiness (see
+    // `queue/sqlite.rs`), and each vendor's virtual clock. Rows queued
+    // before get tag 0 (leased first, in id order) and wait for the next
+    // lease call to be marked ready.
+    r#"
+    ALTER TABLE jobs ADD COLUMN priority TEXT;
+    ALTER TABLE queue ADD COLUMN vendor TEXT NOT NULL DEFAULT '';
+    ALTER TABLE queue ADD COLUMN key TEXT NOT NULL DEFAULT '';
+    ALTER TABLE queue ADD COLUMN rank INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queue ADD COLUMN vt REAL NOT NULL DEFAULT 0;
+    ALTER TABLE queue ADD COLUMN ready INTEGER NOT NULL DEFAULT 0;
+    UPDATE queue SET vendor = COALESCE(json_extract(payload, '$.vendor'), ''), rank = visible_at;
+    CREATE TABLE IF NOT EXISTS queue_clock (vendor TEXT PRIMARY KEY, v REAL NOT NULL) WITHOUT ROWID;
+    INSERT OR IGNORE INTO queue_clock (vendor, v) SELECT DISTINCT vendor, 0 FROM queue;
+    CREATE INDEX IF NOT EXISTS queue_ready ON queue(vendor, vt) WHERE ready = 1;
+    CREATE INDEX IF NOT EXISTS queue_rank ON queue(vendor, key, rank) WHERE ready = 1;
+    CREATE INDEX IF NOT EXISTS queue_flow ON queue(vendor, key, vt);
+    CREATE INDEX IF NOT EXISTS queue_waiting ON queue(visible_at) WHERE ready = 0;
+    "#,
 ];
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

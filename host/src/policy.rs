@@ -44,6 +44,9 @@ pub struct Resolved {
     pub grant_error: Option<String>,
     /// How this vendor's results are cleaned (sync answers and webhooks).
     pub cleaner: Arc<Cleaner>,
+    /// The vendor's result cache and call coalescing (`cache_ttl`); None:
+    /// off.
+    pub cache: Option<crate::jobs::result_cache::CachePolicy>,
 }
 
 /// The cleaning rules of a vendor: the key list in force (the built-in one,
@@ -122,6 +125,10 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         breaker: p.breaker.clone().unwrap_or_default(),
         grant_error,
         cleaner: Arc::new(Cleaner::new(cleaning_rules(cfg, &p))),
+        cache: p.cache_ttl.map(|ttl| crate::jobs::result_cache::CachePolicy {
+            ttl,
+            global: p.cache_scope.as_deref() == Some("global"),
+        }),
     }
 }
 

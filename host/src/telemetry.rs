@@ -45,10 +45,14 @@ pub const VENDOR_THROTTLED: &str = "vendorhost_vendor_throttled_total";
 pub const VENDOR_PAUSES: &str = "vendorhost_vendor_pauses_total";
 pub const VENDOR_CONFIGURED_RATE: &str = "vendorhost_vendor_configured_rate";
 pub const VENDOR_LEARNED_RATE: &str = "vendorhost_vendor_learned_rate";
+pub const VENDOR_CALLS_SAVED: &str = "vendorhost_vendor_calls_saved_total";
 
 /// Why a job is put back before a call (`JOBS_DELAYED`'s `reason`).
-pub const DELAY_REASONS: [&str; 7] =
-    ["bulkhead", "rate_limit", "limiter_error", "breaker_open", "vendor_missing", "held", "vendor_paused"];
+pub const DELAY_REASONS: [&str; 8] =
+    ["bulkhead", "rate_limit", "limiter_error", "breaker_open", "vendor_missing", "held", "vendor_paused", "coalesced"];
+/// How a vendor call was saved (`VENDOR_CALLS_SAVED`'s `how`): a stored
+/// result answered the job, or an identical job's call in flight did.
+pub const SAVED_HOW: [&str; 2] = ["cache", "coalesced"];
 /// `WEBHOOKS_ACCEPTED`'s reasons.
 pub const WEBHOOK_ACCEPTED_REASONS: [&str; 2] = ["applied", "already_finished"];
 /// `WEBHOOKS_REJECTED`'s reasons.
@@ -95,6 +99,9 @@ pub fn zero_series<'a>(vendors: impl IntoIterator<Item = &'a str>) {
         }
         for reason in HTTP_DENIED_REASONS {
             counter!(PLUGIN_HTTP_DENIED, "vendor" => v.to_string(), "reason" => reason).increment(0);
+        }
+        for how in SAVED_HOW {
+            counter!(VENDOR_CALLS_SAVED, "vendor" => v.to_string(), "how" => how).increment(0);
         }
     }
 }
@@ -189,6 +196,10 @@ pub fn describe() {
     describe_counter!(
         VENDOR_PAUSES,
         "Fleet-wide pauses of a vendor set by this process (a 429, or an answer saying no calls are left until a reset), by vendor."
+    );
+    describe_counter!(
+        VENDOR_CALLS_SAVED,
+        "Jobs completed without a vendor call of their own (cache_ttl set), by vendor and how: cache (a stored result younger than cache_ttl answered it), coalesced (an identical job's call in flight answered it)."
     );
     describe_gauge!(VENDOR_CONFIGURED_RATE, "A vendor's configured rate limit, in calls per second, by vendor.");
     describe_gauge!(

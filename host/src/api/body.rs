@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ApiError;
+use crate::model::Priority;
 
 /// A submit as parsed from the body.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,6 +25,8 @@ pub struct SubmitBody {
     pub data: String,
     /// Where to POST the job once finished (checked by the job service).
     pub notify_url: Option<String>,
+    /// Its priority within the key's share (`normal` when absent).
+    pub priority: Priority,
 }
 
 /// Why a body could not be read. Mapped to HTTP in `api::error`.
@@ -324,7 +327,20 @@ pub fn parse_submit(bytes: &[u8], max_depth: usize) -> Result<SubmitBody, ApiErr
             }
         },
     };
-    Ok(SubmitBody { vendor, data, notify_url })
+    let priority = match fields.remove("priority") {
+        None => Priority::Normal,
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Null) => Priority::Normal,
+            Ok(Value::String(s)) if Priority::parse(&s).is_some() => Priority::parse(&s).unwrap_or_default(),
+            _ => {
+                return Err(ApiError::bad_request(
+                    "invalid_field",
+                    format!("field `priority` must be \"high\", \"normal\" or \"low\", not {}", shorten(raw.get(), 40)),
+                ));
+            }
+        },
+    };
+    Ok(SubmitBody { vendor, data, notify_url, priority })
 }
 
 /// Most submits in one `POST /jobs/batch`.
@@ -499,7 +515,26 @@ mod tests {
     #[test]
     fn the_seed_body_parses() {
         let b = parse_submit(br#"{"vendor": "sync", "data": "test"}"#, 64).unwrap();
-        assert_eq!(b, SubmitBody { vendor: "sync".into(), data: "\"test\"".into(), notify_url: None });
+        assert_eq!(
+            b,
+            SubmitBody { vendor: "sync".into(), data: "\"test\"".into(), notify_url: None, priority: Priority::Normal }
+        );
+    }
+
+    #[test]
+    fn priority_is_optional_and_a_bad_one_names_the_field() {
+        let low = parse_submit(br#"{"vendor": "sync", "data": 1, "priority": "low"}"#, 64).unwrap();
+        assert_eq!(low.priority, Priority::Low);
+        let null = parse_submit(br#"{"vendor": "sync", "data": 1, "priority": null}"#, 64).unwrap();
+        assert_eq!(null.priority, Priority::Normal);
+        for bad in [
+            &br#"{"vendor": "sync", "data": 1, "priority": "urgent"}"#[..],
+            br#"{"vendor": "sync", "data": 1, "priority": 1}"#,
+        ] {
+            let e = parse_submit(bad, 64).unwrap_err();
+            assert_eq!(e.code, "invalid_field");
+            assert!(e.message.contains("field `priority`"), "{}", e.message);
+        }
     }
 
     #[test]

@@ -231,9 +231,11 @@ pub struct BatchRequest {
     security((), ("api_key" = [])),
     request_body(content = BatchRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-        description = "Covers the whole batch: the same key and body within `api.idempotency_ttl` returns the same results; another body → 422")),
+        description = "Covers the whole batch: the same key and body within `api.idempotency_ttl` returns the same results; another body → 422"),
+        ("Cache-Control" = Option<String>, Header, example = "no-cache",
+        description = "`no-cache`: no item is answered from its vendor's result cache (`cache_ttl`); results are still stored")),
     responses(
-        (status = 202, description = "Accepted (each item: its job, or why it was refused)", body = BatchAccepted),
+        (status = 202, description = "Accepted (each item: its job, or why it was refused; `status: complete` for an item the vendor's result cache answered)", body = BatchAccepted),
         (status = 200, description = "An earlier batch with the same Idempotency-Key: its jobs with their current status", body = BatchAccepted),
         (status = 400, description = "Not JSON, no `jobs` array, or not 1 to 1,000 items", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
@@ -250,6 +252,7 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
     let owner = auth::caller(&st.auth, req.headers())?;
     body::require_json(req.headers())?;
     let key = idempotency_key(req.headers().get("idempotency-key"))?;
+    let fresh = super::jobs::no_cache(req.headers());
     // No body larger than the whole in-flight budget could ever be read.
     let limit = st.api.max_batch_body_bytes.min(st.api.max_body_bytes_in_flight);
     let (bytes, _share) = body::read_request_up_to(req, &st, limit).await?.into_parts();
@@ -267,13 +270,20 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
                 let idem = key.as_ref().zip(hash.as_ref()).map(|(k, h)| {
                     (format!("{}:{scope}:{k}\nbatch:{i}", scope.len()), h.clone(), st.api.idempotency_ttl)
                 });
-                items.push((submit.vendor, submit.data, idem, submit.notify_url));
+                items.push((submit.vendor, submit.data, idem, submit.notify_url, submit.priority));
                 refused.push(None);
             }
             Err(e) => refused.push(Some(e)),
         }
     }
-    let mut answers = st.service.submit_batch(items, owner.clone()).await?.into_iter();
+    let bypass;
+    let service = if fresh {
+        bypass = st.service.bypassing_cache();
+        &bypass
+    } else {
+        &*st.service
+    };
+    let mut answers = service.submit_batch(items, owner.clone()).await?.into_iter();
     let mut results = Vec::with_capacity(refused.len());
     let mut created_any = false;
     let mut replayed_any = false;
@@ -284,7 +294,7 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
                 Some(Ok(s)) => {
                     let status = if s.created {
                         created_any = true;
-                        JobStatus::Pending
+                        if s.cached { JobStatus::Complete } else { JobStatus::Pending }
                     } else {
                         replayed_any = true;
                         match st.service.get(&s.request_id, owner.as_deref()).await? {

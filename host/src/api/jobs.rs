@@ -34,6 +34,8 @@ pub struct JobView {
     pub request_id: String,
     pub vendor: String,
     pub status: JobStatus,
+    /// Its priority within its API key's share (see `POST /jobs`).
+    pub priority: PriorityView,
     /// RFC 3339.
     pub created_at: String,
     pub updated_at: String,
@@ -62,6 +64,12 @@ pub struct JobView {
     /// first.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<CostView>,
+    /// `true` when the job completed with a result it made no call for: a
+    /// stored result of its vendor's cache (`cache_ttl`), or the call of an
+    /// identical job in flight at the same time. Absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[schema(required = false)]
+    pub cached: bool,
 }
 
 /// One vendor call of a job.
@@ -161,6 +169,7 @@ impl JobView {
             request_id: j.request_id,
             vendor: j.vendor,
             status: j.status.into(),
+            priority: j.priority.into(),
             created_at: format_ms(j.created_at),
             updated_at: format_ms(j.updated_at),
             attempts: j.attempts,
@@ -186,6 +195,7 @@ impl JobView {
                 })
                 .collect(),
             usage: None,
+            cached: j.cached,
         }
     }
 }
@@ -195,9 +205,11 @@ impl JobView {
     security((), ("api_key" = [])),
     request_body(content = SubmitRequest, content_type = "application/json"),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255,
-        description = "Same key + same body within `api.idempotency_ttl` (24 h) returns the same job; keys are scoped per API key")),
+        description = "Same key + same body within `api.idempotency_ttl` (24 h) returns the same job; keys are scoped per API key"),
+        ("Cache-Control" = Option<String>, Header, example = "no-cache",
+        description = "`no-cache`: the job is not answered from its vendor's result cache (`cache_ttl`); its result is still stored")),
     responses(
-        (status = 202, description = "Accepted", body = Accepted),
+        (status = 202, description = "Accepted (`status: complete` when the vendor's result cache answered it: see `cached` on the job)", body = Accepted),
         (status = 200, description = "An earlier job with the same Idempotency-Key, with its current status", body = Accepted),
         (status = 400, description = "Bad body (not JSON, a key repeated, a field missing), unknown vendor, a `notify_url` that is not an http(s) URL this key may notify", body = super::error::ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = super::error::ErrorBody),
@@ -216,6 +228,7 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
     let owner = auth::caller(&st.auth, req.headers())?;
     body::require_json(req.headers())?;
     let idempotency_key = req.headers().get("idempotency-key").cloned();
+    let fresh = no_cache(req.headers());
     // The raw bytes go once parsed; their budget share stays until the answer
     // (the parsed copy and the store's write stand in for them).
     let (bytes, _share) = body::read_request(req, &st).await?.into_parts();
@@ -240,14 +253,28 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
             if let Some(url) = &parsed.notify_url {
                 hasher = hasher.chain_update([0]).chain_update(url.as_bytes());
             }
+            // So do bodies at `normal` priority.
+            if parsed.priority != crate::model::Priority::Normal {
+                hasher = hasher.chain_update([1]).chain_update(parsed.priority.as_str().as_bytes());
+            }
             let hash = hex::encode(hasher.finalize());
             Some((format!("{}:{scope}:{key}", scope.len()), hash, st.api.idempotency_ttl))
         }
     };
-    let out =
-        st.service.submit_with(&parsed.vendor, parsed.data, owner.clone(), idempotency, parsed.notify_url).await?;
+    let bypass;
+    let service = if fresh {
+        bypass = st.service.bypassing_cache();
+        &bypass
+    } else {
+        &*st.service
+    };
+    let out = service
+        .submit_with(&parsed.vendor, parsed.data, owner.clone(), idempotency, parsed.notify_url, parsed.priority)
+        .await?;
     if out.created {
-        let accepted = Accepted { request_id: out.request_id, status: JobStatus::Pending };
+        // Answered from the vendor's result cache: complete already.
+        let status = if out.cached { JobStatus::Complete } else { JobStatus::Pending };
+        let accepted = Accepted { request_id: out.request_id, status };
         return Ok((StatusCode::ACCEPTED, axum::Json(accepted)).into_response());
     }
     // An idempotent replay: the job as it is now, not as it was created.
@@ -256,6 +283,16 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
         None => JobStatus::Pending,
     };
     Ok((StatusCode::OK, axum::Json(Accepted { request_id: out.request_id, status })).into_response())
+}
+
+/// A submit's `Cache-Control` says `no-cache`: no stored result may answer
+/// it (its job makes a call, or shares one in flight).
+pub fn no_cache(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get_all(axum::http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|d| d.trim().eq_ignore_ascii_case("no-cache")))
 }
 
 /// Poll a job, or wait for it to finish (`?wait=`).
@@ -388,4 +425,29 @@ pub struct SubmitRequest {
     /// `notify_allow_private` is set.
     #[schema(example = "https://client.example/hooks/vendorhost", max_length = 2048, format = "uri")]
     notify_url: Option<String>,
+    /// Order among this API key's own jobs for the same vendor: `high` before
+    /// `normal` (the default) before `low`, with aging (a lower one waits at
+    /// most `queue_settings.priority_aging` per level behind later higher
+    /// ones). It never takes another key's share. Honoured by the embedded
+    /// queue; the Redis queue is first in, first out for now.
+    priority: Option<PriorityView>,
+}
+
+/// A job's priority within its API key's share.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PriorityView {
+    High,
+    Normal,
+    Low,
+}
+
+impl From<crate::model::Priority> for PriorityView {
+    fn from(p: crate::model::Priority) -> Self {
+        match p {
+            crate::model::Priority::High => PriorityView::High,
+            crate::model::Priority::Normal => PriorityView::Normal,
+            crate::model::Priority::Low => PriorityView::Low,
+        }
+    }
 }

@@ -13,6 +13,7 @@ pub mod openapi;
 pub mod serve;
 pub mod ui;
 pub mod usage;
+pub mod vendor_usage;
 pub mod vendors;
 pub mod views;
 pub mod webhooks;

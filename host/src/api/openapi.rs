@@ -86,3 +86,49 @@ pub async fn openapi_json() -> Response {
     let text = DOC.get_or_init(|| ApiDoc::openapi().to_json().unwrap_or_else(|_| "{}".to_string()));
     ([(header::CONTENT_TYPE, "application/json")], text.as_str()).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+
+    /// Every `.rs` file under `dir`.
+    fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                sources(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// utoipa names a schema after its type alone and keeps one per name,
+    /// so two `ToSchema` types of one name make one response be checked
+    /// against the other's shape (as `UsageView` did).
+    #[test]
+    fn schema_names_are_unique() {
+        let mut files = Vec::new();
+        sources(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), &mut files);
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let mut derived = false;
+            for line in text.lines().map(str::trim) {
+                if line.starts_with("#[derive(") && line.contains("ToSchema") {
+                    derived = true;
+                } else if derived
+                    && let Some(rest) = line.strip_prefix("pub struct ").or(line.strip_prefix("pub enum "))
+                {
+                    let name: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                    seen.entry(name).or_default().push(f.display().to_string());
+                    derived = false;
+                }
+            }
+        }
+        assert!(seen.len() > 30, "found only {seen:?}");
+        let twice: Vec<_> = seen.iter().filter(|(_, at)| at.len() > 1).collect();
+        assert!(twice.is_empty(), "schema names used twice: {twice:?}");
+    }
+}

@@ -2,6 +2,8 @@
 //! or UTC day, from the store's rollups (issue 20). The admin key sees
 //! every key; an API key only itself.
 
+use std::collections::HashMap;
+
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -10,7 +12,7 @@ use serde::Serialize;
 
 use super::error::{ApiError, ErrorBody};
 use super::{AppState, Route, auth};
-use crate::model::usage::{DAY_MS, Granularity, UsageQuery};
+use crate::model::usage::{DAY_MS, Granularity, UsageQuery, UsageRow};
 use crate::model::{format_ms, now_ms, parse_ms};
 
 /// The longest range one request may ask for.
@@ -137,19 +139,30 @@ pub async fn usage(
         return Err(bad("to", "must be at most 400 days after `from`"));
     }
     let rows = st.store.usage(&q).await?;
+    Ok(axum::Json(views(rows, q.granularity)).into_response())
+}
+
+/// The answer for `rows` (buckets of `granularity`). Every (key, vendor)
+/// repeats the same few bucket times, so each is formatted once.
+pub fn views(rows: Vec<UsageRow>, granularity: Granularity) -> UsageList {
+    let g = granularity.millis();
+    let mut times: HashMap<i64, (String, String)> = HashMap::new();
     let usage = rows
         .into_iter()
-        .map(|r| UsageView {
-            key: r.key,
-            vendor: r.vendor,
-            calls: r.usage.calls,
-            bytes_in: r.usage.bytes_in,
-            bytes_out: r.usage.bytes_out,
-            cpu_ms: r.usage.cpu_us as f64 / 1000.0,
-            latency_ms: r.usage.latency_ms,
-            from: format_ms(r.from),
-            to: format_ms(r.from + g),
+        .map(|r| {
+            let (from, to) = times.entry(r.from).or_insert_with(|| (format_ms(r.from), format_ms(r.from + g))).clone();
+            UsageView {
+                key: r.key,
+                vendor: r.vendor,
+                calls: r.usage.calls,
+                bytes_in: r.usage.bytes_in,
+                bytes_out: r.usage.bytes_out,
+                cpu_ms: r.usage.cpu_us as f64 / 1000.0,
+                latency_ms: r.usage.latency_ms,
+                from,
+                to,
+            }
         })
         .collect();
-    Ok(axum::Json(UsageList { usage }).into_response())
+    UsageList { usage }
 }

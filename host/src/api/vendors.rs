@@ -6,6 +6,7 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 
 use super::error::ApiError;
+use super::vendor_usage::{KeyLimitsView, VendorUsage};
 use super::views::{BreakerView, PluginEventView, PluginView, RejectedView};
 use super::{AppState, Route, auth};
 
@@ -57,6 +58,10 @@ pub struct VendorView {
     pub config: Vec<ConfigKeyView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub breaker: Option<BreakerView>,
+    /// Calls to this vendor and their cost, per API key name and in total
+    /// (absent when the store cannot answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<VendorUsage>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -66,9 +71,14 @@ pub struct VendorList {
     /// Recent plugin loads, reloads, removals and rejections, newest first
     /// (the last 100 in this process).
     pub history: Vec<PluginEventView>,
+    /// Every configured API key name with its limits in force and where its
+    /// quotas stand, by name (absent when the store cannot answer).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keys: Option<Vec<KeyLimitsView>>,
 }
 
-/// Loaded vendors and rejected plugin files.
+/// Loaded vendors and rejected plugin files; usage per vendor and API key,
+/// and each key's limits.
 #[utoipa::path(get, path = "/vendors", tag = "vendors", operation_id = "list_vendors",
     security((), ("admin_key" = [])),
     responses((status = 200, description = "Vendors", body = VendorList),
@@ -123,11 +133,27 @@ pub async fn list(State(st): State<AppState>, headers: HeaderMap) -> Result<axum
             },
             plugin: s.into(),
             breaker,
+            usage: None,
         });
     }
+    // Usage and quotas come from the store: without it the rest still shows.
+    let ids: Vec<String> = vendors.iter().map(|v| v.plugin.id.clone()).collect();
+    let keys = match super::vendor_usage::read(&st, &ids, crate::model::now_ms()).await {
+        Ok(mut acc) => {
+            for v in &mut vendors {
+                v.usage = acc.usage.remove(&v.plugin.id);
+            }
+            Some(acc.keys)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "GET /vendors: usage and quotas unavailable");
+            None
+        }
+    };
     Ok(axum::Json(VendorList {
         vendors,
         rejected: rejected.into_iter().map(RejectedView::from).collect(),
         history: st.registry.history().into_iter().map(PluginEventView::from).collect(),
+        keys,
     }))
 }

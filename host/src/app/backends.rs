@@ -15,6 +15,7 @@ use crate::limits::RateLimiter;
 use crate::limits::local::LocalLimiter;
 use crate::limits::redis::RedisLimiter;
 use crate::queue::Queue;
+use crate::queue::fair::Fairness;
 use crate::queue::redis::RedisQueue;
 use crate::queue::sqlite::SqliteQueue;
 use crate::redis_conn::RedisConn;
@@ -44,10 +45,17 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
     } else {
         None
     };
+    // The embedded queue's fair order: the keys' weights and the aging, the
+    // same for its rows written by `enqueue` and by the store's submits.
+    let fair = Arc::new(Fairness {
+        weights: cfg.auth.keys.iter().filter_map(|(name, k)| Some((name.clone(), k.weight?))).collect(),
+        aging: cfg.queue_settings.priority_aging,
+    });
     let redis_err = |e: &dyn std::fmt::Display| StartError::Redis { url: redact(&cfg.queue), message: e.to_string() };
     let (queue, limiter, breakers): (Arc<dyn Queue>, Arc<dyn RateLimiter>, Arc<dyn Breakers>) = match &db {
         Some(db) if cfg.is_embedded_queue() => {
-            (Arc::new(SqliteQueue::new(db.clone())), Arc::new(LocalLimiter::new()), Arc::new(LocalBreakers::new()))
+            let q = SqliteQueue::new(db.clone()).with_fairness(fair.clone());
+            (Arc::new(q), Arc::new(LocalLimiter::new()), Arc::new(LocalBreakers::new()))
         }
         _ => {
             // One shared connection for the queue's non-blocking commands,
@@ -64,7 +72,9 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
         }
     };
     let store: Arc<dyn Store> = match &db {
-        Some(db) if cfg.is_embedded_store() => Arc::new(SqliteStore::new(db.clone(), cfg.is_embedded_queue())),
+        Some(db) if cfg.is_embedded_store() => {
+            Arc::new(SqliteStore::new(db.clone(), cfg.is_embedded_queue()).with_fairness(fair.clone()))
+        }
         _ => Arc::new(
             connect_mongo(cfg)
                 .await

@@ -162,6 +162,7 @@ pub async fn run(
             cancels: cancels.clone(),
             completions: completions.clone(),
             key_limits: key_limits.clone(),
+            vendor_holds: Default::default(),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
         let sweeper = Sweeper::new(
@@ -185,6 +186,8 @@ pub async fn run(
                     completions: completions.clone(),
                     notify: notify_policy.clone(),
                     limits: key_limits.clone(),
+                    policies: policies.clone(),
+                    use_cache: true,
                 }),
                 callbacks: Arc::new(Callbacks {
                     store: backends.store.clone(),

@@ -46,6 +46,7 @@ pub(super) fn out_of_range(cfg: &Config) -> Vec<BadSetting> {
     c.duration_to(&k("queue_settings.poll"), q.poll, MS, 60 * SECOND);
     c.duration(&k("queue_settings.shutdown_grace"), q.shutdown_grace, Duration::ZERO);
     c.duration(&k("queue_settings.removed_vendor_grace"), q.removed_vendor_grace, Duration::ZERO);
+    c.duration(&k("queue_settings.priority_aging"), q.priority_aging, MS);
     if let Some(p) = q.partitions {
         c.count(&k("queue_settings.partitions"), p as u64, 1, 1_024);
     }
@@ -221,6 +222,14 @@ impl Checks {
         if let Some(d) = &p.pii_detectors {
             self.pii_detectors(&key("pii_detectors"), d);
         }
+        if let Some(d) = p.cache_ttl {
+            self.duration(&key("cache_ttl"), d, SECOND);
+        }
+        if let Some(scope) = &p.cache_scope
+            && !CACHE_SCOPES.contains(&scope.as_str())
+        {
+            self.bad(&key("cache_scope"), format!("{scope:?}"), &one_of(CACHE_SCOPES));
+        }
         for path in p.pii_allow.iter().flatten() {
             if let Err(why) = allow_path(path) {
                 self.bad(
@@ -271,6 +280,9 @@ impl Checks {
         self.duration(&key("open_for"), b.open_for, MS);
     }
 }
+
+/// Who shares a vendor's cached results (`cache_scope`).
+const CACHE_SCOPES: &[&str] = &["key", "global"];
 
 /// `"a", "b" or "c"`.
 fn one_of(names: &[&str]) -> String {

@@ -268,6 +268,13 @@ impl Callbacks {
             Err(reason) => (Outcome::Failed { error: format!("vendor reported failure: {reason}") }, None),
         };
         let status = outcome.status();
+        // An async vendor's result is cached as a sync one's (`cache_ttl`).
+        if let Some(cache) = &policy.cache
+            && matches!(outcome, Outcome::Complete { .. })
+        {
+            let key = crate::jobs::result_cache::key_of(&job, cache);
+            crate::jobs::result_cache::remember(&*self.store, &key, vendor, &outcome, cache.ttl, now_ms()).await;
+        }
         if finish(&*self.store, &*self.queue, &self.completions, &request_id, vendor, outcome, None, Via::Webhook)
             .await?
         {

@@ -46,7 +46,13 @@ impl DeadLetters {
                 Some(job) => ReplayError::NotFailed { letter, request_id, status: job.status.as_str() },
             });
         }
-        self.queue.enqueue(&[Message::new(&request_id, &vendor)]).await?;
+        // Its owner and priority as it was queued (the embedded queue's order).
+        let mut msg = Message::new(&request_id, &vendor);
+        if let Ok(was) = Message::decode(&letter.payload) {
+            msg.key = was.key;
+            msg.priority = was.priority;
+        }
+        self.queue.enqueue(&[msg]).await?;
         self.store.mark_queued(std::slice::from_ref(&request_id), now_ms()).await?;
         tracing::info!(request_id = %request_id, vendor = %vendor, dead_letter = id, "dead job replayed");
         self.queue.remove_dead_letter(id).await?;

@@ -25,6 +25,9 @@ pub enum Via {
     Sweeper,
     /// Its client, through the API (a cancel).
     Client,
+    /// Another job's result: the result cache at submit, or the identical
+    /// job whose call it waited for (see `result_cache`).
+    Cache,
 }
 
 impl Via {
@@ -34,6 +37,7 @@ impl Via {
             Via::Webhook => "webhook",
             Via::Sweeper => "sweeper",
             Via::Client => "client",
+            Via::Cache => "cache",
         }
     }
 }
@@ -91,6 +95,10 @@ pub async fn finish(
             Outcome::Complete { .. } => {
                 metrics::counter!(telemetry::JOBS_COMPLETED, "vendor" => vendor.to_string()).increment(1);
                 tracing::info!(request_id, vendor, via = via.as_str(), "job complete");
+            }
+            Outcome::Cached { .. } => {
+                metrics::counter!(telemetry::JOBS_COMPLETED, "vendor" => vendor.to_string()).increment(1);
+                tracing::info!(request_id, vendor, via = via.as_str(), "job complete from another job's result");
             }
             Outcome::Failed { error } => {
                 metrics::counter!(telemetry::JOBS_FAILED, "vendor" => vendor.to_string()).increment(1);

@@ -125,13 +125,49 @@ impl KeyLimits {
             return Ok(QuotaCheck::Allowed);
         };
         let (start, end) = period(*per, now);
-        let id = format!("{}:{name}|{vendor}|{start}", name.len());
+        let id = quota_id(name, vendor, start);
         if self.store.take_quota(&id, *limit, end).await? {
             Ok(QuotaCheck::Allowed)
         } else {
             Ok(QuotaCheck::Exceeded { limit: *limit, per: *per, resets_at: end })
         }
     }
+}
+
+/// Where key `name`'s quotas stand at `now`, by vendor: read for
+/// `GET /vendors` (the counters are never changed here).
+pub async fn quota_states(
+    store: &dyn Store,
+    name: &str,
+    settings: &KeySettings,
+    now: Millis,
+) -> Result<Vec<QuotaState>, StoreError> {
+    let mut out = Vec::with_capacity(settings.quotas.len());
+    for (vendor, KeyQuota { limit, per }) in &settings.quotas {
+        let (start, end) = period(*per, now);
+        let used = store.quota_used(&quota_id(name, vendor, start), now).await?;
+        out.push(QuotaState { vendor: vendor.clone(), limit: *limit, per: *per, used, start, resets_at: end });
+    }
+    Ok(out)
+}
+
+/// One quota of a key as it stands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaState {
+    pub vendor: String,
+    pub limit: u64,
+    pub per: QuotaPeriod,
+    /// Calls taken in the current period (at most `limit`).
+    pub used: u64,
+    /// The current period's start and end (when the counter resets).
+    pub start: Millis,
+    pub resets_at: Millis,
+}
+
+/// The store's counter for key `name`, `vendor` and the period starting at
+/// `start` (the name's length first, so no name can forge another's id).
+fn quota_id(name: &str, vendor: &str, start: Millis) -> String {
+    format!("{}:{name}|{vendor}|{start}", name.len())
 }
 
 const DAY_MS: i64 = 86_400_000;

@@ -9,10 +9,12 @@ use crate::jobs::completions::{Completions, Woken};
 use crate::jobs::finish::{FinishError, Via, finish};
 use crate::jobs::key_limits::{KeyLimitError, KeyLimits};
 use crate::jobs::notify::NotifyPolicy;
-use crate::model::{Idempotency, Job, JobQuery, NewJob, Outcome, Status, new_request_id, now_ms};
+use crate::jobs::result_cache;
+use crate::model::{Idempotency, Job, JobQuery, NewJob, Outcome, Priority, Status, new_request_id, now_ms};
 use crate::plugins::Registry;
+use crate::policy::Policies;
 use crate::queue::{Message, Queue, QueueError};
-use crate::store::{Inserted, Store, StoreError};
+use crate::store::{CacheEntry, Inserted, Store, StoreError};
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +35,15 @@ pub enum SubmitError {
     Queue(#[from] QueueError),
 }
 
+impl From<FinishError> for SubmitError {
+    fn from(e: FinishError) -> Self {
+        match e {
+            FinishError::Store(e) => SubmitError::Store(e),
+            FinishError::Queue(e) => SubmitError::Queue(e),
+        }
+    }
+}
+
 /// Why a cancel was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -47,16 +58,20 @@ pub enum CancelError {
 }
 
 /// One item of a batch submit: the vendor, `data` as JSON text, its
-/// idempotency `(scoped key, body hash, ttl)` and its `notify_url`.
-pub type BatchItem = (String, String, Option<(String, String, std::time::Duration)>, Option<String>);
+/// idempotency `(scoped key, body hash, ttl)`, its `notify_url` and its
+/// priority.
+pub type BatchItem = (String, String, Option<(String, String, std::time::Duration)>, Option<String>, Priority);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Submitted {
     pub request_id: String,
     /// False when an Idempotency-Key returned an earlier job.
     pub created: bool,
+    /// Created `complete` from the vendor's result cache.
+    pub cached: bool,
 }
 
+#[derive(Clone)]
 pub struct JobService {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
@@ -69,6 +84,11 @@ pub struct JobService {
     pub notify: Arc<NotifyPolicy>,
     /// Per-key submit rate and jobs in flight.
     pub limits: Arc<KeyLimits>,
+    /// The vendors' policies (their result caches).
+    pub policies: Arc<Policies>,
+    /// Answer submits from the vendors' result caches (false for a submit
+    /// with `Cache-Control: no-cache`: see [`JobService::bypassing_cache`]).
+    pub use_cache: bool,
 }
 
 impl JobService {
@@ -81,11 +101,12 @@ impl JobService {
         owner: Option<String>,
         idempotency: Option<(String, String, std::time::Duration)>,
     ) -> Result<Submitted, SubmitError> {
-        self.submit_with(vendor, data, owner, idempotency, None).await
+        self.submit_with(vendor, data, owner, idempotency, None, Priority::Normal).await
     }
 
     /// [`JobService::submit`] with a completion notification to
-    /// `notify_url` (checked here: a URL the caller may have notified).
+    /// `notify_url` (checked here: a URL the caller may have notified), at
+    /// `priority` within the key's share.
     pub async fn submit_with(
         &self,
         vendor: &str,
@@ -93,6 +114,7 @@ impl JobService {
         owner: Option<String>,
         idempotency: Option<(String, String, std::time::Duration)>,
         notify_url: Option<String>,
+        priority: Priority,
     ) -> Result<Submitted, SubmitError> {
         if self.registry.get(vendor).is_none() {
             return Err(SubmitError::UnknownVendor { vendor: vendor.to_string(), known: self.registry.vendor_ids() });
@@ -104,31 +126,52 @@ impl JobService {
         let _admitted = self.limits.admit(owner.as_deref(), 1).await?;
         let mut job = new_job(vendor, data, owner, idempotency, now_ms());
         job.notify_url = notify_url;
+        job.priority = priority;
         // The job's trace (traces on): this submit, then its queue entry,
         // whose `traceparent` the worker's span continues.
         let submit = tracing::info_span!("submit", request_id = %job.request_id, vendor = %job.vendor);
         let enqueue = tracing::info_span!(parent: &submit, "enqueue", request_id = %job.request_id);
         job.trace = crate::traces::traceparent_of(&enqueue);
-        match self.store.insert(&job).instrument(enqueue.clone()).await? {
+        let hit = self.cached(&job).await;
+        // A hit is written without a queue entry: no worker may call for it
+        // before it ends.
+        let inserted = match hit {
+            None => self.store.insert(&job).instrument(enqueue.clone()).await?,
+            Some(_) => {
+                let mut one = self.store.insert_batch_unqueued(std::slice::from_ref(&job)).await?;
+                one.pop().ok_or_else(|| StoreError::Corrupt("no answer for the inserted job".into()))?
+            }
+        };
+        match inserted {
+            Inserted::Created { .. } if hit.is_some() => {
+                // Not enqueued: a crash before this ends leaves a `pending`
+                // job the sweeper enqueues (and a worker calls for).
+                self.complete_from(&job, hit.as_ref()).await?;
+                metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
+                return Ok(Submitted { request_id: job.request_id, created: true, cached: true });
+            }
             Inserted::Created { enqueued: true } => {}
             Inserted::Created { enqueued: false } => {
                 // A crash between these two leaves a `pending` job not marked
                 // queued: the sweeper enqueues it.
-                let msg = Message::new(&job.request_id, &job.vendor).traced(job.trace.clone());
+                let msg = Message::new(&job.request_id, &job.vendor)
+                    .traced(job.trace.clone())
+                    .owned(job.owner.as_deref(), job.priority);
                 self.queue.enqueue(&[msg]).instrument(enqueue.clone()).await?;
                 self.store.mark_queued(std::slice::from_ref(&job.request_id), now_ms()).await?;
             }
-            Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false }),
+            Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false, cached: false }),
             Inserted::Recovered { request_id } => {
-                self.queue.enqueue(&[Message::new(&request_id, &job.vendor)]).await?;
+                let msg = Message::new(&request_id, &job.vendor).owned(job.owner.as_deref(), job.priority);
+                self.queue.enqueue(&[msg]).await?;
                 self.store.mark_queued(std::slice::from_ref(&request_id), now_ms()).await?;
-                return Ok(Submitted { request_id, created: false });
+                return Ok(Submitted { request_id, created: false, cached: false });
             }
             Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
         }
         metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
         tracing::debug!(request_id = %job.request_id, vendor = %job.vendor, "job submitted");
-        Ok(Submitted { request_id: job.request_id, created: true })
+        Ok(Submitted { request_id: job.request_id, created: true, cached: false })
     }
 
     /// Submits many jobs at once, answering per item in order: an unknown
@@ -149,7 +192,7 @@ impl JobService {
         let mut out: Vec<Option<Result<Submitted, SubmitError>>> = Vec::with_capacity(items.len());
         let mut jobs: Vec<NewJob> = Vec::new();
         let mut slots: Vec<usize> = Vec::new();
-        for (vendor, data, idempotency, notify_url) in items {
+        for (vendor, data, idempotency, notify_url, priority) in items {
             if self.registry.get(&vendor).is_none() {
                 out.push(Some(Err(SubmitError::UnknownVendor { vendor, known: self.registry.vendor_ids() })));
                 continue;
@@ -165,14 +208,20 @@ impl JobService {
             out.push(None);
             let mut job = new_job(&vendor, data, owner.clone(), idempotency, now);
             job.notify_url = notify_url;
+            job.priority = priority;
             job.trace = trace.clone();
             jobs.push(job);
         }
         // The whole batch is one submit for the rate and counts in full
         // against the jobs in flight (refused whole, like a key conflict).
         let _admitted = self.limits.admit(owner.as_deref(), jobs.len() as u64).await?;
+        let hits = self.cached_batch(&jobs).await;
         let inserted = if jobs.is_empty() {
             Vec::new()
+        } else if hits.iter().any(Option::is_some) {
+            // Hits get no queue entry (no worker may call for them before
+            // they end); the others are enqueued below.
+            self.store.insert_batch_unqueued(&jobs).instrument(enqueue.clone()).await?
         } else {
             self.store.insert_batch(&jobs).instrument(enqueue.clone()).await?
         };
@@ -180,19 +229,28 @@ impl JobService {
             return Err(SubmitError::IdempotencyConflict);
         }
         let mut to_queue: Vec<Message> = Vec::new();
-        for ((job, slot), ins) in jobs.iter().zip(&slots).zip(inserted) {
+        for (((job, slot), ins), hit) in jobs.iter().zip(&slots).zip(inserted).zip(hits) {
             let submitted = match ins {
+                Inserted::Created { .. } if hit.is_some() => {
+                    self.complete_from(job, hit.as_ref()).await?;
+                    metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
+                    Submitted { request_id: job.request_id.clone(), created: true, cached: true }
+                }
                 Inserted::Created { enqueued } => {
                     if !enqueued {
-                        to_queue.push(Message::new(&job.request_id, &job.vendor).traced(trace.clone()));
+                        to_queue.push(
+                            Message::new(&job.request_id, &job.vendor)
+                                .traced(trace.clone())
+                                .owned(job.owner.as_deref(), job.priority),
+                        );
                     }
                     metrics::counter!(telemetry::JOBS_SUBMITTED, "vendor" => job.vendor.clone()).increment(1);
-                    Submitted { request_id: job.request_id.clone(), created: true }
+                    Submitted { request_id: job.request_id.clone(), created: true, cached: false }
                 }
-                Inserted::Existing { request_id } => Submitted { request_id, created: false },
+                Inserted::Existing { request_id } => Submitted { request_id, created: false, cached: false },
                 Inserted::Recovered { request_id } => {
-                    to_queue.push(Message::new(&request_id, &job.vendor));
-                    Submitted { request_id, created: false }
+                    to_queue.push(Message::new(&request_id, &job.vendor).owned(job.owner.as_deref(), job.priority));
+                    Submitted { request_id, created: false, cached: false }
                 }
                 Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
             };
@@ -207,6 +265,58 @@ impl JobService {
         }
         tracing::debug!(items = out.len(), accepted = jobs.len(), "batch submitted");
         Ok(out.into_iter().map(|o| o.unwrap_or(Err(SubmitError::IdempotencyConflict))).collect())
+    }
+
+    /// This service answering no submit from a result cache (a submit with
+    /// `Cache-Control: no-cache`); its jobs still store their results.
+    pub fn bypassing_cache(&self) -> JobService {
+        JobService { use_cache: false, ..self.clone() }
+    }
+
+    /// The fresh cached result for `job`, when its vendor caches results
+    /// and this service answers from them.
+    async fn cached(&self, job: &NewJob) -> Option<CacheEntry> {
+        let key = self.cache_key(job)?;
+        result_cache::lookup(&*self.store, &key, job.created_at).await
+    }
+
+    /// `job`'s cache key, when its vendor caches results and this service
+    /// answers from them.
+    fn cache_key(&self, job: &NewJob) -> Option<String> {
+        if !self.use_cache {
+            return None;
+        }
+        let plugin = self.registry.get(&job.vendor)?;
+        let cache = self.policies.for_plugin(&plugin).cache?;
+        Some(result_cache::cache_key(&job.vendor, &job.data, job.owner.as_deref(), &cache))
+    }
+
+    /// [`JobService::cached`] for each of `jobs`, in order: one lookup per
+    /// distinct cache key (identical items share one).
+    async fn cached_batch(&self, jobs: &[NewJob]) -> Vec<Option<CacheEntry>> {
+        let keys: Vec<Option<String>> = jobs.iter().map(|job| self.cache_key(job)).collect();
+        let mut found: std::collections::HashMap<String, Option<CacheEntry>> = std::collections::HashMap::new();
+        for (key, job) in keys.iter().zip(jobs) {
+            if let Some(key) = key
+                && !found.contains_key(key)
+            {
+                let hit = result_cache::lookup(&*self.store, key, job.created_at).await;
+                found.insert(key.clone(), hit);
+            }
+        }
+        keys.iter().map(|k| k.as_ref().and_then(|k| found.get(k).cloned().flatten())).collect()
+    }
+
+    /// Ends the new `job` `complete` with `hit`'s result, marked cached.
+    async fn complete_from(&self, job: &NewJob, hit: Option<&CacheEntry>) -> Result<(), SubmitError> {
+        let Some(hit) = hit else { return Ok(()) };
+        let outcome = result_cache::outcome_of(hit);
+        let (store, queue) = (&*self.store, &*self.queue);
+        if finish(store, queue, &self.completions, &job.request_id, &job.vendor, outcome, None, Via::Cache).await? {
+            result_cache::saved(&job.vendor, "cache", 1);
+            tracing::debug!(request_id = %job.request_id, vendor = %job.vendor, "job answered from the result cache");
+        }
+        Ok(())
     }
 
     /// Jobs `query` selects (its `owner` already set to the caller's key
@@ -298,5 +408,6 @@ fn new_job(
         }),
         notify_url: None,
         trace: None,
+        priority: Priority::Normal,
     }
 }

@@ -85,7 +85,7 @@ impl Sweeper {
                 .iter()
                 .zip(&present)
                 .filter(|(_, here)| !**here)
-                .map(|(o, _)| Message::new(&o.request_id, &o.vendor))
+                .map(|(o, _)| Message::new(&o.request_id, &o.vendor).owned(o.owner.as_deref(), o.priority))
                 .collect();
             if !lost.is_empty() {
                 self.queue.enqueue(&lost).await.map_err(|e| e.to_string())?;
@@ -115,7 +115,16 @@ impl Sweeper {
         let before = now - millis(self.settings.sweep_after);
         let stranded = self.store.unqueued_pending(before, BATCH).await.map_err(|e| e.to_string())?;
         if !stranded.is_empty() {
-            let msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
+            let mut msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
+            if self.queue.vendor_aware() {
+                // A fair queue orders by owner and priority (rare: only a
+                // crash between a submit's write and its enqueue strands one).
+                for m in &mut msgs {
+                    if let Some(job) = self.store.get(&m.request_id).await.map_err(|e| e.to_string())? {
+                        *m = m.clone().owned(job.owner.as_deref(), job.priority);
+                    }
+                }
+            }
             self.queue.enqueue(&msgs).await.map_err(|e| e.to_string())?;
             let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
             self.store.mark_queued(&ids, now).await.map_err(|e| e.to_string())?;

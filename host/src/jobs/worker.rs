@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::breaker::{Admission, Breakers, CallOutcome};
 use crate::config::QueueSettings;
 use crate::jobs::finish::{FinishError, Via, cleaned_outcome, count_redactions, finish};
+use crate::jobs::result_cache::{self, Joined};
 use crate::limits::{LimitError, Quota, RateLimiter};
 use crate::model::{ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
@@ -35,6 +36,10 @@ const LEASE_BATCH: usize = 64;
 const BACKEND_RETRY: Duration = Duration::from_secs(1);
 /// Longest wait in place for a rate-limit slot (see `rate_limit`).
 const MAX_LINGER: Duration = Duration::from_millis(50);
+/// On a vendor-aware queue, a lease call takes a rate-limited vendor's jobs
+/// for about this much of its slots at most (at least one), and each waits
+/// for its slot in place (lease calls are not made once per slot).
+const FAIR_AHEAD: Duration = Duration::from_millis(30);
 
 pub struct WorkerCtx {
     pub queue: Arc<dyn Queue>,
@@ -56,6 +61,9 @@ pub struct WorkerCtx {
     pub completions: Arc<crate::jobs::completions::Completions>,
     /// Per-key quotas of vendor calls.
     pub key_limits: Arc<crate::jobs::key_limits::KeyLimits>,
+    /// Vendors this process may not call right now (told to a vendor-aware
+    /// queue at each lease).
+    pub vendor_holds: crate::jobs::vendor_holds::VendorHolds,
 }
 
 /// How long ago the lease loop last polled the queue successfully: what a
@@ -143,8 +151,9 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
                 Err(_) => break,
             }
         }
+        let options = ctx.vendor_holds.lease_options(now_ms());
         let leased = tokio::select! {
-            r = ctx.queue.lease(&ctx.consumer, permits.len(), ctx.settings.lease, ctx.settings.poll) => r,
+            r = ctx.queue.lease_with(&ctx.consumer, permits.len(), ctx.settings.lease, ctx.settings.poll, &options) => r,
             _ = shutdown.changed() => continue,
         };
         let leases = match leased {
@@ -166,13 +175,19 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             if let Ok(mut m) = in_flight.lock() {
                 m.insert(lease.entry_id.clone(), (lease.clone(), Message::decode(&lease.payload).ok()));
             }
-            tasks.spawn(async move {
+            // Counted in hand (a limited vendor's job before its rate
+            // limit) until `fair_rate_limit` lets it go, or the task ends.
+            let hand = match Message::decode(&lease.payload) {
+                Ok(m) => ctx.vendor_holds.hand(&m.vendor),
+                Err(_) => crate::jobs::vendor_holds::Hand::none(),
+            };
+            tasks.spawn(IN_HAND.scope(std::cell::RefCell::new(Some(hand)), async move {
                 let id = lease.entry_id.clone();
                 handle(&ctx, lease, permit).await;
                 if let Ok(mut m) = in_flight.lock() {
                     m.remove(&id);
                 }
-            });
+            }));
         }
     }
     drain(&ctx, tasks, in_flight).await;
@@ -213,10 +228,15 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 
 /// Takes a rate-limit slot (None), or says how long to delay the job.
 ///
-/// A refused job is booked a turn, so a backlog comes back one job per free
-/// slot rather than all at once every interval. A slot free within `linger`
-/// is waited for here instead: a booked job back a hair before its slot
-/// (queue latency varies) would otherwise lose its place in line.
+/// On a FIFO queue (Redis) a refused job is booked a turn, so a backlog
+/// comes back one job per free slot rather than all at once every interval.
+/// On a vendor-aware queue (embedded) it is not: the job goes back, keeping
+/// its place in the fair order, due at the next free slot, and the vendor
+/// is held until then (its rows are not leased meanwhile, see
+/// `vendor_holds`), so the slot goes to whichever job is first in line
+/// then — a later key's job is not booked behind a whole backlog. A slot
+/// free within `linger` is waited for here instead: a job back a hair
+/// before its slot (queue latency varies) would otherwise lose its place.
 async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Result<Duration, LimitError>> {
     let linger = if quota.rate.is_finite() && quota.rate > 0.0 {
         // A rate so small that 0.5/rate overflows a Duration lingers the most.
@@ -224,6 +244,9 @@ async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Resul
     } else {
         Duration::ZERO
     };
+    if ctx.queue.vendor_aware() {
+        return fair_rate_limit(ctx, vendor, quota, linger).await;
+    }
     let mut lingered = false;
     loop {
         let wait =
@@ -236,6 +259,50 @@ async fn rate_limit(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Option<Resul
             return Some(Ok(at_or_after(wait)));
         }
         lingered = true;
+        tokio::time::sleep(wait).await;
+    }
+}
+
+tokio::task_local! {
+    /// The job's place among its vendor's jobs in hand (see `vendor_holds`).
+    static IN_HAND: std::cell::RefCell<Option<crate::jobs::vendor_holds::Hand>>;
+}
+
+/// `rate_limit` on a vendor-aware queue: nothing is booked. A lease call
+/// takes a limited vendor's jobs for about `FAIR_AHEAD` of its slots, so
+/// each waits in place for a slot within that (they take the slots in
+/// turn); past it the job goes back due at the next free slot, keeping its
+/// place in line, and the vendor is held until then.
+async fn fair_rate_limit(
+    ctx: &WorkerCtx,
+    vendor: &str,
+    quota: Quota,
+    linger: Duration,
+) -> Option<Result<Duration, LimitError>> {
+    let mut per_call = 1;
+    let mut budget = linger;
+    if quota.rate.is_finite() && quota.rate > 0.0 {
+        let n = (quota.rate * FAIR_AHEAD.as_secs_f64()).ceil().clamp(1.0, 64.0);
+        per_call = n as usize;
+        let ahead = Duration::try_from_secs_f64((n + 0.5) / quota.rate).unwrap_or(MAX_LINGER);
+        budget = ahead.min(MAX_LINGER).max(linger);
+    }
+    let until = tokio::time::Instant::now() + budget;
+    // Past the limit either way: no longer in hand.
+    let _past = IN_HAND.try_with(|h| h.borrow_mut().take()).ok().flatten();
+    loop {
+        let wait = match ctx.limiter.acquire(vendor, quota).await {
+            Ok(None) => return None,
+            Ok(Some(wait)) => wait,
+            Err(e) => return Some(Err(e)),
+        };
+        if tokio::time::Instant::now() + wait > until {
+            let wait = at_or_after(wait);
+            let now = now_ms();
+            let interval = (1000.0 / quota.rate.max(1e-3)).ceil() as i64;
+            ctx.vendor_holds.refused(vendor, now.saturating_add(millis(wait)), now, per_call, interval);
+            return Some(Ok(wait));
+        }
         tokio::time::sleep(wait).await;
     }
 }
@@ -518,9 +585,66 @@ async fn process(
         return delay(ctx, lease, msg, jitter(wait), "vendor_missing").await;
     };
     let policy = ctx.policies.for_plugin(&plugin);
-    let (_bulkhead, probe) = match gate(ctx, &vendor, &policy).await {
+    // Coalescing (`cache_ttl` set): one call in flight per cache key; the
+    // others wait for it off the workers, before any gate (they never call).
+    let lead = match policy.cache {
+        Some(cache) if !msg.solo => {
+            let hold = lease.lease_for.saturating_add(policy.call.timeout);
+            match result_cache::join(&*ctx.store, &job, &cache, hold, now_ms()).await? {
+                Joined::Lead(lead) => Some(lead),
+                Joined::Answered(entry) => {
+                    let outcome = result_cache::outcome_of(&entry);
+                    let (store, queue) = (&*ctx.store, &*ctx.queue);
+                    let id = &msg.request_id;
+                    if finish(store, queue, &ctx.completions, id, &vendor, outcome, Some(lease), Via::Cache).await? {
+                        result_cache::saved(&vendor, "coalesced", 1);
+                    }
+                    return Ok(());
+                }
+                Joined::Wait { wait } => {
+                    tracing::debug!(
+                        wait_ms = wait.as_millis() as u64,
+                        "an identical job's call is in flight; waiting for it"
+                    );
+                    return delay(ctx, lease, msg, jitter(wait), "coalesced").await;
+                }
+            }
+        }
+        _ => None,
+    };
+    let done = call(ctx, lease, msg, job, &plugin, &policy, running, lead.as_ref()).await;
+    if let Some(lead) = &lead
+        && !lead.is_settled()
+    {
+        lead.abandon(&*ctx.store, &*ctx.queue).await;
+    }
+    done
+}
+
+/// Past coalescing: the gate, the key's quota, the attempt, the call, the
+/// settling. `lead`: the job's claim on its cache key's call, if it holds
+/// one (kept while the job waits for its turn at the gate).
+// The delivery, the job and what calling it needs, each from the caller.
+#[allow(clippy::too_many_arguments)]
+async fn call(
+    ctx: &WorkerCtx,
+    lease: &Lease,
+    msg: &Message,
+    job: Job,
+    plugin: &crate::plugins::loader::Plugin,
+    policy: &Resolved,
+    running: &Mutex<Option<(crate::model::Millis, Instant)>>,
+    lead: Option<&result_cache::Lead>,
+) -> Result<(), StepError> {
+    let vendor = job.vendor.clone();
+    let (_bulkhead, probe) = match gate(ctx, &vendor, policy).await {
         Gate::Pass { bulkhead, probe } => (bulkhead, probe),
-        Gate::Wait { wait, why } => return delay(ctx, lease, msg, wait, why).await,
+        Gate::Wait { wait, why } => {
+            if let Some(l) = lead {
+                l.keep();
+            }
+            return delay(ctx, lease, msg, wait, why).await;
+        }
     };
     // The key's quota of calls to this vendor, last (a unit is spent only
     // on a call about to be made): over it, the job fails without a call.
@@ -542,6 +666,9 @@ async fn process(
         Attempt::Held { until } => {
             // Another attempt still holds the job (a recovered entry, say):
             // come back when its lease ends rather than run beside it.
+            if let Some(l) = lead {
+                l.keep();
+            }
             return delay(ctx, lease, msg, Duration::from_millis((until - now).max(1) as u64), "held").await;
         }
     };
@@ -558,7 +685,7 @@ async fn process(
     let (call_policy, observed) = policy.call.with_observer();
     let call = tracing::info_span!("plugin.fetch", vendor = %vendor, attempt = job.attempts);
     let (result, usage) = ctx.registry.runtime().fetch_metered(&plugin.pre, call_policy, &input).instrument(call).await;
-    learn_from_answers(ctx, &vendor, &policy, &observed, &result).await;
+    learn_from_answers(ctx, &vendor, policy, &observed, &result).await;
     let took = started.elapsed();
     crate::jobs::usage::record(&*ctx.store, job.owner.as_deref(), &vendor, now, took, &usage).await;
     if let Ok(mut r) = running.lock() {
@@ -595,7 +722,8 @@ async fn process(
         outcome = outcome_label,
         "vendor call returned"
     );
-    settle(ctx, lease, msg, &job, &policy, result).await
+    let cacheable = !observed.not_cacheable();
+    settle(ctx, lease, msg, &job, policy, result, lead.filter(|_| cacheable), cacheable).await
 }
 
 /// How a call went, for the job's history: `retries_left` says whether a
@@ -715,7 +843,14 @@ async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
     };
     let quota = match learned_quota(ctx, vendor, policy.quota).await {
         Ok(q) => q,
-        Err(wait) => return Gate::Wait { wait, why: "vendor_paused" },
+        Err(wait) => {
+            if ctx.queue.vendor_aware() {
+                // Its rows wait on the queue until the pause ends.
+                let now = now_ms();
+                ctx.vendor_holds.refused(vendor, now.saturating_add(millis(wait)), now, 1, millis(wait).max(1));
+            }
+            return Gate::Wait { wait, why: "vendor_paused" };
+        }
     };
     match rate_limit(ctx, vendor, quota).await {
         None => {}
@@ -737,6 +872,8 @@ async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
 
 /// After the call: finish the job, hand it to its async vendor, or schedule
 /// its retry.
+// The delivery, the job and its call's outcome, and what caching it needs.
+#[allow(clippy::too_many_arguments)]
 async fn settle(
     ctx: &WorkerCtx,
     lease: &Lease,
@@ -744,24 +881,37 @@ async fn settle(
     job: &Job,
     policy: &Resolved,
     result: Result<FetchOutcome, CallError>,
+    lead: Option<&result_cache::Lead>,
+    cacheable: bool,
 ) -> Result<(), StepError> {
     let now = now_ms();
     match result {
         Ok(FetchOutcome::Complete(text)) => {
             let (outcome, removed) = cleaned_outcome(policy.cleaner.clean_text(&text));
+            // Stored before the job ends and its waiters are read: whoever
+            // misses both finds the result.
+            if let Some(cache) = &policy.cache
+                && cacheable
+            {
+                let key = lead.map(|l| l.key.clone()).unwrap_or_else(|| result_cache::key_of(job, cache));
+                result_cache::remember(&*ctx.store, &key, &job.vendor, &outcome, cache.ttl, now).await;
+            }
             let ended = finish(
                 &*ctx.store,
                 &*ctx.queue,
                 &ctx.completions,
                 &job.request_id,
                 &job.vendor,
-                outcome,
+                outcome.clone(),
                 Some(lease),
                 Via::Worker,
             )
             .await?;
             if ended {
                 count_redactions(&job.vendor, &removed);
+            }
+            if let Some(lead) = lead {
+                lead.served(&*ctx.store, &*ctx.queue, &ctx.completions, &outcome).await;
             }
         }
         Ok(FetchOutcome::Accepted(vendor_ref)) => {

@@ -43,6 +43,45 @@ impl Status {
     }
 }
 
+/// How urgent a job is within its API key's share of a vendor (issue 20):
+/// `high` goes before `normal` before `low`, with aging so that a lower one
+/// waits at most `queue_settings.priority_aging` per level behind higher
+/// ones (see `queue::fair`). Only the embedded queue orders by it so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        Priority::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+
+    /// Levels below `high` (0, 1, 2): how many agings a job of this
+    /// priority waits at most behind a `high` one.
+    pub fn level(self) -> i64 {
+        match self {
+            Priority::High => 0,
+            Priority::Normal => 1,
+            Priority::Low => 2,
+        }
+    }
+}
+
 /// A stored job. `data` and `result` are JSON text, so every backend holds
 /// them the same way whatever their shape.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +106,8 @@ pub struct Job {
     pub webhook_deadline: Option<Millis>,
     /// The API key (its name) that submitted the job, when keys are on.
     pub owner: Option<String>,
+    /// Its priority within its key's share (`normal` unless asked).
+    pub priority: Priority,
     /// What cleaning removed from the result, once `complete`.
     pub redactions: Vec<Redaction>,
     /// The completion notification, when the job was submitted with a
@@ -74,6 +115,10 @@ pub struct Job {
     pub notify: Option<Notify>,
     /// Its latest vendor calls, oldest first (at most [`ATTEMPTS_KEPT`]).
     pub attempts_log: Vec<AttemptRecord>,
+    /// Completed with a result it did not call for: a stored one (the
+    /// vendor's result cache) or an identical job's call in flight
+    /// (coalescing). See [`Outcome::Cached`].
+    pub cached: bool,
 }
 
 /// Vendor calls a job's history keeps (the latest ones).
@@ -194,6 +239,8 @@ pub struct NewJob {
     pub vendor: String,
     pub data: String,
     pub owner: Option<String>,
+    /// Its priority within its key's share.
+    pub priority: Priority,
     pub created_at: Millis,
     /// Idempotency: the scoped key and a hash of the request body.
     pub idempotency: Option<Idempotency>,
@@ -227,12 +274,20 @@ pub enum Outcome {
     /// Its client cancelled it: no result; a call still running is
     /// interrupted and its outcome discarded.
     Cancelled,
+    /// Complete with the cleaned result (and its redactions) of another
+    /// job's call: from the vendor's result cache, or shared by the
+    /// identical job whose call was in flight. The job is `complete` and
+    /// marked `cached`.
+    Cached {
+        result: String,
+        redactions: Vec<Redaction>,
+    },
 }
 
 impl Outcome {
     pub fn status(&self) -> Status {
         match self {
-            Outcome::Complete { .. } => Status::Complete,
+            Outcome::Complete { .. } | Outcome::Cached { .. } => Status::Complete,
             Outcome::Failed { .. } => Status::Failed,
             Outcome::Cancelled => Status::Cancelled,
         }

@@ -10,6 +10,6 @@ pub mod usage;
 pub use dead_letter::DeadLetter;
 pub use job::{
     ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, Idempotency, Job, JobQuery, NewJob, Notify, NotifyAttempt, Outcome,
-    Redaction, Status, new_request_id, prefix_end,
+    Priority, Redaction, Status, new_request_id, prefix_end,
 };
 pub use time::{Millis, format_ms, millis, now_ms, parse_ms};

@@ -10,6 +10,7 @@
 //! Delivery is at least once. The store's conditional updates make a second
 //! delivery harmless.
 
+pub mod fair;
 pub mod redis;
 pub mod sqlite;
 
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-use crate::model::{DeadLetter, Millis};
+use crate::model::{DeadLetter, Millis, Priority};
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,18 +37,49 @@ pub type Result<T> = std::result::Result<T, QueueError>;
 
 /// What the queue carries: which job, for which vendor, and the W3C
 /// `traceparent` of the submit when traces are on (absent in entries queued
-/// without one, and in those written before it existed).
+/// without one, and in those written before it existed). `key` (the API key
+/// name that owns the job) and `priority` order the embedded queue fairly
+/// (`fair`); both optional, absent in older entries, ignored by Redis.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub request_id: String,
     pub vendor: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+    /// The job makes its own vendor call, not sharing an identical job's
+    /// (set when the call it waited for failed; see `jobs::result_cache`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub solo: bool,
 }
 
 impl Message {
     pub fn new(request_id: impl Into<String>, vendor: impl Into<String>) -> Self {
-        Message { request_id: request_id.into(), vendor: vendor.into(), trace: None }
+        Message {
+            request_id: request_id.into(),
+            vendor: vendor.into(),
+            trace: None,
+            key: None,
+            priority: None,
+            solo: false,
+        }
+    }
+
+    /// The message of a job owned by API key `key` (None: keys off) at
+    /// `priority` (`normal` is written as absent).
+    pub fn owned(mut self, key: Option<&str>, priority: Priority) -> Self {
+        self.key = key.map(str::to_string);
+        self.priority = (priority != Priority::Normal).then_some(priority);
+        self
+    }
+
+    /// The message of a job that makes its own call (see `solo`).
+    pub fn solo(mut self) -> Self {
+        self.solo = true;
+        self
     }
 
     /// The message carrying `traceparent` (the span the job's work continues).
@@ -95,6 +127,20 @@ pub struct Lease {
     pub token: u64,
 }
 
+/// What a worker knows about vendors when it leases: those it may not call
+/// before a time (their rate limit's next free slot), and those recently
+/// refused by their limit, of which one lease call takes at most a few
+/// entries (the slots about to free; more would only go round through the
+/// limiter). Honoured by queues that say [`Queue::vendor_aware`]; others
+/// lease as if it were empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LeaseOptions {
+    /// Vendors skipped until the time given (epoch ms).
+    pub blocked: Vec<(String, Millis)>,
+    /// Vendors of which one lease call takes at most this many entries.
+    pub limited: Vec<(String, usize)>,
+}
+
 #[async_trait]
 pub trait Queue: Send + Sync + 'static {
     /// Adds messages, visible at once.
@@ -103,6 +149,28 @@ pub trait Queue: Send + Sync + 'static {
     /// Leases up to `max` visible messages for `lease`, waiting up to `wait`
     /// for the first. Entries whose lease expired are delivered again here.
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>>;
+
+    /// [`Queue::lease`], told which vendors the worker may not call now
+    /// (see [`LeaseOptions`]). By default the options are ignored.
+    async fn lease_with(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        _options: &LeaseOptions,
+    ) -> Result<Vec<Lease>> {
+        self.lease(consumer, max, lease, wait).await
+    }
+
+    /// Whether this queue orders entries fairly across API keys and
+    /// honours [`LeaseOptions`]: then a job its vendor's rate limit refuses
+    /// is released to the next free slot, keeping its place, rather than
+    /// booked a turn (see `jobs::worker::rate_limit`). The embedded queue
+    /// does; Redis does not yet (FIFO).
+    fn vendor_aware(&self) -> bool {
+        false
+    }
 
     /// Keeps a lease alive while its job is still being worked on: renews
     /// it, from now, for the lease it was taken with. False if the lease is
@@ -182,5 +250,18 @@ mod tests {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_string();
         let traced = Message::new("r1", "sync").traced(Some(tp.clone()));
         assert_eq!(Message::decode(&traced.encode()).unwrap().trace, Some(tp));
+    }
+
+    #[test]
+    fn key_and_priority_are_optional_and_round_trip() {
+        // Jobs of no key at normal priority are written as before.
+        assert_eq!(
+            Message::new("r1", "sync").owned(None, Priority::Normal).encode(),
+            r#"{"request_id":"r1","vendor":"sync"}"#
+        );
+        let m = Message::new("r1", "sync").owned(Some("team-a"), Priority::Low);
+        assert_eq!(m.encode(), r#"{"request_id":"r1","vendor":"sync","key":"team-a","priority":"low"}"#);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        assert!(Message::decode(r#"{"request_id":"r1","vendor":"sync","priority":"urgent"}"#).is_err());
     }
 }

@@ -2,24 +2,75 @@
 //! pushing `visible_at` past the lease (a visibility timeout). A lease that
 //! expires makes the row visible again; the delivery count is the lease
 //! token, so a stale holder's ack cannot delete a newer lease.
+//!
+//! ## Fair order (issue 20)
+//!
+//! Rows are not leased oldest first but fairly across API key names, per
+//! vendor (each vendor is its own resource with its own limit), by
+//! start-time fair queueing (SFQ):
+//!
+//! - Each vendor has a virtual clock `V` (table `queue_clock`): the highest
+//!   tag leased so far for it. A row written for key `k` (column `key`, the
+//!   job's owner; `""` without keys) is tagged `vt = max(V, the highest tag
+//!   of k's rows still queued for that vendor) + 1/weight(k)`, or `V` when
+//!   k has none queued there (its start tag), in the same transaction. A key with a backlog thus holds tags far ahead of `V`,
+//!   while a key that just arrived is tagged next to `V`: its job goes
+//!   right after the few in front, not behind the whole backlog. Weights
+//!   (`auth.keys.<name>.weight`) give a key that share of a busy vendor.
+//! - Leasing takes ready rows vendor by vendor (round-robin), and within a
+//!   vendor the lowest tag. Within that row's key, the row with the best
+//!   aged priority is leased instead (`rank` = enqueue time + level ×
+//!   `queue_settings.priority_aging`, levels high 0, normal 1, low 2), and
+//!   the two rows swap tags, so priority reorders a key's own jobs within
+//!   the key's share and never takes another key's turn. A low job waits
+//!   at most about one aging per level behind later higher ones.
+//! - A released row (a delay, a retry) keeps its tag: it returns to its
+//!   place in line, not to the end.
+//! - Leasing is vendor-aware: the worker names vendors it may not call yet
+//!   (its rate limit's next free slot) and those it was just refused by
+//!   ([`LeaseOptions`]); their rows are skipped, or taken a few per call
+//!   (the slots about to free), so a limited vendor's backlog is not
+//!   churned through the limiter, and a refused job waits for the next free
+//!   slot without booking a turn far ahead: when the slot frees, the lowest
+//!   tag of that vendor gets it. (`jobs::worker::rate_limit` and
+//!   `jobs::vendor_holds` are the worker's side.)
+//!
+//! Readiness is a column (`ready`), set when a row is written and cleared
+//! when it is leased or released, and set again by the lease call once the
+//! row's `visible_at` has passed: so the lowest ready tag is one index seek
+//! (`queue_ready`), whatever number of delayed rows sit before it.
+//! Work-conserving: a vendor with ready rows and no hold is always served.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
-use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
+use super::fair::{self, Fairness, Pick};
+use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result};
 use crate::db::{Db, DbError};
 use crate::model::{DeadLetter, Millis, millis, now_ms};
 
 pub struct SqliteQueue {
     db: Arc<Db>,
+    fair: Arc<Fairness>,
+    /// The vendor served last (round-robin across vendors).
+    last_vendor: Mutex<String>,
 }
 
 impl SqliteQueue {
+    /// With every key at weight 1 and the default aging.
     pub fn new(db: Arc<Db>) -> SqliteQueue {
-        SqliteQueue { db }
+        SqliteQueue { db, fair: Arc::default(), last_vendor: Mutex::default() }
+    }
+
+    /// With the keys' weights and the priority aging of the configuration
+    /// (the store's inline enqueue must be given the same).
+    pub fn with_fairness(mut self, fair: Arc<Fairness>) -> SqliteQueue {
+        self.fair = fair;
+        self
     }
 }
 
@@ -54,23 +105,27 @@ fn held(lease: &Lease) -> Result<(i64, i64)> {
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn enqueue(&self, msgs: &[Message]) -> Result<()> {
-        let payloads: Vec<String> = msgs.iter().map(Message::encode).collect();
+        let (msgs, fair) = (msgs.to_vec(), self.fair.clone());
         let now = now_ms();
-        self.db
-            .write(move |c| {
-                let mut st = c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?;
-                for p in &payloads {
-                    st.execute(params![p, now])?;
-                }
-                Ok(())
-            })
-            .await?;
+        self.db.write(move |c| fair::insert(c, &msgs, &fair, now)).await?;
         self.db.queue_signal.notify_waiters();
         Ok(())
     }
 
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await
+    }
+
+    async fn lease_with(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        options: &LeaseOptions,
+    ) -> Result<Vec<Lease>> {
         let give_up = tokio::time::Instant::now() + wait;
+        let limited: Arc<HashMap<String, usize>> = Arc::new(options.limited.iter().cloned().collect());
         loop {
             // Register for the wake-up before looking, so an enqueue that
             // commits between the look and the wait is not missed.
@@ -80,16 +135,22 @@ impl Queue for SqliteQueue {
             let now = now_ms();
             let lease_ms = millis(lease);
             let consumer = consumer.to_string();
-            let (got, next_visible) = self
+            let skip: HashSet<String> =
+                options.blocked.iter().filter(|(_, until)| *until > now).map(|(v, _)| v.clone()).collect();
+            let blocked_until = options.blocked.iter().map(|(_, until)| *until).filter(|u| *u > now).min();
+            let after = self.last_vendor.lock().map(|v| v.clone()).unwrap_or_default();
+            let limited = limited.clone();
+            let (got, next_visible, served) = self
                 .db
                 .write(move |c| {
-                    let rows: Vec<Lease> = c
-                        .prepare_cached(
-                            "UPDATE queue SET visible_at = ?1 + ?2, deliveries = deliveries + 1, leased = 1, token = token + 1
-                             WHERE id IN (SELECT id FROM queue WHERE visible_at <= ?1 ORDER BY visible_at, id LIMIT ?3)
-                             RETURNING id, payload, deliveries, token",
-                        )?
-                        .query_map(params![now, lease_ms, max as i64], |r| {
+                    let (ids, served) = fair::pick(c, now, &Pick { skip: &skip, limited: &limited, max, after: &after })?;
+                    let mut take = c.prepare_cached(
+                        "UPDATE queue SET visible_at = ?2 + ?3, deliveries = deliveries + 1, leased = 1, token = token + 1
+                         WHERE id = ?1 RETURNING id, payload, deliveries, token",
+                    )?;
+                    let mut rows = Vec::with_capacity(ids.len());
+                    for id in ids {
+                        rows.push(take.query_row(params![id, now, lease_ms], |r| {
                             Ok(Lease {
                                 entry_id: r.get::<_, i64>(0)?.to_string(),
                                 payload: r.get(1)?,
@@ -98,16 +159,17 @@ impl Queue for SqliteQueue {
                                 consumer: consumer.clone(),
                                 token: r.get::<_, i64>(3)?.max(0) as u64,
                             })
-                        })?
-                        .collect::<rusqlite::Result<_>>()?;
-                    let next: Option<i64> = if rows.is_empty() {
-                        c.prepare_cached("SELECT MIN(visible_at) FROM queue")?.query_row([], |r| r.get(0))?
-                    } else {
-                        None
-                    };
-                    Ok((rows, next))
+                        })?);
+                    }
+                    let next = if rows.is_empty() { fair::next_wake(c, blocked_until)? } else { None };
+                    Ok((rows, next, served))
                 })
                 .await?;
+            if let Some(v) = served
+                && let Ok(mut last) = self.last_vendor.lock()
+            {
+                *last = v;
+            }
             if !got.is_empty() {
                 return Ok(got);
             }
@@ -130,8 +192,10 @@ impl Queue for SqliteQueue {
         let n = self
             .db
             .write(move |c| {
-                c.prepare_cached("UPDATE queue SET visible_at = ?3 WHERE id = ?1 AND token = ?2 AND leased = 1")?
-                    .execute(params![id, token, until])
+                c.prepare_cached(
+                    "UPDATE queue SET visible_at = ?3, ready = 0 WHERE id = ?1 AND token = ?2 AND leased = 1",
+                )?
+                .execute(params![id, token, until])
             })
             .await?;
         Ok(n == 1)
@@ -153,7 +217,8 @@ impl Queue for SqliteQueue {
         self.db
             .write(move |c| {
                 c.prepare_cached(
-                    "UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, payload = ?4
+                    // Its tag stays: it comes back to its place in line.
+                    "UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, ready = 0, payload = ?4
                      WHERE id = ?1 AND token = ?2 AND leased = 1",
                 )?
                 .execute(params![id, token, due, p])
@@ -267,5 +332,9 @@ impl Queue for SqliteQueue {
 
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn vendor_aware(&self) -> bool {
+        true
     }
 }

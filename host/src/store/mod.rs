@@ -10,7 +10,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 
 use crate::model::usage::{UsageDelta, UsageQuery, UsageRow};
-use crate::model::{AttemptRecord, Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome};
+use crate::model::{AttemptRecord, Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome, Redaction};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -74,6 +74,32 @@ pub struct Overdue {
     pub request_id: String,
     pub vendor: String,
     pub due_at: Millis,
+    /// Its owner and priority, for its queue entry when it is re-enqueued.
+    pub owner: Option<String>,
+    pub priority: crate::model::Priority,
+}
+
+/// One stored result of the vendor result cache (see
+/// `jobs::result_cache`): a complete job's cleaned result, under its cache
+/// key, until `expires_at`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheEntry {
+    pub key: String,
+    pub vendor: String,
+    /// The cleaned result, JSON text.
+    pub result: String,
+    pub redactions: Vec<Redaction>,
+    pub stored_at: Millis,
+    pub expires_at: Millis,
+}
+
+/// What `claim_flight` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Flight {
+    /// The caller's job makes the call (a claim of its own is renewed).
+    Leader,
+    /// Job `leader` makes it; its claim lasts until `until` unless renewed.
+    Follower { leader: String, until: Millis },
 }
 
 #[async_trait]
@@ -87,6 +113,12 @@ pub trait Store: Send + Sync + 'static {
     /// transaction on SQLite, bulk writes on MongoDB. Each job's
     /// idempotency key (if any) is checked as `insert` checks it.
     async fn insert_batch(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>>;
+
+    /// [`Store::insert_batch`] writing no queue entry even where the backend
+    /// would (`Created { enqueued: false }`): for jobs the caller ends at
+    /// once (a result cache hit) or enqueues itself. A crash before either
+    /// leaves `pending` jobs the sweeper enqueues.
+    async fn insert_batch_unqueued(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>>;
 
     /// The jobs `query` selects, newest first (`(created_at, request_id)`
     /// descending), at most `query.limit`, served by an index for every
@@ -153,8 +185,9 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets a webhook id (its handling failed, so the vendor may retry it).
     async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()>;
 
-    /// Deletes finished jobs updated before `before`, and expired webhook ids
-    /// and idempotency keys. Returns the number of jobs deleted.
+    /// Deletes finished jobs updated before `before`, and expired webhook ids,
+    /// idempotency keys and cached results (and flight claims and waiter
+    /// records past their time). Returns the number of jobs deleted.
     async fn purge(&self, before: Millis, now: Millis) -> Result<u64>;
 
     /// Finished jobs whose completion notification is due at `now`, the
@@ -182,12 +215,45 @@ pub trait Store: Send + Sync + 'static {
     /// exact under concurrency; the counter lives until `expires_at`.
     async fn take_quota(&self, id: &str, limit: u64, expires_at: Millis) -> Result<bool>;
 
+    /// The units of quota counter `id` used so far: 0 when it has none yet
+    /// or it expired by `now` (read for `GET /vendors`, never to decide).
+    async fn quota_used(&self, id: &str, now: Millis) -> Result<u64>;
+
     /// Adds one call's cost to the (key, vendor, hour) rollup.
     async fn record_usage(&self, key: &str, vendor: &str, hour: Millis, delta: &UsageDelta) -> Result<()>;
 
     /// Rollups `query` selects, summed per its granularity, ordered by key,
     /// vendor, time.
     async fn usage(&self, query: &UsageQuery) -> Result<Vec<UsageRow>>;
+
+    /// Each (key, vendor)'s hourly rollups summed over hour starts in
+    /// `[from, to)`, ordered by key and vendor; each row's `from` is `from`.
+    async fn usage_totals(&self, from: Millis, to: Millis) -> Result<Vec<UsageRow>>;
+
+    /// The result cache's entry `key`, unless it expired by `now` (whatever
+    /// a TTL monitor did or did not delete yet).
+    async fn cache_get(&self, key: &str, now: Millis) -> Result<Option<CacheEntry>>;
+
+    /// Stores `entry`, replacing an older one under its key.
+    async fn cache_put(&self, entry: &CacheEntry) -> Result<()>;
+
+    /// Claims the one call in flight for cache key `key` for job
+    /// `request_id` until `until`: `Leader` when no other job's claim is
+    /// live at `now` (a lapsed one is taken over; the job's own is
+    /// renewed), else `Follower`. Atomic: of racing claims one leads.
+    async fn claim_flight(&self, key: &str, request_id: &str, until: Millis, now: Millis) -> Result<Flight>;
+
+    /// Drops `request_id`'s claim on `key` (nothing if another job holds it).
+    async fn end_flight(&self, key: &str, request_id: &str) -> Result<()>;
+
+    /// Records job `request_id` (of `vendor`) as waiting for the call in
+    /// flight for `key`; the record is stale after `until`. Recording it
+    /// twice keeps one.
+    async fn add_waiter(&self, key: &str, request_id: &str, vendor: &str, until: Millis) -> Result<()>;
+
+    /// Takes the jobs waiting for `key` (`(request_id, vendor)`), removing
+    /// their records: each is handed to one taker.
+    async fn take_waiters(&self, key: &str) -> Result<Vec<(String, String)>>;
 
     /// Reachable? (readiness)
     async fn ping(&self) -> Result<()>;

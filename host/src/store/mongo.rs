@@ -11,6 +11,13 @@
 //! - `vendor_refs`: `_id` = `<vendor>:<vendor_ref>`, `request_id`, `deadline`
 //!   (the job's webhook deadline, ms): an index of the jobs' own `vendor_ref`
 //!   so a webhook finds its job with one read by `_id`.
+//! - `result_cache`: `_id` = cache key, `vendor`, `result` and `redactions`
+//!   (JSON text), `stored_at`, `expires_at` (ms; reads check it, the stand-in
+//!   ignoring TTL indexes) and `ttl` (a BSON date for a real mongod's TTL).
+//! - `cache_flights`: `_id` = cache key, `leader` (request_id), `until` (ms):
+//!   the one call in flight per key. `cache_waiters`: `_id` = cache key,
+//!   `waiters` (a set of `["<request_id>", "<vendor>"]` JSON texts), `until`:
+//!   the jobs waiting for that call, taken all at once by one delete.
 //!
 //! Every state change is one conditional update (`status` in the filter).
 //! `purge` deletes by the i64 fields; a TTL index on the BSON date `ttl` lets
@@ -35,10 +42,10 @@ use mongodb::{Client, Collection, IndexModel};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
+use super::{Attempt, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status,
-    now_ms, prefix_end,
+    AttemptOutcome, AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Priority, Redaction,
+    Status, now_ms, prefix_end,
 };
 
 const IN_FLIGHT: [&str; 2] = ["pending", "processing"];
@@ -51,10 +58,16 @@ const JOBS: &str = "jobs";
 const WEBHOOK_IDS: &str = "webhook_ids";
 const IDEMPOTENCY: &str = "idempotency";
 const VENDOR_REFS: &str = "vendor_refs";
+const RESULT_CACHE: &str = "result_cache";
+const CACHE_FLIGHTS: &str = "cache_flights";
+const CACHE_WAITERS: &str = "cache_waiters";
+/// Rounds of the flight-claim race (a claim deleted under us).
+const FLIGHT_ROUNDS: usize = 5;
 /// Every collection, each sharded on its `_id` hashed: the key each is read
 /// and deduplicated by (UUID v7 job ids grow with time, so a range key would
 /// put every insert on the last shard).
-pub const SHARDED_COLLECTIONS: [&str; 4] = [JOBS, WEBHOOK_IDS, IDEMPOTENCY, VENDOR_REFS];
+pub const SHARDED_COLLECTIONS: [&str; 7] =
+    [JOBS, WEBHOOK_IDS, IDEMPOTENCY, VENDOR_REFS, RESULT_CACHE, CACHE_FLIGHTS, CACHE_WAITERS];
 /// `hello.msg` of a `mongos`.
 const MONGOS_MSG: &str = "isdbgrid";
 
@@ -299,6 +312,11 @@ impl Store for MongoStore {
             Inserted::KeyConflict | Inserted::Recovered { .. } => {}
         }
         Ok(outcome)
+    }
+
+    async fn insert_batch_unqueued(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+        // The queue is elsewhere: no insert here writes an entry.
+        self.insert_batch(jobs).await
     }
 
     async fn insert_batch(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
@@ -570,7 +588,10 @@ impl Store for MongoStore {
         let mut set = doc! { "status": outcome.status().as_str(), "updated_at": now };
         let mut unset = Document::new();
         match outcome {
-            Outcome::Complete { result, redactions } => {
+            Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
+                if matches!(outcome, Outcome::Cached { .. }) {
+                    set.insert("cached", true);
+                }
                 set.insert("result", result);
                 unset.insert("error", "");
                 if redactions.is_empty() {
@@ -657,14 +678,20 @@ impl Store for MongoStore {
             .find(filter)
             .sort(doc! { "due_at": 1, "_id": 1 })
             .limit(limit_of(limit))
-            .projection(doc! { "_id": 1, "vendor": 1, "due_at": 1 })
+            .projection(doc! { "_id": 1, "vendor": 1, "due_at": 1, "owner": 1, "priority": 1 })
             .await?
             .try_collect()
             .await?;
         docs.into_iter()
             .map(|d| {
                 let due_at = int(&d, "due_at").ok_or_else(|| StoreError::Corrupt("due_at is not a number".into()))?;
-                Ok(Overdue { request_id: text(&d, "_id")?, vendor: text(&d, "vendor")?, due_at })
+                Ok(Overdue {
+                    request_id: text(&d, "_id")?,
+                    vendor: text(&d, "vendor")?,
+                    due_at,
+                    owner: opt_text(&d, "owner"),
+                    priority: priority_of(&d),
+                })
             })
             .collect()
     }
@@ -726,6 +753,11 @@ impl Store for MongoStore {
         // A reference whose webhook deadline is older than the retention:
         // its job is finished and purged (or is, by the job's own rule, soon).
         self.vendor_refs.delete_many(doc! { "deadline": { "$lt": before } }).await?;
+        // The stand-in ignores TTL indexes: expired results go here too.
+        self.db.collection::<Document>(RESULT_CACHE).delete_many(doc! { "expires_at": { "$lt": now } }).await?;
+        self.db.collection::<Document>(CACHE_FLIGHTS).delete_many(doc! { "until": { "$lt": now } }).await?;
+        let stale = doc! { "until": { "$lt": before.min(now) } };
+        self.db.collection::<Document>(CACHE_WAITERS).delete_many(stale).await?;
         Ok(deleted)
     }
 
@@ -795,6 +827,22 @@ impl Store for MongoStore {
         Ok(r.modified_count == 1)
     }
 
+    async fn quota_used(&self, id: &str, now: Millis) -> Result<u64> {
+        let found = self.db.collection::<Document>("quotas").find_one(doc! { "_id": id }).await?;
+        let Some(d) = found else { return Ok(0) };
+        let num = |f: &str| match d.get(f) {
+            Some(Bson::Int64(v)) => *v,
+            Some(Bson::Int32(v)) => i64::from(*v),
+            Some(Bson::Double(v)) => *v as i64,
+            _ => 0,
+        };
+        // The period is in the id, so an expired counter is simply old.
+        if num("expires_at") <= now {
+            return Ok(0);
+        }
+        Ok(num("used").max(0) as u64)
+    }
+
     async fn record_usage(
         &self,
         key: &str,
@@ -859,6 +907,133 @@ impl Store for MongoStore {
         Ok(sums.into_iter().map(|((key, vendor, from), usage)| UsageRow { key, vendor, from, usage }).collect())
     }
 
+    async fn usage_totals(&self, from: Millis, to: Millis) -> Result<Vec<crate::model::usage::UsageRow>> {
+        use crate::model::usage::{UsageDelta, UsageRow};
+        let num = |d: &Document, f: &str| -> u64 {
+            match d.get(f) {
+                Some(Bson::Int64(v)) => (*v).max(0) as u64,
+                Some(Bson::Int32(v)) => (*v).max(0) as u64,
+                Some(Bson::Double(v)) => v.max(0.0) as u64,
+                _ => 0,
+            }
+        };
+        // Summed here per (key, vendor) (the stand-in has no reliable $group).
+        let mut sums: BTreeMap<(String, String), UsageDelta> = BTreeMap::new();
+        let filter = doc! { "hour": { "$gte": from, "$lt": to } };
+        let mut cursor = self.db.collection::<Document>("usage").find(filter).await?;
+        while let Some(d) = cursor.try_next().await? {
+            let key = d.get_str("key").unwrap_or_default().to_string();
+            let vendor = d.get_str("vendor").unwrap_or_default().to_string();
+            let e = sums.entry((key, vendor)).or_default();
+            e.calls += num(&d, "calls");
+            e.bytes_in += num(&d, "bytes_in");
+            e.bytes_out += num(&d, "bytes_out");
+            e.cpu_us += num(&d, "cpu_us");
+            e.latency_ms += num(&d, "latency_ms");
+        }
+        Ok(sums.into_iter().map(|((key, vendor), usage)| UsageRow { key, vendor, from, usage }).collect())
+    }
+
+    async fn cache_get(&self, key: &str, now: Millis) -> Result<Option<CacheEntry>> {
+        let filter = doc! { "_id": key, "expires_at": { "$gt": now } };
+        let Some(d) = self.db.collection::<Document>(RESULT_CACHE).find_one(filter).await? else { return Ok(None) };
+        let corrupt = |field: &str| StoreError::Corrupt(format!("cached result {key}: {field}"));
+        let redactions = match opt_text(&d, "redactions") {
+            None => Vec::new(),
+            Some(t) => serde_json::from_str::<Vec<Redaction>>(&t).map_err(|_| corrupt("redactions"))?,
+        };
+        Ok(Some(CacheEntry {
+            key: key.to_string(),
+            vendor: opt_text(&d, "vendor").ok_or_else(|| corrupt("vendor"))?,
+            result: opt_text(&d, "result").ok_or_else(|| corrupt("result"))?,
+            redactions,
+            stored_at: int(&d, "stored_at").ok_or_else(|| corrupt("stored_at"))?,
+            expires_at: int(&d, "expires_at").ok_or_else(|| corrupt("expires_at"))?,
+        }))
+    }
+
+    async fn cache_put(&self, e: &CacheEntry) -> Result<()> {
+        let mut entry = doc! {
+            "_id": &e.key,
+            "vendor": &e.vendor,
+            "result": &e.result,
+            "stored_at": e.stored_at,
+            "expires_at": e.expires_at,
+            "ttl": ttl_date(e.expires_at),
+        };
+        if !e.redactions.is_empty() {
+            let text = serde_json::to_string(&e.redactions).map_err(|x| StoreError::Corrupt(x.to_string()))?;
+            entry.insert("redactions", text);
+        }
+        let coll = self.db.collection::<Document>(RESULT_CACHE);
+        match coll.replace_one(doc! { "_id": &e.key }, entry).upsert(true).await {
+            // Two racing first writes: the other's result stands (as good).
+            Err(x) if !is_duplicate(&x) => Err(x.into()),
+            _ => Ok(()),
+        }
+    }
+
+    async fn claim_flight(&self, key: &str, request_id: &str, until: Millis, now: Millis) -> Result<Flight> {
+        let flights = self.db.collection::<Document>(CACHE_FLIGHTS);
+        for _ in 0..FLIGHT_ROUNDS {
+            // One conditional upsert: free, lapsed or our own → ours; held by
+            // another job → the upsert's insert loses on the duplicate `_id`.
+            let filter = doc! { "_id": key, "$or": [ { "until": { "$lte": now } }, { "leader": request_id } ] };
+            let update = doc! { "$set": { "leader": request_id, "until": until } };
+            if let Err(e) = flights.update_one(filter, update).upsert(true).await
+                && !is_duplicate(&e)
+            {
+                return Err(e.into());
+            }
+            let Some(held) = flights.find_one(doc! { "_id": key }).await? else {
+                continue; // purged in between: try again
+            };
+            let leader = text(&held, "leader")?;
+            if leader == request_id {
+                return Ok(Flight::Leader);
+            }
+            return Ok(Flight::Follower { leader, until: int(&held, "until").unwrap_or(now) });
+        }
+        Err(StoreError::Corrupt(format!("flight claim {key} kept changing under us")))
+    }
+
+    async fn end_flight(&self, key: &str, request_id: &str) -> Result<()> {
+        let flights = self.db.collection::<Document>(CACHE_FLIGHTS);
+        flights.delete_one(doc! { "_id": key, "leader": request_id }).await?;
+        Ok(())
+    }
+
+    async fn add_waiter(&self, key: &str, request_id: &str, vendor: &str, until: Millis) -> Result<()> {
+        let waiters = self.db.collection::<Document>(CACHE_WAITERS);
+        let entry = serde_json::json!([request_id, vendor]).to_string();
+        let update = doc! { "$addToSet": { "waiters": entry }, "$set": { "until": until } };
+        match waiters.update_one(doc! { "_id": key }, update).upsert(true).await {
+            // Two racing first records: the loser's is added again.
+            Err(e) if is_duplicate(&e) => {
+                let update = doc! { "$addToSet": { "waiters": serde_json::json!([request_id, vendor]).to_string() } };
+                waiters.update_one(doc! { "_id": key }, update).upsert(true).await?;
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    async fn take_waiters(&self, key: &str) -> Result<Vec<(String, String)>> {
+        // One delete takes the key's whole set: racing takers never share a
+        // waiter, and one recorded after it starts a new set for the next.
+        let waiters = self.db.collection::<Document>(CACHE_WAITERS);
+        let Some(d) = waiters.find_one_and_delete(doc! { "_id": key }).await? else { return Ok(Vec::new()) };
+        let Ok(list) = d.get_array("waiters") else { return Ok(Vec::new()) };
+        Ok(list
+            .iter()
+            .filter_map(|b| match b {
+                Bson::String(text) => serde_json::from_str::<(String, String)>(text).ok(),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn ping(&self) -> Result<()> {
         self.db.run_command(doc! { "ping": 1 }).await?;
         Ok(())
@@ -916,6 +1091,9 @@ fn job_doc(job: &NewJob) -> Document {
     };
     if let Some(owner) = &job.owner {
         d.insert("owner", owner);
+    }
+    if job.priority != Priority::Normal {
+        d.insert("priority", job.priority.as_str());
     }
     if let Some(url) = &job.notify_url {
         // Due from the start: the delivery loop takes it once the job's
@@ -1055,6 +1233,12 @@ fn index_plan(shard: bool) -> Vec<(&'static str, Vec<IndexModel>)> {
         (WEBHOOK_IDS, vec![plain(doc! { "expires_at": 1 }), ttl()]),
         (IDEMPOTENCY, vec![plain(doc! { "expires_at": 1 }), ttl()]),
         (VENDOR_REFS, vec![plain(doc! { "deadline": 1 }), ttl()]),
+        // The result cache: `purge` by `expires_at`, a real mongod's TTL
+        // monitor by `ttl`; flights and waiters purged by `until` (all
+        // three read by `_id`).
+        (RESULT_CACHE, vec![plain(doc! { "expires_at": 1 }), ttl()]),
+        (CACHE_FLIGHTS, vec![plain(doc! { "until": 1 })]),
+        (CACHE_WAITERS, vec![plain(doc! { "until": 1 })]),
     ];
     if shard {
         for (_, models) in &mut plan {
@@ -1181,6 +1365,11 @@ fn int(d: &Document, field: &str) -> Option<i64> {
     }
 }
 
+/// A job's priority: absent (and anything unknown) is `normal`.
+fn priority_of(d: &Document) -> Priority {
+    d.get_str("priority").ok().and_then(Priority::parse).unwrap_or_default()
+}
+
 fn job_of(d: Document) -> Result<Job> {
     let request_id = text(&d, "_id")?;
     let status_text = text(&d, "status")?;
@@ -1209,6 +1398,13 @@ fn job_of(d: Document) -> Result<Job> {
             next_at: int(&d, "notify_at"),
         }),
         attempts_log: attempts_of(&d),
+        // The stand-in may return a stored boolean as an integer.
+        cached: match d.get("cached") {
+            Some(Bson::Boolean(b)) => *b,
+            Some(_) => int(&d, "cached").is_some_and(|n| n != 0),
+            None => false,
+        },
+        priority: priority_of(&d),
         request_id,
     })
 }
@@ -1283,7 +1479,7 @@ mod tests {
                 doc! { "shardCollection": ns, "key": { "_id": "hashed" } }
             );
         }
-        assert_eq!(SHARDED_COLLECTIONS.len(), 4);
+        assert_eq!(SHARDED_COLLECTIONS.len(), 7);
     }
 
     /// Against a `mongos` every collection also gets the hashed `_id` index

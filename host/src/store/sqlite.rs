@@ -7,23 +7,59 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Attempt, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
+use super::{Attempt, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
 use crate::model::{
-    AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Redaction, Status, now_ms, prefix_end,
+    AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Priority, Redaction, Status, now_ms,
+    prefix_end,
 };
 use crate::queue::Message;
+use crate::queue::fair::Fairness;
 
 pub struct SqliteStore {
     db: Arc<Db>,
     /// The queue is the same database: write the queue row with the job.
     /// False when the queue is elsewhere (Redis): the service enqueues.
     queue_inline: bool,
+    /// How the inline queue rows are tagged (the queue's own settings).
+    fair: Arc<Fairness>,
 }
 
 impl SqliteStore {
     pub fn new(db: Arc<Db>, queue_inline: bool) -> SqliteStore {
-        SqliteStore { db, queue_inline }
+        SqliteStore { db, queue_inline, fair: Arc::default() }
+    }
+
+    /// Tags inline queue rows by `fair` (the `SqliteQueue`'s settings).
+    pub fn with_fairness(mut self, fair: Arc<Fairness>) -> SqliteStore {
+        self.fair = fair;
+        self
+    }
+
+    /// `insert_batch`, with the queue rows (`inline`) or without.
+    async fn insert_many(&self, jobs: &[NewJob], inline: bool) -> Result<Vec<Inserted>> {
+        let jobs = jobs.to_vec();
+        let inline = inline.then(|| self.fair.clone());
+        // One write: every job (and its queue row) in one savepoint of one
+        // commit, all or none; none either when a key conflicts.
+        let out = self
+            .db
+            .write(move |c| {
+                c.execute_batch("SAVEPOINT batch")?;
+                let out =
+                    jobs.iter().map(|j| insert_job(c, j, inline.as_deref())).collect::<rusqlite::Result<Vec<_>>>()?;
+                if out.iter().any(|i| matches!(i, Inserted::KeyConflict)) {
+                    c.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
+                } else {
+                    c.execute_batch("RELEASE batch")?;
+                }
+                Ok(out)
+            })
+            .await?;
+        if out.iter().any(|i| matches!(i, Inserted::Created { .. })) {
+            self.db.queue_signal.notify_waiters();
+        }
+        Ok(out)
     }
 }
 
@@ -63,6 +99,38 @@ pub fn init(path: &std::path::Path) -> Result<SqliteInit> {
     Ok(SqliteInit { before, after })
 }
 
+/// Runs `stmt` and decodes its usage rows. A plain loop on purpose: through
+/// `query_map(..).collect()` each row is moved across several iterator
+/// adapters, which in a debug build cost more than the query itself.
+fn usage_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    args: impl rusqlite::Params,
+) -> rusqlite::Result<Vec<crate::model::usage::UsageRow>> {
+    let mut rows = stmt.query(args)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(usage_row(r)?);
+    }
+    Ok(out)
+}
+
+/// One usage row: key, vendor, bucket start, then the five sums.
+fn usage_row(r: &Row<'_>) -> rusqlite::Result<crate::model::usage::UsageRow> {
+    let u = |i: usize| r.get::<_, i64>(i).map(|v| v.max(0) as u64);
+    Ok(crate::model::usage::UsageRow {
+        key: r.get(0)?,
+        vendor: r.get(1)?,
+        from: r.get(2)?,
+        usage: crate::model::usage::UsageDelta {
+            calls: u(3)?,
+            bytes_in: u(4)?,
+            bytes_out: u(5)?,
+            cpu_us: u(6)?,
+            latency_ms: u(7)?,
+        },
+    })
+}
+
 impl From<DbError> for StoreError {
     fn from(e: DbError) -> Self {
         match e {
@@ -73,7 +141,7 @@ impl From<DbError> for StoreError {
     }
 }
 
-const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions, notify_url, notify_attempts, notify_status, notify_error, notify_delivered_at, notify_next_at, attempts_log";
+const JOB_COLUMNS: &str = "request_id, vendor, status, data, created_at, updated_at, attempts, result, error, vendor_ref, webhook_deadline, owner, redactions, notify_url, notify_attempts, notify_status, notify_error, notify_delivered_at, notify_next_at, attempts_log, cached, priority";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let status: String = r.get(2)?;
@@ -117,7 +185,15 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
             Some(text) => serde_json::from_str::<Vec<AttemptRecord>>(&text)
                 .map_err(|e| rusqlite::Error::FromSqlConversionFailure(19, rusqlite::types::Type::Text, Box::new(e)))?,
         },
+        // By name: other columns may be added after it.
+        cached: r.get::<_, i64>("cached")? != 0,
+        priority: priority_of(r.get("priority")?),
     })
+}
+
+/// The priority column: NULL (and anything unknown) is `normal`.
+fn priority_of(text: Option<String>) -> Priority {
+    text.as_deref().and_then(Priority::parse).unwrap_or_default()
 }
 
 /// The redactions column: JSON text, NULL when there are none.
@@ -127,7 +203,7 @@ fn redactions_text(redactions: &[Redaction]) -> Option<String> {
 
 /// Writes one new job (and with `inline` its queue row) inside the caller's
 /// write, honouring its idempotency key.
-fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: bool) -> rusqlite::Result<Inserted> {
+fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: Option<&Fairness>) -> rusqlite::Result<Inserted> {
     if let Some(idem) = &job.idempotency {
         let existing: Option<(String, Option<String>, Option<i64>)> = c
             .prepare_cached("SELECT request_id, idem_hash, idem_expires FROM jobs WHERE idem_key = ?1")?
@@ -151,8 +227,9 @@ fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: bool) -> rusqlite:
     };
     c.prepare_cached(
         "INSERT INTO jobs (request_id, vendor, status, data, created_at, updated_at, due_at, attempts, owner, queued, idem_key, idem_hash, idem_expires,
-                           notify_url, notify_next_at)
-         VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8, ?10, CASE WHEN ?10 IS NULL THEN NULL ELSE ?4 END)",
+                           notify_url, notify_next_at, priority)
+         VALUES (?1, ?2, 'pending', ?3, ?4, ?4, ?4, 0, ?5, ?9, ?6, ?7, ?8, ?10, CASE WHEN ?10 IS NULL THEN NULL ELSE ?4 END,
+                 ?11)",
     )?
     .execute(params![
         job.request_id,
@@ -163,16 +240,17 @@ fn insert_job(c: &rusqlite::Connection, job: &NewJob, inline: bool) -> rusqlite:
         key,
         hash,
         expires,
-        inline,
-        job.notify_url
+        inline.is_some(),
+        job.notify_url,
+        (job.priority != Priority::Normal).then_some(job.priority.as_str()),
     ])?;
-    if inline {
-        c.prepare_cached("INSERT INTO queue (payload, visible_at) VALUES (?1, ?2)")?.execute(params![
-            Message::new(&job.request_id, &job.vendor).traced(job.trace.clone()).encode(),
-            job.created_at
-        ])?;
+    if let Some(fair) = inline {
+        let msg = Message::new(&job.request_id, &job.vendor)
+            .traced(job.trace.clone())
+            .owned(job.owner.as_deref(), job.priority);
+        crate::queue::fair::insert(c, std::slice::from_ref(&msg), fair, job.created_at)?;
     }
-    Ok(Inserted::Created { enqueued: inline })
+    Ok(Inserted::Created { enqueued: inline.is_some() })
 }
 
 /// Jobs an error prefix may match before a listing stops using the error
@@ -240,8 +318,8 @@ pub fn list_sql(q: &JobQuery, columns: &str, error_index: bool) -> (String, Vec<
 impl Store for SqliteStore {
     async fn insert(&self, job: &NewJob) -> Result<Inserted> {
         let job = job.clone();
-        let inline = self.queue_inline;
-        let out = self.db.write(move |c| insert_job(c, &job, inline)).await?;
+        let inline = self.queue_inline.then(|| self.fair.clone());
+        let out = self.db.write(move |c| insert_job(c, &job, inline.as_deref())).await?;
         if matches!(out, Inserted::Created { .. }) {
             self.db.queue_signal.notify_waiters();
         }
@@ -249,27 +327,11 @@ impl Store for SqliteStore {
     }
 
     async fn insert_batch(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
-        let jobs = jobs.to_vec();
-        let inline = self.queue_inline;
-        // One write: every job (and its queue row) in one savepoint of one
-        // commit, all or none; none either when a key conflicts.
-        let out = self
-            .db
-            .write(move |c| {
-                c.execute_batch("SAVEPOINT batch")?;
-                let out = jobs.iter().map(|j| insert_job(c, j, inline)).collect::<rusqlite::Result<Vec<_>>>()?;
-                if out.iter().any(|i| matches!(i, Inserted::KeyConflict)) {
-                    c.execute_batch("ROLLBACK TO batch; RELEASE batch")?;
-                } else {
-                    c.execute_batch("RELEASE batch")?;
-                }
-                Ok(out)
-            })
-            .await?;
-        if out.iter().any(|i| matches!(i, Inserted::Created { .. })) {
-            self.db.queue_signal.notify_waiters();
-        }
-        Ok(out)
+        self.insert_many(jobs, self.queue_inline).await
+    }
+
+    async fn insert_batch_unqueued(&self, jobs: &[NewJob]) -> Result<Vec<Inserted>> {
+        self.insert_many(jobs, false).await
     }
 
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>> {
@@ -432,23 +494,35 @@ impl Store for SqliteStore {
     async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool> {
         let id = request_id.to_string();
         let outcome = outcome.clone();
+        let inline = self.queue_inline;
         Ok(self
             .db
             .write(move |c| {
                 let (status, result, error, redactions) = match &outcome {
-                    Outcome::Complete { result, redactions } => {
+                    Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
                         ("complete", Some(result.as_str()), None, redactions_text(redactions))
                     }
                     Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
                     Outcome::Cancelled => ("cancelled", None, None, None),
                 };
+                let cached = matches!(outcome, Outcome::Cached { .. });
                 // On completion the last retry error is cleared; on failure it is the reason.
-                c.prepare_cached(
-                    "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
-                       redactions = ?6
-                     WHERE request_id = ?1 AND status IN ('pending', 'processing')",
-                )?
-                .execute(params![id, status, result, error, now, redactions])
+                let n = c
+                    .prepare_cached(
+                        "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
+                           redactions = ?6, cached = ?7
+                         WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+                    )?
+                    .execute(params![id, status, result, error, now, redactions, cached])?;
+                if n == 1 && cached && inline {
+                    // A job answered without a call (a cache hit at submit, a
+                    // coalesced follower) has no use for its waiting entries:
+                    // none is leased again only to be acked. A leased one is
+                    // its holder's to ack.
+                    c.prepare_cached("DELETE FROM queue WHERE json_extract(payload, '$.request_id') = ?1 AND leased = 0")?
+                        .execute([&id])?;
+                }
+                Ok(n)
             })
             .await?
             == 1)
@@ -493,13 +567,19 @@ impl Store for SqliteStore {
             .read(move |c| {
                 // The conditions are the partial index's (jobs_due).
                 c.prepare_cached(
-                    "SELECT request_id, vendor, due_at FROM jobs
+                    "SELECT request_id, vendor, due_at, owner, priority FROM jobs
                      WHERE status IN ('pending', 'processing') AND vendor_ref IS NULL
                        AND due_at < ?1 AND (due_at, request_id) > (?2, ?3)
                      ORDER BY due_at, request_id LIMIT ?4",
                 )?
                 .query_map(params![before, after_due, after_id, limit as i64], |r| {
-                    Ok(Overdue { request_id: r.get(0)?, vendor: r.get(1)?, due_at: r.get(2)? })
+                    Ok(Overdue {
+                        request_id: r.get(0)?,
+                        vendor: r.get(1)?,
+                        due_at: r.get(2)?,
+                        owner: r.get(3)?,
+                        priority: priority_of(r.get(4)?),
+                    })
                 })?
                 .collect()
             })
@@ -574,6 +654,9 @@ impl Store for SqliteStore {
                     .prepare_cached("DELETE FROM jobs WHERE status = 'cancelled' AND updated_at < ?1")?
                     .execute([before])?;
                 c.prepare_cached("DELETE FROM webhook_ids WHERE expires_at < ?1")?.execute([now])?;
+                c.prepare_cached("DELETE FROM result_cache WHERE expires_at < ?1")?.execute([now])?;
+                c.prepare_cached("DELETE FROM cache_flights WHERE until < ?1")?.execute([now])?;
+                c.prepare_cached("DELETE FROM cache_waiters WHERE until < ?1")?.execute([before.min(now)])?;
                 c.prepare_cached("UPDATE jobs SET idem_key = NULL WHERE idem_key IS NOT NULL AND idem_expires < ?1")?
                     .execute([now])?;
                 Ok(n as u64)
@@ -658,6 +741,19 @@ impl Store for SqliteStore {
             .await?)
     }
 
+    async fn quota_used(&self, id: &str, now: Millis) -> Result<u64> {
+        let id = id.to_string();
+        let used: Option<i64> = self
+            .db
+            .read(move |c| {
+                c.prepare_cached("SELECT used FROM quota_usage WHERE id = ?1 AND expires_at > ?2")?
+                    .query_row(params![id, now], |r| r.get(0))
+                    .optional()
+            })
+            .await?;
+        Ok(used.unwrap_or(0).max(0) as u64)
+    }
+
     async fn record_usage(
         &self,
         key: &str,
@@ -697,47 +793,160 @@ impl Store for SqliteStore {
     }
 
     async fn usage(&self, q: &crate::model::usage::UsageQuery) -> Result<Vec<crate::model::usage::UsageRow>> {
-        use crate::model::usage::{UsageDelta, UsageRow};
         let q = q.clone();
-        let g = q.granularity.millis();
         Ok(self
             .db
             .read(move |c| {
+                // Each table holds one bucket size, the granularity's: its
+                // rows are the answer as they are, nothing to group.
                 let (table, col) = match q.granularity {
                     crate::model::usage::Granularity::Hour => ("usage_rollup", "hour"),
                     crate::model::usage::Granularity::Day => ("usage_rollup_day", "day"),
                 };
+                // Walk the (key, vendor) pairs and seek each one's range in
+                // the primary key: rows come out in the answer's order, with
+                // no lookup through the time index and no sort (CROSS JOIN
+                // fixes the loop order whatever the planner's statistics).
                 let mut sql = format!(
-                    "SELECT key, vendor, ({col} / ?1) * ?1 AS b, sum(calls), sum(bytes_in), sum(bytes_out), sum(cpu_us),
-                        sum(latency_ms) FROM {table} WHERE {col} >= ?2 AND {col} < ?3"
+                    "SELECT u.key, u.vendor, u.{col}, u.calls, u.bytes_in, u.bytes_out, u.cpu_us, u.latency_ms
+                     FROM usage_pairs p CROSS JOIN {table} u
+                       ON u.key = p.key AND u.vendor = p.vendor AND u.{col} >= ?1 AND u.{col} < ?2"
                 );
-                let mut args: Vec<rusqlite::types::Value> = vec![g.into(), q.from.into(), q.to.into()];
+                let mut args: Vec<rusqlite::types::Value> = vec![q.from.into(), q.to.into()];
+                let mut filters = Vec::new();
                 if let Some(k) = &q.key {
                     args.push(k.clone().into());
-                    sql.push_str(&format!(" AND key = ?{}", args.len()));
+                    filters.push(format!("p.key = ?{}", args.len()));
                 }
                 if let Some(v) = &q.vendor {
                     args.push(v.clone().into());
-                    sql.push_str(&format!(" AND vendor = ?{}", args.len()));
+                    filters.push(format!("p.vendor = ?{}", args.len()));
                 }
-                sql.push_str(" GROUP BY key, vendor, b ORDER BY key, vendor, b");
-                let u = |v: i64| v.max(0) as u64;
-                c.prepare_cached(&sql)?
-                    .query_map(rusqlite::params_from_iter(args.iter()), |r| {
-                        Ok(UsageRow {
-                            key: r.get(0)?,
-                            vendor: r.get(1)?,
-                            from: r.get(2)?,
-                            usage: UsageDelta {
-                                calls: u(r.get(3)?),
-                                bytes_in: u(r.get(4)?),
-                                bytes_out: u(r.get(5)?),
-                                cpu_us: u(r.get(6)?),
-                                latency_ms: u(r.get(7)?),
-                            },
-                        })
-                    })?
-                    .collect()
+                if !filters.is_empty() {
+                    sql.push_str(&format!(" WHERE {}", filters.join(" AND ")));
+                }
+                sql.push_str(&format!(" ORDER BY p.key, p.vendor, u.{col}"));
+                usage_rows(&mut c.prepare_cached(&sql)?, rusqlite::params_from_iter(args.iter()))
+            })
+            .await?)
+    }
+
+    async fn usage_totals(&self, from: Millis, to: Millis) -> Result<Vec<crate::model::usage::UsageRow>> {
+        Ok(self
+            .db
+            .read(move |c| {
+                let mut stmt = c.prepare_cached(
+                    "SELECT p.key, p.vendor, ?1, sum(u.calls), sum(u.bytes_in), sum(u.bytes_out), sum(u.cpu_us),
+                        sum(u.latency_ms)
+                     FROM usage_pairs p CROSS JOIN usage_rollup u
+                       ON u.key = p.key AND u.vendor = p.vendor AND u.hour >= ?1 AND u.hour < ?2
+                     GROUP BY p.key, p.vendor ORDER BY p.key, p.vendor",
+                )?;
+                usage_rows(&mut stmt, params![from, to])
+            })
+            .await?)
+    }
+
+    async fn cache_get(&self, key: &str, now: Millis) -> Result<Option<CacheEntry>> {
+        let key = key.to_string();
+        let row = self
+            .db
+            .read(move |c| {
+                c.prepare_cached(
+                    "SELECT key, vendor, result, redactions, stored_at, expires_at FROM result_cache
+                     WHERE key = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![key, now], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, Option<String>>(3)?, r.get(4)?, r.get(5)?))
+                })
+                .optional()
+            })
+            .await?;
+        let Some((key, vendor, result, redactions, stored_at, expires_at)) = row else { return Ok(None) };
+        let redactions = match redactions {
+            None => Vec::new(),
+            Some(text) => serde_json::from_str::<Vec<Redaction>>(&text)
+                .map_err(|e| StoreError::Corrupt(format!("cached result {key}: redactions: {e}")))?,
+        };
+        Ok(Some(CacheEntry { key, vendor, result, redactions, stored_at, expires_at }))
+    }
+
+    async fn cache_put(&self, entry: &CacheEntry) -> Result<()> {
+        let e = entry.clone();
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT OR REPLACE INTO result_cache (key, vendor, result, redactions, stored_at, expires_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    e.key,
+                    e.vendor,
+                    e.result,
+                    redactions_text(&e.redactions),
+                    e.stored_at,
+                    e.expires_at
+                ])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_flight(&self, key: &str, request_id: &str, until: Millis, now: Millis) -> Result<Flight> {
+        let (key, id) = (key.to_string(), request_id.to_string());
+        // One write (the single writer): take the claim if free, lapsed or
+        // the job's own, then read who holds it.
+        let (leader, held_until): (String, Millis) = self
+            .db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO cache_flights (key, leader, until) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(key) DO UPDATE SET leader = excluded.leader, until = excluded.until
+                     WHERE cache_flights.until <= ?4 OR cache_flights.leader = excluded.leader",
+                )?
+                .execute(params![key, id, until, now])?;
+                c.prepare_cached("SELECT leader, until FROM cache_flights WHERE key = ?1")?
+                    .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?)))
+            })
+            .await?;
+        Ok(if leader == request_id { Flight::Leader } else { Flight::Follower { leader, until: held_until } })
+    }
+
+    async fn end_flight(&self, key: &str, request_id: &str) -> Result<()> {
+        let (key, id) = (key.to_string(), request_id.to_string());
+        self.db
+            .write(move |c| {
+                c.prepare_cached("DELETE FROM cache_flights WHERE key = ?1 AND leader = ?2")?.execute([key, id])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn add_waiter(&self, key: &str, request_id: &str, vendor: &str, until: Millis) -> Result<()> {
+        let (key, id, vendor) = (key.to_string(), request_id.to_string(), vendor.to_string());
+        self.db
+            .write(move |c| {
+                c.prepare_cached(
+                    "INSERT INTO cache_waiters (key, request_id, vendor, until) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(key, request_id) DO UPDATE SET until = max(until, excluded.until)",
+                )?
+                .execute(params![key, id, vendor, until])
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn take_waiters(&self, key: &str) -> Result<Vec<(String, String)>> {
+        let key = key.to_string();
+        Ok(self
+            .db
+            .write(move |c| {
+                let taken = c
+                    .prepare_cached("SELECT request_id, vendor FROM cache_waiters WHERE key = ?1")?
+                    .query_map([&key], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<(String, String)>>>()?;
+                c.prepare_cached("DELETE FROM cache_waiters WHERE key = ?1")?.execute([&key])?;
+                Ok(taken)
             })
             .await?)
     }

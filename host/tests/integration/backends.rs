@@ -107,6 +107,7 @@ async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
         idempotency: None,
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     };
     store.insert(&job).await.unwrap();
     store.mark_queued(&["wc-1".to_string()], now).await.unwrap();

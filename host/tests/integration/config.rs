@@ -52,6 +52,7 @@ fn cases() -> Vec<Case> {
         case("queue_settings.poll", "\"2m\"", "2m", "1ms to 1m"),
         case("queue_settings.shutdown_grace", "\"3651d\"", "3651d", "0s to 3650d"),
         case("queue_settings.removed_vendor_grace", "\"3651d\"", "3651d", "0s to 3650d"),
+        d("queue_settings.priority_aging", "1ms to 3650d"),
         case("api.max_body_bytes", "0", "0", "1024 to 1073741824"),
         case("api.max_json_depth", "0", "0", "1 to 100"),
         case("api.max_concurrency", "0", "0", "1 to 1000000"),
@@ -197,12 +198,14 @@ fn the_edges_of_each_range_are_accepted() {
     let text = "workers = 10000\nredis_timeout = \"10m\"\n\
         [queue_settings]\nlease = \"100ms\"\nmax_deliveries = 1\nsweep_after = \"100ms\"\nsweep_interval = \"10ms\"\n\
         recover_after = \"100ms\"\npoll = \"1m\"\nshutdown_grace = 0\nremoved_vendor_grace = \"3650d\"\npartitions = 1024\n\
+        priority_aging = \"1ms\"\n\
         [api]\nmax_body_bytes = 1024\nmax_json_depth = 100\nmax_concurrency = 1\nrequest_timeout = \"100ms\"\n\
         idempotency_ttl = \"1s\"\nheader_read_timeout = \"100ms\"\nbody_read_timeout = \"100ms\"\n\
         max_body_bytes_in_flight = 1024\nmax_connections_per_ip = 0\nidle_timeout = \"100ms\"\nmax_connection_age = \"1s\"\n\
         max_wait = \"1h\"\n\
         [auth.api_keys]\nk1 = \"alice\"\n\
         [auth.keys.alice]\nnotify_secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\nnotify_allow_private = true\n\
+        weight = 1000000\n\
         [notify]\nmax_age = \"1s\"\nbackoff_base = 1\nbackoff_max = 1\ntimeout = \"100ms\"\nallow_private = true\n\
         [retention]\njobs = \"1s\"\ndead_letters = \"1s\"\nwebhook_ids = \"1s\"\npurge_interval = \"1s\"\n\
         [vendor_defaults]\nrate = 1e9\n\

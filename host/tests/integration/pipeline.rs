@@ -247,6 +247,7 @@ async fn a_crash_between_store_write_and_enqueue_is_swept() {
         idempotency: None,
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     };
     assert_eq!(store.insert(&job).await.unwrap(), vendorhost::store::Inserted::Created { enqueued: false });
     let app = TestApp::start(cfg).await;
@@ -575,6 +576,7 @@ async fn a_job_that_keeps_killing_workers_is_dead_lettered() {
         idempotency: None,
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     };
     store.insert(&job).await.unwrap();
     queue.enqueue(&[Message::new(&id, "sync")]).await.unwrap();

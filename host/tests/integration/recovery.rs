@@ -103,6 +103,7 @@ impl Pair {
             idempotency: None,
             notify_url: None,
             trace: None,
+            priority: vendorhost::model::Priority::Normal,
         };
         match self.store.insert(&job).await.unwrap() {
             Inserted::Created { enqueued: true } => {}

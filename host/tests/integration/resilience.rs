@@ -531,9 +531,12 @@ async fn two_worker_processes_share_one_rate_limit_and_other_vendors_keep_flowin
     mock.shutdown().await;
 }
 
-/// A backlog of a rate-limited vendor waits in line: each refused job is
-/// delayed to its own turn (not all to the next free slot, to come back
-/// together and go round again every interval), and the calls keep the limit.
+/// A backlog of a rate-limited vendor waits in line instead of stampeding:
+/// its jobs are not leased, refused and put back again every interval, and
+/// the calls keep the limit. On the embedded queue (vendor-aware, issue 20)
+/// a refused job goes back due at the next free slot, keeping its place, and
+/// the worker leaves the vendor's jobs on the queue until then; the booking
+/// of turns that does this on Redis is tested below on the limiter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rate_limited_backlog_waits_in_line_instead_of_stampeding() {
     const JOBS: usize = 30;
@@ -545,20 +548,16 @@ async fn a_rate_limited_backlog_waits_in_line_instead_of_stampeding() {
     let app = TestApp::start(s.cfg.clone()).await;
     // Submitted at once, so the backlog forms however busy the machine is.
     let ids = futures::future::join_all((0..JOBS).map(|i| app.submit("test-echo", json!({"i": i})))).await;
-    tokio::time::sleep(ms(500)).await;
+    tokio::time::sleep(ms(1500)).await;
     let db = rusqlite::Connection::open_with_flags(&s.cfg.data, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let now = vendorhost::model::now_ms();
-    let (waiting, last_due): (i64, Option<i64>) = db
-        .query_row("SELECT count(*), max(visible_at) FROM queue WHERE leased = 0", [], |r| Ok((r.get(0)?, r.get(1)?)))
+    // `token` counts the leases of an entry: told "the next free slot" and
+    // leased again each time, a job 1.5 s into the backlog would have been
+    // leased about 15 times.
+    let (waiting, leases): (i64, i64) = db
+        .query_row("SELECT count(*), COALESCE(sum(token), 0) FROM queue", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap();
-    assert!(waiting >= 10, "only {waiting} jobs waiting 0.5 s into 3 s of backlog");
-    // Booked one per 100 ms slot, the last is due ~waiting × 100 ms from now;
-    // told "the next free slot", all would be due within ~100 ms.
-    let ahead = last_due.unwrap_or(now) - now;
-    assert!(
-        ahead >= waiting * 50,
-        "{waiting} waiting jobs, the last due in {ahead} ms: the backlog is not booked in line"
-    );
+    assert!(waiting >= 5, "only {waiting} jobs waiting 1.5 s into 3 s of backlog");
+    assert!(leases <= waiting * 4, "{waiting} waiting jobs were leased {leases} times: the backlog churns");
     drop(db);
 
     let mut calls = Vec::new();
@@ -568,8 +567,12 @@ async fn a_rate_limited_backlog_waits_in_line_instead_of_stampeding() {
         calls.push(job["result"]["now"].as_i64().unwrap());
     }
     calls.sort();
-    let min_gap = calls.windows(2).map(|w| w[1] - w[0]).min().unwrap();
-    assert!(min_gap >= 80, "two calls {min_gap} ms apart under 10/s, burst 1: {calls:?}");
+    // The limit holds as the vendor saw it: no second holds more than its 10
+    // calls, give or take the jitter between a slot and the vendor's clock
+    // (a loaded machine delays one call by tens of ms, so two may be closer
+    // than 100 ms apart without the limit being passed).
+    let busiest = calls.iter().map(|t| calls.iter().filter(|u| **u >= *t && **u < t + 1_000).count()).max();
+    assert!(busiest.unwrap_or(0) <= 12, "{busiest:?} calls in one second under 10/s, burst 1: {calls:?}");
     app.stop().await;
 }
 

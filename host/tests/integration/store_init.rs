@@ -244,6 +244,7 @@ async fn hot_path_queries_each_name_one_id() {
         idempotency: Some(Idempotency { key: format!("alice:{id}"), body_hash: "h".into(), expires_at: now + 60_000 }),
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     };
     store.insert(&job("a")).await.unwrap();
     store.insert(&job("a")).await.unwrap(); // a replay of the same key

@@ -1,9 +1,11 @@
 //! The web console (`/ui`, issue 19) in a real browser: Debian's chromium,
 //! headless, driven over WebDriver by chromedriver (started here on a free
 //! port), against a service running real plugins. One test walks what an
-//! operator does; it writes a screenshot of each page under
-//! `target/ui-screenshots/` and reads the browser's log for errors. A second
-//! checks the session cookie's CSRF rules over plain HTTP.
+//! operator does (jobs submitted with two API keys, one with limits and
+//! quotas, so the usage page has something to chart); it writes a
+//! screenshot of each page under `target/ui-screenshots/` and reads the
+//! browser's log for errors. A second checks the session cookie's CSRF rules
+//! over plain HTTP.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -13,6 +15,8 @@ use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
+use vendorhost::config::{KeyQuota, KeySettings, QuotaPeriod};
+
 use crate::support::app::{TestApp, embedded_config, eventually, plugin, plugins_dir, repo_root, test_plugin};
 use crate::support::servers::free_port;
 
@@ -21,6 +25,9 @@ const ADMIN: &str = "console-test-admin-key";
 // the page samples every 3 s while a plugin reload compiles in the background.
 const WAIT: Duration = Duration::from_secs(60);
 const VIEWER_ZONE: &str = "America/New_York";
+/// The API keys the test's traffic uses (names `alice` and `bob`).
+const ALICE: &str = "console-test-alice-key";
+const BOB: &str = "console-test-bob-key";
 
 /// chromedriver on a free port, killed on drop.
 struct Driver {
@@ -150,6 +157,19 @@ async fn post(app: &TestApp, path: &str, body: Value) -> Value {
     app.client.post(app.url(path)).json(&body).send().await.unwrap().json().await.unwrap()
 }
 
+/// `n` as the console shows it (en-US digit groups).
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
 /// Nothing wider than the window (no sideways scrolling of the page).
 async fn fits(c: &Client, what: &str) {
     let (doc, win) = {
@@ -166,8 +186,27 @@ async fn an_operator_works_the_console_in_a_browser() {
     let data = tempfile::tempdir().unwrap();
     let mut cfg = embedded_config(data.path(), plugins.path());
     cfg.auth.admin_key = ADMIN.into();
+    cfg.auth.api_keys = [(ALICE.to_string(), "alice".to_string()), (BOB.to_string(), "bob".to_string())].into();
+    cfg.auth.keys.insert(
+        "alice".into(),
+        KeySettings {
+            submit_rate: Some(200.0),
+            submit_burst: Some(400),
+            max_in_flight: Some(5000),
+            quotas: [
+                ("sync".to_string(), KeyQuota { limit: 100_000, per: QuotaPeriod::Day }),
+                ("test-echo".to_string(), KeyQuota { limit: 1000, per: QuotaPeriod::Month }),
+            ]
+            .into(),
+            ..Default::default()
+        },
+    );
     cfg.vendors.entry("test-echo".into()).or_default().timeout = Some(Duration::from_secs(60));
-    let app = TestApp::start(cfg).await;
+    let mut app = TestApp::start(cfg).await;
+    // The test's own requests are alice's unless they name another key.
+    let mut alice = reqwest::header::HeaderMap::new();
+    alice.insert(reqwest::header::AUTHORIZATION, format!("Bearer {ALICE}").parse().unwrap());
+    app.client = reqwest::Client::builder().default_headers(alice).build().unwrap();
     let driver = Driver::start().await;
     let profile = tempfile::tempdir().unwrap();
     let c = driver.browser(profile.path()).await;
@@ -344,6 +383,83 @@ async fn an_operator_works_the_console_in_a_browser() {
     assert!(history.iter().any(|h| h.contains("rejected") && h.contains("wrong-world.wasm")), "{history:#?}");
     shot(&c, "plugins").await;
 
+    // Usage: bob makes two calls too. Calls per hour by key and by vendor
+    // (uPlot), a table that matches GET /usage, the limits and quotas used.
+    for i in 0..2 {
+        let r = app
+            .client
+            .post(app.url("/jobs"))
+            .bearer_auth(BOB)
+            .json(&json!({"vendor": "sync", "data": format!("bob {i}")}))
+            .send()
+            .await
+            .unwrap();
+        let id = r.json::<Value>().await.unwrap()["request_id"].as_str().unwrap().to_string();
+        eventually(WAIT, "bob's job to complete", || async {
+            let r = app.client.get(app.url(&format!("/jobs/{id}"))).bearer_auth(BOB).send().await.ok()?;
+            (r.json::<Value>().await.ok()?["status"] == "complete").then_some(())
+        })
+        .await;
+    }
+    c.goto(&app.url("/ui/#/usage")).await.unwrap();
+    // The replayed dead letters may still be calling: read until the page
+    // and the API agree.
+    let per_key = "const m = {}; for (const r of document.querySelectorAll('#usage-table tbody tr[data-key]')) \
+        m[r.dataset.key] = (m[r.dataset.key] || 0) + Number(r.dataset.calls); return m;";
+    let calls = eventually(WAIT, "the usage table to match GET /usage", || async {
+        let api: Value = app.client.get(app.url("/usage")).bearer_auth(ADMIN).send().await.ok()?.json().await.ok()?;
+        let mut want = serde_json::Map::new();
+        for r in api["usage"].as_array()? {
+            let n = want.entry(r["key"].as_str()?.to_string()).or_insert(json!(0));
+            *n = json!(n.as_u64()? + r["calls"].as_u64()?);
+        }
+        c.refresh().await.ok()?;
+        c.wait().at_most(WAIT).for_element(Locator::Css("#usage-table tbody tr[data-key]")).await.ok()?;
+        let shown = c.execute(per_key, vec![]).await.ok()?;
+        (shown == Value::Object(want.clone())).then_some(want)
+    })
+    .await;
+    assert_eq!(calls["bob"], 2, "{calls:?}");
+    assert!(calls["alice"].as_u64() > Some(10), "{calls:?}");
+    // Both charts drew, one series per key and per vendor.
+    until(
+        &c,
+        "the usage charts",
+        "document.querySelectorAll('#chart-usage-keys .uplot canvas, #chart-usage-vendors .uplot canvas').length === 2",
+    )
+    .await;
+    assert_eq!(js(&c, "return document.querySelector('#chart-usage-keys').dataset.series").await, "2");
+    assert_eq!(js(&c, "return document.querySelector('#chart-usage-vendors').dataset.series").await, "2");
+    let legend = js(&c, "return document.querySelector('#chart-usage-keys .u-legend').textContent").await;
+    assert!(legend.as_str().unwrap().contains("alice") && legend.as_str().unwrap().contains("bob"), "{legend}");
+    let drawn = "(() => { const cv = document.querySelector('#chart-usage-keys canvas'); \
+        const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data; \
+        let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; })()";
+    assert!(js(&c, &format!("return {drawn}")).await.as_u64() > Some(1000), "the key chart's canvas is blank");
+    // Limits: alice's quotas as GET /vendors counts them; bob has none.
+    let vendors: Value =
+        app.client.get(app.url("/vendors")).bearer_auth(ADMIN).send().await.unwrap().json().await.unwrap();
+    let quota = vendors["keys"][0]["quotas"].as_array().unwrap().iter().find(|q| q["vendor"] == "sync").unwrap();
+    let text =
+        js(&c, "return document.querySelector('#limits-table tr[data-key=alice] [data-quota=sync]').textContent").await;
+    let used = quota["used"].as_u64().unwrap();
+    let sync = vendors["vendors"].as_array().unwrap().iter().find(|v| v["id"] == "sync").unwrap();
+    let today = sync["usage"]["today"]["keys"].as_array().unwrap().iter().find(|k| k["key"] == "alice").unwrap();
+    assert_eq!(today["calls"].as_u64(), Some(used), "each call took one unit of the quota: {quota} {today}");
+    let want = format!("{} / 100,000 per day", grouped(used));
+    assert!(text.as_str().unwrap().contains(&want), "{text} lacks {want}");
+    let bob = js(&c, "return document.querySelector('#limits-table tr[data-key=bob]').textContent").await;
+    assert!(bob.as_str().unwrap().contains("none"), "{bob}");
+    // Tall enough that the shot shows the tables under the charts.
+    c.set_window_size(1366, 1300).await.unwrap();
+    shot(&c, "usage").await;
+    c.set_window_size(1366, 768).await.unwrap();
+    // Filters: bob only, then by day.
+    find(&c, "#u-key").await.select_by_value("bob").await.unwrap();
+    until(&c, "only bob's rows", "location.hash.includes('key=bob') && document.querySelectorAll('#usage-table tbody tr[data-key]').length > 0 && [...document.querySelectorAll('#usage-table tbody tr[data-key]')].every(r => r.dataset.key === 'bob')").await;
+    find(&c, "#u-view").await.select_by_value("day").await.unwrap();
+    until(&c, "bob's day", "location.hash.includes('view=day') && document.querySelector('#usage-table tr[data-key=bob]')?.dataset.calls === '2'").await;
+
     // 1,000 jobs on one page (two pages of 500), still within the window.
     let batch: Vec<Value> = (0..1000).map(|i| json!({"vendor": "sync", "data": format!("bulk {i}")})).collect();
     let r = post(&app, "/jobs/batch", json!({"jobs": batch})).await;
@@ -361,11 +477,11 @@ async fn an_operator_works_the_console_in_a_browser() {
     c.refresh().await.unwrap();
     find(&c, "#vendor-table").await;
     let mut reached = Vec::new();
-    for _ in 0..6 {
+    for _ in 0..7 {
         c.active_element().await.unwrap().send_keys("\u{e004}").await.unwrap();
         reached.push(js(&c, "return document.activeElement.textContent.trim()").await);
     }
-    for page in ["Skip to content", "Overview", "Jobs", "Dead letters", "Plugins"] {
+    for page in ["Skip to content", "Overview", "Jobs", "Dead letters", "Plugins", "Usage"] {
         assert!(reached.iter().any(|r| r == page), "Tab never reaches {page:?}: {reached:?}");
     }
 
@@ -376,6 +492,7 @@ async fn an_operator_works_the_console_in_a_browser() {
         ("#/jobs", "#job-rows tr[data-id]", "jobs-phone"),
         ("#/dead-letters", "#dl-table", "dead-letters-phone"),
         ("#/plugins", "#plugins-table", "plugins-phone"),
+        ("#/usage", "#usage-table", "usage-phone"),
     ] {
         c.goto(&app.url(&format!("/ui/{hash}"))).await.unwrap();
         find(&c, ready).await;

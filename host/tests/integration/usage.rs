@@ -3,16 +3,19 @@
 //! the store, read through `GET /usage` (the admin key sees every key, an
 //! API key only itself), and counted in Prometheus per key and vendor. Real
 //! HTTP, the real `sync` plugin against a mock vendor; on the embedded
-//! backend and on Redis + nx-27017. Plus the rollup read over a month of
-//! 100 keys x 20 vendors, whose time is printed (not asserted).
+//! backend and on Redis + nx-27017; the same figures per vendor and key on
+//! the admin's `GET /vendors`, with each key's limits and quotas used (an
+//! API key still gets 401 there). Plus the rollup read over a month of 100
+//! keys x 20 vendors, whose time is printed (not asserted).
 
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use vendorhost::config::{KeyQuota, KeySettings, QuotaPeriod};
 use vendorhost::db::Db;
 use vendorhost::mock::{self, MockKind, MockOptions};
 use vendorhost::model::usage::{DAY_MS, Granularity, HOUR_MS, UsageQuery};
-use vendorhost::model::{now_ms, parse_ms};
+use vendorhost::model::{format_ms, now_ms, parse_ms};
 use vendorhost::store::Store;
 use vendorhost::store::sqlite::SqliteStore;
 
@@ -52,6 +55,17 @@ async fn usage_per_key(production: bool) {
     cfg.auth.api_keys =
         [("key-a".to_string(), "alice".to_string()), ("key-b".to_string(), "bob".to_string())].into_iter().collect();
     cfg.auth.admin_key = ADMIN.into();
+    cfg.auth.keys.insert(
+        "alice".into(),
+        KeySettings {
+            submit_rate: Some(100.0),
+            submit_burst: Some(20),
+            max_in_flight: Some(50),
+            quotas: [("sync".to_string(), KeyQuota { limit: 10, per: QuotaPeriod::Day })].into_iter().collect(),
+            ..Default::default()
+        },
+    );
+    let started = now_ms();
     let app = TestApp::start(cfg).await;
     let mut ids = Vec::new();
     for (key, n) in [("key-a", 3), ("key-b", 1)] {
@@ -133,7 +147,62 @@ async fn usage_per_key(production: bool) {
     // at least these calls).
     assert!(metric(&app, "vendorhost_usage_calls_total", &[("key", "alice"), ("vendor", "sync")]).await >= 3.0);
     assert!(metric(&app, "vendorhost_usage_bytes_out_total", &[("key", "bob"), ("vendor", "sync")]).await > 0.0);
+    vendors_show_usage_and_limits(&app, &all, started).await;
     app.stop().await;
+}
+
+/// `GET /vendors` for the admin: the sync vendor's usage per key and in
+/// total (the same figures as `GET /usage`), every key's limits with its
+/// quota used; an API key gets 401 there, as before.
+async fn vendors_show_usage_and_limits(app: &TestApp, usage: &Value, started: i64) {
+    let (code, body) = get(app, "/vendors", ADMIN).await;
+    assert_eq!(code, 200, "{body}");
+    let sync = body["vendors"].as_array().unwrap().iter().find(|v| v["id"] == "sync").unwrap();
+    let day = &sync["usage"]["last_24h"];
+    assert_eq!(day["total"]["calls"], 4, "{sync}");
+    let keys: Vec<(&str, u64)> = day["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["key"].as_str().unwrap(), k["calls"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(keys, [("alice", 3), ("bob", 1)], "{sync}");
+    let a = &day["keys"][0];
+    let from_usage = row(usage, "alice")[0];
+    for f in ["bytes_in", "bytes_out", "cpu_ms", "latency_ms"] {
+        assert_eq!(a[f], from_usage[f], "{f}: {a} vs GET /usage {from_usage}");
+    }
+    let hour = parse_ms(day["from"].as_str().unwrap()).unwrap();
+    assert_eq!(hour % HOUR_MS, 0, "{day}");
+    assert!(now_ms() - hour >= DAY_MS && now_ms() - hour < DAY_MS + 2 * HOUR_MS, "{day}");
+    // Today (UTC) and the quota: the same calls unless the test crossed midnight.
+    let midnight = (started.div_euclid(DAY_MS) + 1) * DAY_MS;
+    let same_day = now_ms() < midnight;
+    if same_day {
+        assert_eq!(sync["usage"]["today"]["total"]["calls"], 4, "{sync}");
+        assert_eq!(sync["usage"]["today"]["from"], format_ms(midnight - DAY_MS), "{sync}");
+    }
+    let alice = &body["keys"][0];
+    assert_eq!(alice["name"], "alice", "{body}");
+    assert_eq!(
+        (alice["submit_rate"].as_f64(), alice["submit_burst"].as_u64(), alice["max_in_flight"].as_u64()),
+        (Some(100.0), Some(20), Some(50)),
+        "{alice}"
+    );
+    assert_eq!((alice["in_flight"].as_u64(), alice["weight"].as_f64()), (Some(0), Some(1.0)), "{alice}");
+    let q = &alice["quotas"][0];
+    assert_eq!((q["vendor"].as_str(), q["limit"].as_u64(), q["per"].as_str()), (Some("sync"), Some(10), Some("day")));
+    if same_day {
+        assert_eq!((q["used"].as_u64(), q["remaining"].as_u64()), (Some(3), Some(7)), "{q}");
+        assert_eq!(q["resets_at"], format_ms(midnight), "{q}");
+    }
+    // A key without settings lists none; nothing else about keys is shown.
+    assert_eq!(body["keys"][1], json!({"name": "bob", "weight": 1.0, "quotas": []}), "{body}");
+    assert_eq!(body["keys"].as_array().unwrap().len(), 2, "{body}");
+    // An API key is not the admin: no vendors, no one's usage.
+    let (code, other) = get(app, "/vendors", "key-a").await;
+    assert_eq!(code, 401, "{other}");
+    assert!(other.get("vendors").is_none() && other.get("keys").is_none(), "{other}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -144,6 +213,16 @@ async fn usage_is_summed_per_key_vendor_and_hour_embedded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn usage_is_summed_per_key_vendor_and_hour_production() {
     usage_per_key(true).await;
+}
+
+/// CPU time of this process so far: unlike wall time, not stretched by
+/// whatever else the machine runs.
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 /// A month of hourly rollups for 100 keys x 20 vendors (1.44 M rows) in the
@@ -187,12 +266,24 @@ async fn usage_rollup_month_read_time_is_printed() {
         ("one key, daily", month(Some("key7"), Granularity::Day), 20 * 30),
         ("every key, daily", month(None, Granularity::Day), 2000 * 30),
     ] {
-        let t = Instant::now();
+        let (t, cpu) = (Instant::now(), process_cpu());
         let got = store.usage(&q).await.unwrap();
-        let took = t.elapsed();
+        let (took, cpu) = (t.elapsed(), process_cpu() - cpu);
         assert_eq!(got.len() as i64, rows, "{what}");
         let per = if q.granularity == Granularity::Day { 24 * 2 } else { 2 };
         assert!(got.iter().all(|r| r.usage.calls == per), "{what}");
-        println!("usage rollup read, a month of 100 keys x 20 vendors, {what}: {rows} rows in {took:?}");
+        // In the answer's order: key, vendor, time.
+        assert!(got.windows(2).all(|w| (&w[0].key, &w[0].vendor, w[0].from) < (&w[1].key, &w[1].vendor, w[1].from)));
+        // What the handler adds: the views and the JSON text.
+        let t = Instant::now();
+        let body = serde_json::to_vec(&vendorhost::api::usage::views(got, q.granularity)).unwrap();
+        let json = t.elapsed();
+        assert!(body.len() as i64 > rows * 100, "{what}");
+        println!(
+            "usage rollup read, a month of 100 keys x 20 vendors, {what}: {rows} rows in {took:?} \
+             (store; {cpu:?} of CPU), then {json:?} to JSON ({} kB), {:?} in all",
+            body.len() / 1000,
+            took + json
+        );
     }
 }

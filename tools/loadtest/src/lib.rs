@@ -10,6 +10,7 @@
 //! state). Closed loop by default (`-c` requests in flight); `--rate` makes
 //! it an open loop with latency counted from each request's scheduled time.
 
+mod cancel;
 mod drive;
 mod e2e;
 mod http;
@@ -43,6 +44,9 @@ pub enum Mode {
     /// Submit `-n` jobs, then hold one `GET /jobs/{id}?wait=` per job open at
     /// once (over HTTP/2) and time each answer against the job's end.
     Wait,
+    /// Submit `-n` slow jobs, cancel each while its vendor call runs, and
+    /// time how soon the call was stopped.
+    Cancel,
 }
 
 impl Mode {
@@ -52,6 +56,7 @@ impl Mode {
             Mode::Get => "get",
             Mode::E2e => "e2e",
             Mode::Wait => "wait",
+            Mode::Cancel => "cancel",
         }
     }
 }
@@ -174,6 +179,9 @@ pub async fn measure(args: &LoadtestArgs) -> anyhow::Result<Report> {
             let n = args.jobs.unwrap_or(10_000);
             let w = waiters::run(&pool, &body, n, args).await?;
             report.wait = Some(w);
+        }
+        Mode::Cancel => {
+            report.cancel = Some(cancel::run(&pool, &body, args.jobs.unwrap_or(50)).await?);
         }
         Mode::Submit => {
             let rec = Arc::new(Recorder::default());

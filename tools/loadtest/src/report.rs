@@ -29,6 +29,8 @@ pub struct Report {
     pub e2e: Option<E2eReport>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wait: Option<super::waiters::WaitReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel: Option<super::cancel::CancelReport>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -87,6 +89,7 @@ impl Report {
             get: None,
             e2e: None,
             wait: None,
+            cancel: None,
         }
     }
 
@@ -130,6 +133,21 @@ impl Report {
                     w.ended_early
                 );
             }
+        }
+        if let Some(c) = &self.cancel {
+            let _ = writeln!(
+                s,
+                "  cancels          {} running jobs, {} cancelled, {} timed, {} errors",
+                c.running, c.cancelled, c.timed, c.errors
+            );
+            let _ = writeln!(
+                s,
+                "  cancel to stop   p50 {}  p99 {}  max {}  (the cancel sent to the running call dropped)",
+                fmt_ms(c.stop.p50_ms),
+                fmt_ms(c.stop.p99_ms),
+                fmt_ms(c.stop.max_ms)
+            );
+            let _ = writeln!(s, "  cancel answer    p50 {}  p99 {}", fmt_ms(c.answer.p50_ms), fmt_ms(c.answer.p99_ms));
         }
         if let Some(e) = &self.e2e {
             let _ = writeln!(

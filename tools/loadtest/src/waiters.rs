@@ -93,10 +93,17 @@ pub async fn run(
 ) -> anyhow::Result<WaitReport> {
     let (base, concurrency, wait, api_key) = (args.url.as_str(), args.concurrency, args.wait, args.api_key.as_deref());
     let begin = std::time::Instant::now();
+    // `--rate`: submits on a fixed schedule, so the jobs (and their ends)
+    // are spread out rather than all at once.
+    let start = tokio::time::Instant::now();
+    let pace = args.rate.filter(|r| *r > 0.0 && r.is_finite());
     let ids: Vec<String> = futures::stream::iter(0..n)
-        .map(|_| {
+        .map(|i| {
             let (pool, body) = (pool.clone(), body.clone());
             async move {
+                if let Some(rate) = pace {
+                    tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+                }
                 let r = pool.send("POST", "/jobs", Some(&body)).await.ok()?;
                 if !r.ok() {
                     return None;

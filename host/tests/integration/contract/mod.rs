@@ -33,7 +33,9 @@ macro_rules! contract_test {
 }
 
 mod queue;
+mod queue_fair;
 mod store;
+mod store_cache;
 mod store_jobs;
 mod store_notify;
 

@@ -49,6 +49,7 @@ fn new_job(id: &str, created_at: Millis) -> NewJob {
         idempotency: None,
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     }
 }
 
@@ -117,8 +118,14 @@ async fn insert_get(s: Arc<dyn Store>) {
         redactions: Vec::new(),
         notify: None,
         attempts_log: Vec::new(),
+        priority: vendorhost::model::Priority::Normal,
+        cached: false,
     };
     assert_eq!(job(&*s, "j1").await, expected);
+    // A priority other than the default reads back too.
+    let low = NewJob { priority: vendorhost::model::Priority::Low, ..new_job("j-low", 1_000) };
+    assert_eq!(s.insert(&low).await.unwrap(), CREATED);
+    assert_eq!(job(&*s, "j-low").await.priority, vendorhost::model::Priority::Low);
 
     let anonymous = NewJob { owner: None, vendor: "other".into(), ..new_job("j2", 2_000) };
     assert_eq!(s.insert(&anonymous).await.unwrap(), CREATED);
@@ -183,7 +190,8 @@ async fn lease_end_fences_attempts(s: Arc<dyn Store>) {
 /// jobs whose due time moved on (a running attempt, a retry, a re-enqueue).
 async fn overdue_lists_jobs_past_due(s: Arc<dyn Store>) {
     for (id, at) in [("a", 1_000), ("b", 2_000), ("c", 3_000), ("d", 4_000), ("e", 4_500)] {
-        s.insert(&new_job(id, at)).await.unwrap();
+        let priority = if id == "b" { vendorhost::model::Priority::High } else { vendorhost::model::Priority::Normal };
+        s.insert(&NewJob { priority, ..new_job(id, at) }).await.unwrap();
     }
     assert!(s.start_attempt("c", 3_100, 10_000).await.unwrap() != Attempt::Over);
     start(&*s, "d", 4_100).await;
@@ -191,6 +199,15 @@ async fn overdue_lists_jobs_past_due(s: Arc<dyn Store>) {
     assert!(s.finish("e", &complete("1"), 4_600).await.unwrap());
     let ids = |v: Vec<Overdue>| v.into_iter().map(|o| (o.request_id, o.due_at)).collect::<Vec<_>>();
     assert_eq!(ids(s.overdue(5_000, None, 10).await.unwrap()), [("a".into(), 1_000), ("b".into(), 2_000)]);
+    // What a re-enqueue needs for the fair queue: the owner and priority.
+    let owners: Vec<_> = s.overdue(5_000, None, 10).await.unwrap().into_iter().map(|o| (o.owner, o.priority)).collect();
+    assert_eq!(
+        owners,
+        [
+            (Some("alice".into()), vendorhost::model::Priority::Normal),
+            (Some("alice".into()), vendorhost::model::Priority::High)
+        ]
+    );
     assert_eq!(ids(s.overdue(5_000, None, 1).await.unwrap()), [("a".into(), 1_000)]);
     assert_eq!(ids(s.overdue(5_000, Some((1_000, "a".into())), 10).await.unwrap()), [("b".into(), 2_000)]);
     assert_eq!(ids(s.overdue(1_500, None, 10).await.unwrap()), [("a".into(), 1_000)]);
@@ -228,7 +245,9 @@ async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
     let j = job(&*s, "j1").await;
     assert_eq!((j.status, j.updated_at), (outcome.status(), *at));
     match outcome {
-        Outcome::Complete { result, .. } => assert_eq!((j.result.as_ref(), j.error), (Some(result), None)),
+        Outcome::Complete { result, .. } | Outcome::Cached { result, .. } => {
+            assert_eq!((j.result.as_ref(), j.error), (Some(result), None))
+        }
         Outcome::Failed { error } => assert_eq!((j.result, j.error.as_ref()), (None, Some(error))),
         Outcome::Cancelled => assert_eq!((j.result, j.error), (None, None)),
     }
@@ -684,6 +703,12 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
              ALTER TABLE jobs DROP COLUMN notify_status; ALTER TABLE jobs DROP COLUMN notify_error;
              ALTER TABLE jobs DROP COLUMN notify_delivered_at; ALTER TABLE jobs DROP COLUMN notify_next_at;
              ALTER TABLE jobs DROP COLUMN attempts_log;
+             ALTER TABLE jobs DROP COLUMN priority;
+             ALTER TABLE jobs DROP COLUMN cached;
+             DROP INDEX queue_ready; DROP INDEX queue_rank; DROP INDEX queue_flow; DROP INDEX queue_waiting;
+             ALTER TABLE queue DROP COLUMN vendor; ALTER TABLE queue DROP COLUMN key;
+             ALTER TABLE queue DROP COLUMN rank; ALTER TABLE queue DROP COLUMN vt; ALTER TABLE queue DROP COLUMN ready;
+             DROP TABLE queue_clock;
              PRAGMA user_version = 1;",
         )
     })
@@ -728,7 +753,9 @@ async fn store_sqlite_inline_queue_enqueues_in_the_same_transaction() {
     let got = tokio::time::timeout(Duration::from_secs(15), waiter).await.expect("the waiter hung").unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_secs(3), "woke {:?} after the insert", started.elapsed());
     assert_eq!(got.len(), 1);
-    assert_eq!(Message::decode(&got[0].payload).unwrap(), Message::new("j1", "acme"));
+    // The entry names the job's owner (the fair queue's key).
+    let expected = Message::new("j1", "acme").owned(Some("alice"), vendorhost::model::Priority::Normal);
+    assert_eq!(Message::decode(&got[0].payload).unwrap(), expected);
     assert_eq!(job(&s, "j1").await.status, Status::Pending);
     assert!(s.unqueued_pending(i64::MAX, 10).await.unwrap().is_empty(), "an inline-queued job left to the sweeper");
 
@@ -743,7 +770,7 @@ async fn store_sqlite_inline_queue_enqueues_in_the_same_transaction() {
     assert_eq!((d.ready, d.delayed, d.leased), (1, 0, 1), "{d:?}");
     let next = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
     let msgs: Vec<Message> = next.iter().map(|l| Message::decode(&l.payload).unwrap()).collect();
-    assert_eq!(msgs, [Message::new("k1", "acme")]);
+    assert_eq!(msgs, [Message::new("k1", "acme").owned(Some("alice"), vendorhost::model::Priority::Normal)]);
 }
 
 // ---- MongoDB only ----

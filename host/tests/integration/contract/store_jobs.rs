@@ -42,6 +42,7 @@ fn job(id: &str, owner: &str, vendor: &str, created_at: Millis) -> NewJob {
         idempotency: None,
         notify_url: None,
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     }
 }
 

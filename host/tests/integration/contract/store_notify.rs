@@ -33,6 +33,7 @@ fn job(id: &str, notify_url: Option<&str>, created_at: Millis) -> NewJob {
         idempotency: None,
         notify_url: notify_url.map(str::to_string),
         trace: None,
+        priority: vendorhost::model::Priority::Normal,
     }
 }
 

@@ -1,5 +1,5 @@
-// vendorhost console: plain JavaScript, no build step. Four pages (overview,
-// jobs, dead letters, plugins) routed by the URL's hash, each drawn from the
+// vendorhost console: plain JavaScript, no build step. Five pages (overview,
+// jobs, dead letters, plugins, usage) routed by the URL's hash, each drawn from the
 // JSON API with the session cookie and the X-Requested-With header the API
 // asks of cookie-borne requests. Charts are uPlot (vendor/uplot).
 "use strict";
@@ -12,6 +12,9 @@
   const HISTORY_POINTS = 120; // 6 minutes at 3 s
   const COLORS = ["#1f5fbf", "#c0262d", "#1a7f37", "#9a6700", "#7c3aed", "#0e7490", "#be185d", "#4b5563"];
   const STATUSES = ["pending", "processing", "complete", "failed", "cancelled"];
+  const POLL_USAGE_MS = 30000;
+  const HOUR_MS = 3600000;
+  const DAY_MS = 24 * HOUR_MS;
 
   const session = { access: "open", apiKeys: false };
   let pageTimers = [];
@@ -191,6 +194,7 @@
       else if (page === "jobs") await jobsPage(params);
       else if (page === "dead-letters") await deadLettersPage(params);
       else if (page === "plugins") await pluginsPage();
+      else if (page === "usage") await usagePage(params);
       else await overviewPage();
     } catch (e) {
       if (!(e instanceof ApiError && e.status === 401)) main.append(banner("error", e.message));
@@ -907,6 +911,174 @@
     main.append(loaded, h("h2", {}, `Rejected files (${r.rejected.length})`), rejected,
       h("h2", {}, "Reload history"), hist,
       h("p", { class: "muted small" }, "Drop a .wasm file in the plugins directory to add or upgrade a vendor; the history lists this process's last 100 changes."));
+  }
+
+  // ---- usage ------------------------------------------------------------------
+
+  const bytes = (n) => {
+    if (n === null || n === undefined) return "–";
+    const units = ["B", "kB", "MB", "GB", "TB"];
+    let i = 0;
+    let v = Number(n);
+    while (v >= 1000 && i < units.length - 1) { v /= 1000; i++; }
+    return `${num(v, i && v < 10 ? 1 : 0)} ${units[i]}`;
+  };
+
+  /** Calls per hour (24 h) or per day (30 days), per key and vendor, from GET /usage; limits and quotas from GET /vendors. */
+  async function usagePage(params) {
+    heading("Usage");
+    const view = params.get("view") === "day" ? "day" : "hour";
+    const f = { key: params.get("key") || "", vendor: params.get("vendor") || "" };
+    const err = h("div");
+    const keySel = h("select", { id: "u-key", name: "key" });
+    const vendorSel = h("select", { id: "u-vendor", name: "vendor" });
+    const viewSel = h("select", { id: "u-view", name: "view" },
+      h("option", { value: "hour", selected: view === "hour" }, "Last 24 h, per hour"),
+      h("option", { value: "day", selected: view === "day" }, "Last 30 days, per day"));
+    const form = h("form", { class: "panel filters", role: "search", id: "usage-filters", "aria-label": "Usage filters" },
+      h("label", { class: "field" }, "API key name", keySel),
+      h("label", { class: "field" }, "Vendor", vendorSel),
+      h("label", { class: "field" }, "View", viewSel),
+      h("div", { class: "actions" }, h("a", { href: "#/usage", class: "button" }, "Reset")));
+    const go = () => {
+      const q = new URLSearchParams();
+      if (keySel.value) q.set("key", keySel.value);
+      if (vendorSel.value) q.set("vendor", vendorSel.value);
+      if (viewSel.value === "day") q.set("view", "day");
+      const target = `#/usage${q.toString() ? `?${q}` : ""}`;
+      if (location.hash === target) route();
+      else location.hash = target;
+    };
+    form.addEventListener("change", go);
+    form.addEventListener("submit", (ev) => { ev.preventDefault(); go(); });
+    const cards = h("div", { class: "cards", id: "usage-cards" });
+    const byKeyEl = h("div", { class: "panel chart", id: "chart-usage-keys" });
+    const byVendorEl = h("div", { class: "panel chart", id: "chart-usage-vendors" });
+    const table = h("div", { class: "table-wrap" });
+    const limits = h("div", { class: "table-wrap" });
+    const unit = view === "day" ? "day" : "hour";
+    main.append(form, err, cards, h("div", { class: "charts" }, byKeyEl, byVendorEl),
+      h("h2", {}, view === "day" ? "By key and vendor, last 30 days" : "By key and vendor, last 24 hours"), table,
+      h("h2", {}, "Per-key limits and quotas"), limits,
+      h("p", { class: "muted small" },
+        "Every vendor call counts once, retries included; bytes are the plugins' HTTP traffic. Quotas count calls per UTC day or month and reset at the time shown. Key names come from auth.api_keys and [auth.keys.<name>]; \"-\" is jobs submitted with keys off."));
+    let charts = [];
+
+    const draw = (rows, vlist) => {
+      // Filters list every known name, the chosen one kept even when idle.
+      const keyNames = new Set((vlist.keys || []).map((k) => k.name));
+      const vendorNames = new Set(vlist.vendors.map((v) => v.id));
+      for (const r of rows) { keyNames.add(r.key); vendorNames.add(r.vendor); }
+      if (f.key) keyNames.add(f.key);
+      if (f.vendor) vendorNames.add(f.vendor);
+      const opts = (sel, names, cur) => sel.replaceChildren(h("option", { value: "" }, "any"),
+        ...[...names].sort().map((n) => h("option", { value: n, selected: n === cur }, n)));
+      opts(keySel, keyNames, f.key);
+      opts(vendorSel, vendorNames, f.vendor);
+
+      // Buckets: every hour (or day) of the window, empty ones at 0.
+      const step = view === "day" ? DAY_MS : HOUR_MS;
+      const nowT = Date.now();
+      const from = view === "day" ? Math.floor(nowT / DAY_MS) * DAY_MS - 29 * DAY_MS : Math.floor((nowT - DAY_MS) / HOUR_MS) * HOUR_MS;
+      const xs = [];
+      for (let t = from; t <= nowT; t += step) xs.push(t);
+      const series = (by) => {
+        const m = new Map();
+        for (const r of rows) {
+          const i = Math.floor((Date.parse(r.from) - from) / step);
+          if (i < 0 || i >= xs.length) continue;
+          const name = r[by];
+          if (!m.has(name)) m.set(name, new Array(xs.length).fill(0));
+          m.get(name)[i] += r.calls;
+        }
+        return [...m.entries()].sort((a, b) => (a[0] < b[0] ? -1 : 1));
+      };
+      for (const { c } of charts) c.destroy();
+      charts = [];
+      for (const [el, by, title] of [[byKeyEl, "key", `Calls per ${unit} by API key`], [byVendorEl, "vendor", `Calls per ${unit} by vendor`]]) {
+        const s = series(by);
+        el.replaceChildren();
+        el.dataset.series = String(s.length);
+        const c = chart(el, title, "calls", s.map(([n]) => n));
+        if (c) {
+          c.setData([xs.map((t) => t / 1000), ...s.map(([, v]) => v)]);
+          charts.push({ c, el });
+        }
+        if (!s.length) el.append(h("p", { class: "muted empty" }, "No vendor calls in this window."));
+      }
+
+      // Totals per (key, vendor).
+      const sums = new Map();
+      const total = { calls: 0, bytes_in: 0, bytes_out: 0, cpu_ms: 0, latency_ms: 0 };
+      for (const r of rows) {
+        const id = `${r.key}\u0000${r.vendor}`;
+        const t = sums.get(id) || { key: r.key, vendor: r.vendor, calls: 0, bytes_in: 0, bytes_out: 0, cpu_ms: 0, latency_ms: 0 };
+        for (const k of ["calls", "bytes_in", "bytes_out", "cpu_ms", "latency_ms"]) { t[k] += r[k]; total[k] += r[k]; }
+        sums.set(id, t);
+      }
+      const card = (label, value, id) => h("div", { class: "card", id }, h("div", { class: "label" }, label), h("div", { class: "value" }, value));
+      cards.replaceChildren(
+        card(view === "day" ? "Calls, 30 days" : "Calls, 24 h", num(total.calls), "card-calls"),
+        card("Bytes in", bytes(total.bytes_in), "card-bytes-in"),
+        card("Bytes out", bytes(total.bytes_out), "card-bytes-out"),
+        card("CPU time", `${num(total.cpu_ms / 1000, 1)} s`, "card-cpu"),
+        card("Mean latency", total.calls ? `${num(total.latency_ms / total.calls, 0)} ms` : "–", "card-latency"));
+      const trs = [...sums.values()].map((t) => `<tr data-key="${esc(t.key)}" data-vendor="${esc(t.vendor)}" data-calls="${t.calls}">
+        <td><strong>${esc(t.key)}</strong></td><td>${esc(t.vendor)}</td>
+        <td class="num">${num(t.calls)}</td><td class="num">${bytes(t.bytes_in)}</td><td class="num wide">${bytes(t.bytes_out)}</td>
+        <td class="num wide">${num(t.cpu_ms, 1)}</td><td class="num">${t.calls ? num(t.latency_ms / t.calls, 0) : "–"}</td></tr>`).join("");
+      table.innerHTML = `<table id="usage-table"><thead><tr><th>API key</th><th>Vendor</th><th class="num">Calls</th><th class="num">Bytes in</th>
+        <th class="num wide">Bytes out</th><th class="num wide">CPU ms</th><th class="num">Mean latency ms</th></tr></thead>
+        <tbody>${trs || '<tr><td colspan="7" class="muted">No vendor calls in this window.</td></tr>'}</tbody></table>`;
+
+      // Limits in force and quotas used, per key name.
+      const keys = (vlist.keys || []).filter((k) => !f.key || k.name === f.key);
+      const lrows = keys.map((k) => {
+        const quotas = k.quotas.filter((q) => !f.vendor || q.vendor === f.vendor).map((q) => {
+          const use = q.limit ? Math.min(1, q.used / q.limit) : 1;
+          return `<div class="nowrap" data-quota="${esc(q.vendor)}"><strong>${esc(q.vendor)}</strong> <span class="meter${use > 0.9 ? " hot" : ""}" role="img" aria-label="${num(use * 100)}% of the quota used"><span data-w="${Math.round(use * 100)}"></span></span>${num(q.used)} / ${num(q.limit)} per ${esc(q.per)} <span class="muted small">resets ${esc(when(q.resets_at))}</span></div>`;
+        }).join("");
+        return `<tr data-key="${esc(k.name)}">
+          <td><strong>${esc(k.name)}</strong></td>
+          <td class="nowrap">${k.submit_rate === undefined ? '<span class="muted">no limit</span>' : `${num(k.submit_rate, 1)}/s, burst ${num(k.submit_burst)}`}</td>
+          <td class="nowrap">${k.max_in_flight === undefined ? '<span class="muted">no limit</span>' : `${num(k.in_flight)} of ${num(k.max_in_flight)}`}</td>
+          <td class="num wide">${num(k.weight, k.weight % 1 ? 2 : 0)}</td>
+          <td>${quotas || '<span class="muted">none</span>'}</td></tr>`;
+      }).join("");
+      limits.innerHTML = `<table id="limits-table"><thead><tr><th>API key</th><th>Submit rate</th><th>In flight</th><th class="num wide">Fair-share weight</th><th>Quotas: used / limit</th></tr></thead>
+        <tbody>${lrows || `<tr><td colspan="5" class="muted">${vlist.keys ? "No API keys configured (auth.api_keys)." : "Limits are unavailable: the store did not answer."}</td></tr>`}</tbody></table>`;
+      for (const bar of limits.querySelectorAll("[data-w]")) bar.style.width = `${bar.dataset.w}%`;
+      setLive(`updated ${new Date().toLocaleTimeString()}`);
+    };
+
+    const load = async () => {
+      const q = new URLSearchParams();
+      if (f.key) q.set("key", f.key);
+      if (f.vendor) q.set("vendor", f.vendor);
+      if (view === "day") {
+        q.set("granularity", "day");
+        q.set("from", new Date(Math.floor(Date.now() / DAY_MS) * DAY_MS - 29 * DAY_MS).toISOString());
+      }
+      try {
+        const [u, vlist] = await Promise.all([api(`/usage${q.toString() ? `?${q}` : ""}`), api("/vendors")]);
+        err.replaceChildren();
+        draw(u.usage, vlist);
+      } catch (e) {
+        if (e.status !== 401) err.replaceChildren(banner("error", `Cannot load usage: ${e.message}`));
+      }
+    };
+    await load();
+    every(POLL_USAGE_MS, load);
+    const onResize = () => {
+      for (const { c, el } of charts) {
+        c.setSize({ width: Math.max(280, el.clientWidth - 4), height: 220 });
+      }
+    };
+    window.addEventListener("resize", onResize);
+    pageCleanups.push(() => {
+      window.removeEventListener("resize", onResize);
+      for (const { c } of charts) c.destroy();
+    });
   }
 
   // ---- start ----------------------------------------------------------------
