@@ -33,6 +33,51 @@ struct Hold {
 #[derive(Default)]
 pub struct VendorHolds {
     held: Mutex<HashMap<String, Hold>>,
+    /// One per vendor that ever refused a job (vendors come from the
+    /// configuration and the plugin directory: bounded).
+    gates: Mutex<HashMap<String, Arc<SlotGate>>>,
+}
+
+/// The line a vendor's refused jobs wait in, in this process, for its next
+/// free slots: first come, first served (`tokio::sync::Mutex` is fair).
+/// Without it, every job waiting in place would wake at the same computed
+/// slot and race for it, and a job of another key, just leased, would win a
+/// slot only by chance: its wait would have a long random tail.
+#[derive(Default)]
+pub struct SlotGate {
+    line: tokio::sync::Mutex<()>,
+    waiting: AtomicUsize,
+}
+
+/// A place in a [`SlotGate`]'s line, held until dropped.
+pub struct InLine<'a> {
+    gate: &'a SlotGate,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl SlotGate {
+    /// Whether jobs are waiting in line (a newcomer must join them rather
+    /// than try for a slot ahead of them).
+    pub fn busy(&self) -> bool {
+        self.waiting.load(Ordering::Relaxed) > 0
+    }
+
+    /// Jobs in line (the one at its head included).
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Joins the line; returns once this job is at its head.
+    pub async fn join(&self) -> InLine<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        InLine { gate: self, _turn: self.line.lock().await }
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.gate.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A leased job of a limited vendor, counted in hand until dropped (once it
@@ -71,6 +116,12 @@ impl VendorHolds {
         h.at = now;
         h.per_call = per_call.max(1);
         h.interval = interval.max(1);
+    }
+
+    /// The line `vendor`'s jobs wait in for a slot.
+    pub fn gate(&self, vendor: &str) -> Arc<SlotGate> {
+        let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        gates.entry(vendor.to_string()).or_default().clone()
     }
 
     /// A job of `vendor` was leased: counted in hand while the guard lives.
@@ -127,5 +178,32 @@ mod tests {
         drop((one, two, untracked));
         assert_eq!(holds.lease_options(1_006).limited, [("acme".to_string(), 2)]);
         assert_eq!(holds.lease_options(1_000 + millis(LIMITED_FOR)), LeaseOptions::default());
+    }
+
+    #[tokio::test]
+    async fn jobs_waiting_for_a_slot_take_turns_in_the_order_they_came() {
+        let holds = Arc::new(VendorHolds::default());
+        let gate = holds.gate("acme");
+        assert!(!gate.busy());
+        let first = gate.join().await;
+        assert!(gate.busy(), "a job waits: newcomers must join the line");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let (holds, order) = (holds.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let gate = holds.gate("acme");
+                let _turn = gate.join().await;
+                order.lock().unwrap().push(i);
+            }));
+            // Each is in line before the next comes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(first);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), [0, 1, 2, 3, 4]);
+        assert!(!gate.busy());
     }
 }

@@ -287,9 +287,40 @@ async fn fair_rate_limit(
         let ahead = Duration::try_from_secs_f64((n + 0.5) / quota.rate).unwrap_or(MAX_LINGER);
         budget = ahead.min(MAX_LINGER).max(linger);
     }
+    // No longer in hand once past the limit, or at the head of the line.
+    let past = || IN_HAND.try_with(|h| h.borrow_mut().take()).ok().flatten();
+    // A free slot with nobody waiting for one: take it. Otherwise wait in
+    // line (first come, first served), so a job of another key, just
+    // leased, waits behind the few in hand rather than racing them for
+    // every slot. Jobs in line still count in hand: the lease calls take
+    // no more of this vendor's jobs than the line can pass in a moment.
+    let gate = ctx.vendor_holds.gate(vendor);
+    if !gate.busy() {
+        match ctx.limiter.acquire(vendor, quota).await {
+            Ok(None) => {
+                drop(past());
+                return None;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => return Some(Err(e)),
+        }
+    }
+    let interval = (1000.0 / quota.rate.max(1e-3)).ceil() as i64;
+    let now = now_ms();
+    let queued = gate.waiting();
+    if queued >= per_call {
+        // The line holds enough for the next slots: come back once it has
+        // passed (keeping this job's place in the queue), and lease no more
+        // of this vendor's jobs until then.
+        let wait = at_or_after(Duration::from_millis(queued as u64 * interval.max(1) as u64));
+        ctx.vendor_holds.refused(vendor, now.saturating_add(millis(wait)), now, per_call, interval);
+        return Some(Ok(wait));
+    }
+    // Limited from now on: lease calls take only what the line can pass.
+    ctx.vendor_holds.refused(vendor, now, now, per_call, interval);
+    let _turn = gate.join().await;
+    let _past = past();
     let until = tokio::time::Instant::now() + budget;
-    // Past the limit either way: no longer in hand.
-    let _past = IN_HAND.try_with(|h| h.borrow_mut().take()).ok().flatten();
     loop {
         let wait = match ctx.limiter.acquire(vendor, quota).await {
             Ok(None) => return None,
@@ -299,7 +330,6 @@ async fn fair_rate_limit(
         if tokio::time::Instant::now() + wait > until {
             let wait = at_or_after(wait);
             let now = now_ms();
-            let interval = (1000.0 / quota.rate.max(1e-3)).ceil() as i64;
             ctx.vendor_holds.refused(vendor, now.saturating_add(millis(wait)), now, per_call, interval);
             return Some(Ok(wait));
         }

@@ -10,7 +10,8 @@
 //! start-time fair queueing (SFQ):
 //!
 //! - Each vendor has a virtual clock `V` (table `queue_clock`): the highest
-//!   tag leased so far for it. A row written for key `k` (column `key`, the
+//!   tag leased so far for it, set back to the tag of a row given back
+//!   unserved (a release), so `V` stays at the work actually in line. A row written for key `k` (column `key`, the
 //!   job's owner; `""` without keys) is tagged `vt = max(V, the highest tag
 //!   of k's rows still queued for that vendor) + 1/weight(k)`, or `V` when
 //!   k has none queued there (its start tag), in the same transaction. A key with a backlog thus holds tags far ahead of `V`,
@@ -25,7 +26,7 @@
 //!   the key's share and never takes another key's turn. A low job waits
 //!   at most about one aging per level behind later higher ones.
 //! - A released row (a delay, a retry) keeps its tag: it returns to its
-//!   place in line, not to the end.
+//!   place in line, not to the end; `V` goes back to it if it was ahead.
 //! - Leasing is vendor-aware: the worker names vendors it may not call yet
 //!   (its rate limit's next free slot) and those it was just refused by
 //!   ([`LeaseOptions`]); their rows are skipped, or taken a few per call
@@ -216,12 +217,25 @@ impl Queue for SqliteQueue {
         let ((id, token), p) = (held(lease)?, msg.encode());
         self.db
             .write(move |c| {
-                c.prepare_cached(
-                    // Its tag stays: it comes back to its place in line.
-                    "UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, ready = 0, payload = ?4
-                     WHERE id = ?1 AND token = ?2 AND leased = 1",
-                )?
-                .execute(params![id, token, due, p])
+                let n = c
+                    .prepare_cached(
+                        // Its tag stays: it comes back to its place in line.
+                        "UPDATE queue SET visible_at = ?3, deliveries = 0, leased = 0, ready = 0, payload = ?4
+                         WHERE id = ?1 AND token = ?2 AND leased = 1",
+                    )?
+                    .execute(params![id, token, due, p])?;
+                if n == 1 {
+                    // Leased but not served: the vendor's virtual time goes
+                    // back to it (SFQ's V is the tag of the work in line), so
+                    // a key arriving now is placed beside this job, not
+                    // behind every row the lease calls took and gave back.
+                    c.prepare_cached(
+                        "UPDATE queue_clock SET v = min(v, (SELECT vt FROM queue WHERE id = ?1))
+                         WHERE vendor = (SELECT vendor FROM queue WHERE id = ?1)",
+                    )?
+                    .execute([id])?;
+                }
+                Ok(n)
             })
             .await?;
         self.db.queue_signal.notify_waiters();

@@ -119,6 +119,24 @@ async fn queue_sqlite_fair_a_released_job_keeps_its_place() {
     assert!(next.contains(&"b-0".to_string()), "{next:?}");
 }
 
+/// Rows leased and given back unserved (a rate limit refused them) do not
+/// move the line on: a key arriving after such a lease call is served next
+/// to the first of them, not behind all the rows the call took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_sqlite_fair_rows_given_back_unserved_do_not_push_a_late_key_back() {
+    let (q, _dir) = queue(&[], Duration::from_secs(30));
+    q.enqueue(&backlog("a", 100)).await.unwrap();
+    let batch = q.lease("c1", 40, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(batch.len(), 40);
+    for l in &batch {
+        let m = Message::decode(&l.payload).unwrap();
+        q.release(l, &m, now_ms()).await.unwrap();
+    }
+    q.enqueue(&backlog("b", 1)).await.unwrap();
+    let next = ids(&take(&q, 3).await);
+    assert!(next.contains(&"b-0".to_string()), "b waited behind the given-back rows: {next:?}");
+}
+
 /// Vendor-aware leasing: a held vendor's rows are skipped until its time
 /// (and the lease call wakes then), a limited vendor gives at most its cap
 /// per call, and other vendors are served meanwhile.
