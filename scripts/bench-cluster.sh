@@ -14,30 +14,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
 JOBS=${BENCH_CLUSTER_JOBS:-20000}
-WORK=$(mktemp -d /tmp/vendorhost-bench-cluster.XXXXXX)
-PIDS=()
-
-log() { printf '[bench-cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for tool in redis-server redis-cli jq python3 curl; do command -v "$tool" >/dev/null || { log "needs $tool"; exit 1; }; done
-[ -x "$BIN" ] || { log "no $BIN: run make bench (it builds it)"; exit 1; }
+BENCH_NAME=bench-cluster
+BENCH_TOOLS="redis-server redis-cli"
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
 
 # A free port whose cluster bus port (+10000) is free too.
 free_port() {
@@ -52,12 +33,6 @@ while True:
     except OSError:
         pass
 EOF
-}
-
-wait_http() {
-  local i
-  for i in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  log "no answer from $1"; return 1
 }
 
 redis_node() { # port [cluster]

@@ -16,7 +16,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
 RATE=${BENCH_FAIR_RATE:-200}
 BACKLOG=${BENCH_FAIR_BACKLOG:-100000}
 SECS=${BENCH_FAIR_SECONDS:-60}
@@ -24,37 +23,9 @@ B_RATE=${BENCH_FAIR_B_RATE:-10}
 # A burst of a few slots: with burst 1 every call that comes a timer tick
 # late loses its slot for good (GCRA banks nothing), ~15 % of 200/s.
 BURST=${BENCH_FAIR_BURST:-10}
-WORK=$(mktemp -d /tmp/vendorhost-bench-fair.XXXXXX)
-PIDS=()
-
-log() { printf '[bench-fair %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for tool in jq python3 curl; do command -v "$tool" >/dev/null || { log "needs $tool"; exit 1; }; done
-[ -x "$BIN" ] || { log "no $BIN: run make bench (it builds it)"; exit 1; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-wait_http() {
-  local i
-  for i in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  log "no answer from $1"; return 1
-}
+BENCH_NAME=bench-fair
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
 
 mkdir -p "$WORK/plugins"
 cp plugins/dist/sync.wasm "$WORK/plugins/"

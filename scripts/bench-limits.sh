@@ -14,41 +14,11 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
 LIMIT=${BENCH_LIMIT:-50}
 SECONDS_RUN=${BENCH_LIMIT_SECONDS:-60}
-WORK=$(mktemp -d /tmp/vendorhost-bench-limits.XXXXXX)
-PIDS=()
-
-log() { printf '[bench-limits %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-stop_pid() {
-  local pid=$1 i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-  local pid
-  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-for tool in jq python3 curl; do command -v "$tool" >/dev/null || { log "needs $tool"; exit 1; }; done
-[ -x "$BIN" ] || { log "no $BIN: run make bench (it builds it)"; exit 1; }
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_http() {
-  local i
-  for i in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
-  log "no answer from $1"; return 1
-}
+BENCH_NAME=bench-limits
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
 
 # run HEADERS(true|false): prints one table row.
 run() {

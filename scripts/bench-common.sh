@@ -1,0 +1,41 @@
+# Shared by the bench steps run beside `scripts/bench.sh` (bench-cache,
+# bench-cluster, bench-fair, bench-limits): a work directory, the processes
+# started (stopped on exit), logging, free ports and waiting for a service.
+# Source it after setting BENCH_NAME (the log tag) and, optionally,
+# BENCH_TOOLS (commands needed besides jq, python3 and curl); ROOT is the
+# repository. It sets BIN (BENCH_BIN, default the release binary), WORK and
+# PIDS, and checks the tools and the binary are there.
+
+BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
+WORK=$(mktemp -d "/tmp/vendorhost-$BENCH_NAME.XXXXXX")
+PIDS=()
+
+log() { printf '[%s %s] %s\n' "$BENCH_NAME" "$(date +%H:%M:%S)" "$*" >&2; }
+
+stop_pid() {
+  local pid=$1 i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for i in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+  if [ "${BENCH_KEEP:-0}" = 1 ]; then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for tool in ${BENCH_TOOLS:-} jq python3 curl; do command -v "$tool" >/dev/null || { log "needs $tool"; exit 1; }; done
+[ -x "$BIN" ] || { log "no $BIN: run make bench (it builds it)"; exit 1; }
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_http() {
+  local i
+  for i in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
+  log "no answer from $1"; return 1
+}
