@@ -276,13 +276,7 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
             Err(e) => refused.push(Some(e)),
         }
     }
-    let bypass;
-    let service = if fresh {
-        bypass = st.service.bypassing_cache();
-        &bypass
-    } else {
-        &*st.service
-    };
+    let service = st.service.for_submit(fresh);
     let mut answers = service.submit_batch(items, owner.clone()).await?.into_iter();
     let mut results = Vec::with_capacity(refused.len());
     let mut created_any = false;

@@ -261,13 +261,7 @@ pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response
             Some((format!("{}:{scope}:{key}", scope.len()), hash, st.api.idempotency_ttl))
         }
     };
-    let bypass;
-    let service = if fresh {
-        bypass = st.service.bypassing_cache();
-        &bypass
-    } else {
-        &*st.service
-    };
+    let service = st.service.for_submit(fresh);
     let out = service
         .submit_with(&parsed.vendor, parsed.data, owner.clone(), idempotency, parsed.notify_url, parsed.priority)
         .await?;

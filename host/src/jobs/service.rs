@@ -87,7 +87,7 @@ pub struct JobService {
     /// The vendors' policies (their result caches).
     pub policies: Arc<Policies>,
     /// Answer submits from the vendors' result caches (false for a submit
-    /// with `Cache-Control: no-cache`: see [`JobService::bypassing_cache`]).
+    /// with `Cache-Control: no-cache`: see [`JobService::for_submit`]).
     pub use_cache: bool,
 }
 
@@ -267,10 +267,15 @@ impl JobService {
         Ok(out.into_iter().map(|o| o.unwrap_or(Err(SubmitError::IdempotencyConflict))).collect())
     }
 
-    /// This service answering no submit from a result cache (a submit with
-    /// `Cache-Control: no-cache`); its jobs still store their results.
-    pub fn bypassing_cache(&self) -> JobService {
-        JobService { use_cache: false, ..self.clone() }
+    /// The service for one submit: this one, or with `no_cache` (a submit
+    /// with `Cache-Control: no-cache`) a copy answering nothing from the
+    /// result cache; its jobs still store their results.
+    pub fn for_submit(&self, no_cache: bool) -> std::borrow::Cow<'_, JobService> {
+        if no_cache {
+            std::borrow::Cow::Owned(JobService { use_cache: false, ..self.clone() })
+        } else {
+            std::borrow::Cow::Borrowed(self)
+        }
     }
 
     /// The fresh cached result for `job`, when its vendor caches results

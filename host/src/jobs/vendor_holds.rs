@@ -121,6 +121,10 @@ impl VendorHolds {
     /// The line `vendor`'s jobs wait in for a slot.
     pub fn gate(&self, vendor: &str) -> Arc<SlotGate> {
         let mut gates = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        // Asked once per rate-limited call: no key allocated once it exists.
+        if let Some(g) = gates.get(vendor) {
+            return g.clone();
+        }
         gates.entry(vendor.to_string()).or_default().clone()
     }
 
