@@ -23,7 +23,8 @@
 #                         limits: scripts/bench-limits.sh, the mock vendor's hidden
 #                         limit with and without rate headers, BENCH_LIMIT_SECONDS=60)
 #                         fair: scripts/bench-fair.sh, key B at 10 jobs/s beside key A's
-#                         100,000 queued jobs on a vendor limited to 200/s, BENCH_FAIR_SECONDS=60)
+#                         100,000 queued jobs on a vendor limited to 200/s, BENCH_FAIR_SECONDS=60;
+#                         run twice: embedded, then Redis queue + SQLite store)
 #                         cache: scripts/bench-cache.sh, vendor calls per 1,000 jobs with 30 %
 #                         duplicates, without and with cache_ttl, BENCH_CACHE_JOBS=1000)
 #
@@ -690,7 +691,9 @@ if wants limits; then
   bash "$ROOT/scripts/bench-limits.sh" || log "the learned-limits step failed"
 fi
 if wants fair; then
-  bash "$ROOT/scripts/bench-fair.sh" || log "the fairness step failed"
+  for backend in embedded redis; do
+    BENCH_FAIR_BACKEND=$backend bash "$ROOT/scripts/bench-fair.sh" || log "the fairness step ($backend) failed"
+  done
 fi
 if wants cache; then
   BENCH_BIN="$BIN" bash "$ROOT/scripts/bench-cache.sh" || log "the result-cache step failed"

@@ -422,8 +422,7 @@ pub struct SubmitRequest {
     /// Order among this API key's own jobs for the same vendor: `high` before
     /// `normal` (the default) before `low`, with aging (a lower one waits at
     /// most `queue_settings.priority_aging` per level behind later higher
-    /// ones). It never takes another key's share. Honoured by the embedded
-    /// queue; the Redis queue is first in, first out for now.
+    /// ones). It never takes another key's share.
     priority: Option<PriorityView>,
 }
 

@@ -45,8 +45,9 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
     } else {
         None
     };
-    // The embedded queue's fair order: the keys' weights and the aging, the
-    // same for its rows written by `enqueue` and by the store's submits.
+    // The queue's fair order: the keys' weights and the aging (on the
+    // embedded queue the same for its rows written by `enqueue` and by the
+    // store's submits).
     let fair = Arc::new(Fairness {
         weights: cfg.auth.keys.iter().filter_map(|(name, k)| Some((name.clone(), k.weight?))).collect(),
         aging: cfg.queue_settings.priority_aging,
@@ -63,8 +64,10 @@ pub async fn backends(cfg: &Config) -> Result<Backends, StartError> {
             // for blocking reads.
             let conn = RedisConn::connect_with(&cfg.queue, cfg.redis_timeout).await.map_err(|e| redis_err(&e))?;
             let partitions = cfg.queue_settings.partitions;
-            let q =
-                RedisQueue::with_partitions(&conn, &cfg.redis_prefix, partitions).await.map_err(|e| redis_err(&e))?;
+            let q = RedisQueue::with_partitions(&conn, &cfg.redis_prefix, partitions)
+                .await
+                .map_err(|e| redis_err(&e))?
+                .with_fairness(fair.clone());
             tracing::info!(partitions = q.partitions(), cluster = conn.is_cluster(), "redis queue ready");
             let l = RedisLimiter::new(&conn, &cfg.redis_prefix);
             let b = RedisBreakers::new(&conn, &cfg.redis_prefix);

@@ -228,9 +228,10 @@ pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 
 /// Takes a rate-limit slot (None), or says how long to delay the job.
 ///
-/// On a FIFO queue (Redis) a refused job is booked a turn, so a backlog
-/// comes back one job per free slot rather than all at once every interval.
-/// On a vendor-aware queue (embedded) it is not: the job goes back, keeping
+/// On a FIFO queue (one that is not vendor-aware; both queues here are) a
+/// refused job is booked a turn, so a backlog comes back one job per free
+/// slot rather than all at once every interval. On a vendor-aware queue
+/// (embedded, Redis) it is not: the job goes back, keeping
 /// its place in the fair order, due at the next free slot, and the vendor
 /// is held until then (its rows are not leased meanwhile, see
 /// `vendor_holds`), so the slot goes to whichever job is first in line

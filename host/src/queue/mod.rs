@@ -2,10 +2,11 @@
 //!
 //! - `sqlite`: a table in the embedded database (the same file as the store);
 //!   a lease is a visibility timeout, an ack deletes the row.
-//! - `redis`: Redis Streams read by a consumer group, one stream per
-//!   partition (on one node or a Redis Cluster); a lease is a pending entry,
-//!   reclaimed by `XAUTOCLAIM` once idle past the lease; delayed messages
-//!   wait in a sorted set until due.
+//! - `redis`: per partition (on one node or a Redis Cluster), waiting
+//!   messages in fair-order lanes (sorted sets), moved onto a Redis Stream
+//!   read by a consumer group as they are leased; a lease is a pending
+//!   entry, reclaimed by `XAUTOCLAIM` once idle past the lease; delayed
+//!   messages wait in a sorted set until due.
 //!
 //! Delivery is at least once. The store's conditional updates make a second
 //! delivery harmless.
@@ -38,8 +39,9 @@ pub type Result<T> = std::result::Result<T, QueueError>;
 /// What the queue carries: which job, for which vendor, and the W3C
 /// `traceparent` of the submit when traces are on (absent in entries queued
 /// without one, and in those written before it existed). `key` (the API key
-/// name that owns the job) and `priority` order the embedded queue fairly
-/// (`fair`); both optional, absent in older entries, ignored by Redis.
+/// name that owns the job) and `priority` order the queue fairly (`fair`
+/// on the embedded queue, the lanes of `redis`); both optional, absent in
+/// older entries (they count as no key, normal).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub request_id: String,
@@ -166,8 +168,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Whether this queue orders entries fairly across API keys and
     /// honours [`LeaseOptions`]: then a job its vendor's rate limit refuses
     /// is released to the next free slot, keeping its place, rather than
-    /// booked a turn (see `jobs::worker::rate_limit`). The embedded queue
-    /// does; Redis does not yet (FIFO).
+    /// booked a turn (see `jobs::worker::rate_limit`). Both queues here
+    /// do; a new backend says false until it orders fairly (first in,
+    /// first out: refused jobs are then booked turns).
     fn vendor_aware(&self) -> bool {
         false
     }

@@ -1,15 +1,18 @@
-//! Fair share across API keys and priorities (issue 20) on the embedded
-//! service: one key's backlog on a rate-limited vendor does not hold back
-//! another key's jobs, the backlog still completes, and a job's priority
-//! shows on it. Real HTTP, the real `sync` plugin against a mock vendor.
-//! The Redis queue is first in, first out for now: no Redis variant.
+//! Fair share across API keys and priorities (issue 20): one key's backlog
+//! on a rate-limited vendor does not hold back another key's jobs, the
+//! backlog still completes, and a job's priority shows on it. On the
+//! embedded service, on Redis (one partition) + nx-27017, and on the Redis
+//! Cluster (16 partitions) + nx-27017. Real HTTP, the real `sync` plugin
+//! against a mock vendor.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use vendorhost::mock::{self, MockKind, MockOptions};
 
-use crate::support::app::{TestApp, embedded_config, eventually, plugin, plugins_dir};
+use crate::support::app::{
+    TestApp, cluster_config, embedded_config, eventually, plugin, plugins_dir, production_config,
+};
 
 /// Calls per second the vendor allows.
 const RATE: f64 = 100.0;
@@ -37,11 +40,36 @@ async fn call_started(app: &TestApp, id: &str, key: &str, within: Duration) -> i
     vendorhost::model::parse_ms(&at).unwrap_or_else(|| panic!("started_at {at:?} of {job}"))
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Backend {
+    Embedded,
+    Redis,
+    Cluster,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_key_is_served_beside_a_backlog_not_behind_it() {
+    late_key_beside_a_backlog(Backend::Embedded).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_key_is_served_beside_a_backlog_on_redis() {
+    late_key_beside_a_backlog(Backend::Redis).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_key_is_served_beside_a_backlog_on_the_cluster() {
+    late_key_beside_a_backlog(Backend::Cluster).await
+}
+
+async fn late_key_beside_a_backlog(backend: Backend) {
     let plugins = plugins_dir(&[plugin("sync")]);
     let data = tempfile::tempdir().unwrap();
-    let mut cfg = embedded_config(data.path(), plugins.path());
+    let mut cfg = match backend {
+        Backend::Embedded => embedded_config(data.path(), plugins.path()),
+        Backend::Redis => production_config(data.path(), plugins.path()),
+        Backend::Cluster => cluster_config(data.path(), plugins.path()),
+    };
     cfg.mocks = false;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let vendor = mock::spawn(MockKind::Sync, listener, MockOptions::default()).await.unwrap();
@@ -83,13 +111,13 @@ async fn a_late_key_is_served_beside_a_backlog_not_behind_it() {
     }
     let bob_last = bob_calls.iter().copied().max().unwrap();
     let alice_after = alice_calls.iter().filter(|t| **t > bob_last).count();
-    eprintln!("{alice_after} of Alice's {BACKLOG} calls came after Bob's last ({LATE} jobs)");
+    eprintln!("{backend:?}: {alice_after} of Alice's {BACKLOG} calls came after Bob's last ({LATE} jobs)");
     // First in, first out, Bob's calls would all come after Alice's 2,000.
     // Fair, they come beside the backlog, at most one of Alice's between
     // two of Bob's once his jobs are queued: most of the backlog is after.
     assert!(
         alice_after >= BACKLOG / 2,
-        "only {alice_after} of Alice's {BACKLOG} calls came after Bob's last: Bob waited behind the backlog"
+        "{backend:?}: only {alice_after} of Alice's {BACKLOG} calls came after Bob's last: Bob waited behind the backlog"
     );
     app.stop().await;
 }

@@ -16,6 +16,9 @@
 /// The keys of one partition.
 #[derive(Debug, Clone)]
 pub struct Keys {
+    /// What every key of the partition starts with (the fair order's
+    /// scripts name their lane keys from it).
+    pub base: String,
     /// The stream (field `m` = payload), read by the group `workers`.
     pub jobs: String,
     /// Sorted set of delayed entries, member `<token>|<payload>`, score = due ms.
@@ -28,6 +31,10 @@ pub struct Keys {
     pub present: String,
     /// Who promotes this partition's delayed entries right now.
     pub promoter: String,
+    /// Count of entries waiting in the lanes.
+    pub waiting: String,
+    /// A short list lease calls block on, pushed when entries join lanes.
+    pub bell: String,
 }
 
 impl Keys {
@@ -42,12 +49,15 @@ impl Keys {
 
     fn under(base: &str) -> Keys {
         Keys {
+            base: base.to_string(),
             jobs: format!("{base}:jobs"),
             delayed: format!("{base}:delayed"),
             dead: format!("{base}:dead"),
             dead_at: format!("{base}:dead:at"),
             present: format!("{base}:present"),
             promoter: format!("{base}:promoter"),
+            waiting: format!("{base}:waiting"),
+            bell: format!("{base}:bell"),
         }
     }
 }

@@ -3,14 +3,19 @@
 //! The queue is P partitions (`queue_settings.partitions`); a job's partition
 //! is a hash of its id (`keys.rs`). Each partition has, under one hash tag
 //! (so one cluster slot):
-//! - `jobs`: the stream (field `m` = payload), read by the group `workers`.
-//!   A lease is a pending entry; `XAUTOCLAIM` reclaims entries idle past the
-//!   lease. Acked entries are deleted, so the stream holds only waiting and
-//!   leased entries.
-//! - `delayed`: a sorted set, member `<token>|<payload>`, score = due ms. Its
-//!   promoter (a Lua script, run by one process of the fleet at a time: the
-//!   holder of the partition's `promoter` lock) moves due members onto the
-//!   stream.
+//! - lanes (below): the entries waiting, in fair order.
+//! - `jobs`: the stream (field `m` = payload, `r`/`t`/`s` its rank, tag and
+//!   sequence), read
+//!   by the group `workers`. A lease call moves the entries it is about to
+//!   read from the lanes onto the stream and reads them, in one script
+//!   (`DISPATCH`): the stream holds only leased entries (and any an older
+//!   version left undelivered, read first). A lease is a pending entry;
+//!   `XAUTOCLAIM` reclaims entries idle past the lease. Acked entries are
+//!   deleted.
+//! - `delayed`: a sorted set, member `<token>|<payload>` (or `<token>|~<rank>|
+//!   <tag>|<seq>|<payload>` for an entry given back), score = due ms. Its promoter
+//!   (a Lua script, run by one process of the fleet at a time: the holder of
+//!   the partition's `promoter` lock) moves due members into their lanes.
 //! - `dead` (hash id → JSON) and `dead:at` (sorted set id → died_at): dead
 //!   letters (a letter's partition is a hash of its id), listed oldest first
 //!   and purged by age.
@@ -18,9 +23,31 @@
 //!   leased), kept in the same atomic step as the entry itself; the sweeper
 //!   asks it which overdue jobs lost their entry.
 //!
+//! ## Fair order (issue 20)
+//!
+//! Waiting entries are ordered as on the embedded queue (see `queue/sqlite.rs`
+//! for the design: start-time fair queueing per vendor across API key names,
+//! priority with aging within a key, entries given back keep their place),
+//! with per partition, under its base `B`:
+//! - `B:lane:<len>:<vendor>:<key>:e` (entries, member `<seq>|<payload>`,
+//!   score = rank: enqueue ms + level × aging) and `...:t` (the lane's tags,
+//!   member `<seq>`, score = tag): a lane per vendor and key name. The lane's
+//!   best-ranked entry goes with its lowest tag, so priority reorders a key's
+//!   own turns only.
+//! - `B:lanes:<vendor>`: sorted set of that vendor's lanes by head tag;
+//!   `B:vendors`: set of vendors with lanes; `B:rr`: the vendor served last.
+//! - `B:clock`: hash vendor → virtual time V; `B:weights`: key name → weight
+//!   (written by each enqueue from the configuration).
+//! - `B:waiting`: count of entries in lanes; `B:seq`: member sequence;
+//!   `B:bell`: a short list a lease call blocks on (`BLPOP`) when it finds
+//!   nothing, pushed when entries join lanes.
+//!
+//! Leasing is vendor-aware ([`LeaseOptions`]): held vendors are skipped by
+//! the dispatch script, limited ones give a few entries per call.
+//!
 //! A lease takes from every partition fairly: each call starts at the next
-//! partition, reads the others without blocking, then blocks on its first
-//! one only (with several partitions, briefly, then goes round again). No
+//! partition and dispatches from each; empty-handed, it waits on its first
+//! one's bell (with several partitions, briefly, then goes round again). No
 //! command spans two partitions; what does (depth, listing dead letters,
 //! `present`) asks each partition and merges.
 //!
@@ -34,18 +61,19 @@ mod wire;
 
 use async_trait::async_trait;
 use futures::future::try_join_all;
-use redis::streams::{StreamPendingCountReply, StreamPendingReply, StreamReadOptions, StreamReadReply};
+use redis::streams::{StreamPendingCountReply, StreamPendingReply};
 use redis::{AsyncCommands, Script, Value};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Lease, Message, Queue, QueueDepth, QueueError, Result};
+use super::fair::Fairness;
+use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result};
 use crate::model::{DeadLetter, Millis, now_ms};
 use crate::redis_conn::{BlockingConn, RedisConn, SharedConn};
 use crate::telemetry;
 use keys::{Keys, entry_id, partition_of, split_entry_id};
-use wire::{is_nogroup, letter_of, parse_autoclaim, payload_of};
+use wire::{is_nogroup, letter_of, parse_autoclaim, parse_dispatched};
 
 const GROUP: &str = "workers";
 /// Delayed entries moved per script call (bounds the script's run time).
@@ -54,7 +82,7 @@ const PROMOTE_BATCH: usize = 1000;
 const ENQUEUE_BATCH: usize = 1000;
 /// Idle blocking connections kept for reuse.
 const BLOCKING_POOL: usize = 16;
-/// With several partitions, a lease blocks on one at a time, this long at
+/// With several partitions, a lease waits on one at a time, this long at
 /// most, then looks at the others again.
 const SHORT_BLOCK: Duration = Duration::from_millis(200);
 /// How long a partition's promoter keeps the role after its last run.
@@ -82,7 +110,7 @@ pub struct RedisQueue {
     redis: RedisConn,
     /// Shared connection for every non-blocking command.
     conn: SharedConn,
-    /// Dedicated connections for `XREADGROUP BLOCK`: a blocked command stalls
+    /// Dedicated connections for `BLPOP` on a bell: a blocked command stalls
     /// everything behind it on its connection. Each read may take its block
     /// time plus `timeout`; a read that does not answer by then drops its
     /// connection (the socket may be dead).
@@ -93,7 +121,11 @@ pub struct RedisQueue {
     next_start: AtomicUsize,
     /// This instance's promoter token.
     token: String,
+    /// The keys' weights and the priority aging.
+    fair: Arc<Fairness>,
     promote: Script,
+    enqueue: Script,
+    dispatch: Script,
     purge_dead: Script,
     ack: Script,
     extend: Script,
@@ -148,14 +180,28 @@ impl RedisQueue {
             parts,
             next_start: AtomicUsize::new(0),
             token: uuid::Uuid::new_v4().simple().to_string(),
-            promote: Script::new(scripts::PROMOTE),
+            fair: Arc::new(Fairness::default()),
+            promote: Script::new(&format!("{}{}", scripts::LANES, scripts::PROMOTE)),
+            enqueue: Script::new(&format!("{}{}", scripts::LANES, scripts::ENQUEUE)),
+            dispatch: Script::new(&format!("{}{}", scripts::LANES, scripts::DISPATCH)),
             purge_dead: Script::new(scripts::PURGE_DEAD),
             ack: Script::new(&format!("{}{}", scripts::HELD, scripts::ACK)),
             extend: Script::new(&format!("{}{}", scripts::HELD, scripts::EXTEND)),
-            release: Script::new(&format!("{}{}", scripts::HELD, scripts::RELEASE)),
+            release: Script::new(&format!("{}{}{}", scripts::LANES, scripts::HELD, scripts::RELEASE)),
         };
         try_join_all((0..partitions).map(|p| queue.ensure_group(p))).await?;
         Ok(queue)
+    }
+
+    /// The queue ordering its entries with these weights and aging (default:
+    /// every key weight 1, the default aging).
+    pub fn with_fairness(mut self, fair: Arc<Fairness>) -> RedisQueue {
+        self.fair = fair;
+        self
+    }
+
+    fn aging_ms(&self) -> u64 {
+        self.fair.aging.as_millis().min(u128::from(u64::MAX)) as u64
     }
 
     /// How many partitions this queue has.
@@ -216,6 +262,8 @@ impl RedisQueue {
                 .arg(PROMOTE_BATCH)
                 .arg(&self.token)
                 .arg(PROMOTER_TTL.as_millis() as u64)
+                .arg(&part.keys.base)
+                .arg(self.aging_ms())
                 .invoke_async(&mut conn)
                 .await?;
             if moved < PROMOTE_BATCH as i64 {
@@ -315,54 +363,60 @@ impl RedisQueue {
             .collect())
     }
 
-    /// Reads never-delivered entries of partition `p`, blocking up to
-    /// `block` for the first.
-    async fn read_new(
+    /// Moves up to `count` waiting entries of partition `p` onto its stream
+    /// in fair order (skipping `skip`, taking at most the cap of each of
+    /// `caps`) and reads them for `consumer`.
+    async fn dispatch(
         &self,
         p: usize,
         consumer: &str,
         count: usize,
-        block: Option<Duration>,
         lease: Duration,
+        skip: &[&str],
+        caps: &[(String, usize)],
     ) -> Result<Vec<Lease>> {
-        let stream = &self.keys(p).jobs;
-        let mut opts = StreamReadOptions::default().group(GROUP, consumer).count(count);
-        let reply: Option<StreamReadReply> = match block {
-            None => {
-                let mut conn = self.conn.clone();
-                conn.xread_options(&[stream], &[">"], &opts).await?
-            }
-            Some(wait) => {
-                opts = opts.block(wait.as_millis().max(1) as usize);
-                let mut conn = self.blocking_conn().await?;
-                // Bounded: a dead socket fails the read instead of hanging
-                // it. On error the connection is dropped, not pooled.
-                let bound = wait.saturating_add(self.timeout);
-                let reply = match tokio::time::timeout(bound, conn.xread_options(&[stream], &[">"], &opts)).await {
-                    Ok(r) => r?,
-                    Err(_) => return Err(QueueError::Other(format!("redis did not answer within {bound:?}"))),
-                };
-                let mut pool = lock(&self.blocking);
-                if pool.len() < BLOCKING_POOL {
-                    pool.push(conn);
-                }
-                reply
-            }
-        };
+        let keys = self.keys(p);
+        let mut inv = self.dispatch.key(&keys.jobs);
+        inv.arg(&keys.base).arg(GROUP).arg(consumer).arg(count).arg(skip.len()).arg(skip).arg(caps.len());
+        for (vendor, cap) in caps {
+            inv.arg(vendor).arg(*cap);
+        }
+        let raw: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let n = self.parts.len();
-        let entries = reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>());
-        Ok(entries
-            .unwrap_or_default()
+        Ok(parse_dispatched(raw)?
             .into_iter()
-            .map(|e| Lease {
-                payload: payload_of(&e),
-                entry_id: entry_id(p, &e.id, n),
+            .map(|(id, payload)| Lease {
+                payload,
+                entry_id: entry_id(p, &id, n),
                 deliveries: 1,
                 lease_for: lease,
                 consumer: consumer.to_string(),
                 token: 1,
             })
             .collect())
+    }
+
+    /// Waits up to `wait` for partition `p`'s bell (entries joined its
+    /// lanes); a ring may be for entries another call takes first.
+    async fn wait_bell(&self, p: usize, wait: Duration) -> Result<()> {
+        let mut conn = self.blocking_conn().await?;
+        // Bounded: a dead socket fails the wait instead of hanging it. On
+        // error the connection is dropped, not pooled.
+        let bound = wait.saturating_add(self.timeout);
+        let secs = format!("{:.3}", wait.as_secs_f64().max(0.001));
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(&self.keys(p).bell).arg(secs);
+        match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(r) => {
+                r?;
+            }
+            Err(_) => return Err(QueueError::Other(format!("redis did not answer within {bound:?}"))),
+        }
+        let mut pool = lock(&self.blocking);
+        if pool.len() < BLOCKING_POOL {
+            pool.push(conn);
+        }
+        Ok(())
     }
 
     /// The partition and stream id a lease names (None: not this queue's).
@@ -406,18 +460,24 @@ impl RedisQueue {
         }
     }
 
-    /// Adds `msgs` (all of partition `p`) to its stream, in atomic batches.
+    /// Adds `msgs` (all of partition `p`) to its lanes, in atomic batches.
     async fn enqueue_into(&self, p: usize, msgs: &[&Message]) -> Result<()> {
         let keys = self.keys(p);
         let mut conn = self.conn.clone();
         for chunk in msgs.chunks(ENQUEUE_BATCH) {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            for m in chunk {
-                pipe.xadd(&keys.jobs, "*", &[("m", m.encode())]).ignore();
-                pipe.sadd(&keys.present, &m.request_id).ignore();
+            // Each key name's weight, once per call.
+            let mut names: Vec<&str> = chunk.iter().filter_map(|m| m.key.as_deref()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let mut inv = self.enqueue.key(&keys.jobs);
+            inv.arg(&keys.base).arg(now_ms()).arg(self.aging_ms()).arg(names.len());
+            for name in names {
+                inv.arg(name).arg(self.fair.weight(name));
             }
-            let _: () = pipe.query_async(&mut conn).await?;
+            for m in chunk {
+                inv.arg(&m.request_id).arg(m.encode());
+            }
+            let _: i64 = inv.invoke_async(&mut conn).await?;
         }
         Ok(())
     }
@@ -426,18 +486,22 @@ impl RedisQueue {
     async fn depth_of(&self, p: usize) -> Result<QueueDepth> {
         let keys = self.keys(p);
         let depth = || async {
-            let (len, pending, delayed, dead): (u64, StreamPendingReply, u64, u64) = redis::pipe()
-                .atomic()
-                .xlen(&keys.jobs)
-                .xpending(&keys.jobs, GROUP)
-                .zcard(&keys.delayed)
-                .zcard(&keys.dead_at)
-                .query_async(&mut self.conn.clone())
-                .await?;
+            let (len, pending, delayed, dead, waiting): (u64, StreamPendingReply, u64, u64, Option<i64>) =
+                redis::pipe()
+                    .atomic()
+                    .xlen(&keys.jobs)
+                    .xpending(&keys.jobs, GROUP)
+                    .zcard(&keys.delayed)
+                    .zcard(&keys.dead_at)
+                    .get(&keys.waiting)
+                    .query_async(&mut self.conn.clone())
+                    .await?;
             let leased = pending.count() as u64;
-            // Acks delete entries, so the stream holds exactly the waiting
-            // entries plus the leased ones.
-            Ok(QueueDepth { ready: len.saturating_sub(leased), delayed, leased, dead })
+            // Acks delete entries, so the stream holds the leased entries
+            // (plus any left undelivered by an older version); the rest
+            // wait in lanes.
+            let waiting = waiting.unwrap_or_default().max(0) as u64;
+            Ok(QueueDepth { ready: len.saturating_sub(leased) + waiting, delayed, leased, dead })
         };
         self.with_group(p, depth).await
     }
@@ -510,6 +574,17 @@ impl Queue for RedisQueue {
     }
 
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
+        self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await
+    }
+
+    async fn lease_with(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+        options: &LeaseOptions,
+    ) -> Result<Vec<Lease>> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -518,39 +593,44 @@ impl Queue for RedisQueue {
         let mut start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
         loop {
             let now = now_ms();
+            // The vendors still held, and when the first hold ends.
+            let held: Vec<&(String, Millis)> = options.blocked.iter().filter(|(_, until)| *until > now).collect();
+            let skip: Vec<&str> = held.iter().map(|(v, _)| v.as_str()).collect();
+            let hold_ends = held.iter().map(|(_, until)| *until).min();
             let next_due = self.promote_all(now).await?;
             let mut out = self.reclaim_all(consumer, max, lease, start).await?;
-            // The other partitions without blocking, then `start` (blocking
-            // only when empty-handed).
-            for i in 1..=n {
+            for i in 0..n {
                 if out.len() >= max {
                     break;
                 }
                 let p = (start + i) % n;
                 let room = max - out.len();
-                if p != start || !out.is_empty() {
-                    out.extend(self.with_group(p, || self.read_new(p, consumer, room, None, lease)).await?);
-                    continue;
-                }
-                // Block only when empty-handed, and not past the next delayed entry.
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                let until_due = next_due.map(|d| Duration::from_millis((d - now).max(1) as u64));
-                let mut block = until_due.map_or(remaining, |u| u.min(remaining));
-                if n > 1 {
-                    block = block.min(SHORT_BLOCK);
-                }
-                let block = (!block.is_zero()).then_some(block);
-                out.extend(self.with_group(p, || self.read_new(p, consumer, room, block, lease)).await?);
-                if out.is_empty() && block.is_none() {
-                    return Ok(out);
-                }
+                out.extend(
+                    self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, &options.limited)).await?,
+                );
             }
-            let due_reached = next_due.is_some_and(|d| now_ms() >= d);
-            if !out.is_empty() || Instant::now() >= deadline || due_reached {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !out.is_empty() || remaining.is_zero() {
                 return Ok(out);
             }
+            // Empty-handed: wait for a ring, not past the next delayed
+            // entry nor the end of a hold.
+            let wake = match (next_due, hold_ends) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let now = now_ms();
+            let mut block = wake.map_or(remaining, |w| Duration::from_millis((w - now).max(1) as u64).min(remaining));
+            if n > 1 {
+                block = block.min(SHORT_BLOCK);
+            }
+            self.wait_bell(start, block).await?;
             start = (start + 1) % n;
         }
+    }
+
+    fn vendor_aware(&self) -> bool {
+        true
     }
 
     async fn extend(&self, lease: &Lease) -> Result<bool> {
@@ -601,7 +681,6 @@ impl Queue for RedisQueue {
             return self.ack(lease).await;
         }
         let payload = msg.encode();
-        let member = format!("{}|{payload}", uuid::Uuid::new_v4().simple());
         let keys = self.keys(p);
         let _: i64 = self
             .fenced(&self.release, id, lease)
@@ -611,8 +690,10 @@ impl Queue for RedisQueue {
             .arg(payload)
             .arg(due)
             .arg(now_ms())
-            .arg(member)
+            .arg(uuid::Uuid::new_v4().simple().to_string())
             .arg(&msg.request_id)
+            .arg(&keys.base)
+            .arg(self.aging_ms())
             .invoke_async(&mut self.conn.clone())
             .await?;
         self.note_due(p, due);

@@ -1,7 +1,6 @@
 //! Reading the Redis queue's replies: stream entries' payloads, stored dead
-//! letters, and `XAUTOCLAIM` (parsed by hand).
+//! letters, and `XAUTOCLAIM` and the dispatch script (parsed by hand).
 
-use redis::streams::StreamId;
 use redis::{RedisError, Value};
 
 use crate::model::{DeadLetter, Millis};
@@ -24,13 +23,9 @@ pub fn is_nogroup(e: &RedisError) -> bool {
     e.code() == Some("NOGROUP")
 }
 
-/// The payload of an entry: field `m`; an entry written by someone else
-/// (no `m`) is rendered as a JSON object of its fields, for the worker to
-/// dead-letter as malformed.
-pub fn payload_of(e: &StreamId) -> String {
-    payload_from(e.map.iter().map(|(k, v)| (k.clone(), v)))
-}
-
+/// The payload of an entry's fields: field `m`; an entry written by
+/// someone else (no `m`) is rendered as a JSON object of its fields, for the
+/// worker to dead-letter as malformed.
 fn payload_from<'a>(fields: impl Iterator<Item = (String, &'a Value)>) -> String {
     let fields: Vec<(String, String)> = fields.map(|(k, v)| (k, value_text(v))).collect();
     if let Some((_, m)) = fields.iter().find(|(k, _)| k == "m") {
@@ -72,20 +67,41 @@ pub fn parse_autoclaim(v: Value) -> Result<Claimed> {
         }
         let fields = if parts.len() > 1 { parts.remove(1) } else { Value::Nil };
         let Some(id) = text(&parts[0]) else { continue };
-        let payload = match fields {
-            Value::Array(kv) => {
-                let pairs = kv.chunks(2).filter_map(|p| match p {
-                    [k, v] => Some((text(k).unwrap_or_default(), v)),
-                    _ => None,
-                });
-                Some(payload_from(pairs))
-            }
-            Value::Map(kv) => Some(payload_from(kv.iter().map(|(k, v)| (text(k).unwrap_or_default(), v)))),
-            _ => None,
-        };
-        out.push((id, payload));
+        out.push((id, fields_payload(&fields)));
     }
     Ok((next, out, deleted))
+}
+
+/// The payload of an entry's fields as a reply gives them (None: no fields).
+fn fields_payload(fields: &Value) -> Option<String> {
+    match fields {
+        Value::Array(kv) => {
+            let pairs = kv.chunks(2).filter_map(|p| match p {
+                [k, v] => Some((text(k).unwrap_or_default(), v)),
+                _ => None,
+            });
+            Some(payload_from(pairs))
+        }
+        Value::Map(kv) => Some(payload_from(kv.iter().map(|(k, v)| (text(k).unwrap_or_default(), v)))),
+        _ => None,
+    }
+}
+
+/// Parses the dispatch script's reply, `{id, fields, id, fields, ...}`,
+/// into (stream id, payload) pairs.
+pub fn parse_dispatched(v: Value) -> Result<Vec<(String, String)>> {
+    let items = match v {
+        Value::Array(items) => items,
+        Value::Nil => return Ok(Vec::new()),
+        _ => return Err(QueueError::Other("unexpected dispatch reply: not an array".into())),
+    };
+    Ok(items
+        .chunks(2)
+        .filter_map(|pair| match pair {
+            [id, fields] => Some((text(id)?, fields_payload(fields).unwrap_or_default())),
+            _ => None,
+        })
+        .collect())
 }
 
 fn ids_of(v: Value) -> Vec<String> {
