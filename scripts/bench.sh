@@ -12,12 +12,17 @@
 #   BENCH_SCALE=1         also measure with 1M pending jobs (embedded: ~1 min;
 #                         on nx-27017 only if BENCH_NX_MAX_PENDING=1000000)
 #   BENCH_SKIP_BUILD=1    use target/release/vendorhost as it is
+#   BENCH_BIN=path        use this vendorhost binary (no build; e.g. target/debug/vendorhost)
+#   BENCH_TRIPS_JOBS=2000 jobs per run of the round-trips step (store operations
+#                         and Redis round-trips per sync and per async job)
 #   BENCH_PLUGINS=0       skip the plugin micro-benchmark
 #   BENCH_KEEP=1          keep the work directory (service logs, raw JSON)
 #   BENCH_LISTING_JOBS=1000000  jobs in the store for the GET /jobs runs
 #   BENCH_WAITERS=10000   concurrent `GET /jobs/{id}?wait=` for the waiters run
 #   BENCH_WAITERS_RATE=500  their submit rate, which is also the rate their jobs end
-#   BENCH_ONLY="embedded nx scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
+#   BENCH_ONLY="embedded nx trips scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
+#                         trips: the round-trips step alone, on embedded, Redis + SQLite
+#                         and Redis + nx-27017 (embedded and nx also run it after their e2e);
 #                         cluster: scripts/bench-cluster.sh, one Redis node vs a
 #                         3-master Redis Cluster, BENCH_CLUSTER_JOBS=20000)
 #                         limits: scripts/bench-limits.sh, the mock vendor's hidden
@@ -40,9 +45,10 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
-ONLY=${BENCH_ONLY:-embedded nx scale listing waiters cancel cluster limits fair cache}
-BIN=$ROOT/target/release/vendorhost
-WORK=$(mktemp -d /tmp/vendorhost-bench.XXXXXX)
+ONLY=${BENCH_ONLY:-embedded nx trips scale listing waiters cancel cluster limits fair cache}
+BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
+TRIPS_JOBS=${BENCH_TRIPS_JOBS:-2000}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/vendorhost-bench.XXXXXX")
 RESULTS=$WORK/results.jsonl
 PIDS=()
 BENCH_START=$(date +%s)
@@ -178,7 +184,7 @@ start() {
 #   embedded: `serve` (WORKERS 0: `api`, no workers) on one SQLite file
 #   nx:       `api` + WORKERS `worker` processes on Redis Streams (queue) and
 #             nx-27017 (store), the sync mock vendor running apart
-# It sets URL and SVC_PIDS.
+# It sets URL, SVC_PIDS and METRICS_URLS (every process's /metrics).
 N_INSTANCE=0
 new_instance() {
   N_INSTANCE=$((N_INSTANCE + 1))
@@ -191,14 +197,21 @@ nx_env() {
     "VENDORHOST_DATA=$WORK/data-$INST/vendorhost.db"
     "VENDORHOST_VENDORS__SYNC__ALLOWED_HOSTS=[\"127.0.0.1:$MOCK_PORT\"]"
     "VENDORHOST_VENDORS__SYNC__CONFIG__BASE_URL=http://127.0.0.1:$MOCK_PORT")
+  if [ -n "${ASYNC_MOCK_PORT:-}" ]; then
+    NX_ENV+=("VENDORHOST_PUBLIC_URL=$URL" "VENDORHOST_VENDORS__ASYNC__ALLOWED_HOSTS=[\"127.0.0.1:$ASYNC_MOCK_PORT\"]"
+      "VENDORHOST_VENDORS__ASYNC__CONFIG__BASE_URL=http://127.0.0.1:$ASYNC_MOCK_PORT"
+      "VENDORHOST_VENDORS__ASYNC__WEBHOOK_SECRETS=[\"$MOCK_SECRET\"]")
+  fi
 }
 
 add_workers() { # n
-  local i
+  local i mport
   nx_env
   for i in $(seq 1 "$1"); do
-    start "$INST-worker-$RANDOM" worker "${NX_ENV[@]}"
+    mport=$(free_port)
+    start "$INST-worker-$RANDOM" worker "${NX_ENV[@]}" "VENDORHOST_METRICS_LISTEN=127.0.0.1:$mport"
     SVC_PIDS+=("$STARTED")
+    METRICS_URLS+=("http://127.0.0.1:$mport/metrics")
   done
 }
 
@@ -207,6 +220,7 @@ up() { # kind workers
   port=$(free_port)
   URL="http://127.0.0.1:$port"
   SVC_PIDS=()
+  METRICS_URLS=("$URL/metrics")
   case $kind in
     embedded)
       local role=serve
@@ -281,6 +295,7 @@ http_scenarios() { # kind
   measured "$kind.get" loadtest --mode get -c "$CONNS" --ids "$ids" --duration "${SECS}s" --warmup 1s --stall-timeout 30s
   record_value "$kind.rss_load_kib" "$(rss_watch_stop)"
   down
+  round_trips "$kind"
 
   log "$kind: POST /jobs (closed loop, $CONNS connections, $SECS s)"
   new_instance
@@ -399,6 +414,56 @@ cancel_scenario() {
     up "$kind" 1
     unset VENDORHOST_VENDOR_DEFAULTS__TIMEOUT
     measured "cancel.$kind" loadtest --mode cancel -n 50 --vendor sync --data '{"_latency_ms": 120000}'
+    down
+  done
+}
+
+# Store operations and Redis round-trips per job: the counters of every
+# process (vendorhost_store_operations_total, vendorhost_redis_round_trips_total)
+# summed, as {"redis.shared": n, "sqlite.write": n, "mongo.find": n, ...}.
+counters() {
+  python3 - "${METRICS_URLS[@]}" <<'EOF'
+import json, re, sys, urllib.request
+tot = {}
+for url in sys.argv[1:]:
+    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    for line in text.splitlines():
+        m = re.match(r'^vendorhost_(redis_round_trips|store_operations)_total\{(.*)\} (\S+)$', line)
+        if not m:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        key = "redis." + labels.get("kind", "?") if m.group(1) == "redis_round_trips" else labels.get("backend", "?") + "." + labels.get("op", "?")
+        tot[key] = tot.get(key, 0) + float(m.group(3))
+print(json.dumps(tot))
+EOF
+}
+
+# round_trips KIND: on a fresh instance per vendor, BENCH_TRIPS_JOBS sync
+# jobs, then as many async ones (the mock calls back after 20 ms), each run
+# `loadtest --mode e2e -n N`; the counters' growth over the run and over 2 s
+# idle before it (the background: sweeper, queue depth, blocking reads) are
+# recorded as KIND.trips_VENDOR. The table divides them by the jobs completed.
+round_trips() { # kind
+  local kind=$1 vendor data idle0 idle1 before after start end
+  for vendor in sync async; do
+    data='{"query":"loadtest"}'
+    if [ "$vendor" = async ]; then data='{"query":"loadtest","_delay_ms":20}'; fi
+    log "$kind: store operations and Redis round-trips, $TRIPS_JOBS $vendor jobs"
+    new_instance
+    up "$kind" 1
+    idle0=$(counters)
+    sleep 2
+    idle1=$(counters)
+    before=$(counters)
+    start=$(date +%s.%N)
+    loadtest --mode e2e -n "$TRIPS_JOBS" -c 64 --stall-timeout 30s --vendor "$vendor" --data "$data" >"$WORK/trips.json" 2>>"$WORK/client.err"
+    end=$(date +%s.%N)
+    after=$(counters)
+    record_value "$kind.trips_$vendor" "$(jq -c --argjson i0 "$idle0" --argjson i1 "$idle1" --argjson b "$before" --argjson a "$after" \
+      --arg s "$start" --arg e "$end" \
+      '{e2e: .e2e, wall_s: (($e|tonumber) - ($s|tonumber)), idle_s: 2,
+        idle: ($i1 | with_entries(.value -= ($i0[.key] // 0))), run: ($a | with_entries(.value -= ($b[.key] // 0)))}' \
+      <"$WORK/trips.json" 2>/dev/null || echo '{"failed": true}')"
     down
   done
 }
@@ -583,6 +648,49 @@ for kind, name in (("embedded", "embedded (serve)"), ("nx", "Redis + nx-27017 (a
     mib = lambda k: "n/a" if k is None else f"{k/1024:.0f} MiB"
     label = f"RSS {name}"
     out.append(f"  {label:<{W}}idle {mib(idle)}; under e2e+GET load {mib(load)}; under POST flood {mib(sub)}")
+TRIP_KINDS = (("embedded", "embedded (serve: SQLite queue + store)"), ("streams", "Redis queue + SQLite store (serve)"),
+              ("nx", "Redis queue + nx-27017 store (api + 1 worker)"))
+if any(f"{k}.trips_{v}" in rows for k, _ in TRIP_KINDS for v in ("sync", "async")):
+    out.append("")
+    out.append("Store operations and Redis round-trips per completed job (counters of every process over the run; sqlite counts")
+    out.append("the queue's work too; reads include the load generator's GET /jobs/{id} polls, shown apart; background = the")
+    out.append("same counters per second while idle, e.g. sweeper and queue-depth reads, blocking reads)")
+for kind, name in TRIP_KINDS:
+    for vendor in ("sync", "async"):
+        r = (rows.get(f"{kind}.trips_{vendor}") or {}).get("value")
+        if not r:
+            continue
+        if r.get("failed") or not r.get("e2e"):
+            out.append(f"  {name}, {vendor}: run failed")
+            continue
+        e, run, idle = r["e2e"], r.get("run", {}), r.get("idle", {})
+        done = e.get("complete") or 0
+        if not done:
+            out.append(f"  {name}, {vendor}: no job completed")
+            continue
+        per = lambda k: run.get(k, 0) / done
+        polls = (e.get("polls") or 0) / done
+        store = sorted((k, v) for k, v in run.items() if not k.startswith("redis.") and v and not k.endswith(".monitoring"))
+        mongo = [f"{k.split('.', 1)[1]} {v / done:.2f}" for k, v in store if k.startswith("mongo.")]
+        label = f"{name}, {vendor}"
+        out.append(f"  {label}: {done:,} of {e.get('jobs', 0):,} jobs complete in {r.get('wall_s', 0):.1f} s, {polls:.2f} polls per job")
+        if any(k.startswith("sqlite.") for k, _ in store):
+            w, rd = per("sqlite.write"), per("sqlite.read")
+            out.append(f"    sqlite: writes {w:.2f}, reads {rd:.2f} ({rd - polls:.2f} without the polls)")
+        if mongo:
+            tot = sum(v for k, v in store if k.startswith("mongo.")) / done
+            reads = sum(per(f"mongo.{op}") for op in ("find", "aggregate", "getMore", "count", "distinct"))
+            out.append(f"    mongo: {tot:.2f} ops ({tot - polls:.2f} without the polls; reads {reads:.2f}): {', '.join(mongo)}")
+            mon = per("mongo.monitoring")
+            if mon:
+                out.append(f"    mongo monitoring (hello, ping, endSessions; not counted above): {mon:.3f}")
+        rs, rb = per("redis.shared"), per("redis.blocking")
+        if rs or rb:
+            out.append(f"    redis round-trips: {rs + rb:.2f} ({rs:.2f} shared, {rb:.2f} blocking reads)")
+        bg = {k: v / r.get("idle_s", 2) for k, v in idle.items() if v}
+        if bg:
+            out.append(f"    background per second idle: {', '.join(f'{k} {v:.1f}' for k, v in sorted(bg.items()))}")
+
 out.append("")
 out.append("Where the CPU went (% of one core over each run; 2 cores = 200%; client = the load generator or sampler)")
 for rid, label in (("embedded.submit", "embedded POST flood"), ("embedded.get", "embedded GET"), ("embedded.e2e", "embedded end to end"),
@@ -604,7 +712,7 @@ EOF
 
 # ------------------------------------------------------------------- main
 
-if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   log "building the release binary"
   cargo build --release -p vendorhost
 fi
@@ -632,7 +740,7 @@ touch "$WORK/plugins-bench.txt"
 service_env
 
 # Redis, nx-27017 and the mock vendor the worker processes call.
-if wants nx || wants scale || wants cancel; then
+if wants nx || wants scale || wants cancel || wants trips; then
   NX=""
   for c in "$ROOT/.venv/bin/nx-27017" /tmp/nxvenv/bin/nx-27017 "$(command -v nx-27017 || true)"; do
     if [ -n "$c" ] && [ -x "$c" ]; then NX=$c; break; fi
@@ -657,6 +765,12 @@ if wants nx || wants scale || wants cancel; then
     MOCK_PID=$!
     PIDS+=("$MOCK_PID")
     wait_port "$MOCK_PORT"
+    # The async mock (round-trips step): signs its callbacks with a secret the workers know.
+    MOCK_SECRET="whsec_$(head -c 24 /dev/urandom | base64)"
+    ASYNC_MOCK_PORT=$(free_port)
+    "$BIN" mock-vendor async --port "$ASYNC_MOCK_PORT" --callback-delay-ms 20 --secret "$MOCK_SECRET" >"$WORK/mock-async.log" 2>&1 &
+    PIDS+=("$!")
+    wait_port "$ASYNC_MOCK_PORT"
   fi
 fi
 
@@ -664,6 +778,12 @@ if wants embedded; then http_scenarios embedded; fi
 if wants nx && [ -n "${MONGO_URL:-}" ]; then
   http_scenarios nx
   worker_scaling
+fi
+if wants trips; then
+  # embedded and nx run this step after their own end-to-end runs.
+  if ! wants embedded; then round_trips embedded; fi
+  if [ -n "${REDIS_URL:-}" ]; then round_trips streams; fi
+  if [ -n "${MONGO_URL:-}" ] && ! wants nx; then round_trips nx; fi
 fi
 if wants listing; then listing_scale; fi
 if wants waiters; then waiters_scenario; fi

@@ -6,7 +6,10 @@
 //! savepoint inside one transaction, commits once (one fsync), and only then
 //! answers each caller. So a submit's 202 leaves after its row is durable,
 //! and a thousand submits cost a handful of fsyncs. Reads use a small pool of
-//! read-only connections, which WAL lets run beside the writer.
+//! read-only connections, which WAL lets run beside the writer. Each write
+//! and each read counts one store operation
+//! (`vendorhost_store_operations_total{backend="sqlite"}`; queue work
+//! included, the file holding both).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -325,6 +328,7 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
+        count_op("write");
         let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
         let op: Op = Box::new(move |conn| {
             let res = in_savepoint(conn, f);
@@ -348,6 +352,7 @@ impl Db {
         thread_local! {
             static CONNS: std::cell::RefCell<Vec<(PathBuf, Connection)>> = const { std::cell::RefCell::new(Vec::new()) };
         }
+        count_op("read");
         CONNS.with(|cell| {
             let mut conns = cell.borrow_mut();
             let idx = match conns.iter().position(|(p, _)| *p == self.path) {
@@ -371,6 +376,7 @@ impl Db {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
+        count_op("read");
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let conn = db.readers.lock().ok().and_then(|mut r| r.pop());
@@ -389,6 +395,11 @@ impl Db {
         .await
         .map_err(|_| DbError::Closed)?
     }
+}
+
+/// Counts one store operation (`write` or `read`) on the embedded database.
+fn count_op(op: &'static str) {
+    metrics::counter!(telemetry::STORE_OPERATIONS, "backend" => "sqlite", "op" => op).increment(1);
 }
 
 fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> rusqlite::Result<R> {
@@ -471,5 +482,28 @@ mod tests {
         let rows: Vec<i64> =
             db.read(|c| c.prepare("SELECT x FROM t")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
         assert_eq!(rows, [2], "the panicking write's row must be rolled back, the next one kept");
+    }
+
+    #[test]
+    fn writes_and_reads_are_counted() {
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        metrics::with_local_recorder(&recorder, || {
+            rt.block_on(async {
+                let db = Db::open(&dir.path().join("t.db")).unwrap();
+                db.write(|c| c.execute_batch("CREATE TABLE t (x INTEGER)")).await.unwrap();
+                db.write(|c| c.execute("INSERT INTO t VALUES (1)", [])).await.unwrap();
+                db.lookup(|c| c.query_row("SELECT x FROM t", [], |r| r.get::<_, i64>(0))).unwrap();
+            })
+        });
+        let text = handle.render();
+        let count = |op: &str| {
+            let series = format!("{}{{backend=\"sqlite\",op=\"{op}\"}} ", telemetry::STORE_OPERATIONS);
+            text.lines().find_map(|l| l.strip_prefix(series.as_str())).map(|v| v.trim().to_string())
+        };
+        assert_eq!(count("write").as_deref(), Some("2"), "{text}");
+        assert_eq!(count("read").as_deref(), Some("1"), "{text}");
     }
 }

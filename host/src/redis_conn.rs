@@ -19,6 +19,9 @@
 //! stopped answering without closing the socket never tells the client
 //! otherwise). Blocking readers bound each read to its block time plus the
 //! same timeout (see `queue/redis`).
+//!
+//! Every request sent through either kind (a command, a pipeline, a script
+//! invocation) counts one round-trip (`vendorhost_redis_round_trips_total`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -158,8 +161,14 @@ pub enum BlockingConn {
     Cluster(ClusterConnection),
 }
 
+/// Counts one request sent to Redis on a connection of `kind`.
+fn round_trip(kind: &'static str) {
+    metrics::counter!(crate::telemetry::REDIS_ROUND_TRIPS, "kind" => kind).increment(1);
+}
+
 impl ConnectionLike for BlockingConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        round_trip("blocking");
         match self {
             BlockingConn::Single(c) => c.req_packed_command(cmd),
             BlockingConn::Cluster(c) => c.req_packed_command(cmd),
@@ -172,6 +181,7 @@ impl ConnectionLike for BlockingConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        round_trip("blocking");
         match self {
             BlockingConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
             BlockingConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
@@ -334,6 +344,7 @@ fn timed_out(after: Duration) -> RedisError {
 
 impl ConnectionLike for SharedConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        round_trip("shared");
         Box::pin(self.run(move |mut m| Box::pin(async move { m.req_packed_command(cmd).await })))
     }
 
@@ -343,6 +354,7 @@ impl ConnectionLike for SharedConn {
         offset: usize,
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
+        round_trip("shared");
         Box::pin(self.run(move |mut m| Box::pin(async move { m.req_packed_commands(pipeline, offset, count).await })))
     }
 

@@ -46,6 +46,33 @@ pub const VENDOR_PAUSES: &str = "vendorhost_vendor_pauses_total";
 pub const VENDOR_CONFIGURED_RATE: &str = "vendorhost_vendor_configured_rate";
 pub const VENDOR_LEARNED_RATE: &str = "vendorhost_vendor_learned_rate";
 pub const VENDOR_CALLS_SAVED: &str = "vendorhost_vendor_calls_saved_total";
+pub const REDIS_ROUND_TRIPS: &str = "vendorhost_redis_round_trips_total";
+pub const STORE_OPERATIONS: &str = "vendorhost_store_operations_total";
+
+/// `STORE_OPERATIONS`'s `op` for MongoDB: the command's own name when it is
+/// one of these, else `other`; the driver's and readiness probes' own
+/// traffic is `monitoring` (not a job's cost).
+pub const MONGO_OPS: [&str; 11] = [
+    "insert",
+    "update",
+    "delete",
+    "find",
+    "findAndModify",
+    "aggregate",
+    "getMore",
+    "count",
+    "distinct",
+    "createIndexes",
+    "bulkWrite",
+];
+
+/// The `op` label of a MongoDB command named `name` (see `MONGO_OPS`).
+pub fn mongo_op(name: &str) -> &'static str {
+    match name {
+        "hello" | "isMaster" | "ismaster" | "ping" | "endSessions" => "monitoring",
+        _ => MONGO_OPS.iter().find(|op| **op == name).copied().unwrap_or("other"),
+    }
+}
 
 /// Why a job is put back before a call (`JOBS_DELAYED`'s `reason`).
 pub const DELAY_REASONS: [&str; 8] =
@@ -201,6 +228,14 @@ pub fn describe() {
         VENDOR_CALLS_SAVED,
         "Jobs completed without a vendor call of their own (cache_ttl set), by vendor and how: cache (a stored result younger than cache_ttl answered it), coalesced (an identical job's call in flight answered it)."
     );
+    describe_counter!(
+        REDIS_ROUND_TRIPS,
+        "Requests this process sent to Redis (a command, a pipeline or a script invocation is one), by connection kind (shared, blocking)."
+    );
+    describe_counter!(
+        STORE_OPERATIONS,
+        "Store operations of this process, by backend and op: mongo, one per command sent (insert, update, find, findAndModify, ..., other; monitoring: hello, ping, endSessions); sqlite, one per write (group-committed transaction share) or read (the embedded database holds the queue too)."
+    );
     describe_gauge!(VENDOR_CONFIGURED_RATE, "A vendor's configured rate limit, in calls per second, by vendor.");
     describe_gauge!(
         VENDOR_LEARNED_RATE,
@@ -235,6 +270,14 @@ pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn mongo_commands_map_to_a_fixed_set_of_ops() {
+        assert_eq!(super::mongo_op("findAndModify"), "findAndModify");
+        assert_eq!(super::mongo_op("insert"), "insert");
+        assert_eq!(super::mongo_op("hello"), "monitoring");
+        assert_eq!(super::mongo_op("listIndexes"), "other");
+    }
+
     #[test]
     fn one_line_escapes_what_could_break_a_line_and_nothing_else() {
         assert_eq!(super::one_line("sync.wasm"), "sync.wasm");

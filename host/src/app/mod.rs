@@ -147,7 +147,9 @@ pub async fn run(
         backends.store.clone(),
     ));
     let liveness = (role != Role::Api).then(|| Arc::new(Liveness::new(&cfg.queue_settings)));
+    let usage_book = Arc::new(crate::jobs::usage::UsageBook::new(backends.store.clone()));
     if let Some(liveness) = &liveness {
+        tasks.spawn(usage_book.clone().run(stop_rx.clone()));
         let ctx = Arc::new(WorkerCtx {
             queue: backends.queue.clone(),
             store: backends.store.clone(),
@@ -163,6 +165,7 @@ pub async fn run(
             completions: completions.clone(),
             key_limits: key_limits.clone(),
             vendor_holds: Default::default(),
+            usage: usage_book.clone(),
         });
         tasks.spawn(worker::run(ctx, cfg.workers, stop_rx.clone()));
         let sweeper = Sweeper::new(
@@ -246,6 +249,10 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("some tasks did not stop within the grace period");
+    }
+    // The last calls' usage, once the workers are done.
+    if tokio::time::timeout(std::time::Duration::from_secs(5), usage_book.flush()).await.is_err() {
+        tracing::warn!("usage of the last second could not be written");
     }
     for m in mocks {
         m.shutdown().await;

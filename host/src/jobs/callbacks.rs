@@ -275,7 +275,7 @@ impl Callbacks {
             let key = crate::jobs::result_cache::key_of(&job, cache);
             crate::jobs::result_cache::remember(&*self.store, &key, vendor, &outcome, cache.ttl, now_ms()).await;
         }
-        if finish(&*self.store, &*self.queue, &self.completions, &request_id, vendor, outcome, None, Via::Webhook)
+        if finish(&*self.store, &*self.queue, &self.completions, &request_id, vendor, outcome, None, Via::Webhook, None)
             .await?
         {
             if let Some(removed) = removed {

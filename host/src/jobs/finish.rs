@@ -6,7 +6,7 @@ use super::completions::Completions;
 use crate::clean::{Cleaned, Counts};
 use crate::model::{DeadLetter, Outcome, Redaction, now_ms};
 use crate::queue::{Lease, Message, Queue, QueueError};
-use crate::store::{Store, StoreError};
+use crate::store::{AttemptLog, Store, StoreError};
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,9 @@ pub fn count_redactions(vendor: &str, counts: &Counts) {
 /// a queue error is returned (the lease then expires and the job's next
 /// delivery finds it finished). Without a lease (webhook, sweeper) the
 /// dead-letter copy is best effort: the job's state is already written.
+///
+/// `attempt`: the vendor call that ended the job, recorded in its history
+/// in the same store write.
 // Three sinks of one end (store, queue, waiters) and the job's own facts:
 // grouping them would only add a type every caller builds.
 #[allow(clippy::too_many_arguments)]
@@ -86,8 +89,9 @@ pub async fn finish(
     outcome: Outcome,
     lease: Option<&Lease>,
     via: Via,
+    attempt: Option<&AttemptLog<'_>>,
 ) -> Result<bool, FinishError> {
-    let ended = store.finish(request_id, &outcome, now_ms()).await?;
+    let ended = store.finish(request_id, &outcome, now_ms(), attempt).await?;
     if ended {
         // Waiters (`GET /jobs/{id}?wait=`) and the notification loop.
         completions.completed(request_id);

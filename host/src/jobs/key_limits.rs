@@ -118,6 +118,12 @@ impl KeyLimits {
         Ok(Admitted { _lock: Some(guard) })
     }
 
+    /// Whether any key has a quota (a worker then needs each job's owner
+    /// before its call).
+    pub fn has_quotas(&self) -> bool {
+        self.keys.values().any(|k| !k.quotas.is_empty())
+    }
+
     /// Takes one call from `owner`'s quota for `vendor`, if it has one.
     pub async fn take_quota(&self, owner: Option<&str>, vendor: &str, now: Millis) -> Result<QuotaCheck, StoreError> {
         let Some(name) = owner else { return Ok(QuotaCheck::Allowed) };

@@ -198,7 +198,7 @@ impl Lead {
             .map(|(id, vendor)| {
                 let shared = shared.clone();
                 async move {
-                    match finish(store, queue, completions, &id, &vendor, shared, None, Via::Cache).await {
+                    match finish(store, queue, completions, &id, &vendor, shared, None, Via::Cache, None).await {
                         Ok(true) => {
                             saved(&vendor, "coalesced", 1);
                             1usize

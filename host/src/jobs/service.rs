@@ -317,7 +317,9 @@ impl JobService {
         let Some(hit) = hit else { return Ok(()) };
         let outcome = result_cache::outcome_of(hit);
         let (store, queue) = (&*self.store, &*self.queue);
-        if finish(store, queue, &self.completions, &job.request_id, &job.vendor, outcome, None, Via::Cache).await? {
+        if finish(store, queue, &self.completions, &job.request_id, &job.vendor, outcome, None, Via::Cache, None)
+            .await?
+        {
             result_cache::saved(&job.vendor, "cache", 1);
             tracing::debug!(request_id = %job.request_id, vendor = %job.vendor, "job answered from the result cache");
         }
@@ -349,6 +351,7 @@ impl JobService {
             Outcome::Cancelled,
             None,
             Via::Client,
+            None,
         )
         .await?;
         let now = self.store.get(request_id).await?.ok_or_else(|| CancelError::NotFound(request_id.to_string()))?;

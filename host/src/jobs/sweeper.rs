@@ -136,7 +136,7 @@ impl Sweeper {
         for id in &overdue {
             let Some(job) = self.store.get(id).await.map_err(|e| e.to_string())? else { continue };
             let outcome = Outcome::Failed { error: "no webhook from the vendor before the deadline".to_string() };
-            if finish(&*self.store, &*self.queue, &self.completions, id, &job.vendor, outcome, None, Via::Sweeper)
+            if finish(&*self.store, &*self.queue, &self.completions, id, &job.vendor, outcome, None, Via::Sweeper, None)
                 .await
                 .map_err(|e| e.to_string())?
             {

@@ -27,7 +27,7 @@ use crate::model::{ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, DeadLetter, Job
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::{Policies, Resolved};
 use crate::queue::{Lease, Message, Queue};
-use crate::store::{Attempt, Store};
+use crate::store::{Attempt, AttemptLog, Store};
 use crate::telemetry;
 
 /// Most entries leased in one round trip.
@@ -64,6 +64,8 @@ pub struct WorkerCtx {
     /// Vendors this process may not call right now (told to a vendor-aware
     /// queue at each lease).
     pub vendor_holds: crate::jobs::vendor_holds::VendorHolds,
+    /// Calls' costs, written to the store's rollup once a second.
+    pub usage: Arc<crate::jobs::usage::UsageBook>,
 }
 
 /// How long ago the lease loop last polled the queue successfully: what a
@@ -552,9 +554,20 @@ enum StepError {
 
 /// Ends the job failed (and its delivery with it).
 async fn fail(ctx: &WorkerCtx, lease: &Lease, msg: &Message, reason: String) -> Result<(), StepError> {
+    fail_call(ctx, lease, msg, reason, None).await
+}
+
+/// [`fail`], after a call: `attempt` is recorded in the same write.
+async fn fail_call(
+    ctx: &WorkerCtx,
+    lease: &Lease,
+    msg: &Message,
+    reason: String,
+    attempt: Option<&AttemptLog<'_>>,
+) -> Result<(), StepError> {
     let outcome = Outcome::Failed { error: reason };
-    finish(&*ctx.store, &*ctx.queue, &ctx.completions, &msg.request_id, &msg.vendor, outcome, Some(lease), Via::Worker)
-        .await?;
+    let (store, queue, id) = (&*ctx.store, &*ctx.queue, &msg.request_id);
+    finish(store, queue, &ctx.completions, id, &msg.vendor, outcome, Some(lease), Via::Worker, attempt).await?;
     Ok(())
 }
 
@@ -576,37 +589,29 @@ async fn delay(
 
 /// One delivery: check the job still wants a call, pass the gate, call the
 /// plugin, settle the outcome.
+///
+/// The job is read up front only when something before its call needs it
+/// (its vendor is gone, coalescing needs its data, a quota needs an owner
+/// the queue entry does not carry): otherwise starting the attempt reads it
+/// (one store operation, issue 24), and a job found finished there is
+/// acked.
 async fn process(
     ctx: &WorkerCtx,
     lease: &Lease,
     msg: &Message,
     running: &Mutex<Option<(crate::model::Millis, Instant)>>,
 ) -> Result<(), StepError> {
-    let Some(job) = ctx.store.get(&msg.request_id).await? else {
-        let letter = DeadLetter::new(
-            Some((&msg.request_id, &msg.vendor)),
-            &lease.payload,
-            "queue entry names a job that does not exist",
-        );
-        ctx.queue.dead_letter(Some(lease), letter).await?;
-        return Ok(());
-    };
-    if job.status.is_terminal() || job.vendor_ref.is_some() {
-        // A duplicate delivery of a finished job, or an async job its vendor
-        // already accepted (it waits for its webhook or deadline, not for
-        // another call): nothing to do.
-        ctx.queue.ack(lease).await?;
-        return Ok(());
-    }
     if lease.deliveries > ctx.settings.max_deliveries {
+        let Some(_) = read_job(ctx, lease, msg).await? else { return Ok(()) };
         let reason = format!(
             "delivered {} times without finishing (a worker crashed or timed out each time); max_deliveries is {}",
             lease.deliveries, ctx.settings.max_deliveries
         );
         return fail(ctx, lease, msg, reason).await;
     }
-    let vendor = job.vendor.clone();
+    let vendor = msg.vendor.clone();
     let Some(plugin) = ctx.registry.get(&vendor) else {
+        let Some(job) = read_job(ctx, lease, msg).await? else { return Ok(()) };
         let since = ctx.registry.removed_at(&vendor).unwrap_or(job.updated_at);
         let grace = millis(ctx.settings.removed_vendor_grace);
         if now_ms() - since >= grace {
@@ -616,10 +621,13 @@ async fn process(
         return delay(ctx, lease, msg, jitter(wait), "vendor_missing").await;
     };
     let policy = ctx.policies.for_plugin(&plugin);
+    let mut owner = msg.key.clone();
     // Coalescing (`cache_ttl` set): one call in flight per cache key; the
     // others wait for it off the workers, before any gate (they never call).
     let lead = match policy.cache {
         Some(cache) if !msg.solo => {
+            let Some(job) = read_job(ctx, lease, msg).await? else { return Ok(()) };
+            owner = job.owner.clone();
             let hold = lease.lease_for.saturating_add(policy.call.timeout);
             match result_cache::join(&*ctx.store, &job, &cache, hold, now_ms()).await? {
                 Joined::Lead(lead) => Some(lead),
@@ -627,7 +635,9 @@ async fn process(
                     let outcome = result_cache::outcome_of(&entry);
                     let (store, queue) = (&*ctx.store, &*ctx.queue);
                     let id = &msg.request_id;
-                    if finish(store, queue, &ctx.completions, id, &vendor, outcome, Some(lease), Via::Cache).await? {
+                    if finish(store, queue, &ctx.completions, id, &vendor, outcome, Some(lease), Via::Cache, None)
+                        .await?
+                    {
                         result_cache::saved(&vendor, "coalesced", 1);
                     }
                     return Ok(());
@@ -643,13 +653,42 @@ async fn process(
         }
         _ => None,
     };
-    let done = call(ctx, lease, msg, job, &plugin, &policy, running, lead.as_ref()).await;
+    if owner.is_none() && ctx.key_limits.has_quotas() {
+        // An entry queued without its owner (by an older version).
+        let Some(job) = read_job(ctx, lease, msg).await? else { return Ok(()) };
+        owner = job.owner;
+    }
+    let done = call(ctx, lease, msg, owner.as_deref(), &plugin, &policy, running, lead.as_ref()).await;
     if let Some(lead) = &lead
         && !lead.is_settled()
     {
         lead.abandon(&*ctx.store, &*ctx.queue).await;
     }
     done
+}
+
+/// The delivery's job, if it still wants a call. None when it does not
+/// (the delivery is then settled here): unknown (dead-lettered: the entry
+/// names no job), finished, or waiting for its async vendor's webhook
+/// (acked).
+async fn read_job(ctx: &WorkerCtx, lease: &Lease, msg: &Message) -> Result<Option<Job>, StepError> {
+    let Some(job) = ctx.store.get(&msg.request_id).await? else {
+        let letter = DeadLetter::new(
+            Some((&msg.request_id, &msg.vendor)),
+            &lease.payload,
+            "queue entry names a job that does not exist",
+        );
+        ctx.queue.dead_letter(Some(lease), letter).await?;
+        return Ok(None);
+    };
+    if job.status.is_terminal() || job.vendor_ref.is_some() {
+        // A duplicate delivery of a finished job, or an async job its vendor
+        // already accepted (it waits for its webhook or deadline, not for
+        // another call): nothing to do.
+        ctx.queue.ack(lease).await?;
+        return Ok(None);
+    }
+    Ok(Some(job))
 }
 
 /// Past coalescing: the gate, the key's quota, the attempt, the call, the
@@ -661,13 +700,13 @@ async fn call(
     ctx: &WorkerCtx,
     lease: &Lease,
     msg: &Message,
-    job: Job,
+    owner: Option<&str>,
     plugin: &crate::plugins::loader::Plugin,
     policy: &Resolved,
     running: &Mutex<Option<(crate::model::Millis, Instant)>>,
     lead: Option<&result_cache::Lead>,
 ) -> Result<(), StepError> {
-    let vendor = job.vendor.clone();
+    let vendor = msg.vendor.clone();
     let (_bulkhead, probe) = match gate(ctx, &vendor, policy).await {
         Gate::Pass { bulkhead, probe } => (bulkhead, probe),
         Gate::Wait { wait, why } => {
@@ -679,11 +718,11 @@ async fn call(
     };
     // The key's quota of calls to this vendor, last (a unit is spent only
     // on a call about to be made): over it, the job fails without a call.
-    let quota = ctx.key_limits.take_quota(job.owner.as_deref(), &vendor, now_ms()).await?;
-    if let Some(why) = quota.error_text(job.owner.as_deref().unwrap_or(""), &vendor) {
-        let key = job.owner.clone().unwrap_or_default();
+    let quota = ctx.key_limits.take_quota(owner, &vendor, now_ms()).await?;
+    if let Some(why) = quota.error_text(owner.unwrap_or(""), &vendor) {
+        let key = owner.unwrap_or_default().to_string();
         metrics::counter!(telemetry::QUOTA_EXCEEDED, "key" => key, "vendor" => vendor.clone()).increment(1);
-        tracing::info!(owner = job.owner.as_deref().unwrap_or(""), "quota exceeded; job fails without a call");
+        tracing::info!(owner = owner.unwrap_or(""), "quota exceeded; job fails without a call");
         return fail(ctx, lease, msg, why).await;
     }
 
@@ -691,7 +730,14 @@ async fn call(
     let job = match ctx.store.start_attempt(&msg.request_id, now, now.saturating_add(millis(lease.lease_for))).await? {
         Attempt::Started(job) => *job,
         Attempt::Over => {
-            ctx.queue.ack(lease).await?;
+            // Finished, waiting for its webhook, or unknown: `read_job`
+            // tells which and settles the delivery (rare: a duplicate
+            // delivery, a job cancelled while queued).
+            if read_job(ctx, lease, msg).await?.is_some() {
+                // Started meanwhile by another delivery that ended between
+                // the two reads: nothing for this one to do either.
+                ctx.queue.ack(lease).await?;
+            }
             return Ok(());
         }
         Attempt::Held { until } => {
@@ -718,17 +764,16 @@ async fn call(
     let (result, usage) = ctx.registry.runtime().fetch_metered(&plugin.pre, call_policy, &input).instrument(call).await;
     learn_from_answers(ctx, &vendor, policy, &observed, &result).await;
     let took = started.elapsed();
-    crate::jobs::usage::record(&*ctx.store, job.owner.as_deref(), &vendor, now, took, &usage).await;
+    crate::jobs::usage::record(&ctx.usage, job.owner.as_deref(), &vendor, now, took, &usage);
     if let Ok(mut r) = running.lock() {
         *r = None;
     }
-    // The call's record, before the job settles (so whoever sees it end
-    // sees the call too). History only: a failed write does not hold the job.
+    // The call's record, written with the state it settles the job in (so
+    // whoever sees it end sees the call too, and the attempt costs no write
+    // of its own).
     let mut record = attempt_record(now, took, &result, job.attempts < policy.max_attempts);
     record.usage = Some(crate::jobs::usage::attempt_usage(&usage));
-    if let Err(e) = ctx.store.record_attempt(&job.request_id, &record, ATTEMPTS_KEPT).await {
-        tracing::warn!(error = %e, "could not record the attempt in the job's history");
-    }
+    let attempt = AttemptLog { record: &record, keep: ATTEMPTS_KEPT };
     let outcome_label = match &result {
         Ok(FetchOutcome::Complete(_)) => "complete",
         Ok(FetchOutcome::Accepted(_)) => "accepted",
@@ -754,7 +799,16 @@ async fn call(
         "vendor call returned"
     );
     let cacheable = !observed.not_cacheable();
-    settle(ctx, lease, msg, &job, policy, result, lead.filter(|_| cacheable), cacheable).await
+    let call = Called { result, attempt: &attempt, cacheable };
+    settle(ctx, lease, msg, &job, policy, call, lead.filter(|_| cacheable)).await
+}
+
+/// What a call gave: its outcome, its record for the job's history, and
+/// whether the plugin let the result be cached.
+struct Called<'a> {
+    result: Result<FetchOutcome, CallError>,
+    attempt: &'a AttemptLog<'a>,
+    cacheable: bool,
 }
 
 /// How a call went, for the job's history: `retries_left` says whether a
@@ -902,20 +956,18 @@ async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
 }
 
 /// After the call: finish the job, hand it to its async vendor, or schedule
-/// its retry.
-// The delivery, the job and its call's outcome, and what caching it needs.
-#[allow(clippy::too_many_arguments)]
+/// its retry (each one store write, the call's record with it).
 async fn settle(
     ctx: &WorkerCtx,
     lease: &Lease,
     msg: &Message,
     job: &Job,
     policy: &Resolved,
-    result: Result<FetchOutcome, CallError>,
+    call: Called<'_>,
     lead: Option<&result_cache::Lead>,
-    cacheable: bool,
 ) -> Result<(), StepError> {
     let now = now_ms();
+    let Called { result, attempt, cacheable } = call;
     match result {
         Ok(FetchOutcome::Complete(text)) => {
             let (outcome, removed) = cleaned_outcome(policy.cleaner.clean_text(&text));
@@ -936,6 +988,7 @@ async fn settle(
                 outcome.clone(),
                 Some(lease),
                 Via::Worker,
+                Some(attempt),
             )
             .await?;
             if ended {
@@ -947,7 +1000,7 @@ async fn settle(
         }
         Ok(FetchOutcome::Accepted(vendor_ref)) => {
             let deadline = now + millis(policy.webhook_deadline);
-            ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now).await?;
+            ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now, Some(attempt)).await?;
             tracing::info!(vendor_ref = %telemetry::one_line(&vendor_ref), "job accepted by vendor; awaiting webhook");
             ctx.queue.ack(lease).await?;
         }
@@ -963,13 +1016,13 @@ async fn settle(
             tracing::info!(error = %telemetry::one_line(&error), retry_in_ms = wait.as_millis() as u64, "retryable error; will retry");
             metrics::counter!(telemetry::JOB_RETRIES, "vendor" => job.vendor.clone(), "kind" => e.kind()).increment(1);
             let due = now.saturating_add(millis(wait));
-            ctx.store.record_error(&job.request_id, &error, now, due).await?;
+            ctx.store.record_error(&job.request_id, &error, now, due, Some(attempt)).await?;
             ctx.queue.release(lease, msg, due).await?;
         }
         Err(e) => {
             let reason =
                 if e.is_retryable() { format!("gave up after {} attempts: {e}", job.attempts) } else { e.to_string() };
-            fail(ctx, lease, msg, reason).await?;
+            fail_call(ctx, lease, msg, reason, Some(attempt)).await?;
         }
     }
     Ok(())

@@ -42,6 +42,15 @@ pub enum Inserted {
     KeyConflict,
 }
 
+/// A vendor call to append to a job's history in the same write as the
+/// state change it led to (`finish`, `record_error`, `set_vendor_ref`),
+/// keeping the latest `keep`: one store operation settles an attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptLog<'a> {
+    pub record: &'a AttemptRecord,
+    pub keep: usize,
+}
+
 /// What `claim_webhook` found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WebhookClaim {
@@ -141,20 +150,44 @@ pub trait Store: Send + Sync + 'static {
     async fn hold(&self, request_id: &str, until: Millis) -> Result<()>;
 
     /// Records a retryable error on a job still in flight (`error` only;
-    /// the status stays); the retry is due at `due`.
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()>;
+    /// the status stays); the retry is due at `due`. `attempt`: the call
+    /// that failed, appended to the history in the same write.
+    async fn record_error(
+        &self,
+        request_id: &str,
+        error: &str,
+        now: Millis,
+        due: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<()>;
 
     /// An async vendor accepted the job: remember its reference and when to
-    /// give up waiting for the webhook. Only while `processing`.
-    async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool>;
+    /// give up waiting for the webhook. Only while `processing`. `attempt`:
+    /// the call, appended to the history in the same write.
+    async fn set_vendor_ref(
+        &self,
+        request_id: &str,
+        vendor_ref: &str,
+        deadline: Millis,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool>;
 
     /// The job an async vendor's reference belongs to.
     async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>>;
 
     /// Ends a job (`Outcome::Cancelled` too): only from `pending|processing`
     /// (an accepted async job included). True if this call ended it;
-    /// false if it was already finished (or unknown).
-    async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool>;
+    /// false if it was already finished (or unknown). `attempt`: the call
+    /// that ended it, appended to the history in the same write (also when
+    /// the job had ended meanwhile: the call did happen).
+    async fn finish(
+        &self,
+        request_id: &str,
+        outcome: &Outcome,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool>;
 
     /// Operator replay of a dead job: `failed → pending`, attempts reset. The
     /// only backward move, and only from `failed`.

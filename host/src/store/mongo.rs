@@ -42,7 +42,7 @@ use mongodb::{Client, Collection, IndexModel};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Attempt, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
+use super::{Attempt, AttemptLog, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::model::{
     AttemptOutcome, AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Priority, Redaction,
     Status, now_ms, prefix_end,
@@ -99,6 +99,17 @@ impl Default for Durability {
     }
 }
 
+/// Counts each command the driver starts (`vendorhost_store_operations_total{backend="mongo"}`).
+fn count_commands() -> mongodb::event::EventHandler<mongodb::event::command::CommandEvent> {
+    use mongodb::event::command::CommandEvent;
+    mongodb::event::EventHandler::callback(|ev: CommandEvent| {
+        if let CommandEvent::Started(ev) = ev {
+            let op = crate::telemetry::mongo_op(&ev.command_name);
+            metrics::counter!(crate::telemetry::STORE_OPERATIONS, "backend" => "mongo", "op" => op).increment(1);
+        }
+    })
+}
+
 impl MongoStore {
     /// Connects with the default durability (no index is created: see
     /// [`MongoStore::init`]).
@@ -108,7 +119,9 @@ impl MongoStore {
     }
 
     /// Connects with `options` (a parsed URI, plus whatever the caller adds,
-    /// such as event handlers); the indexes are [`MongoStore::init`]'s. Every
+    /// such as event handlers; without a command event handler of the
+    /// caller's, every command started counts one store operation, by
+    /// name: `telemetry::mongo_op`); the indexes are [`MongoStore::init`]'s. Every
     /// collection writes with `durability` and reads from the primary,
     /// whatever the URI says: a worker must never act on a secondary's stale
     /// copy of a job.
@@ -117,6 +130,10 @@ impl MongoStore {
         db: &str,
         durability: &Durability,
     ) -> std::result::Result<MongoStore, StoreError> {
+        let mut options = options;
+        if options.command_event_handler.is_none() {
+            options.command_event_handler = Some(count_commands());
+        }
         let client = Client::with_options(options)?;
         let db = client.database(db);
         let w = match durability.write_concern.as_str() {
@@ -261,6 +278,15 @@ impl MongoStore {
 
     /// Records that `vendor_ref` of `vendor` belongs to `request_id` (the
     /// last writer wins, as a vendor reference names one job).
+    /// The attempt of a state change that matched nothing (the job ended
+    /// meanwhile), appended on its own: the call did happen.
+    async fn attempt_alone(&self, request_id: &str, attempt: Option<&AttemptLog<'_>>, matched: bool) -> Result<()> {
+        match attempt {
+            Some(a) if !matched => self.record_attempt(request_id, a.record, a.keep).await,
+            _ => Ok(()),
+        }
+    }
+
     async fn write_vendor_ref(&self, vendor: &str, vendor_ref: &str, request_id: &str, deadline: Millis) -> Result<()> {
         let id = ref_key(vendor, vendor_ref);
         let mut entry = doc! { "_id": &id, "vendor": vendor, "vendor_ref": vendor_ref, "request_id": request_id, "deadline": deadline };
@@ -501,38 +527,36 @@ impl Store for MongoStore {
         Ok(())
     }
 
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()> {
+    async fn record_error(
+        &self,
+        request_id: &str,
+        error: &str,
+        now: Millis,
+        due: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<()> {
         let filter = doc! { "_id": request_id, "status": { "$in": IN_FLIGHT.to_vec() } };
-        self.jobs.update_one(filter, doc! { "$set": { "error": error, "updated_at": now, "due_at": due } }).await?;
-        Ok(())
+        let mut update = doc! { "$set": { "error": error, "updated_at": now, "due_at": due } };
+        with_attempt(&mut update, attempt);
+        let matched = self.jobs.update_one(filter, update).await?.matched_count == 1;
+        self.attempt_alone(request_id, attempt, matched).await
     }
 
     async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()> {
-        let mut record = doc! {
-            "started_at": attempt.started_at,
-            "duration_ms": i64::try_from(attempt.duration_ms).unwrap_or(i64::MAX),
-            "outcome": attempt.outcome.as_str(),
-        };
-        if let Some(e) = &attempt.error {
-            record.insert("error", e);
-        }
-        if let Some(u) = &attempt.usage {
-            let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-            record.insert(
-                "usage",
-                doc! {
-                    "http_calls": n(u.http_calls), "bytes_in": n(u.bytes_in), "bytes_out": n(u.bytes_out),
-                    "cpu_us": n(u.cpu_us), "peak_memory_bytes": n(u.peak_memory_bytes),
-                },
-            );
-        }
-        let keep = -i64::try_from(keep).unwrap_or(i64::MAX);
-        let update = doc! { "$push": { "attempts_log": { "$each": [record], "$slice": keep } } };
+        let mut update = Document::new();
+        with_attempt(&mut update, Some(&AttemptLog { record: attempt, keep }));
         self.jobs.update_one(doc! { "_id": request_id }, update).await?;
         Ok(())
     }
 
-    async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool> {
+    async fn set_vendor_ref(
+        &self,
+        request_id: &str,
+        vendor_ref: &str,
+        deadline: Millis,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool> {
         // The job first, then its entry in `vendor_refs`: the job's own
         // `vendor_ref` is the truth and `vendor_refs` an index of it (as the
         // queue is of the store). A crash or an error between the two leaves
@@ -541,12 +565,14 @@ impl Store for MongoStore {
         // could leave an entry pointing at a job that never took the
         // reference (one reopened meanwhile would then take a stale result).
         let filter = doc! { "_id": request_id, "status": Status::Processing.as_str() };
-        let update = doc! {
+        let mut update = doc! {
             "$set": { "vendor_ref": vendor_ref, "webhook_deadline": deadline, "updated_at": now },
             "$unset": { "due_at": "" },
         };
+        with_attempt(&mut update, attempt);
         let Some(updated) = self.jobs.find_one_and_update(filter, update).projection(doc! { "vendor": 1 }).await?
         else {
+            self.attempt_alone(request_id, attempt, false).await?;
             return Ok(false);
         };
         let vendor = text(&updated, "vendor")?;
@@ -583,7 +609,13 @@ impl Store for MongoStore {
         Ok(Some(request_id))
     }
 
-    async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool> {
+    async fn finish(
+        &self,
+        request_id: &str,
+        outcome: &Outcome,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool> {
         let filter = doc! { "_id": request_id, "status": { "$in": IN_FLIGHT.to_vec() } };
         let mut set = doc! { "status": outcome.status().as_str(), "updated_at": now };
         let mut unset = Document::new();
@@ -619,8 +651,11 @@ impl Store for MongoStore {
             set.insert("ttl", ttl_date(now.saturating_add(ttl.as_millis() as i64)));
         }
         unset.insert("due_at", "");
-        let update = doc! { "$set": set, "$unset": unset };
-        Ok(self.jobs.update_one(filter, update).await?.matched_count == 1)
+        let mut update = doc! { "$set": set, "$unset": unset };
+        with_attempt(&mut update, attempt);
+        let ended = self.jobs.update_one(filter, update).await?.matched_count == 1;
+        self.attempt_alone(request_id, attempt, ended).await?;
+        Ok(ended)
     }
 
     async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool> {
@@ -1457,6 +1492,32 @@ fn redactions_of(d: &Document, request_id: &str) -> Result<Vec<Redaction>> {
             .collect(),
         Some(_) => Err(corrupt()),
     }
+}
+
+/// Adds to `update` the `$push` that appends an attempt to the job's
+/// history, keeping the latest `keep`.
+fn with_attempt(update: &mut Document, attempt: Option<&AttemptLog<'_>>) {
+    let Some(AttemptLog { record: attempt, keep }) = attempt else { return };
+    let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let mut record = doc! {
+        "started_at": attempt.started_at,
+        "duration_ms": n(attempt.duration_ms),
+        "outcome": attempt.outcome.as_str(),
+    };
+    if let Some(e) = &attempt.error {
+        record.insert("error", e);
+    }
+    if let Some(u) = &attempt.usage {
+        record.insert(
+            "usage",
+            doc! {
+                "http_calls": n(u.http_calls), "bytes_in": n(u.bytes_in), "bytes_out": n(u.bytes_out),
+                "cpu_us": n(u.cpu_us), "peak_memory_bytes": n(u.peak_memory_bytes),
+            },
+        );
+    }
+    let keep = -i64::try_from(*keep).unwrap_or(i64::MAX);
+    update.insert("$push", doc! { "attempts_log": { "$each": [record], "$slice": keep } });
 }
 
 #[cfg(test)]

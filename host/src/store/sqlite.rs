@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{Attempt, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
+use super::{Attempt, AttemptLog, CacheEntry, Flight, Inserted, Overdue, Result, Store, StoreError, WebhookClaim};
 use crate::db::{Db, DbError};
 use crate::model::{
     AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Priority, Redaction, Status, now_ms,
@@ -429,10 +429,21 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn record_error(&self, request_id: &str, error: &str, now: Millis, due: Millis) -> Result<()> {
+    async fn record_error(
+        &self,
+        request_id: &str,
+        error: &str,
+        now: Millis,
+        due: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<()> {
         let (id, err) = (request_id.to_string(), error.to_string());
+        let log = attempt_json(attempt)?;
         self.db
             .write(move |c| {
+                if let Some((record, keep)) = log {
+                    append_attempt(c, &id, record, keep)?;
+                }
                 c.prepare_cached(
                     "UPDATE jobs SET error = ?2, updated_at = ?3, due_at = ?4
                      WHERE request_id = ?1 AND status IN ('pending', 'processing')",
@@ -446,33 +457,26 @@ impl Store for SqliteStore {
     async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()> {
         let id = request_id.to_string();
         let record = serde_json::to_value(attempt).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.db
-            .write(move |c| {
-                let text: Option<Option<String>> = c
-                    .prepare_cached("SELECT attempts_log FROM jobs WHERE request_id = ?1")?
-                    .query_row([&id], |r| r.get(0))
-                    .optional()?;
-                let Some(text) = text else { return Ok(()) };
-                // A history that does not parse is started over, not kept wrong.
-                let mut log: Vec<serde_json::Value> =
-                    text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-                log.push(record);
-                let drop = log.len().saturating_sub(keep);
-                log.drain(..drop);
-                let text = serde_json::Value::Array(log).to_string();
-                c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?
-                    .execute(params![id, text])?;
-                Ok(())
-            })
-            .await?;
+        self.db.write(move |c| append_attempt(c, &id, record, keep)).await?;
         Ok(())
     }
 
-    async fn set_vendor_ref(&self, request_id: &str, vendor_ref: &str, deadline: Millis, now: Millis) -> Result<bool> {
+    async fn set_vendor_ref(
+        &self,
+        request_id: &str,
+        vendor_ref: &str,
+        deadline: Millis,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool> {
         let (id, vref) = (request_id.to_string(), vendor_ref.to_string());
+        let log = attempt_json(attempt)?;
         Ok(self
             .db
             .write(move |c| {
+                if let Some((record, keep)) = log {
+                    append_attempt(c, &id, record, keep)?;
+                }
                 c.prepare_cached(
                     "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
                      WHERE request_id = ?1 AND status = 'processing'",
@@ -491,13 +495,23 @@ impl Store for SqliteStore {
         })?)
     }
 
-    async fn finish(&self, request_id: &str, outcome: &Outcome, now: Millis) -> Result<bool> {
+    async fn finish(
+        &self,
+        request_id: &str,
+        outcome: &Outcome,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+    ) -> Result<bool> {
         let id = request_id.to_string();
         let outcome = outcome.clone();
         let inline = self.queue_inline;
+        let log = attempt_json(attempt)?;
         Ok(self
             .db
             .write(move |c| {
+                if let Some((record, keep)) = log {
+                    append_attempt(c, &id, record, keep)?;
+                }
                 let (status, result, error, redactions) = match &outcome {
                     Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
                         ("complete", Some(result.as_str()), None, redactions_text(redactions))
@@ -961,4 +975,32 @@ impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// An attempt to append, as JSON, with how many to keep.
+fn attempt_json(attempt: Option<&AttemptLog<'_>>) -> Result<Option<(serde_json::Value, usize)>> {
+    attempt
+        .map(|a| {
+            let record = serde_json::to_value(a.record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            Ok((record, a.keep))
+        })
+        .transpose()
+}
+
+/// Appends `record` to job `id`'s history, keeping the latest `keep` (in
+/// the caller's transaction; nothing for an unknown job).
+fn append_attempt(c: &rusqlite::Connection, id: &str, record: serde_json::Value, keep: usize) -> rusqlite::Result<()> {
+    let text: Option<Option<String>> = c
+        .prepare_cached("SELECT attempts_log FROM jobs WHERE request_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    let Some(text) = text else { return Ok(()) };
+    // A history that does not parse is started over, not kept wrong.
+    let mut log: Vec<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    log.push(record);
+    let drop = log.len().saturating_sub(keep);
+    log.drain(..drop);
+    let text = serde_json::Value::Array(log).to_string();
+    c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?.execute(params![id, text])?;
+    Ok(())
 }

@@ -114,7 +114,7 @@ async fn mongo_writes_are_majority_journaled_and_reads_go_to_the_primary() {
     store.start_attempt("wc-1", now, now + 1_000).await.unwrap();
     assert!(
         store
-            .finish("wc-1", &Outcome::Complete { result: "1".into(), redactions: Vec::new() }, now + 10)
+            .finish("wc-1", &Outcome::Complete { result: "1".into(), redactions: Vec::new() }, now + 10, None)
             .await
             .unwrap()
     );

@@ -208,7 +208,7 @@ async fn a_job_awaiting_its_webhook_is_not_recovered(p: Pair) {
     let old = now_ms() - 120_000;
     p.submit("async-1", old).await;
     assert!(matches!(p.store.start_attempt("async-1", old, old + 1_000).await.unwrap(), Attempt::Started(_)));
-    assert!(p.store.set_vendor_ref("async-1", "ref-1", now_ms() + 3_600_000, old).await.unwrap());
+    assert!(p.store.set_vendor_ref("async-1", "ref-1", now_ms() + 3_600_000, old, None).await.unwrap());
     p.wipe().await;
     assert_eq!(p.sweeper(Duration::from_secs(30)).recover_lost().await.unwrap(), 0);
     assert!(p.entries().await.is_empty());

@@ -253,8 +253,8 @@ async fn hot_path_queries_each_name_one_id() {
     store.get("a").await.unwrap().unwrap();
     store.start_attempt("a", now, now + 1_000).await.unwrap();
     store.hold("a", now + 2_000).await.unwrap();
-    store.record_error("a", "flaky", now + 10, now + 3_000).await.unwrap();
-    assert!(store.set_vendor_ref("a", "ref-a", now + 60_000, now + 20).await.unwrap());
+    store.record_error("a", "flaky", now + 10, now + 3_000, None).await.unwrap();
+    assert!(store.set_vendor_ref("a", "ref-a", now + 60_000, now + 20, None).await.unwrap());
     let lookups_from = seen.lock().unwrap().len();
     assert_eq!(store.find_by_vendor_ref("acme", "ref-a").await.unwrap().as_deref(), Some("a"));
     let lookup: Vec<Document> = seen.lock().unwrap()[lookups_from..].to_vec();
@@ -263,10 +263,10 @@ async fn hot_path_queries_each_name_one_id() {
     store.complete_webhook("acme", "w1", now + 60_000).await.unwrap();
     store.forget_webhook("acme", "w1").await.unwrap();
     let done = Outcome::Complete { result: "{}".into(), redactions: Vec::new() };
-    assert!(store.finish("a", &done, now + 30).await.unwrap());
+    assert!(store.finish("a", &done, now + 30, None).await.unwrap());
     store.start_attempt("b", now, now + 1_000).await.unwrap();
-    assert!(store.set_vendor_ref("b", "ref-b", now + 60_000, now + 20).await.unwrap());
-    assert!(store.finish("b", &Outcome::Failed { error: "no".into() }, now + 30).await.unwrap());
+    assert!(store.set_vendor_ref("b", "ref-b", now + 60_000, now + 20, None).await.unwrap());
+    assert!(store.finish("b", &Outcome::Failed { error: "no".into() }, now + 30, None).await.unwrap());
     assert!(store.reopen("b", now + 40).await.unwrap());
 
     let commands = seen.lock().unwrap().clone();

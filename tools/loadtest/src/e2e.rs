@@ -75,6 +75,8 @@ pub struct Tracker {
     wake: Notify,
     pub complete: AtomicU64,
     pub failed: AtomicU64,
+    /// GETs sent.
+    pub polls: AtomicU64,
     /// GETs that were not 2xx or failed in transport (the job is looked at again).
     pub poll_errors: AtomicU64,
     /// Latest terminal `updated_at` seen, ms since the epoch.
@@ -95,6 +97,7 @@ impl Default for Tracker {
             wake: Notify::new(),
             complete: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            polls: AtomicU64::new(0),
             poll_errors: AtomicU64::new(0),
             last_finish_ms: AtomicI64::new(0),
             by_stamp: Recorder::default(),
@@ -195,6 +198,7 @@ impl Tracker {
                 }
             };
             let path = format!("/jobs/{}", item.id);
+            self.polls.fetch_add(1, Ordering::Relaxed);
             let seen = match pool.send("GET", &path, None).await {
                 Ok(r) if r.ok() => serde_json::from_slice::<View>(&r.body)
                     .ok()

@@ -51,6 +51,8 @@ pub struct E2eReport {
     pub latency: Latency,
     /// Submission to the poll that saw the job terminal (includes polling lag).
     pub observed_latency: Latency,
+    /// GET /jobs/{id} sent to follow the jobs (each a store read on the service).
+    pub polls: u64,
     pub poll_errors: u64,
 }
 
@@ -70,6 +72,7 @@ impl E2eReport {
             completed_per_sec: if span_s > 0.0 { terminal as f64 / span_s } else { 0.0 },
             latency: t.by_stamp.summary(Duration::ZERO).latency,
             observed_latency: t.observed.summary(Duration::ZERO).latency,
+            polls: t.polls.load(Ordering::Relaxed),
             poll_errors: t.poll_errors.load(Ordering::Relaxed),
         }
     }

@@ -12,7 +12,7 @@ use vendorhost::queue::sqlite::SqliteQueue;
 use vendorhost::queue::{Message, Queue};
 use vendorhost::store::mongo::MongoStore;
 use vendorhost::store::sqlite::SqliteStore;
-use vendorhost::store::{Attempt, Inserted, Overdue, Store, WebhookClaim};
+use vendorhost::store::{Attempt, AttemptLog, Inserted, Overdue, Store, WebhookClaim};
 
 use super::{Subject, sqlite_db};
 use crate::support::servers;
@@ -179,7 +179,7 @@ async fn lease_end_fences_attempts(s: Arc<dyn Store>) {
         other => panic!("not taken over at the lease end: {other:?}"),
     };
     assert_eq!(again.attempts, 2);
-    assert!(s.set_vendor_ref("j1", "ref", 99_000, 3_100).await.unwrap());
+    assert!(s.set_vendor_ref("j1", "ref", 99_000, 3_100, None).await.unwrap());
     assert_eq!(s.start_attempt("j1", 50_000, 51_000).await.unwrap(), Attempt::Over, "an accepted async job ran again");
     s.hold("j1", 60_000).await.unwrap();
     assert_eq!(job(&*s, "j1").await.attempts, 2);
@@ -195,8 +195,8 @@ async fn overdue_lists_jobs_past_due(s: Arc<dyn Store>) {
     }
     assert!(s.start_attempt("c", 3_100, 10_000).await.unwrap() != Attempt::Over);
     start(&*s, "d", 4_100).await;
-    assert!(s.set_vendor_ref("d", "ref-d", 99_000, 4_200).await.unwrap());
-    assert!(s.finish("e", &complete("1"), 4_600).await.unwrap());
+    assert!(s.set_vendor_ref("d", "ref-d", 99_000, 4_200, None).await.unwrap());
+    assert!(s.finish("e", &complete("1"), 4_600, None).await.unwrap());
     let ids = |v: Vec<Overdue>| v.into_iter().map(|o| (o.request_id, o.due_at)).collect::<Vec<_>>();
     assert_eq!(ids(s.overdue(5_000, None, 10).await.unwrap()), [("a".into(), 1_000), ("b".into(), 2_000)]);
     // What a re-enqueue needs for the fair queue: the owner and priority.
@@ -212,7 +212,7 @@ async fn overdue_lists_jobs_past_due(s: Arc<dyn Store>) {
     assert_eq!(ids(s.overdue(5_000, Some((1_000, "a".into())), 10).await.unwrap()), [("b".into(), 2_000)]);
     assert_eq!(ids(s.overdue(1_500, None, 10).await.unwrap()), [("a".into(), 1_000)]);
     assert_eq!(ids(s.overdue(11_000, None, 10).await.unwrap()).len(), 3, "c is overdue once its lease ends");
-    s.record_error("b", "retry later", 5_000, 9_000).await.unwrap();
+    s.record_error("b", "retry later", 5_000, 9_000, None).await.unwrap();
     s.mark_queued(&["a".to_string()], 6_000).await.unwrap();
     assert!(s.overdue(5_500, None, 10).await.unwrap().is_empty(), "a retry or a re-enqueue moves the due time");
     assert_eq!(ids(s.overdue(9_500, None, 10).await.unwrap()), [("a".into(), 6_000), ("b".into(), 9_000)]);
@@ -228,7 +228,7 @@ async fn racing_finish_exactly_one_wins(s: Arc<dyn Store>) {
             let s = s.clone();
             tokio::spawn(async move {
                 let outcome = if i % 2 == 0 { complete(&format!("{{\"n\":{i}}}")) } else { failed(&format!("e{i}")) };
-                let won = s.finish("j1", &outcome, 2_000 + i).await.unwrap();
+                let won = s.finish("j1", &outcome, 2_000 + i, None).await.unwrap();
                 (won, outcome, 2_000 + i)
             })
         })
@@ -259,36 +259,36 @@ async fn finished_jobs_do_not_move(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
     let started = start(&*s, "j1", 1_100).await;
     assert_eq!((started.status, started.attempts, started.updated_at), (Status::Processing, 1, 1_100));
-    s.record_error("j1", "timeout", 1_200, 1_200 + LEASE).await.unwrap();
+    s.record_error("j1", "timeout", 1_200, 1_200 + LEASE, None).await.unwrap();
     let j = job(&*s, "j1").await;
     assert_eq!((j.status, j.error.as_deref(), j.updated_at), (Status::Processing, Some("timeout"), 1_200));
 
-    assert!(s.finish("j1", &complete("1"), 2_000).await.unwrap());
+    assert!(s.finish("j1", &complete("1"), 2_000, None).await.unwrap());
     let done = job(&*s, "j1").await;
     assert_eq!(
         (done.status, done.result.as_deref(), done.error.as_deref(), done.updated_at),
         (Status::Complete, Some("1"), None, 2_000),
         "completing clears the last retry error"
     );
-    assert!(!s.finish("j1", &failed("late"), 3_000).await.unwrap());
-    assert!(!s.finish("j1", &complete("2"), 3_000).await.unwrap());
+    assert!(!s.finish("j1", &failed("late"), 3_000, None).await.unwrap());
+    assert!(!s.finish("j1", &complete("2"), 3_000, None).await.unwrap());
     assert_eq!(s.start_attempt("j1", 3_000, 3_000 + LEASE).await.unwrap(), Attempt::Over);
-    s.record_error("j1", "late", 3_000, 3_000 + LEASE).await.unwrap();
-    assert!(!s.set_vendor_ref("j1", "v1", 9_000, 3_000).await.unwrap());
+    s.record_error("j1", "late", 3_000, 3_000 + LEASE, None).await.unwrap();
+    assert!(!s.set_vendor_ref("j1", "v1", 9_000, 3_000, None).await.unwrap());
     assert!(!s.reopen("j1", 3_000).await.unwrap(), "a complete job is not reopened");
     assert_eq!(job(&*s, "j1").await, done);
 
     // A failed job keeps its reason.
     s.insert(&new_job("j2", 1_000)).await.unwrap();
-    assert!(s.finish("j2", &failed("boom"), 2_000).await.unwrap(), "a pending job can fail outright");
+    assert!(s.finish("j2", &failed("boom"), 2_000, None).await.unwrap(), "a pending job can fail outright");
     let dead = job(&*s, "j2").await;
     assert_eq!((dead.status, dead.result.as_deref(), dead.error.as_deref()), (Status::Failed, None, Some("boom")));
-    assert!(!s.finish("j2", &complete("1"), 3_000).await.unwrap());
-    s.record_error("j2", "late", 3_000, 3_000 + LEASE).await.unwrap();
+    assert!(!s.finish("j2", &complete("1"), 3_000, None).await.unwrap());
+    s.record_error("j2", "late", 3_000, 3_000 + LEASE, None).await.unwrap();
     assert_eq!(s.start_attempt("j2", 3_000, 3_000 + LEASE).await.unwrap(), Attempt::Over);
     assert_eq!(job(&*s, "j2").await, dead);
 
-    assert!(!s.finish("nope", &complete("1"), 3_000).await.unwrap());
+    assert!(!s.finish("nope", &complete("1"), 3_000, None).await.unwrap());
 }
 
 /// What cleaning removed is stored with a complete result, in order, and
@@ -306,16 +306,16 @@ async fn redactions_are_kept_with_the_result(s: Arc<dyn Store>) {
         redaction("$", "email"),
     ];
     let outcome = Outcome::Complete { result: r#"{"owner":{}}"#.into(), redactions: listed.clone() };
-    assert!(s.finish("j1", &outcome, 2_000).await.unwrap());
-    assert!(s.finish("j2", &complete("{}"), 2_000).await.unwrap());
-    assert!(s.finish("j3", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.finish("j1", &outcome, 2_000, None).await.unwrap());
+    assert!(s.finish("j2", &complete("{}"), 2_000, None).await.unwrap());
+    assert!(s.finish("j3", &failed("boom"), 2_000, None).await.unwrap());
     let j1 = job(&*s, "j1").await;
     assert_eq!((j1.status, j1.result.as_deref(), &j1.redactions), (Status::Complete, Some(r#"{"owner":{}}"#), &listed));
     assert_eq!(job(&*s, "j2").await.redactions, []);
     assert_eq!(job(&*s, "j3").await.redactions, []);
     let other = Outcome::Complete { result: "1".into(), redactions: vec![redaction("x", "ssn")] };
-    assert!(!s.finish("j1", &other, 3_000).await.unwrap());
-    assert!(!s.finish("j2", &other, 3_000).await.unwrap());
+    assert!(!s.finish("j1", &other, 3_000, None).await.unwrap());
+    assert!(!s.finish("j2", &other, 3_000, None).await.unwrap());
     assert_eq!(job(&*s, "j1").await.redactions, listed, "a second finish changed them");
     assert_eq!(job(&*s, "j2").await.redactions, [], "a second finish added some");
 }
@@ -327,8 +327,8 @@ async fn reopen_only_from_failed(s: Arc<dyn Store>) {
     assert!(!s.reopen("j1", 1_500).await.unwrap(), "reopened a pending job");
     start(&*s, "j1", 1_600).await;
     assert!(!s.reopen("j1", 1_650).await.unwrap(), "reopened a processing job");
-    assert!(s.set_vendor_ref("j1", "ref-1", 9_000, 1_700).await.unwrap());
-    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.set_vendor_ref("j1", "ref-1", 9_000, 1_700, None).await.unwrap());
+    assert!(s.finish("j1", &failed("boom"), 2_000, None).await.unwrap());
 
     assert!(s.reopen("j1", 3_000).await.unwrap());
     let j = job(&*s, "j1").await;
@@ -345,7 +345,7 @@ async fn reopen_only_from_failed(s: Arc<dyn Store>) {
 async fn reopened_job_clears_its_error(s: Arc<dyn Store>) {
     s.insert(&new_job("j1", 1_000)).await.unwrap();
     start(&*s, "j1", 1_100).await;
-    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.finish("j1", &failed("boom"), 2_000, None).await.unwrap());
     assert!(s.reopen("j1", 3_000).await.unwrap());
     assert_eq!(job(&*s, "j1").await.error, None);
 }
@@ -357,7 +357,7 @@ async fn reopened_job_waits_for_the_sweeper_until_updated_at(s: Arc<dyn Store>) 
     s.insert(&new_job("j1", 1_000)).await.unwrap();
     s.mark_queued(&["j1".to_string()], 0).await.unwrap();
     start(&*s, "j1", 1_100).await;
-    assert!(s.finish("j1", &failed("boom"), 2_000).await.unwrap());
+    assert!(s.finish("j1", &failed("boom"), 2_000, None).await.unwrap());
     assert!(s.reopen("j1", 3_000).await.unwrap());
     assert!(s.unqueued_pending(3_000, 10).await.unwrap().is_empty(), "swept before its reopening");
     assert_eq!(s.unqueued_pending(3_001, 10).await.unwrap(), [pair("j1")]);
@@ -506,14 +506,14 @@ async fn vendor_refs_and_overdue_webhooks(s: Arc<dyn Store>) {
     for id in ["a", "b", "c"] {
         s.insert(&new_job(id, 1_000)).await.unwrap();
     }
-    assert!(!s.set_vendor_ref("a", "ref-a", 5_000, 1_100).await.unwrap(), "set on a pending job");
-    assert!(!s.set_vendor_ref("nope", "ref-x", 5_000, 1_100).await.unwrap());
+    assert!(!s.set_vendor_ref("a", "ref-a", 5_000, 1_100, None).await.unwrap(), "set on a pending job");
+    assert!(!s.set_vendor_ref("nope", "ref-x", 5_000, 1_100, None).await.unwrap());
     for id in ["a", "b", "c"] {
         start(&*s, id, 1_200).await;
     }
-    assert!(s.set_vendor_ref("a", "ref-a", 5_000, 1_300).await.unwrap());
-    assert!(s.set_vendor_ref("b", "ref-b", 4_000, 1_300).await.unwrap());
-    assert!(s.set_vendor_ref("c", "ref-c", 9_000, 1_300).await.unwrap());
+    assert!(s.set_vendor_ref("a", "ref-a", 5_000, 1_300, None).await.unwrap());
+    assert!(s.set_vendor_ref("b", "ref-b", 4_000, 1_300, None).await.unwrap());
+    assert!(s.set_vendor_ref("c", "ref-c", 9_000, 1_300, None).await.unwrap());
     let a = job(&*s, "a").await;
     assert_eq!((a.vendor_ref.as_deref(), a.webhook_deadline, a.updated_at), (Some("ref-a"), Some(5_000), 1_300));
     assert_eq!(s.find_by_vendor_ref("acme", "ref-a").await.unwrap().as_deref(), Some("a"));
@@ -524,7 +524,7 @@ async fn vendor_refs_and_overdue_webhooks(s: Arc<dyn Store>) {
     assert_eq!(sorted(s.overdue_webhooks(6_000, 10).await.unwrap()), ["a", "b"]);
     let one = s.overdue_webhooks(6_000, 1).await.unwrap();
     assert!(one == ["a"] || one == ["b"], "{one:?}");
-    assert!(s.finish("b", &complete("{}"), 4_500).await.unwrap());
+    assert!(s.finish("b", &complete("{}"), 4_500, None).await.unwrap());
     assert_eq!(s.overdue_webhooks(6_000, 10).await.unwrap(), ["a"]);
     // A late webhook still finds its finished job (and cannot move it).
     assert_eq!(s.find_by_vendor_ref("acme", "ref-b").await.unwrap().as_deref(), Some("b"));
@@ -537,16 +537,16 @@ async fn purge(s: Arc<dyn Store>) {
     for id in ["old-done", "old-failed", "new-done", "old-pending"] {
         s.insert(&new_job(id, 1_000)).await.unwrap();
     }
-    s.finish("old-done", &complete("1"), 2_000).await.unwrap();
-    s.finish("old-failed", &failed("x"), 2_000).await.unwrap();
-    s.finish("new-done", &complete("1"), 8_000).await.unwrap();
+    s.finish("old-done", &complete("1"), 2_000, None).await.unwrap();
+    s.finish("old-failed", &failed("x"), 2_000, None).await.unwrap();
+    s.finish("new-done", &complete("1"), 8_000, None).await.unwrap();
     applied(&*s, "acme", "soon", now + 60_000).await; // past by the purge's `now`
     applied(&*s, "acme", "live", i64::MAX / 2).await; // far future (a TTL date is clamped)
     // A key binding for a minute (past by the purge's `now`), on a job the
     // purge keeps. (A key already past in wall-clock time may vanish sooner:
     // MongoDB's TTL index.)
     s.insert(&keyed("keyed", "k", "h", now)).await.unwrap();
-    s.finish("keyed", &complete("1"), 8_000).await.unwrap();
+    s.finish("keyed", &complete("1"), 8_000, None).await.unwrap();
     let late = keyed("keyed2", "k", "h", now + 1_000);
     assert_eq!(s.insert(&late).await.unwrap(), Inserted::Existing { request_id: "keyed".into() });
 
@@ -584,23 +584,23 @@ async fn vendor_ref_lookup_follows_the_job(s: Arc<dyn Store>) {
         let vendor = if id == "y" { "zeta" } else { "acme" };
         s.insert(&NewJob { vendor: vendor.into(), ..new_job(id, 1_000) }).await.unwrap();
     }
-    assert!(!s.set_vendor_ref("p", "ref-p", 9_000, 1_100).await.unwrap());
+    assert!(!s.set_vendor_ref("p", "ref-p", 9_000, 1_100, None).await.unwrap());
     assert!(s.find_by_vendor_ref("acme", "ref-p").await.unwrap().is_none(), "a pending job took a reference");
     start(&*s, "f", 1_100).await;
-    assert!(s.finish("f", &complete("1"), 1_200).await.unwrap());
-    assert!(!s.set_vendor_ref("f", "ref-f", 9_000, 1_300).await.unwrap());
+    assert!(s.finish("f", &complete("1"), 1_200, None).await.unwrap());
+    assert!(!s.set_vendor_ref("f", "ref-f", 9_000, 1_300, None).await.unwrap());
     assert!(s.find_by_vendor_ref("acme", "ref-f").await.unwrap().is_none(), "a finished job took a reference");
-    assert!(!s.set_vendor_ref("ghost", "ref-g", 9_000, 1_300).await.unwrap());
+    assert!(!s.set_vendor_ref("ghost", "ref-g", 9_000, 1_300, None).await.unwrap());
     assert!(s.find_by_vendor_ref("acme", "ref-g").await.unwrap().is_none(), "an unknown job took a reference");
 
     start(&*s, "x", 1_400).await;
     start(&*s, "y", 1_400).await;
-    assert!(s.set_vendor_ref("x", "shared", 9_000, 1_500).await.unwrap());
-    assert!(s.set_vendor_ref("y", "shared", 9_000, 1_500).await.unwrap());
+    assert!(s.set_vendor_ref("x", "shared", 9_000, 1_500, None).await.unwrap());
+    assert!(s.set_vendor_ref("y", "shared", 9_000, 1_500, None).await.unwrap());
     assert_eq!(s.find_by_vendor_ref("acme", "shared").await.unwrap().as_deref(), Some("x"));
     assert_eq!(s.find_by_vendor_ref("zeta", "shared").await.unwrap().as_deref(), Some("y"));
     // The vendor accepted it again (a second call): the new reference finds it.
-    assert!(s.set_vendor_ref("x", "again", 9_500, 1_600).await.unwrap());
+    assert!(s.set_vendor_ref("x", "again", 9_500, 1_600, None).await.unwrap());
     assert_eq!(s.find_by_vendor_ref("acme", "again").await.unwrap().as_deref(), Some("x"));
     assert_eq!(job(&*s, "x").await.vendor_ref.as_deref(), Some("again"));
 }
@@ -632,6 +632,33 @@ async fn attempts_are_kept_latest_first_bounded(s: Arc<dyn Store>) {
     let long = "e".repeat(2_000);
     let cut = AttemptRecord::new(1, 1, AttemptOutcome::Failed, Some(&long));
     assert!(cut.error.as_ref().unwrap().chars().count() <= vendorhost::model::job::ATTEMPT_ERROR_CHARS + 1);
+}
+
+/// The call that settles a job is recorded in the same write as the state
+/// it settles in: a retry (`record_error`), an async acceptance
+/// (`set_vendor_ref`), the end (`finish`); and still recorded when the job
+/// had ended meanwhile (the call did happen), without moving it.
+async fn settling_writes_record_their_attempt(s: Arc<dyn Store>) {
+    assert_eq!(s.insert(&new_job("s1", 1_000)).await.unwrap(), CREATED);
+    let rec = |i: i64, outcome| AttemptRecord::new(1_000 + i, 5, outcome, None);
+    let retry = rec(1, AttemptOutcome::RetryableError);
+    s.start_attempt("s1", 1_001, 9_000).await.unwrap();
+    s.record_error("s1", "503", 1_002, 1_100, Some(&AttemptLog { record: &retry, keep: 3 })).await.unwrap();
+    let accepted = rec(2, AttemptOutcome::Accepted);
+    assert!(
+        s.set_vendor_ref("s1", "ref-1", 9_000, 1_003, Some(&AttemptLog { record: &accepted, keep: 3 })).await.unwrap()
+    );
+    let done = rec(3, AttemptOutcome::Complete);
+    assert!(s.finish("s1", &complete("{}"), 1_004, Some(&AttemptLog { record: &done, keep: 3 })).await.unwrap());
+    let j = job(&*s, "s1").await;
+    assert_eq!(j.status, Status::Complete);
+    assert_eq!(j.attempts_log, vec![retry.clone(), accepted.clone(), done.clone()]);
+    // A late call's end: the job stays as it was, the call is on record.
+    let late = rec(4, AttemptOutcome::Failed);
+    assert!(!s.finish("s1", &failed("late"), 1_005, Some(&AttemptLog { record: &late, keep: 3 })).await.unwrap());
+    let j = job(&*s, "s1").await;
+    assert_eq!(j.status, Status::Complete);
+    assert_eq!(j.attempts_log, vec![accepted, done, late]);
 }
 
 // ---- the table: one test per (case, implementation) ----
@@ -677,6 +704,7 @@ store_suite! {
     purge => store_sqlite_purge, store_mongo_purge;
     vendor_ref_lookup_follows_the_job =>
         store_sqlite_vendor_ref_lookup_follows_the_job, store_mongo_vendor_ref_lookup_follows_the_job;
+    settling_writes_record_their_attempt => store_sqlite_settling_writes_record_their_attempt, store_mongo_settling_writes_record_their_attempt;
     attempts_are_kept_latest_first_bounded =>
         store_sqlite_attempts_are_kept_latest_first_bounded, store_mongo_attempts_are_kept_latest_first_bounded;
 }
@@ -692,7 +720,7 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
     let s = SqliteStore::new(db.clone(), false);
     s.insert(&new_job("old", 1_000)).await.unwrap();
     start(&s, "old", 1_100).await;
-    assert!(s.finish("old", &complete("1"), 2_000).await.unwrap());
+    assert!(s.finish("old", &complete("1"), 2_000, None).await.unwrap());
     // Back to version 1: no column, the version before it.
     // (Columns of later versions go too: a version-1 file had none of them.)
     db.write(|c| {
@@ -726,7 +754,7 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
     s.insert(&new_job("new", 3_000)).await.unwrap();
     start(&s, "new", 3_100).await;
     let outcome = Outcome::Complete { result: "{}".into(), redactions: vec![redaction("a.email", "key")] };
-    assert!(s.finish("new", &outcome, 4_000).await.unwrap());
+    assert!(s.finish("new", &outcome, 4_000, None).await.unwrap());
     assert_eq!(job(&s, "new").await.redactions, [redaction("a.email", "key")]);
     drop(dir);
 }
@@ -795,7 +823,7 @@ async fn store_mongo_vendor_refs_are_indexed_and_earlier_jobs_fall_back() {
 
     s.insert(&new_job("a", 1_000)).await.unwrap();
     start(&s, "a", 1_100).await;
-    assert!(s.set_vendor_ref("a", "ref-a", 9_000, 1_200).await.unwrap());
+    assert!(s.set_vendor_ref("a", "ref-a", 9_000, 1_200, None).await.unwrap());
     let e = entry("acme:ref-a").await.expect("no vendor_refs entry");
     assert_eq!(e.get_str("request_id").unwrap(), "a");
     assert_eq!(e.get("deadline").and_then(|d| d.as_i64().or(d.as_i32().map(i64::from))), Some(9_000));
@@ -824,17 +852,17 @@ async fn store_mongo_vendor_refs_are_indexed_and_earlier_jobs_fall_back() {
     // A reopened job's entry goes with its reference.
     s.insert(&new_job("r", 1_000)).await.unwrap();
     start(&s, "r", 1_100).await;
-    assert!(s.set_vendor_ref("r", "ref-r", 3_000, 1_200).await.unwrap());
-    assert!(s.finish("r", &failed("x"), 1_300).await.unwrap());
+    assert!(s.set_vendor_ref("r", "ref-r", 3_000, 1_200, None).await.unwrap());
+    assert!(s.finish("r", &failed("x"), 1_300, None).await.unwrap());
     assert!(entry("acme:ref-r").await.is_some());
     assert!(s.reopen("r", 1_400).await.unwrap());
     assert!(entry("acme:ref-r").await.is_none(), "a reopened job kept its old reference's entry");
     assert!(s.find_by_vendor_ref("acme", "ref-r").await.unwrap().is_none());
 
     // Purge: entries whose deadline is before `before` go, later ones stay.
-    assert!(!s.set_vendor_ref("r", "ref-r2", 3_000, 1_450).await.unwrap(), "a pending job took a reference");
+    assert!(!s.set_vendor_ref("r", "ref-r2", 3_000, 1_450, None).await.unwrap(), "a pending job took a reference");
     start(&s, "r", 1_500).await;
-    assert!(s.set_vendor_ref("r", "ref-r2", 3_000, 1_600).await.unwrap());
+    assert!(s.set_vendor_ref("r", "ref-r2", 3_000, 1_600, None).await.unwrap());
     s.purge(5_000, now_ms()).await.unwrap();
     assert!(entry("acme:ref-r2").await.is_none(), "an entry past its deadline and the retention was kept");
     assert!(entry("acme:ref-legacy").await.is_some(), "an entry inside the retention was purged");

@@ -122,12 +122,14 @@ async fn a_cached_outcome_marks_the_job(s: Arc<dyn Store>) {
     }
     let redactions = vec![Redaction { path: "a".into(), kind: "email".into() }];
     let cached = Outcome::Cached { result: r#"{"r":1}"#.into(), redactions: redactions.clone() };
-    assert!(s.finish("c1", &cached, 2_000).await.unwrap());
-    assert!(!s.finish("c1", &cached, 2_001).await.unwrap(), "ended once");
+    assert!(s.finish("c1", &cached, 2_000, None).await.unwrap());
+    assert!(!s.finish("c1", &cached, 2_001, None).await.unwrap(), "ended once");
     let c1 = s.get("c1").await.unwrap().unwrap();
     assert_eq!((c1.status, c1.cached, c1.result.as_deref()), (Status::Complete, true, Some(r#"{"r":1}"#)));
     assert_eq!(c1.redactions, redactions);
-    assert!(s.finish("c2", &Outcome::Complete { result: "1".into(), redactions: Vec::new() }, 2_000).await.unwrap());
+    assert!(
+        s.finish("c2", &Outcome::Complete { result: "1".into(), redactions: Vec::new() }, 2_000, None).await.unwrap()
+    );
     let c2 = s.get("c2").await.unwrap().unwrap();
     assert_eq!((c2.status, c2.cached), (Status::Complete, false));
 }

@@ -70,10 +70,10 @@ async fn listing_filters_select_and_order(s: Arc<dyn Store>) {
         s.insert(&job(&format!("c{i}"), owner, vendor, at)).await.unwrap();
     }
     for (id, error) in [("c1", "timeout: vendor slow"), ("c2", "timeout: again"), ("c7", "denied: host")] {
-        assert!(s.finish(id, &Outcome::Failed { error: error.into() }, 2_000).await.unwrap());
+        assert!(s.finish(id, &Outcome::Failed { error: error.into() }, 2_000, None).await.unwrap());
     }
-    assert!(s.finish("c3", &Outcome::Complete { result: "{}".into(), redactions: vec![] }, 2_000).await.unwrap());
-    assert!(s.finish("c4", &Outcome::Cancelled, 2_000).await.unwrap());
+    assert!(s.finish("c3", &Outcome::Complete { result: "{}".into(), redactions: vec![] }, 2_000, None).await.unwrap());
+    assert!(s.finish("c4", &Outcome::Cancelled, 2_000, None).await.unwrap());
 
     let all = ids(&*s, q(50)).await;
     assert_eq!(all, ["c9", "c8", "c7", "c6", "c5", "c4", "c3", "c2", "c1", "c0"], "newest first, ties by id");
@@ -206,19 +206,19 @@ async fn cancel_is_terminal_and_forward_only(s: Arc<dyn Store>) {
     for id in ["running", "accepted", "done"] {
         assert!(matches!(s.start_attempt(id, 1_100, 60_000).await.unwrap(), Attempt::Started(_)));
     }
-    assert!(s.set_vendor_ref("accepted", "ref-1", 90_000, 1_200).await.unwrap());
+    assert!(s.set_vendor_ref("accepted", "ref-1", 90_000, 1_200, None).await.unwrap());
     let complete = Outcome::Complete { result: "{}".into(), redactions: vec![] };
-    assert!(s.finish("done", &complete, 1_300).await.unwrap());
+    assert!(s.finish("done", &complete, 1_300, None).await.unwrap());
     for id in ["pending", "running", "accepted"] {
-        assert!(s.finish(id, &Outcome::Cancelled, 1_400).await.unwrap(), "{id} not cancelled");
+        assert!(s.finish(id, &Outcome::Cancelled, 1_400, None).await.unwrap(), "{id} not cancelled");
         let j = s.get(id).await.unwrap().unwrap();
         assert_eq!((j.status, j.updated_at, j.result.as_deref()), (Status::Cancelled, 1_400, None), "{id}");
-        assert!(!s.finish(id, &complete, 1_500).await.unwrap(), "{id}: a result overwrote cancelled");
-        assert!(!s.finish(id, &Outcome::Cancelled, 1_500).await.unwrap(), "{id}: cancelled twice");
+        assert!(!s.finish(id, &complete, 1_500, None).await.unwrap(), "{id}: a result overwrote cancelled");
+        assert!(!s.finish(id, &Outcome::Cancelled, 1_500, None).await.unwrap(), "{id}: cancelled twice");
         assert_eq!(s.start_attempt(id, 100_000, 160_000).await.unwrap(), Attempt::Over, "{id}: an attempt started");
         assert!(!s.reopen(id, 1_600).await.unwrap(), "{id}: reopened");
     }
-    assert!(!s.finish("done", &Outcome::Cancelled, 1_500).await.unwrap(), "a complete job was cancelled");
+    assert!(!s.finish("done", &Outcome::Cancelled, 1_500, None).await.unwrap(), "a complete job was cancelled");
     assert!(s.overdue_webhooks(100_000, 10).await.unwrap().is_empty(), "a cancelled job still awaits its webhook");
     assert_eq!(s.purge(5_000, 5_000).await.unwrap(), 4);
 }

@@ -50,20 +50,22 @@ async fn finished_jobs_with_a_url_come_due(s: Arc<dyn Store>) {
     assert!(s.get("plain").await.unwrap().unwrap().notify.is_none());
     assert!(s.due_notifications(10_000, 10).await.unwrap().is_empty(), "running jobs are not due");
     for id in ["n1", "n2", "plain"] {
-        assert!(s.finish(id, &Outcome::Complete { result: "1".into(), redactions: vec![] }, 2_000).await.unwrap());
+        assert!(
+            s.finish(id, &Outcome::Complete { result: "1".into(), redactions: vec![] }, 2_000, None).await.unwrap()
+        );
     }
     assert_eq!(ids(&s.due_notifications(10_000, 10).await.unwrap()), ["n1", "n2"], "longest due first");
     assert_eq!(ids(&s.due_notifications(10_000, 1).await.unwrap()), ["n1"]);
     assert!(s.due_notifications(999, 10).await.unwrap().is_empty(), "not due before its time");
     // A cancelled or failed job is due too.
     s.insert(&job("n3", Some("https://c.example/hook"), 1_200)).await.unwrap();
-    assert!(s.finish("n3", &Outcome::Cancelled, 2_000).await.unwrap());
+    assert!(s.finish("n3", &Outcome::Cancelled, 2_000, None).await.unwrap());
     assert!(ids(&s.due_notifications(10_000, 10).await.unwrap()).contains(&"n3"));
 }
 
 async fn one_claim_wins_and_attempts_are_recorded(s: Arc<dyn Store>) {
     s.insert(&job("n", Some("https://a.example/hook"), 1_000)).await.unwrap();
-    assert!(s.finish("n", &Outcome::Failed { error: "boom".into() }, 2_000).await.unwrap());
+    assert!(s.finish("n", &Outcome::Failed { error: "boom".into() }, 2_000, None).await.unwrap());
     let due = s.due_notifications(3_000, 10).await.unwrap();
     let at = due[0].notify.as_ref().unwrap().next_at.unwrap();
     assert!(s.claim_notification("n", at, 60_000).await.unwrap());

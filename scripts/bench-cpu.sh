@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# The CPU-per-job step of `make bench` (issue 24): the service's own CPU
+# (utime + stime of the `serve` process, from /proc) over
+# `vendorhost loadtest --mode e2e -n BENCH_CPU_JOBS -c 64`, after a
+# BENCH_CPU_WARMUP-job warm-up, divided by the jobs; with the end-to-end
+# jobs/s of that run and, for scale, GET /jobs/{id} measured in the same
+# run (rate and service CPU per request; its window includes submitting the
+# 200 jobs it reads): machines of this kind differ up
+# to 2x, the ratios travel. Rate limits lifted, in-process mock vendors
+# answering at once, the generator on the same cores.
+#
+# Backends (BENCH_CPU_BACKENDS, default "embedded streams"): embedded
+# (`serve` on one SQLite file), streams (`serve` with the queue on a Redis
+# it starts, the store on SQLite).
+#
+# Environment: BENCH_CPU_JOBS=20000, BENCH_CPU_WARMUP=2000, BENCH_BIN
+# (default target/release/vendorhost), BENCH_KEEP=1. Needs curl, jq, python3
+# (and redis-server for streams).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+JOBS=${BENCH_CPU_JOBS:-20000}
+WARMUP=${BENCH_CPU_WARMUP:-2000}
+BACKENDS=${BENCH_CPU_BACKENDS:-embedded streams}
+BENCH_NAME=bench-cpu
+# shellcheck source=scripts/bench-common.sh
+source "$ROOT/scripts/bench-common.sh"
+HZ=$(getconf CLK_TCK)
+
+# utime + stime of the given pids, in clock ticks.
+ticks() {
+  local pid total=0
+  for pid in "$@"; do
+    total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+REDIS_URL=
+start_redis() {
+  local port
+  port=$(free_port)
+  mkdir -p "$WORK/redis"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  REDIS_URL="redis://127.0.0.1:$port"
+}
+
+report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before get-ticks-after
+  python3 - "$@" "$HZ" "$JOBS" <<'PY'
+import json, sys
+backend, out, before, after, g, gb, ga, hz, jobs = sys.argv[1:10]
+out, g = json.loads(out), json.loads(g)
+before, after, gb, ga, hz, jobs = int(before), int(after), int(gb), int(ga), int(hz), int(jobs)
+e, gets = out["e2e"], g["get"]
+cpu_us = (after - before) / hz / jobs * 1e6
+rate = e.get("completed_per_sec") or 0
+get_us = (ga - gb) / hz / max(gets["ok"], 1) * 1e6
+print(f"| {backend} | {cpu_us:.0f} µs ({cpu_us / max(get_us, 0.001):.1f} GETs) | {rate:.0f} jobs/s "
+      f"({rate / max(gets['per_sec'], 1) * 100:.0f} % of GETs/s) | {e.get('terminal')} | {e.get('lost')} "
+      f"| {e['latency']['p50_ms']:.1f} / {e['latency']['p99_ms']:.1f} ms | {gets['per_sec']:.0f}/s, {get_us:.0f} µs |")
+PY
+}
+
+run_backend() { # backend
+  local backend=$1 port url pid before after out gb ga gout
+  local env=()
+  port=$(free_port)
+  url="http://127.0.0.1:$port"
+  mkdir -p "$WORK/$backend"
+  env=(VENDORHOST_LISTEN="127.0.0.1:$port" VENDORHOST_DATA="$WORK/$backend/vendorhost.db"
+    VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist" VENDORHOST_CACHE_DIR="$WORK/cache" VENDORHOST_LOG=warn
+    VENDORHOST_VENDOR_DEFAULTS__RATE=1000000 VENDORHOST_VENDOR_DEFAULTS__BURST=100000
+    VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024)
+  if [ "$backend" = streams ]; then
+    [ -n "$REDIS_URL" ] || start_redis
+    env+=(VENDORHOST_QUEUE="$REDIS_URL" VENDORHOST_REDIS_PREFIX="benchcpu$RANDOM")
+  fi
+  env "${env[@]}" "$BIN" serve >"$WORK/$backend/serve.log" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait_http "$url/readyz"
+  log "$backend: warm-up, $WARMUP jobs"
+  "$BIN" loadtest --url "$url" --json --no-progress --mode e2e -n "$WARMUP" -c 64 >/dev/null 2>>"$WORK/loadtest.err"
+  log "$backend: $JOBS jobs, 64 in flight"
+  before=$(ticks "$pid")
+  out=$("$BIN" loadtest --url "$url" --json --no-progress --mode e2e -n "$JOBS" -c 64 --max-open 5000 2>>"$WORK/loadtest.err")
+  after=$(ticks "$pid")
+  log "$backend: GET /jobs/{id} for scale, 3 s"
+  gb=$(ticks "$pid")
+  gout=$("$BIN" loadtest --url "$url" --json --no-progress --mode get -c 64 --ids 200 --duration 3s 2>>"$WORK/loadtest.err")
+  ga=$(ticks "$pid")
+  report "$backend" "$out" "$before" "$after" "$gout" "$gb" "$ga"
+  stop_pid "$pid"
+}
+
+echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each |"
+echo "|---|---|---|---|---|---|---|"
+for b in $BACKENDS; do
+  run_backend "$b"
+done
