@@ -37,6 +37,17 @@ ticks() {
   echo "$total"
 }
 
+# Store writes, store reads and Redis round trips so far (sums of the
+# counters on /metrics; 0 where a build has none). Reads include the
+# generator's polls (GET /jobs/{id}).
+trips() {
+  curl -sf "$1/metrics" | awk '
+    /^vendorhost_store_operations_total\{/ && /op="write"/ { w += $NF; next }
+    /^vendorhost_store_operations_total\{/ && !/op="monitoring"/ { r += $NF }
+    /^vendorhost_redis_round_trips_total/ { t += $NF }
+    END { printf "%d %d %d\n", w, r, t }'
+}
+
 REDIS_URL=
 start_redis() {
   local port
@@ -48,24 +59,27 @@ start_redis() {
   REDIS_URL="redis://127.0.0.1:$port"
 }
 
-report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before get-ticks-after
+report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before get-ticks-after trips-before trips-after
   python3 - "$@" "$HZ" "$JOBS" <<'PY'
 import json, sys
-backend, out, before, after, g, gb, ga, hz, jobs = sys.argv[1:10]
+backend, out, before, after, g, gb, ga, tb, ta, hz, jobs = sys.argv[1:12]
+(wb, rb, tb), (wa, ra, ta) = map(int, tb.split()), map(int, ta.split())
 out, g = json.loads(out), json.loads(g)
 before, after, gb, ga, hz, jobs = int(before), int(after), int(gb), int(ga), int(hz), int(jobs)
 e, gets = out["e2e"], g["get"]
 cpu_us = (after - before) / hz / jobs * 1e6
 rate = e.get("completed_per_sec") or 0
 get_us = (ga - gb) / hz / max(gets["ok"], 1) * 1e6
+per_job = lambda a, b: f"{(b - a) / jobs:.2f}" if b > a else "-"
 print(f"| {backend} | {cpu_us:.0f} µs ({cpu_us / max(get_us, 0.001):.1f} GETs) | {rate:.0f} jobs/s "
       f"({rate / max(gets['per_sec'], 1) * 100:.0f} % of GETs/s) | {e.get('terminal')} | {e.get('lost')} "
-      f"| {e['latency']['p50_ms']:.1f} / {e['latency']['p99_ms']:.1f} ms | {gets['per_sec']:.0f}/s, {get_us:.0f} µs |")
+      f"| {e['latency']['p50_ms']:.1f} / {e['latency']['p99_ms']:.1f} ms | {gets['per_sec']:.0f}/s, {get_us:.0f} µs "
+      f"| {per_job(wb, wa)} / {per_job(rb, ra)} | {per_job(tb, ta)} |")
 PY
 }
 
 run_backend() { # backend
-  local backend=$1 port url pid before after out gb ga gout
+  local backend=$1 port url pid before after out gb ga gout tb ta
   local env=()
   port=$(free_port)
   url="http://127.0.0.1:$port"
@@ -85,19 +99,21 @@ run_backend() { # backend
   log "$backend: warm-up, $WARMUP jobs"
   "$BIN" loadtest --url "$url" --json --no-progress --mode e2e -n "$WARMUP" -c 64 >/dev/null 2>>"$WORK/loadtest.err"
   log "$backend: $JOBS jobs, 64 in flight"
+  tb=$(trips "$url")
   before=$(ticks "$pid")
   out=$("$BIN" loadtest --url "$url" --json --no-progress --mode e2e -n "$JOBS" -c 64 --max-open 5000 2>>"$WORK/loadtest.err")
   after=$(ticks "$pid")
+  ta=$(trips "$url")
   log "$backend: GET /jobs/{id} for scale, 3 s"
   gb=$(ticks "$pid")
   gout=$("$BIN" loadtest --url "$url" --json --no-progress --mode get -c 64 --ids 200 --duration 3s 2>>"$WORK/loadtest.err")
   ga=$(ticks "$pid")
-  report "$backend" "$out" "$before" "$after" "$gout" "$gb" "$ga"
+  report "$backend" "$out" "$before" "$after" "$gout" "$gb" "$ga" "$tb" "$ta"
   stop_pid "$pid"
 }
 
-echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each |"
-echo "|---|---|---|---|---|---|---|"
+echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each | store writes / reads per job | Redis round trips per job |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for b in $BACKENDS; do
   run_backend "$b"
 done

@@ -689,7 +689,9 @@ for kind, name in TRIP_KINDS:
             out.append(f"    redis round-trips: {rs + rb:.2f} ({rs:.2f} shared, {rb:.2f} blocking reads)")
         bg = {k: v / r.get("idle_s", 2) for k, v in idle.items() if v}
         if bg:
-            out.append(f"    background per second idle: {', '.join(f'{k} {v:.1f}' for k, v in sorted(bg.items()))}")
+            wall = r.get("wall_s", 0)
+            out.append(f"    background per second idle: {', '.join(f'{k} {v:.1f}' for k, v in sorted(bg.items()))}"
+                       f" (at that rate, per job of this run: {', '.join(f'{k} {v * wall / done:.2f}' for k, v in sorted(bg.items()))})")
 
 out.append("")
 out.append("Where the CPU went (% of one core over each run; 2 cores = 200%; client = the load generator or sampler)")

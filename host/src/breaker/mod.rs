@@ -43,6 +43,10 @@ pub enum BreakerError {
     Encode(#[from] serde_json::Error),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    /// A batched write of outcomes failed (the cause, as text: every
+    /// recorder of the batch gets it).
+    #[error("{0}")]
+    Batch(String),
 }
 
 /// Where a vendor's breaker state lives.

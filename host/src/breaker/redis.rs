@@ -3,13 +3,25 @@
 //! JSON of a `BreakerState`. Updates are optimistic: read, run the state
 //! machine here, write back only if the value is still what was read (a
 //! compare-and-set script), else retry on the fresh value.
+//!
+//! Round trips (issue 24): outcomes recorded while one write of a vendor's
+//! breaker is in flight are written together by the next (each `record`
+//! still returns once its outcome is stored); and a breaker this process
+//! saw closed within [`CLOSED_FRESH`] admits a call without asking Redis
+//! (an open elsewhere is seen here that much later at most). So under
+//! load a call costs a fraction of a round trip rather than three (a read
+//! to admit, a read and a write to record) contending on one key.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
-use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, report, transition};
+use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, State, report, transition};
 use crate::config::BreakerPolicy;
 use crate::model::now_ms;
 use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
@@ -19,6 +31,8 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_ATTEMPTS: u32 = 20;
 /// A vendor idle this long forgets its breaker (refreshed on every write).
 const STATE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How long a breaker seen closed admits calls here without a read.
+pub const CLOSED_FRESH: Duration = Duration::from_millis(100);
 
 // ARGV[1] = '1' if a value was read (then ARGV[2] is it), '0' if the key was
 // absent; ARGV[3] = new value; ARGV[4] = TTL in ms. Returns 1 if written.
@@ -34,22 +48,51 @@ return 1
 "#;
 
 pub struct RedisBreakers {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     conn: SharedConn,
     prefix: String,
     cas: Script,
+    /// Outcomes waiting for the next write, by vendor (bounded by the
+    /// calls in flight).
+    pending: Mutex<HashMap<String, Batch>>,
+    /// Whether this process last saw each vendor's breaker closed, and
+    /// when (bounded by the vendors called).
+    seen: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// One vendor's outcomes waiting to be written, and who waits for each.
+struct Batch {
+    policy: BreakerPolicy,
+    outcomes: Vec<CallOutcome>,
+    waiting: Vec<oneshot::Sender<Result<(), String>>>,
+    /// A task is writing this vendor's batches.
+    writing: bool,
 }
 
 impl RedisBreakers {
     /// Over the process's shared connection.
     pub fn new(conn: &RedisConn, prefix: &str) -> RedisBreakers {
-        RedisBreakers { conn: conn.shared.clone(), prefix: prefix.to_string(), cas: Script::new(CAS) }
+        RedisBreakers {
+            inner: Arc::new(Inner {
+                conn: conn.shared.clone(),
+                prefix: prefix.to_string(),
+                cas: Script::new(CAS),
+                pending: Mutex::new(HashMap::new()),
+                seen: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 
     /// Its own connection (tests, tools).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisBreakers, BreakerError> {
         Ok(Self::new(&RedisConn::connect(url).await?, prefix))
     }
+}
 
+impl Inner {
     fn key(&self, vendor: &str) -> String {
         vendor_key(&self.prefix, vendor, "cb")
     }
@@ -102,6 +145,54 @@ impl RedisBreakers {
     }
 }
 
+impl Inner {
+    fn saw(&self, vendor: &str, closed: bool) {
+        lock(&self.seen).insert(vendor.to_string(), (closed, Instant::now()));
+    }
+
+    fn seen_closed(&self, vendor: &str) -> bool {
+        lock(&self.seen).get(vendor).is_some_and(|(closed, at)| *closed && at.elapsed() < CLOSED_FRESH)
+    }
+
+    /// Writes `vendor`'s pending outcomes, one batch per update, until
+    /// none is left; answers each recorder.
+    async fn write_batches(self: Arc<Self>, vendor: String) {
+        loop {
+            let (policy, outcomes, waiting) = {
+                let mut pending = lock(&self.pending);
+                let Some(batch) = pending.get_mut(&vendor) else { return };
+                if batch.outcomes.is_empty() {
+                    pending.remove(&vendor);
+                    return;
+                }
+                (batch.policy.clone(), std::mem::take(&mut batch.outcomes), std::mem::take(&mut batch.waiting))
+            };
+            let mut closed = false;
+            let written = self
+                .update(&vendor, |s| {
+                    let now = now_ms();
+                    for o in &outcomes {
+                        s.record(now, &policy, *o);
+                    }
+                    closed = matches!(s.state(), State::Closed);
+                })
+                .await;
+            if written.is_ok() {
+                self.saw(&vendor, closed);
+            }
+            let answer = written.map_err(|e| e.to_string());
+            for w in waiting {
+                let _ = w.send(answer.clone());
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The maps stay valid even if a holder panicked.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A command on the shared connection, given up after `RESPONSE_TIMEOUT`:
 /// a slow Redis must not hold a job longer than the breaker is worth.
 async fn bounded<T>(cmd: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, BreakerError> {
@@ -114,15 +205,49 @@ async fn bounded<T>(cmd: impl std::future::Future<Output = redis::RedisResult<T>
 #[async_trait]
 impl Breakers for RedisBreakers {
     async fn admit(&self, vendor: &str, policy: &BreakerPolicy) -> Result<Admission, BreakerError> {
-        self.update(vendor, |s| s.admit(now_ms(), policy)).await
+        if self.inner.seen_closed(vendor) {
+            return Ok(Admission::Allowed { probe: false });
+        }
+        let mut closed = false;
+        let admitted = self
+            .inner
+            .update(vendor, |s| {
+                let a = s.admit(now_ms(), policy);
+                closed = matches!(s.state(), State::Closed);
+                a
+            })
+            .await?;
+        self.inner.saw(vendor, closed);
+        Ok(admitted)
     }
 
     async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
-        self.update(vendor, |s| s.record(now_ms(), policy, outcome)).await.map(|_| ())
+        let (tx, rx) = oneshot::channel();
+        let start = {
+            let mut pending = lock(&self.inner.pending);
+            let batch = pending.entry(vendor.to_string()).or_insert_with(|| Batch {
+                policy: policy.clone(),
+                outcomes: Vec::new(),
+                waiting: Vec::new(),
+                writing: false,
+            });
+            batch.policy = policy.clone();
+            batch.outcomes.push(outcome);
+            batch.waiting.push(tx);
+            !std::mem::replace(&mut batch.writing, true)
+        };
+        if start {
+            tokio::spawn(self.inner.clone().write_batches(vendor.to_string()));
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(BreakerError::Batch(e)),
+            Err(_) => Err(BreakerError::Batch("the breaker writer stopped".into())),
+        }
     }
 
     async fn snapshot(&self, vendor: &str) -> Result<BreakerSnapshot, BreakerError> {
-        let (_, state) = self.load(&self.key(vendor), vendor).await?;
+        let (_, state) = self.inner.load(&self.inner.key(vendor), vendor).await?;
         Ok(state.snapshot(now_ms()))
     }
 }

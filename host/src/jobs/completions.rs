@@ -5,7 +5,10 @@
 //! - `finish` (the one way a job ends) calls [`Completions::completed`]: it
 //!   wakes this process's waiters at once and, in production, publishes the
 //!   request id on the Redis channel `<prefix>:done`, because the worker
-//!   that ends a job is not the API process its waiters sit in.
+//!   that ends a job is not the API process its waiters sit in. Ids that
+//!   end while a publish is in flight go out together in the next one
+//!   (newline-separated): under load one round trip carries many ends, idle
+//!   each goes out at once.
 //! - Every API process holds ONE subscriber connection to that channel
 //!   ([`Completions::subscribe`]) and wakes its own waiters from it.
 //! - A waiter registers before its first store read (so an end between the
@@ -48,11 +51,50 @@ struct Slot {
 struct Publisher {
     conn: RedisConn,
     channel: String,
+    /// Ids waiting for the next publish, and whether a publisher task is
+    /// running (it takes them until none is left).
+    pending: Mutex<(Vec<String>, bool)>,
+}
+
+/// Most ids in one published message.
+const PUBLISH_BATCH: usize = 1000;
+
+impl Publisher {
+    /// Adds `id` to the next publish; true if the caller must start the
+    /// task that sends them.
+    fn add(&self, id: &str) -> bool {
+        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        p.0.push(id.to_string());
+        !std::mem::replace(&mut p.1, true)
+    }
+
+    /// Publishes what is pending until nothing is.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let ids = {
+                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if p.0.is_empty() {
+                    p.1 = false;
+                    return;
+                }
+                std::mem::take(&mut p.0)
+            };
+            for chunk in ids.chunks(PUBLISH_BATCH) {
+                let mut conn = self.conn.shared.clone();
+                let sent: redis::RedisResult<i64> =
+                    redis::cmd("PUBLISH").arg(&self.channel).arg(chunk.join("\n")).query_async(&mut conn).await;
+                if let Err(e) = sent {
+                    // Waiters elsewhere find out at their next re-check.
+                    tracing::warn!(jobs = chunk.len(), error = %e, "could not publish job completions");
+                }
+            }
+        }
+    }
 }
 
 pub struct Completions {
     slots: Mutex<HashMap<String, Slot>>,
-    publisher: Option<Publisher>,
+    publisher: Option<Arc<Publisher>>,
     /// Wake-ups may be lost (fed by pub/sub, or by nothing at all in an API
     /// process without Redis): waiters re-check this often.
     recheck: Option<Duration>,
@@ -84,11 +126,13 @@ impl Completions {
     /// `conn` when `redis` is given; without it (an API process with no
     /// Redis) waiters fall back to re-checking.
     pub fn shared(redis: Option<(RedisConn, &str)>) -> Arc<Completions> {
-        let publisher = redis.map(|(conn, prefix)| Publisher { conn, channel: channel(prefix) });
+        let publisher = redis.map(|(conn, prefix)| {
+            Arc::new(Publisher { conn, channel: channel(prefix), pending: Mutex::new((Vec::new(), false)) })
+        });
         Arc::new(Completions::build(publisher, Some(RECHECK)))
     }
 
-    fn build(publisher: Option<Publisher>, recheck: Option<Duration>) -> Completions {
+    fn build(publisher: Option<Arc<Publisher>>, recheck: Option<Duration>) -> Completions {
         Completions {
             slots: Mutex::new(HashMap::new()),
             publisher,
@@ -102,18 +146,10 @@ impl Completions {
     /// tell the other processes (best effort, off the caller's path).
     pub fn completed(&self, request_id: &str) {
         self.wake(request_id);
-        if let Some(p) = &self.publisher {
-            let mut conn = p.conn.shared.clone();
-            let channel = p.channel.clone();
-            let id = request_id.to_string();
-            tokio::spawn(async move {
-                let sent: redis::RedisResult<i64> =
-                    redis::cmd("PUBLISH").arg(&channel).arg(&id).query_async(&mut conn).await;
-                if let Err(e) = sent {
-                    // Waiters elsewhere find out at their next re-check.
-                    tracing::warn!(request_id = %id, error = %e, "could not publish the job's completion");
-                }
-            });
+        if let Some(p) = &self.publisher
+            && p.add(request_id)
+        {
+            tokio::spawn(p.clone().run());
         }
     }
 
@@ -189,7 +225,7 @@ impl Completions {
                             _ = stop.wait_for(|s| *s) => return,
                             m = messages.next() => match m {
                                 Some(msg) => match msg.get_payload::<String>() {
-                                    Ok(id) => self.wake(&id),
+                                    Ok(ids) => ids.split('\n').for_each(|id| self.wake(id)),
                                     Err(e) => tracing::warn!(error = %e, "unreadable job completion message"),
                                 },
                                 None => break,
