@@ -200,6 +200,9 @@ async fn redis_learned_limits_are_shared() {
     let fresh = b.learned("v", 20.0).await.unwrap();
     assert_eq!((fresh.rate, fresh.paused_for), (20.0, None));
     a.learn("v", 20.0, Lesson { pause: Some(Duration::from_secs(5)), throttled: true }).await.unwrap();
+    // `b` read the vendor just now: it reads again once its copy is older
+    // than LEARNED_FRESH (one round trip per vendor per interval, not per call).
+    tokio::time::sleep(vendorhost::limits::redis::LEARNED_FRESH + Duration::from_millis(20)).await;
     let seen = b.learned("v", 20.0).await.unwrap();
     assert!((seen.rate - 20.0 * DECREASE).abs() < 0.1, "{seen:?}");
     let left = seen.paused_for.unwrap();
