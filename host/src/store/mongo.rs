@@ -470,13 +470,17 @@ impl Store for MongoStore {
         if request_ids.is_empty() {
             return Ok(());
         }
-        self.jobs.update_many(doc! { "_id": { "$in": request_ids } }, doc! { "$set": { "queued": true } }).await?;
+        // One update when every job still waits (a fresh submit: the usual
+        // case, issue 24); the others get the flag alone.
         let waiting = doc! {
             "_id": { "$in": request_ids },
             "status": { "$in": IN_FLIGHT.to_vec() },
             "vendor_ref": { "$exists": false },
         };
-        self.jobs.update_many(waiting, doc! { "$set": { "due_at": now } }).await?;
+        let marked = self.jobs.update_many(waiting, doc! { "$set": { "queued": true, "due_at": now } }).await?;
+        if marked.matched_count < request_ids.len() as u64 {
+            self.jobs.update_many(doc! { "_id": { "$in": request_ids } }, doc! { "$set": { "queued": true } }).await?;
+        }
         Ok(())
     }
 
