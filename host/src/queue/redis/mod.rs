@@ -69,7 +69,7 @@ use std::time::{Duration, Instant};
 
 use super::fair::Fairness;
 use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result};
-use crate::model::{DeadLetter, Millis, now_ms};
+use crate::model::{DeadLetter, Millis, millis, now_ms};
 use crate::redis_conn::{BlockingConn, RedisConn, SharedConn};
 use crate::telemetry;
 use keys::{Keys, entry_id, partition_of, split_entry_id};
@@ -85,6 +85,9 @@ const BLOCKING_POOL: usize = 16;
 /// With several partitions, a lease waits on one at a time, this long at
 /// most, then looks at the others again.
 const SHORT_BLOCK: Duration = Duration::from_millis(200);
+/// An entry delayed by at most this much gets a ring of the bell when due
+/// (later ones: lease calls wake for them by their own reckoning).
+const RING_AHEAD: Duration = Duration::from_secs(2);
 /// How long a partition's promoter keeps the role after its last run.
 const PROMOTER_TTL: Duration = Duration::from_millis(500);
 /// A partition whose next due entry is known to be later is promoted again
@@ -104,6 +107,9 @@ struct Partition {
     /// When this process last ran the promoter here, and the next due time it
     /// reported.
     promoted: Mutex<Option<(Instant, Option<Millis>)>>,
+    /// When this process will ring the bell for an entry it delayed (see
+    /// `note_due`), if it will.
+    ring_at: Arc<Mutex<Option<Millis>>>,
 }
 
 pub struct RedisQueue {
@@ -170,6 +176,7 @@ impl RedisQueue {
                 claim_cursor: Mutex::new("0-0".into()),
                 reclaimed_at: Mutex::new(None),
                 promoted: Mutex::new(None),
+                ring_at: Arc::new(Mutex::new(None)),
             })
             .collect();
         let queue = RedisQueue {
@@ -551,11 +558,46 @@ impl RedisQueue {
 
     /// Lets this process's promoter of partition `p` know of an entry due at
     /// `due` (so a lease stops blocking in time for it).
+    ///
+    /// A lease call already waiting on the bell planned its wake before this
+    /// entry existed: the bell is rung when it is due (one ring per partition
+    /// at a time, the earliest), so a job given back for a moment (its
+    /// vendor's next slot) is not left waiting for the next wake-up the
+    /// waiting call had planned.
     fn note_due(&self, p: usize, due: Millis) {
-        let mut promoted = lock(&self.parts[p].promoted);
-        if let Some((_, next)) = promoted.as_mut() {
-            *next = Some(next.map_or(due, |n| n.min(due)));
+        {
+            let mut promoted = lock(&self.parts[p].promoted);
+            if let Some((_, next)) = promoted.as_mut() {
+                *next = Some(next.map_or(due, |n| n.min(due)));
+            }
         }
+        let now = now_ms();
+        if due <= now || due - now > millis(RING_AHEAD) {
+            return;
+        }
+        let ring_at = self.parts[p].ring_at.clone();
+        {
+            let mut at = lock(&ring_at);
+            if at.is_some_and(|t| t <= due) {
+                return;
+            }
+            *at = Some(due);
+        }
+        let (mut conn, bell) = (self.conn.clone(), self.keys(p).bell.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis((due - now) as u64)).await;
+            {
+                let mut at = lock(&ring_at);
+                if *at == Some(due) {
+                    *at = None;
+                }
+            }
+            let rung: redis::RedisResult<()> =
+                redis::pipe().rpush(&bell, "1").ignore().ltrim(&bell, -64, -1).ignore().query_async(&mut conn).await;
+            if let Err(e) = rung {
+                tracing::debug!(error = %e, "could not ring the queue's bell for a delayed entry");
+            }
+        });
     }
 }
 
