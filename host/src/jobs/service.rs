@@ -152,19 +152,17 @@ impl JobService {
             }
             Inserted::Created { enqueued: true } => {}
             Inserted::Created { enqueued: false } => {
-                // A crash between these two leaves a `pending` job not marked
-                // queued: the sweeper enqueues it.
+                // A crash before the enqueue leaves a `pending` job the
+                // sweeper finds missing from the queue and enqueues.
                 let msg = Message::new(&job.request_id, &job.vendor)
                     .traced(job.trace.clone())
                     .owned(job.owner.as_deref(), job.priority);
                 self.queue.enqueue(&[msg]).instrument(enqueue.clone()).await?;
-                self.store.mark_queued(std::slice::from_ref(&job.request_id), now_ms()).await?;
             }
             Inserted::Existing { request_id } => return Ok(Submitted { request_id, created: false, cached: false }),
             Inserted::Recovered { request_id } => {
                 let msg = Message::new(&request_id, &job.vendor).owned(job.owner.as_deref(), job.priority);
                 self.queue.enqueue(&[msg]).await?;
-                self.store.mark_queued(std::slice::from_ref(&request_id), now_ms()).await?;
                 return Ok(Submitted { request_id, created: false, cached: false });
             }
             Inserted::KeyConflict => return Err(SubmitError::IdempotencyConflict),
@@ -257,11 +255,9 @@ impl JobService {
             out[*slot] = Some(Ok(submitted));
         }
         if !to_queue.is_empty() {
-            // A crash between these two leaves `pending` jobs not marked
-            // queued: the sweeper enqueues them.
+            // A crash before this leaves `pending` jobs the sweeper finds
+            // missing from the queue and enqueues.
             self.queue.enqueue(&to_queue).instrument(enqueue.clone()).await?;
-            let ids: Vec<String> = to_queue.into_iter().map(|m| m.request_id).collect();
-            self.store.mark_queued(&ids, now_ms()).await?;
         }
         tracing::debug!(items = out.len(), accepted = jobs.len(), "batch submitted");
         Ok(out.into_iter().map(|o| o.unwrap_or(Err(SubmitError::IdempotencyConflict))).collect())

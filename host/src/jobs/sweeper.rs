@@ -1,7 +1,8 @@
 //! The sweeper: the periodic chores that keep "no job lost" true.
 //!
-//! - `pending` jobs never recorded as queued (a crash between the store write
-//!   and the enqueue) are enqueued;
+//! - `pending` jobs older than `sweep_after` not yet looked at are checked
+//!   against the queue: those it lacks (a crash between the store write and
+//!   the enqueue) are enqueued, and all are marked looked at;
 //! - `pending` or `processing` jobs overdue by more than `recover_after` whose
 //!   queue entry is gone (a Redis that lost its data, a deleted row) are
 //!   enqueued again; the store is the source of truth, the queue an index;
@@ -115,21 +116,33 @@ impl Sweeper {
         let before = now - millis(self.settings.sweep_after);
         let stranded = self.store.unqueued_pending(before, BATCH).await.map_err(|e| e.to_string())?;
         if !stranded.is_empty() {
-            let mut msgs: Vec<Message> = stranded.iter().map(|(id, v)| Message::new(id, v)).collect();
-            if self.queue.vendor_aware() {
-                // A fair queue orders by owner and priority (rare: only a
-                // crash between a submit's write and its enqueue strands one).
-                for m in &mut msgs {
-                    if let Some(job) = self.store.get(&m.request_id).await.map_err(|e| e.to_string())? {
-                        *m = m.clone().owned(job.owner.as_deref(), job.priority);
+            // A submit does not record its enqueue (one store write less per
+            // job, issue 24): most of these are queued and only waiting their
+            // turn. Enqueue those the queue does not hold; mark them all, so
+            // a long backlog is looked at once.
+            let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
+            let present = self.queue.present(&ids).await.map_err(|e| e.to_string())?;
+            let mut msgs: Vec<Message> = stranded
+                .iter()
+                .zip(&present)
+                .filter(|(_, here)| !**here)
+                .map(|((id, v), _)| Message::new(id, v))
+                .collect();
+            if !msgs.is_empty() {
+                if self.queue.vendor_aware() {
+                    // A fair queue orders by owner and priority (rare: only a
+                    // crash between a submit's write and its enqueue strands one).
+                    for m in &mut msgs {
+                        if let Some(job) = self.store.get(&m.request_id).await.map_err(|e| e.to_string())? {
+                            *m = m.clone().owned(job.owner.as_deref(), job.priority);
+                        }
                     }
                 }
+                self.queue.enqueue(&msgs).await.map_err(|e| e.to_string())?;
+                tracing::warn!(count = msgs.len(), "sweeper enqueued pending jobs that had no queue entry");
+                metrics::counter!(telemetry::SWEEPER_REQUEUED).increment(msgs.len() as u64);
             }
-            self.queue.enqueue(&msgs).await.map_err(|e| e.to_string())?;
-            let ids: Vec<String> = stranded.iter().map(|(id, _)| id.clone()).collect();
             self.store.mark_queued(&ids, now).await.map_err(|e| e.to_string())?;
-            tracing::warn!(count = ids.len(), "sweeper enqueued pending jobs that had no queue entry");
-            metrics::counter!(telemetry::SWEEPER_REQUEUED).increment(ids.len() as u64);
         }
         let overdue = self.store.overdue_webhooks(now, BATCH).await.map_err(|e| e.to_string())?;
         let mut timed_out = 0;

@@ -134,8 +134,10 @@ pub trait Store: Send + Sync + 'static {
     /// combination of filters.
     async fn list(&self, query: &JobQuery) -> Result<Vec<Job>>;
 
-    /// Records that the jobs' queue messages exist (so the sweeper leaves
-    /// them) as of `now`: a job not yet finished is due again from `now`.
+    /// Records that the jobs' queue messages are known to exist (so the
+    /// sweeper looks no more) as of `now`: a job not yet finished is due
+    /// again from `now`. A submit does not call it (one write less per job):
+    /// the sweeper marks what it checked.
     async fn mark_queued(&self, request_ids: &[String], now: Millis) -> Result<()>;
 
     async fn get(&self, request_id: &str) -> Result<Option<Job>>;
@@ -194,8 +196,9 @@ pub trait Store: Send + Sync + 'static {
     async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool>;
 
     /// `pending` jobs created and last updated before `before` whose queue
-    /// message was never recorded (a crash between store write and enqueue,
-    /// or a replay whose enqueue was lost).
+    /// message was never recorded: the sweeper checks them against the queue
+    /// (most are queued; a crash between store write and enqueue, or a replay
+    /// whose enqueue was lost, leaves some that are not).
     async fn unqueued_pending(&self, before: Millis, limit: usize) -> Result<Vec<(String, String)>>;
 
     /// Jobs `pending` or `processing` (not waiting for a webhook) due before

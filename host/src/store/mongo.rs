@@ -3,7 +3,8 @@
 //! Collections:
 //! - `jobs`: `_id` = request_id; timestamps are i64 epoch ms (the Mongo
 //!   stand-in stores a BSON date written by `$set` as a string); `data` and
-//!   `result` are JSON text. `queued` records that the queue message exists.
+//!   `result` are JSON text. `queued` records that the sweeper found
+//!   (or put) the queue message there.
 //!   `redactions` (a complete job's, when cleaning removed anything): an
 //!   array of `{path, kind}`.
 //! - `webhook_ids`: `_id` = `<vendor>:<id>`, `expires_at` (ms).

@@ -94,25 +94,22 @@ impl Pair {
     /// Submits like the service: the job, then (unless written together)
     /// its entry.
     async fn submit(&self, id: &str, created_at: i64) {
-        let job = NewJob {
-            request_id: id.into(),
-            vendor: "acme".into(),
-            data: "{}".into(),
-            owner: None,
-            created_at,
-            idempotency: None,
-            notify_url: None,
-            trace: None,
-            priority: vendorhost::model::Priority::Normal,
-        };
+        let job = new_job(id, created_at);
         match self.store.insert(&job).await.unwrap() {
             Inserted::Created { enqueued: true } => {}
             Inserted::Created { enqueued: false } => {
                 self.queue.enqueue(&[Message::new(id, "acme")]).await.unwrap();
-                self.store.mark_queued(&[id.to_string()], created_at).await.unwrap();
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A submit that crashed after writing its job and before enqueuing it
+    /// (written as a cache hit is: never queued inline).
+    async fn submit_stranded(&self, id: &str, created_at: i64) {
+        let job = new_job(id, created_at);
+        let ins = self.store.insert_batch_unqueued(std::slice::from_ref(&job)).await.unwrap();
+        assert!(matches!(ins[..], [Inserted::Created { enqueued: false }]), "{ins:?}");
     }
 
     async fn wipe(&self) {
@@ -161,6 +158,20 @@ impl Pair {
     }
 }
 
+fn new_job(id: &str, created_at: i64) -> NewJob {
+    NewJob {
+        request_id: id.into(),
+        vendor: "acme".into(),
+        data: "{}".into(),
+        owner: None,
+        created_at,
+        idempotency: None,
+        notify_url: None,
+        trace: None,
+        priority: vendorhost::model::Priority::Normal,
+    }
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v
@@ -202,6 +213,31 @@ async fn lost_entries_come_back_once(p: Pair) {
     assert_eq!((running.status, running.attempts), (Status::Processing, 1));
 }
 
+/// A submit does not record its enqueue: past `sweep_after` the sweeper
+/// looks each waiting job up in the queue once, enqueues only those whose
+/// submit crashed before the enqueue, and never enqueues a job twice.
+async fn stranded_jobs_are_enqueued_and_queued_ones_left_alone(p: Pair) {
+    let old = now_ms() - 120_000;
+    let queued: Vec<String> = (0..6).map(|i| format!("q-{i}")).collect();
+    let stranded: Vec<String> = (0..3).map(|i| format!("s-{i}")).collect();
+    for id in &queued {
+        p.submit(id, old).await;
+    }
+    for id in &stranded {
+        p.submit_stranded(id, old).await;
+    }
+    p.submit_stranded("s-fresh", now_ms()).await;
+    assert_eq!(sorted(p.entries().await), queued, "before the sweep");
+    // Recovery of overdue jobs waits an hour here: the stranded path alone.
+    let sweeper = p.sweeper(Duration::from_secs(3600));
+    for _ in 0..3 {
+        sweeper.sweep_once().await.unwrap();
+    }
+    let all = sorted(queued.iter().chain(&stranded).cloned().collect());
+    assert_eq!(sorted(p.entries().await), all, "each job once; the fresh one still within its grace");
+    assert!(p.store.unqueued_pending(now_ms() - 60_000, 100).await.unwrap().is_empty(), "looked at once");
+}
+
 /// A job waiting for its vendor's webhook has no entry by design: it is the
 /// webhook deadline's, never recovered into a second call.
 async fn a_job_awaiting_its_webhook_is_not_recovered(p: Pair) {
@@ -223,6 +259,11 @@ macro_rules! pairing {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn lost_entries_come_back_once() {
                     super::lost_entries_come_back_once($make).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn stranded_jobs_are_enqueued_and_queued_ones_left_alone() {
+                    super::stranded_jobs_are_enqueued_and_queued_ones_left_alone($make).await;
                 }
 
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
