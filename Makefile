@@ -5,7 +5,8 @@
 
 CARGO ?= cargo
 
-run: build-plugins
+run:
+	@bash plugins/build.sh --vendors
 	$(CARGO) build --release -p vendorhost
 	./target/release/vendorhost serve
 

@@ -2,8 +2,10 @@
 # Builds the vendor plugins (WebAssembly components) and installs them:
 #   plugins/dist/       the vendors (sync.wasm, async.wasm)
 #   plugins/dist-test/  plugins for the host's tests
-# Called by `make build-plugins`. Idempotent: a no-op run takes about a second
-# and leaves unchanged files untouched (so a watcher sees no reload).
+# Called by `make build-plugins`; `make run` passes --vendors: the vendors
+# alone, no test plugins (a newcomer's first run builds 2 plugins, not 13).
+# Idempotent: a no-op run takes about a second and leaves unchanged files
+# untouched (so a watcher sees no reload).
 set -euo pipefail
 export LC_ALL=C  # printf below formats a decimal point
 
@@ -31,8 +33,14 @@ else
 fi
 
 # (b) One build for the whole workspace (echo's v2 variant is the package
-# test-echo-v2, see tests/echo-v2/Cargo.toml).
-"$CARGO" build --release --target "$TARGET" --workspace
+# test-echo-v2, see tests/echo-v2/Cargo.toml), or the vendors alone.
+vendors_only=0
+if [ "${1:-}" = --vendors ]; then
+    vendors_only=1
+    "$CARGO" build --release --target "$TARGET" -p sync-vendor -p async-vendor
+else
+    "$CARGO" build --release --target "$TARGET" --workspace
+fi
 
 # (c) Install: copy to a temp file beside the destination, then rename, so a
 # watcher never sees a half-written .wasm. Unchanged files are left alone.
@@ -52,16 +60,18 @@ install_wasm() { # SOURCE DEST
 }
 install_wasm "$out/sync_vendor.wasm" dist/sync.wasm
 install_wasm "$out/async_vendor.wasm" dist/async.wasm
-install_wasm "$out/test_loop.wasm" dist-test/test-loop.wasm
-install_wasm "$out/test_alloc.wasm" dist-test/test-alloc.wasm
-install_wasm "$out/test_panic.wasm" dist-test/test-panic.wasm
-install_wasm "$out/test_fs.wasm" dist-test/test-fs.wasm
-install_wasm "$out/wrong_world.wasm" dist-test/wrong-world.wasm
-install_wasm "$out/future_contract.wasm" dist-test/future-contract.wasm
-install_wasm "$out/test_echo.wasm" dist-test/echo-v1.wasm
-install_wasm "$out/test_echo_v2.wasm" dist-test/echo-v2.wasm
-install_wasm "$out/contract_v0_1.wasm" dist-test/test-v1.wasm
-install_wasm "$out/test_needs.wasm" dist-test/test-needs.wasm
+if [ "$vendors_only" = 0 ]; then
+    install_wasm "$out/test_loop.wasm" dist-test/test-loop.wasm
+    install_wasm "$out/test_alloc.wasm" dist-test/test-alloc.wasm
+    install_wasm "$out/test_panic.wasm" dist-test/test-panic.wasm
+    install_wasm "$out/test_fs.wasm" dist-test/test-fs.wasm
+    install_wasm "$out/wrong_world.wasm" dist-test/wrong-world.wasm
+    install_wasm "$out/future_contract.wasm" dist-test/future-contract.wasm
+    install_wasm "$out/test_echo.wasm" dist-test/echo-v1.wasm
+    install_wasm "$out/test_echo_v2.wasm" dist-test/echo-v2.wasm
+    install_wasm "$out/contract_v0_1.wasm" dist-test/test-v1.wasm
+    install_wasm "$out/test_needs.wasm" dist-test/test-needs.wasm
+fi
 # The template (plugin_template.wasm) is built only to prove it compiles.
 
 # (c2) The same sync vendor in Python (componentize-py, in ../.venv) and in

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The external-generator step of `make bench` (issue 24): POST /jobs and
 # GET /jobs/{id} on the embedded default (`serve`: workers on, so submitted
-# jobs are also run), each driven by wrk and by the built-in
+# jobs are also run; POST also on `api`, no workers: the submit path alone),
+# each driven by wrk and by the built-in
 # `vendorhost loadtest` at the same connection count, with GET /healthz
 # measured by wrk in the same run for scale (machines of this
 # kind differ up to 2x; the ratio to /healthz travels). wrk's latency is
@@ -29,16 +30,23 @@ BENCH_TOOLS=wrk
 source "$ROOT/scripts/bench-common.sh"
 THREADS=$(nproc)
 
-port=$(free_port)
-URL="http://127.0.0.1:$port"
-mkdir -p "$WORK/data"
-env VENDORHOST_LISTEN="127.0.0.1:$port" VENDORHOST_DATA="$WORK/data/vendorhost.db" \
-  VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist" VENDORHOST_CACHE_DIR="$WORK/cache" VENDORHOST_LOG=warn \
-  VENDORHOST_VENDOR_DEFAULTS__RATE=1000000 VENDORHOST_VENDOR_DEFAULTS__BURST=100000 \
-  VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024 \
-  "$BIN" serve >"$WORK/serve.log" 2>&1 &
-PIDS+=("$!")
-wait_http "$URL/readyz"
+# start ROLE: `serve` (workers on: submitted jobs also run) or `api` (no
+# workers: the submit path alone) on a fresh data file; sets URL and SVC.
+start() {
+  local port
+  port=$(free_port)
+  URL="http://127.0.0.1:$port"
+  mkdir -p "$WORK/$1"
+  env VENDORHOST_LISTEN="127.0.0.1:$port" VENDORHOST_DATA="$WORK/$1/vendorhost.db" \
+    VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist" VENDORHOST_CACHE_DIR="$WORK/cache" VENDORHOST_LOG=warn \
+    VENDORHOST_VENDOR_DEFAULTS__RATE=1000000 VENDORHOST_VENDOR_DEFAULTS__BURST=100000 \
+    VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024 \
+    "$BIN" "$1" >"$WORK/$1.log" 2>&1 &
+  SVC=$!
+  PIDS+=("$SVC")
+  wait_http "$URL/readyz"
+}
+start serve
 
 # The ids GET cycles over: submitted in batches of 1,000 (one request each).
 log "submitting $IDS jobs for the GET runs"
@@ -105,6 +113,10 @@ wg=$(run_wrk get / "$WORK/get.lua")
 wp=$(run_wrk post /jobs "$WORK/post.lua")
 bg=$(run_builtin get get)
 bp=$(run_builtin post submit)
+stop_pid "$SVC"
+start api
+wa=$(run_wrk post-api /jobs "$WORK/post.lua")
+ba=$(run_builtin post-api submit)
 
 echo
 echo "### External generator (wrk) beside the built-in one: embedded \`serve\`, $CONNS connections, ${SECS} s each, $(nproc) cores shared with the generator"
@@ -112,7 +124,9 @@ echo
 echo "| generator | endpoint | rate | / wrk GET /healthz | latency p50 / p99 | non-2xx |"
 echo "|---|---|---|---|---|---|"
 row wrk "GET /healthz" "$wh" "${wh%% *}"
-row wrk "GET /jobs/{id}" "$wg" "${wh%% *}"
-row wrk "POST /jobs" "$wp" "${wh%% *}"
-row loadtest "GET /jobs/{id}" "$bg" "${wh%% *}"
-row loadtest "POST /jobs" "$bp" "${wh%% *}"
+row wrk "GET /jobs/{{id}}" "$wg" "${wh%% *}"
+row loadtest "GET /jobs/{{id}}" "$bg" "${wh%% *}"
+row wrk "POST /jobs (serve: jobs also run)" "$wp" "${wh%% *}"
+row loadtest "POST /jobs (serve: jobs also run)" "$bp" "${wh%% *}"
+row wrk "POST /jobs (api: submit path alone)" "$wa" "${wh%% *}"
+row loadtest "POST /jobs (api: submit path alone)" "$ba" "${wh%% *}"

@@ -20,9 +20,11 @@
 #   BENCH_LISTING_JOBS=1000000  jobs in the store for the GET /jobs runs
 #   BENCH_WAITERS=10000   concurrent `GET /jobs/{id}?wait=` for the waiters run
 #   BENCH_WAITERS_RATE=500  their submit rate, which is also the rate their jobs end
-#   BENCH_ONLY="embedded nx trips cpu scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
+#   BENCH_ONLY="embedded nx trips cpu wrk scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
 #                         cpu: scripts/bench-cpu.sh, service CPU per job over 20,000 e2e jobs after a
 #                         2,000-job warm-up, embedded and Redis + SQLite, with GET /jobs/{id} for scale;
+#                         wrk: scripts/bench-wrk.sh, POST /jobs and GET /jobs/{id} driven by wrk beside
+#                         the built-in generator, with GET /healthz for scale (installs wrk where missing);
 #                         trips: the round-trips step alone, on embedded, Redis + SQLite
 #                         and Redis + nx-27017 (embedded and nx also run it after their e2e);
 #                         cluster: scripts/bench-cluster.sh, one Redis node vs a
@@ -47,7 +49,7 @@ SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
-ONLY=${BENCH_ONLY:-embedded nx trips cpu scale listing waiters cancel cluster limits fair cache}
+ONLY=${BENCH_ONLY:-embedded nx trips cpu wrk scale listing waiters cancel cluster limits fair cache}
 BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
 TRIPS_JOBS=${BENCH_TRIPS_JOBS:-2000}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vendorhost-bench.XXXXXX")
@@ -821,6 +823,9 @@ if wants fair; then
 fi
 if wants cpu; then
   BENCH_BIN="$BIN" bash "$ROOT/scripts/bench-cpu.sh" || log "the CPU-per-job step failed"
+fi
+if wants wrk; then
+  BENCH_BIN="$BIN" bash "$ROOT/scripts/bench-wrk.sh" || log "the wrk step failed"
 fi
 if wants cache; then
   BENCH_BIN="$BIN" bash "$ROOT/scripts/bench-cache.sh" || log "the result-cache step failed"
