@@ -1,6 +1,7 @@
 # Shared by the bench steps run beside `scripts/bench.sh` (bench-cache,
-# bench-cluster, bench-fair, bench-limits): a work directory, the processes
-# started (stopped on exit), logging, free ports and waiting for a service.
+# bench-cluster, bench-cpu, bench-fair, bench-limits, bench-wrk): a work
+# directory, the processes started (stopped on exit), logging, free ports,
+# waiting for a service and a Redis of the step's own.
 # Source it after setting BENCH_NAME (the log tag) and, optionally,
 # BENCH_TOOLS (commands needed besides jq, python3 and curl); ROOT is the
 # repository. It sets BIN (BENCH_BIN, default the release binary), WORK and
@@ -38,4 +39,17 @@ wait_http() {
   local i
   for i in $(seq 1 600); do curl -sf -o /dev/null "$1" && return 0; sleep 0.1; done
   log "no answer from $1"; return 1
+}
+
+# start_redis: a redis-server of this step's own on a free port, no
+# persistence; sets REDIS_URL (stopped on exit with the other processes).
+start_redis() {
+  local port
+  port=$(free_port)
+  mkdir -p "$WORK/redis"
+  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
+  PIDS+=("$!")
+  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  redis-cli -p "$port" ping >/dev/null 2>&1 || { log "redis-server on $port did not start"; exit 1; }
+  REDIS_URL="redis://127.0.0.1:$port"
 }

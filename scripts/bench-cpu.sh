@@ -49,15 +49,6 @@ trips() {
 }
 
 REDIS_URL=
-start_redis() {
-  local port
-  port=$(free_port)
-  mkdir -p "$WORK/redis"
-  redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" >"$WORK/redis.log" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 1 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  REDIS_URL="redis://127.0.0.1:$port"
-}
 
 report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before get-ticks-after trips-before trips-after
   python3 - "$@" "$HZ" "$JOBS" <<'PY'

@@ -41,14 +41,8 @@ cp plugins/dist/sync.wasm "$WORK/plugins/"
 # The queue: the SQLite file (embedded) or a Redis of our own.
 QUEUE=sqlite
 if [ "$BACKEND" = redis ]; then
-  REDIS_PORT=$(free_port)
-  mkdir -p "$WORK/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$WORK/redis" \
-    >"$WORK/redis.log" 2>&1 &
-  PIDS+=("$!")
-  for _ in $(seq 1 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 || { log "redis-server on $REDIS_PORT did not start"; exit 1; }
-  QUEUE="redis://127.0.0.1:$REDIS_PORT"
+  start_redis
+  QUEUE=$REDIS_URL
 fi
 MOCK_PORT=$(free_port)
 "$BIN" mock-vendor sync --port "$MOCK_PORT" >"$WORK/mock.log" 2>&1 &

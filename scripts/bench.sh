@@ -26,7 +26,8 @@
 #                         wrk: scripts/bench-wrk.sh, POST /jobs and GET /jobs/{id} driven by wrk beside
 #                         the built-in generator, with GET /healthz for scale (installs wrk where missing);
 #                         trips: the round-trips step alone, on embedded, Redis + SQLite
-#                         and Redis + nx-27017 (embedded and nx also run it after their e2e);
+#                         and Redis + nx-27017 (embedded and nx also run it after their e2e),
+#                         plus sync jobs with each opt-in feature on (quota, cache);
 #                         cluster: scripts/bench-cluster.sh, one Redis node vs a
 #                         3-master Redis Cluster, BENCH_CLUSTER_JOBS=20000)
 #                         limits: scripts/bench-limits.sh, the mock vendor's hidden
@@ -429,8 +430,11 @@ counters() {
   python3 - "${METRICS_URLS[@]}" <<'EOF'
 import json, re, sys, urllib.request
 tot = {}
+import os
+admin = os.environ.get("BENCH_ADMIN_KEY")
 for url in sys.argv[1:]:
-    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {admin}"} if admin else {})
+    text = urllib.request.urlopen(req, timeout=30).read().decode()
     for line in text.splitlines():
         m = re.match(r'^vendorhost_(redis_round_trips|store_operations)_total\{(.*)\} (\S+)$', line)
         if not m:
@@ -442,17 +446,40 @@ print(json.dumps(tot))
 EOF
 }
 
-# round_trips KIND: on a fresh instance per vendor, BENCH_TRIPS_JOBS sync
-# jobs, then as many async ones (the mock calls back after 20 ms), each run
-# `loadtest --mode e2e -n N`; the counters' growth over the run and over 2 s
-# idle before it (the background: sweeper, queue depth, blocking reads) are
-# recorded as KIND.trips_VENDOR. The table divides them by the jobs completed.
-round_trips() { # kind
-  local kind=$1 vendor data idle0 idle1 before after start end
-  for vendor in sync async; do
+# round_trips KIND [FEATURE]: on a fresh instance per vendor, BENCH_TRIPS_JOBS
+# sync jobs, then as many async ones (the mock calls back after 20 ms), each
+# run `loadtest --mode e2e -n N`; the counters' growth over the run and over
+# 2 s idle before it (the background: sweeper, queue depth, blocking reads)
+# are recorded as KIND.trips_VENDOR. The table divides them by the jobs
+# completed. With FEATURE (sync jobs only), an opt-in feature is on:
+#   quota: every job submitted with an API key that has a daily quota for the
+#          vendor (auth on; /metrics then read with the admin key)
+#   cache: the vendor has cache_ttl; the jobs' data are identical, so after
+#          the first call they are answered from the cache
+# recorded as KIND.trips_sync+FEATURE.
+round_trips() { # kind [feature]
+  local kind=$1 feature=${2:-} vendor data idle0 idle1 before after start end vendors=(sync async) key_args=()
+  if [ -n "$feature" ]; then vendors=(sync); fi
+  case $feature in
+    quota)
+      cat >"$WORK/quota.toml" <<'TOML'
+[auth]
+api_keys = { "bench-key" = "bench" }
+admin_key = "bench-admin"
+
+[auth.keys.bench]
+quotas.sync = { limit = 1000000000, per = "day" }
+TOML
+      # (The key goes to loadtest as a flag: a VENDORHOST_* variable would
+      # reach the service's configuration too, which refuses unknown keys.)
+      export VENDORHOST_CONFIG="$WORK/quota.toml" BENCH_ADMIN_KEY=bench-admin
+      key_args=(--api-key bench-key) ;;
+    cache) export VENDORHOST_VENDORS__SYNC__CACHE_TTL=600000 ;;
+  esac
+  for vendor in "${vendors[@]}"; do
     data='{"query":"loadtest"}'
     if [ "$vendor" = async ]; then data='{"query":"loadtest","_delay_ms":20}'; fi
-    log "$kind: store operations and Redis round-trips, $TRIPS_JOBS $vendor jobs"
+    log "$kind: store operations and Redis round-trips, $TRIPS_JOBS $vendor jobs${feature:+, $feature on}"
     new_instance
     up "$kind" 1
     idle0=$(counters)
@@ -460,16 +487,24 @@ round_trips() { # kind
     idle1=$(counters)
     before=$(counters)
     start=$(date +%s.%N)
-    loadtest --mode e2e -n "$TRIPS_JOBS" -c 64 --stall-timeout 30s --vendor "$vendor" --data "$data" >"$WORK/trips.json" 2>>"$WORK/client.err"
+    loadtest --mode e2e -n "$TRIPS_JOBS" -c 64 --stall-timeout 30s --vendor "$vendor" --data "$data" "${key_args[@]}" \
+      >"$WORK/trips.json" 2>>"$WORK/client.err"
     end=$(date +%s.%N)
     after=$(counters)
-    record_value "$kind.trips_$vendor" "$(jq -c --argjson i0 "$idle0" --argjson i1 "$idle1" --argjson b "$before" --argjson a "$after" \
+    record_value "$kind.trips_$vendor${feature:++$feature}" "$(jq -c --argjson i0 "$idle0" --argjson i1 "$idle1" --argjson b "$before" --argjson a "$after" \
       --arg s "$start" --arg e "$end" \
       '{e2e: .e2e, wall_s: (($e|tonumber) - ($s|tonumber)), idle_s: 2,
         idle: ($i1 | with_entries(.value -= ($i0[.key] // 0))), run: ($a | with_entries(.value -= ($b[.key] // 0)))}' \
       <"$WORK/trips.json" 2>/dev/null || echo '{"failed": true}')"
     down
   done
+  unset VENDORHOST_CONFIG BENCH_ADMIN_KEY VENDORHOST_VENDORS__SYNC__CACHE_TTL
+}
+
+# The opt-in features' counts (sync jobs), on the production-shaped kinds.
+round_trips_opt_in() { # kind
+  local f
+  for f in quota cache; do round_trips "$1" "$f"; done
 }
 
 # The one table: each figure beside the peers' (ratio = times better: ours
@@ -654,29 +689,31 @@ for kind, name in (("embedded", "embedded (serve)"), ("nx", "Redis + nx-27017 (a
     out.append(f"  {label:<{W}}idle {mib(idle)}; under e2e+GET load {mib(load)}; under POST flood {mib(sub)}")
 TRIP_KINDS = (("embedded", "embedded (serve: SQLite queue + store)"), ("streams", "Redis queue + SQLite store (serve)"),
               ("nx", "Redis queue + nx-27017 store (api + 1 worker)"))
-if any(f"{k}.trips_{v}" in rows for k, _ in TRIP_KINDS for v in ("sync", "async")):
+TRIP_RUNS = (("sync", "sync"), ("async", "async"), ("sync+quota", "sync, quota on (an API key with a daily quota)"),
+             ("sync+cache", "sync, cache_ttl on (identical data: answered from the cache after the first call)"))
+if any(f"{k}.trips_{v}" in rows for k, _ in TRIP_KINDS for v, _ in TRIP_RUNS):
     out.append("")
     out.append("Store operations and Redis round-trips per completed job (counters of every process over the run; sqlite counts")
     out.append("the queue's work too; reads include the load generator's GET /jobs/{id} polls, shown apart; background = the")
     out.append("same counters per second while idle, e.g. sweeper and queue-depth reads, blocking reads)")
 for kind, name in TRIP_KINDS:
-    for vendor in ("sync", "async"):
+    for vendor, run_name in TRIP_RUNS:
         r = (rows.get(f"{kind}.trips_{vendor}") or {}).get("value")
         if not r:
             continue
         if r.get("failed") or not r.get("e2e"):
-            out.append(f"  {name}, {vendor}: run failed")
+            out.append(f"  {name}, {run_name}: run failed")
             continue
         e, run, idle = r["e2e"], r.get("run", {}), r.get("idle", {})
         done = e.get("complete") or 0
         if not done:
-            out.append(f"  {name}, {vendor}: no job completed")
+            out.append(f"  {name}, {run_name}: no job completed")
             continue
         per = lambda k: run.get(k, 0) / done
         polls = (e.get("polls") or 0) / done
         store = sorted((k, v) for k, v in run.items() if not k.startswith("redis.") and v and not k.endswith(".monitoring"))
         mongo = [f"{k.split('.', 1)[1]} {v / done:.2f}" for k, v in store if k.startswith("mongo.")]
-        label = f"{name}, {vendor}"
+        label = f"{name}, {run_name}"
         out.append(f"  {label}: {done:,} of {e.get('jobs', 0):,} jobs complete in {r.get('wall_s', 0):.1f} s, {polls:.2f} polls per job")
         if any(k.startswith("sqlite.") for k, _ in store):
             w, rd = per("sqlite.write"), per("sqlite.read")
@@ -788,8 +825,10 @@ fi
 if wants trips; then
   # embedded and nx run this step after their own end-to-end runs.
   if ! wants embedded; then round_trips embedded; fi
-  if [ -n "${REDIS_URL:-}" ]; then round_trips streams; fi
+  round_trips_opt_in embedded
+  if [ -n "${REDIS_URL:-}" ]; then round_trips streams; round_trips_opt_in streams; fi
   if [ -n "${MONGO_URL:-}" ] && ! wants nx; then round_trips nx; fi
+  if [ -n "${MONGO_URL:-}" ]; then round_trips_opt_in nx; fi
 fi
 if wants listing; then listing_scale; fi
 if wants waiters; then waiters_scenario; fi

@@ -20,6 +20,7 @@
 //! - `app`: the composition root; `cli`: subcommands. The load generator
 //!   behind `vendorhost loadtest` is its own crate, `tools/loadtest`.
 
+pub mod batch;
 pub mod clean;
 pub mod config;
 pub mod db;

@@ -5,8 +5,9 @@
 //! compare-and-set script), else retry on the fresh value.
 //!
 //! Round trips (issue 24): outcomes recorded while one write of a vendor's
-//! breaker is in flight are written together by the next (each `record`
-//! still returns once its outcome is stored); and a breaker this process
+//! breaker is in flight are written together by the next ([`crate::batch`];
+//! each `record` still returns once its outcome is stored; a batch that
+//! moves the breaker reports one transition, before to after); and a breaker this process
 //! saw closed within [`CLOSED_FRESH`] admits a call without asking Redis
 //! (an open elsewhere is seen here that much later at most). So under
 //! load a call costs a fraction of a round trip rather than three (a read
@@ -22,6 +23,7 @@ use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
 
 use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, CallOutcome, State, report, transition};
+use crate::batch::Pending;
 use crate::config::BreakerPolicy;
 use crate::model::now_ms;
 use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
@@ -56,20 +58,18 @@ struct Inner {
     prefix: String,
     cas: Script,
     /// Outcomes waiting for the next write, by vendor (bounded by the
-    /// calls in flight).
-    pending: Mutex<HashMap<String, Batch>>,
+    /// vendors called; each list by the calls in flight).
+    pending: Mutex<HashMap<String, Arc<Pending<Recorded>>>>,
     /// Whether this process last saw each vendor's breaker closed, and
     /// when (bounded by the vendors called).
     seen: Mutex<HashMap<String, (bool, Instant)>>,
 }
 
-/// One vendor's outcomes waiting to be written, and who waits for each.
-struct Batch {
+/// One outcome waiting to be written, and who waits for it.
+struct Recorded {
+    outcome: CallOutcome,
     policy: BreakerPolicy,
-    outcomes: Vec<CallOutcome>,
-    waiting: Vec<oneshot::Sender<Result<(), String>>>,
-    /// A task is writing this vendor's batches.
-    writing: bool,
+    done: oneshot::Sender<Result<(), String>>,
 }
 
 impl RedisBreakers {
@@ -143,9 +143,7 @@ impl Inner {
         }
         Err(BreakerError::Contended { vendor: vendor.to_string(), attempts: MAX_ATTEMPTS })
     }
-}
 
-impl Inner {
     fn saw(&self, vendor: &str, closed: bool) {
         lock(&self.seen).insert(vendor.to_string(), (closed, Instant::now()));
     }
@@ -154,25 +152,17 @@ impl Inner {
         lock(&self.seen).get(vendor).is_some_and(|(closed, at)| *closed && at.elapsed() < CLOSED_FRESH)
     }
 
-    /// Writes `vendor`'s pending outcomes, one batch per update, until
-    /// none is left; answers each recorder.
-    async fn write_batches(self: Arc<Self>, vendor: String) {
-        loop {
-            let (policy, outcomes, waiting) = {
-                let mut pending = lock(&self.pending);
-                let Some(batch) = pending.get_mut(&vendor) else { return };
-                if batch.outcomes.is_empty() {
-                    pending.remove(&vendor);
-                    return;
-                }
-                (batch.policy.clone(), std::mem::take(&mut batch.outcomes), std::mem::take(&mut batch.waiting))
-            };
+    /// Writes `vendor`'s pending outcomes, one batch per update (with the
+    /// latest policy recorded), until none is left; answers each recorder.
+    async fn write_batches(self: Arc<Self>, vendor: String, pending: Arc<Pending<Recorded>>) {
+        while let Some(batch) = pending.take() {
+            let Some(policy) = batch.last().map(|r| r.policy.clone()) else { continue };
             let mut closed = false;
             let written = self
                 .update(&vendor, |s| {
                     let now = now_ms();
-                    for o in &outcomes {
-                        s.record(now, &policy, *o);
+                    for r in &batch {
+                        s.record(now, &policy, r.outcome);
                     }
                     closed = matches!(s.state(), State::Closed);
                 })
@@ -181,8 +171,8 @@ impl Inner {
                 self.saw(&vendor, closed);
             }
             let answer = written.map_err(|e| e.to_string());
-            for w in waiting {
-                let _ = w.send(answer.clone());
+            for r in batch {
+                let _ = r.done.send(answer.clone());
             }
         }
     }
@@ -223,21 +213,9 @@ impl Breakers for RedisBreakers {
 
     async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
         let (tx, rx) = oneshot::channel();
-        let start = {
-            let mut pending = lock(&self.inner.pending);
-            let batch = pending.entry(vendor.to_string()).or_insert_with(|| Batch {
-                policy: policy.clone(),
-                outcomes: Vec::new(),
-                waiting: Vec::new(),
-                writing: false,
-            });
-            batch.policy = policy.clone();
-            batch.outcomes.push(outcome);
-            batch.waiting.push(tx);
-            !std::mem::replace(&mut batch.writing, true)
-        };
-        if start {
-            tokio::spawn(self.inner.clone().write_batches(vendor.to_string()));
+        let pending = lock(&self.inner.pending).entry(vendor.to_string()).or_default().clone();
+        if pending.add(Recorded { outcome, policy: policy.clone(), done: tx }) {
+            tokio::spawn(self.inner.clone().write_batches(vendor.to_string(), pending));
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

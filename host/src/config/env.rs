@@ -112,6 +112,11 @@ mod tests {
         assert_eq!(text("\"1e3\"").as_deref(), Some("1e3"), "a quoted value is text");
         let list = read_value("[a.example, \"b.example\"]").deserialize::<Vec<String>>().ok();
         assert_eq!(list, Some(vec!["a.example".to_string(), "b.example".to_string()]), "bare-word lists still read");
+        // A value, not a document (a `[...]` line would be a table header).
+        let hosts = read_value("[\"127.0.0.1:8080\"]").deserialize::<Vec<String>>().ok();
+        assert_eq!(hosts, Some(vec!["127.0.0.1:8080".to_string()]), "a quoted list reads as a list");
+        let keys = read_value("{\"k1\" = \"acme\"}").deserialize::<std::collections::BTreeMap<String, String>>().ok();
+        assert_eq!(keys, Some([("k1".to_string(), "acme".to_string())].into()), "an inline table reads as a map");
     }
 
     #[test]

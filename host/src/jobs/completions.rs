@@ -7,8 +7,8 @@
 //!   request id on the Redis channel `<prefix>:done`, because the worker
 //!   that ends a job is not the API process its waiters sit in. Ids that
 //!   end while a publish is in flight go out together in the next one
-//!   (newline-separated): under load one round trip carries many ends, idle
-//!   each goes out at once.
+//!   (newline-separated, [`crate::batch`]): under load one round trip
+//!   carries many ends, idle each goes out at once.
 //! - Every API process holds ONE subscriber connection to that channel
 //!   ([`Completions::subscribe`]) and wakes its own waiters from it.
 //! - A waiter registers before its first store read (so an end between the
@@ -32,6 +32,7 @@ use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use crate::batch::Pending;
 use crate::redis_conn::RedisConn;
 
 /// How often a waiter re-reads the store where wake-ups may be lost.
@@ -51,34 +52,17 @@ struct Slot {
 struct Publisher {
     conn: RedisConn,
     channel: String,
-    /// Ids waiting for the next publish, and whether a publisher task is
-    /// running (it takes them until none is left).
-    pending: Mutex<(Vec<String>, bool)>,
+    /// Ids waiting for the next publish.
+    pending: Pending<String>,
 }
 
 /// Most ids in one published message.
 const PUBLISH_BATCH: usize = 1000;
 
 impl Publisher {
-    /// Adds `id` to the next publish; true if the caller must start the
-    /// task that sends them.
-    fn add(&self, id: &str) -> bool {
-        let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        p.0.push(id.to_string());
-        !std::mem::replace(&mut p.1, true)
-    }
-
     /// Publishes what is pending until nothing is.
     async fn run(self: Arc<Self>) {
-        loop {
-            let ids = {
-                let mut p = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                if p.0.is_empty() {
-                    p.1 = false;
-                    return;
-                }
-                std::mem::take(&mut p.0)
-            };
+        while let Some(ids) = self.pending.take() {
             for chunk in ids.chunks(PUBLISH_BATCH) {
                 let mut conn = self.conn.shared.clone();
                 let sent: redis::RedisResult<i64> =
@@ -126,9 +110,8 @@ impl Completions {
     /// `conn` when `redis` is given; without it (an API process with no
     /// Redis) waiters fall back to re-checking.
     pub fn shared(redis: Option<(RedisConn, &str)>) -> Arc<Completions> {
-        let publisher = redis.map(|(conn, prefix)| {
-            Arc::new(Publisher { conn, channel: channel(prefix), pending: Mutex::new((Vec::new(), false)) })
-        });
+        let publisher = redis
+            .map(|(conn, prefix)| Arc::new(Publisher { conn, channel: channel(prefix), pending: Pending::default() }));
         Arc::new(Completions::build(publisher, Some(RECHECK)))
     }
 
@@ -147,7 +130,7 @@ impl Completions {
     pub fn completed(&self, request_id: &str) {
         self.wake(request_id);
         if let Some(p) = &self.publisher
-            && p.add(request_id)
+            && p.pending.add(request_id.to_string())
         {
             tokio::spawn(p.clone().run());
         }
