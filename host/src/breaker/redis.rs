@@ -11,13 +11,18 @@
 //! saw closed within [`CLOSED_FRESH`] admits a call without asking Redis
 //! (an open elsewhere is seen here that much later at most). So under
 //! load a call costs a fraction of a round trip rather than three (a read
-//! to admit, a read and a write to record) contending on one key.
+//! to admit, a read and a write to record) contending on one key. A fast
+//! success on a breaker seen closed (it cannot move it) is not waited for:
+//! it goes with the vendor's next write, within [`QUIET_DEFER`] (a failure,
+//! a slow call or a probe flushes it at once, in order); so while all is
+//! well a worker writes each breaker at most ~10 times a second whatever
+//! its rate (at most that much of successes is lost if the process dies).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
 
 use async_trait::async_trait;
 use redis::{AsyncCommands, Script};
@@ -35,6 +40,9 @@ const MAX_ATTEMPTS: u32 = 20;
 const STATE_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long a breaker seen closed admits calls here without a read.
 pub const CLOSED_FRESH: Duration = Duration::from_millis(100);
+/// How long a quiet outcome (a fast success on a breaker seen closed) may
+/// wait for the vendor's next write.
+pub const QUIET_DEFER: Duration = Duration::from_millis(100);
 
 // ARGV[1] = '1' if a value was read (then ARGV[2] is it), '0' if the key was
 // absent; ARGV[3] = new value; ARGV[4] = TTL in ms. Returns 1 if written.
@@ -59,10 +67,18 @@ struct Inner {
     cas: Script,
     /// Outcomes waiting for the next write, by vendor (bounded by the
     /// vendors called; each list by the calls in flight).
-    pending: Mutex<HashMap<String, Arc<Pending<Recorded>>>>,
+    pending: Mutex<HashMap<String, Arc<Writes>>>,
     /// Whether this process last saw each vendor's breaker closed, and
     /// when (bounded by the vendors called).
     seen: Mutex<HashMap<String, (bool, Instant)>>,
+}
+
+/// One vendor's outcomes waiting to be written, and the bell that cuts a
+/// deferred write's wait short (an outcome someone waits for came in).
+#[derive(Default)]
+struct Writes {
+    pending: Pending<Recorded>,
+    now: Notify,
 }
 
 /// One outcome waiting to be written, and who waits for it.
@@ -154,8 +170,14 @@ impl Inner {
 
     /// Writes `vendor`'s pending outcomes, one batch per update (with the
     /// latest policy recorded), until none is left; answers each recorder.
-    async fn write_batches(self: Arc<Self>, vendor: String, pending: Arc<Pending<Recorded>>) {
-        while let Some(batch) = pending.take() {
+    async fn write_batches(self: Arc<Self>, vendor: String, writes: Arc<Writes>, defer: bool) {
+        if defer {
+            tokio::select! {
+                _ = tokio::time::sleep(QUIET_DEFER) => {}
+                _ = writes.now.notified() => {}
+            }
+        }
+        while let Some(batch) = writes.pending.take() {
             let Some(policy) = batch.last().map(|r| r.policy.clone()) else { continue };
             let mut closed = false;
             let written = self
@@ -212,10 +234,22 @@ impl Breakers for RedisBreakers {
     }
 
     async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
+        let writes = lock(&self.inner.pending).entry(vendor.to_string()).or_default().clone();
+        // A fast, healthy call on a breaker seen closed cannot move it: it is
+        // written with the vendor's next write, within QUIET_DEFER, and its
+        // caller does not wait (no round trip per call while all is well).
+        let quiet =
+            outcome.success && !outcome.probe && outcome.duration <= policy.slow_call && self.inner.seen_closed(vendor);
         let (tx, rx) = oneshot::channel();
-        let pending = lock(&self.inner.pending).entry(vendor.to_string()).or_default().clone();
-        if pending.add(Recorded { outcome, policy: policy.clone(), done: tx }) {
-            tokio::spawn(self.inner.clone().write_batches(vendor.to_string(), pending));
+        if writes.pending.add(Recorded { outcome, policy: policy.clone(), done: tx }) {
+            tokio::spawn(self.inner.clone().write_batches(vendor.to_string(), writes, quiet));
+        } else if !quiet {
+            // A deferred write may be waiting: this outcome goes now, with
+            // the quiet ones before it, in order.
+            writes.now.notify_one();
+        }
+        if quiet {
+            return Ok(());
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::support::servers;
+use vendorhost::breaker::redis::QUIET_DEFER;
 use vendorhost::breaker::{Admission, Breakers, CallOutcome, LocalBreakers, RedisBreakers};
 use vendorhost::config::BreakerPolicy;
 use vendorhost::limits::redis::RedisLimiter;
@@ -207,7 +208,35 @@ async fn concurrent_records(window: u32, per_task: u32) -> u32 {
     for t in tasks {
         t.await.unwrap();
     }
+    // Successes on a breaker seen closed are written within QUIET_DEFER.
+    tokio::time::sleep(QUIET_DEFER * 3).await;
     stores[0].snapshot("hot").await.unwrap().calls
+}
+
+/// While a breaker is seen closed, a fast success is not waited for: it is
+/// stored within QUIET_DEFER, and a failure recorded after it is stored
+/// together with it, in order, before the failure's `record` returns; so a
+/// worker writes a healthy vendor's breaker ~10 times a second, not per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_breakers_write_quiet_successes_later_and_failures_with_them() {
+    let prefix = servers::unique("vh");
+    let (a, other) = (breakers(&prefix).await, breakers(&prefix).await);
+    let p = BreakerPolicy { window: 100, min_calls: 100, ..policy() };
+    assert_eq!(a.admit("v", &p).await.unwrap(), Admission::Allowed { probe: false }, "seen closed from here on");
+    let started = std::time::Instant::now();
+    for _ in 0..50 {
+        a.record("v", &p, outcome(true, false)).await.unwrap();
+    }
+    let waited = started.elapsed();
+    tokio::time::sleep(QUIET_DEFER * 3).await;
+    assert_eq!(other.snapshot("v").await.unwrap().calls, 50, "every success stored (50 records took {waited:?})");
+    a.admit("v", &p).await.unwrap();
+    for _ in 0..7 {
+        a.record("v", &p, outcome(true, false)).await.unwrap();
+    }
+    a.record("v", &p, outcome(false, false)).await.unwrap();
+    let snap = other.snapshot("v").await.unwrap();
+    assert_eq!((snap.calls, snap.failures), (58, 1), "the failure went with the successes before it: {snap:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
