@@ -7,9 +7,10 @@
 //! Round trips (issue 24): outcomes recorded while one write of a vendor's
 //! breaker is in flight are written together by the next ([`crate::batch`];
 //! each `record` still returns once its outcome is stored; a batch that
-//! moves the breaker reports one transition, before to after); and a breaker this process
-//! saw closed within [`CLOSED_FRESH`] admits a call without asking Redis
-//! (an open elsewhere is seen here that much later at most). So under
+//! moves the breaker reports one transition, before to after); and a
+//! breaker this process saw closed within [`CLOSED_FRESH`] admits a call
+//! without asking Redis (an open elsewhere is seen here that much later at
+//! most). So under
 //! load a call costs a fraction of a round trip rather than three (a read
 //! to admit, a read and a write to record) contending on one key. A fast
 //! success on a breaker seen closed (it cannot move it) is not waited for:

@@ -146,12 +146,13 @@ impl RedisLimiter {
         if allowed == 1 { Ok(None) } else { Ok(Some(Duration::from_micros(wait_us.max(1) as u64))) }
     }
 
-    /// Runs `LEARN` (a read when `lesson` is empty).
+    /// Keeps what `vendor` taught, as just read, for [`LEARNED_FRESH`].
     fn remember(&self, vendor: &str, configured: f64, l: Learned) {
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.insert(vendor.to_string(), (l, configured, Instant::now()));
     }
 
+    /// Runs `LEARN` (a read when `lesson` is empty).
     async fn taught(&self, vendor: &str, configured: f64, lesson: Lesson) -> Result<Learned, LimitError> {
         if !configured.is_finite() || configured <= 0.0 {
             return Err(LimitError::Other(format!("rate must be a positive number, got {configured}")));

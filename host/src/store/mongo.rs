@@ -471,8 +471,8 @@ impl Store for MongoStore {
         if request_ids.is_empty() {
             return Ok(());
         }
-        // One update when every job still waits (a fresh submit: the usual
-        // case, issue 24); the others get the flag alone.
+        // One update when every job still waits (the sweeper's pending jobs:
+        // the usual case); the others get the flag alone.
         let waiting = doc! {
             "_id": { "$in": request_ids },
             "status": { "$in": IN_FLIGHT.to_vec() },
