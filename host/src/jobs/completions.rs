@@ -2,13 +2,15 @@
 //! process-wide hub of the requests waiting on each job, woken when a job
 //! ends.
 //!
-//! - `finish` (the one way a job ends) calls [`Completions::completed`]: it
-//!   wakes this process's waiters at once and, in production, publishes the
-//!   request id on the Redis channel `<prefix>:done`, because the worker
-//!   that ends a job is not the API process its waiters sit in. Ids that
-//!   end while a publish is in flight go out together in the next one
-//!   (newline-separated, [`crate::batch`]): under load one round trip
-//!   carries many ends, idle each goes out at once.
+//! - `finish` (the one way a job ends) wakes this process's waiters at once
+//!   and, in production, publishes the request id on the Redis channel
+//!   `<prefix>:done`, because the worker that ends a job is not the API
+//!   process its waiters sit in. A worker's end goes out in its ack's
+//!   script (no round trip of its own); other ends (webhooks, the sweeper)
+//!   through [`Completions::publish`]: ids that end while a publish is in
+//!   flight go out together in the next one (newline-separated,
+//!   [`crate::batch`]), so under load one round trip carries many ends and,
+//!   idle, each goes out at once.
 //! - Every API process holds ONE subscriber connection to that channel
 //!   ([`Completions::subscribe`]) and wakes its own waiters from it.
 //! - A waiter registers before its first store read (so an end between the
@@ -129,6 +131,20 @@ impl Completions {
     /// tell the other processes (best effort, off the caller's path).
     pub fn completed(&self, request_id: &str) {
         self.wake(request_id);
+        self.publish(request_id);
+    }
+
+    /// The channel other processes hear of ends on (None: in-process only).
+    /// A caller that publishes `request_id` there itself (the Redis queue's
+    /// ack does, in its round trip) calls [`Completions::wake`] instead of
+    /// [`Completions::completed`].
+    pub fn channel(&self) -> Option<&str> {
+        self.publisher.as_ref().map(|p| p.channel.as_str())
+    }
+
+    /// Tells the other processes that `request_id` ended (best effort, off
+    /// the caller's path: batched with the ends of the moment).
+    pub fn publish(&self, request_id: &str) {
         if let Some(p) = &self.publisher
             && p.pending.add(request_id.to_string())
         {

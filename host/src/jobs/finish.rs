@@ -93,8 +93,9 @@ pub async fn finish(
 ) -> Result<bool, FinishError> {
     let ended = store.finish(request_id, &outcome, now_ms(), attempt).await?;
     if ended {
-        // Waiters (`GET /jobs/{id}?wait=`) and the notification loop.
-        completions.completed(request_id);
+        // Waiters (`GET /jobs/{id}?wait=`) here and the notification loop;
+        // those in other processes below, with the ack where it can.
+        completions.wake(request_id);
         match &outcome {
             Outcome::Complete { .. } => {
                 metrics::counter!(telemetry::JOBS_COMPLETED, "vendor" => vendor.to_string()).increment(1);
@@ -119,15 +120,29 @@ pub async fn finish(
         }
         _ => None,
     };
+    if let (Some(lease), None) = (lease, &letter) {
+        // The usual end: the ack carries the publish where the queue can.
+        let told = match completions.channel().filter(|_| ended) {
+            Some(channel) => queue.ack_publishing(lease, channel, request_id).await,
+            None => queue.ack(lease).await.map(|()| false),
+        };
+        if ended && !matches!(told, Ok(true)) {
+            completions.publish(request_id);
+        }
+        told?;
+        return Ok(ended);
+    }
+    if ended {
+        completions.publish(request_id);
+    }
     match (lease, letter) {
         (Some(lease), Some(letter)) => queue.dead_letter(Some(lease), letter).await?,
-        (Some(lease), None) => queue.ack(lease).await?,
         (None, Some(letter)) => {
             if let Err(e) = queue.dead_letter(None, letter).await {
                 tracing::warn!(request_id, vendor, error = %e, "could not copy the failed job to the dead-letter queue");
             }
         }
-        (None, None) => {}
+        (_, None) => {}
     }
     Ok(ended)
 }

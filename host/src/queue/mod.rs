@@ -185,6 +185,15 @@ pub trait Queue: Send + Sync + 'static {
     /// lease is no longer held.
     async fn ack(&self, lease: &Lease) -> Result<()>;
 
+    /// [`Queue::ack`], and `message` published on the pub/sub `channel` in
+    /// the same round trip where the queue can (true: published, even if
+    /// the lease was no longer held). False: acked only, the caller
+    /// publishes (a queue without pub/sub, or an entry it cannot place).
+    async fn ack_publishing(&self, lease: &Lease, channel: &str, message: &str) -> Result<bool> {
+        let _ = (channel, message);
+        self.ack(lease).await.map(|()| false)
+    }
+
     /// Gives an entry back, to be delivered again at `due` (epoch ms). Its
     /// delivery count starts over: a release is a living worker's decision,
     /// not a crash. A no-op if the lease is no longer held.

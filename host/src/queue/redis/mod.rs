@@ -431,6 +431,21 @@ impl RedisQueue {
         split_entry_id(&lease.entry_id, self.parts.len())
     }
 
+    /// The fenced ack, publishing `publish` (channel, message) in the same
+    /// script; true if it ran (false: the lease names no entry here).
+    async fn ack_and(&self, lease: &Lease, publish: Option<(&str, &str)>) -> Result<bool> {
+        let Some((p, id)) = self.locate(lease) else { return Ok(false) };
+        let job = Message::decode(&lease.payload).map(|m| m.request_id).unwrap_or_default();
+        let keys = self.keys(p);
+        let mut inv = self.fenced(&self.ack, id, lease);
+        inv.key(&keys.jobs).key(&keys.present).arg(job);
+        if let Some((channel, message)) = publish {
+            inv.arg(channel).arg(message);
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        Ok(true)
+    }
+
     /// A fenced script's invocation with its holding arguments (the stream
     /// key and the rest follow).
     fn fenced<'a>(&self, script: &'a Script, stream_id: &str, lease: &Lease) -> redis::ScriptInvocation<'a> {
@@ -685,17 +700,11 @@ impl Queue for RedisQueue {
     }
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
-        let Some((p, id)) = self.locate(lease) else { return Ok(()) };
-        let job = Message::decode(&lease.payload).map(|m| m.request_id).unwrap_or_default();
-        let keys = self.keys(p);
-        let _: i64 = self
-            .fenced(&self.ack, id, lease)
-            .key(&keys.jobs)
-            .key(&keys.present)
-            .arg(job)
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        Ok(())
+        self.ack_and(lease, None).await.map(|_| ())
+    }
+
+    async fn ack_publishing(&self, lease: &Lease, channel: &str, message: &str) -> Result<bool> {
+        self.ack_and(lease, Some((channel, message))).await
     }
 
     async fn release(&self, lease: &Lease, msg: &Message, due: Millis) -> Result<()> {

@@ -231,8 +231,12 @@ local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 local held = #p > 0 and p[1][2] == ARGV[3] and tonumber(p[1][4]) == tonumber(ARGV[4])
 "#;
 
-/// Fenced ack: KEYS = stream, present; ARGV[5] = job id ('' if none).
+/// Fenced ack: KEYS = stream, present; ARGV[5] = job id ('' if none);
+/// ARGV[6], ARGV[7] (optional) = a pub/sub channel and a message published
+/// on it whether or not the lease is still held (the job's end, told to the
+/// API processes' waiters in the ack's round trip).
 pub const ACK: &str = r#"
+if ARGV[7] and ARGV[7] ~= '' then redis.call('PUBLISH', ARGV[6], ARGV[7]) end
 if not held then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])

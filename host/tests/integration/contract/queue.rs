@@ -495,3 +495,75 @@ async fn queue_sqlite_token_keeps_growing_across_releases() {
     q.ack(&third).await.unwrap();
     assert_eq!(depth(&q).await, (0, 0, 0, 0));
 }
+
+// ---- ack with a publish (Redis: one round trip; SQLite: none) ----
+
+/// A worker's ack tells the API processes' waiters that the job ended in
+/// the same script: subscribers on `channel` hear the message, the entry is
+/// gone, and a stale holder's ack still publishes (the job did end) while
+/// leaving the newer lease alone.
+async fn ack_publishing_tells_subscribers(q: Arc<dyn Queue>, subscribe_at: &str) {
+    use futures::StreamExt;
+    let channel = servers::unique("vh_done");
+    let client = redis::Client::open(subscribe_at).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(&channel).await.unwrap();
+    let mut heard = pubsub.into_on_message();
+    let mut next = async || {
+        let m = tokio::time::timeout(Duration::from_secs(10), heard.next()).await.expect("nothing published");
+        m.expect("subscription ended").get_payload::<String>().unwrap()
+    };
+
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let lease = q.lease("c1", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
+    assert!(q.ack_publishing(&lease, &channel, "job-1").await.unwrap(), "the Redis queue publishes with its ack");
+    assert_eq!(next().await, "job-1");
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0), "the entry was not acked");
+    assert_eq!(q.present(&["job-1".into()]).await.unwrap(), [false]);
+
+    let short = Duration::from_millis(300);
+    q.enqueue(&[msg(2)]).await.unwrap();
+    let stale = q.lease("c1", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    tokio::time::sleep(short + Duration::from_millis(300)).await;
+    let fresh = q.lease("c2", 1, short, Duration::ZERO).await.unwrap().remove(0);
+    assert!(q.ack_publishing(&stale, &channel, "job-2").await.unwrap());
+    assert_eq!(next().await, "job-2");
+    assert_eq!(depth(&*q).await, (0, 0, 1, 0), "a stale holder's ack removed the newer lease");
+    assert!(q.extend(&fresh).await.unwrap(), "the current holder lost its lease");
+    q.ack(&fresh).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_redis_ack_publishing_tells_subscribers() {
+    let s = redis().await;
+    ack_publishing_tells_subscribers(s.it.clone(), &servers::redis().url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_redis_partitioned_ack_publishing_tells_subscribers() {
+    let s = redis_partitioned().await;
+    ack_publishing_tells_subscribers(s.it.clone(), &servers::redis().url).await;
+}
+
+/// On a cluster the script runs on the partition's master; a subscriber at
+/// any node hears it (a publish reaches every node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_redis_cluster_ack_publishing_tells_subscribers() {
+    let s = redis_cluster().await;
+    let nodes = vendorhost::redis_conn::cluster_nodes(&servers::redis_cluster().url).unwrap().unwrap();
+    for node in &nodes {
+        ack_publishing_tells_subscribers(s.it.clone(), node).await;
+    }
+}
+
+/// The SQLite queue has no channel: it acks and says it did not publish, so
+/// `finish` publishes itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_sqlite_ack_publishing_acks_and_leaves_the_publish_to_the_caller() {
+    let s = sqlite().await;
+    let q = s.it.clone();
+    q.enqueue(&[msg(1)]).await.unwrap();
+    let lease = q.lease("c1", 1, LONG, Duration::ZERO).await.unwrap().remove(0);
+    assert!(!q.ack_publishing(&lease, "vh:done", "job-1").await.unwrap());
+    assert_eq!(depth(&*q).await, (0, 0, 0, 0), "the entry was not acked");
+}
