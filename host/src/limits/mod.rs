@@ -17,6 +17,7 @@
 pub mod learned;
 pub mod local;
 pub mod redis;
+pub mod together;
 
 pub use learned::{Learned, Lesson};
 

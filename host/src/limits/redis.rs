@@ -8,6 +8,8 @@
 //! returns the wait until the condition holds; `acquire_or_book` also books
 //! the caller a turn in `{<prefix>:v:<vendor>}:rlq` (see `RateLimiter`). Both
 //! keys carry the vendor's hash tag, so the script stays in one cluster slot.
+//! `acquire`s of one vendor in flight together go in one round trip that
+//! asks for all of them (`GCRA_N`, see `together`).
 //!
 //! What vendors taught (`learned`) is shared the same way: `…:pause` holds
 //! the epoch millisecond the vendor's pause ends (expiring then), `…:aimd` a
@@ -26,6 +28,7 @@ use redis::Script;
 
 use super::learned;
 use super::local::emission_interval;
+use super::together::Together;
 use super::{Learned, Lesson, LimitError, Quota, RateLimiter};
 use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
 
@@ -66,6 +69,32 @@ redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(new_tat)), 'PX', stri
 return {1, 0}
 "#;
 
+// `GCRA` for n calls at once (no booking): KEYS[1] = TAT; ARGV[1] = T in
+// microseconds, ARGV[2] = burst, ARGV[3] = n. Grants as many of the n as n
+// calls one after another would be, now: m = floor((now - TAT) / T) + burst
+// (clamped to 0..n), and moves the TAT by m*T. Returns {m, wait_us} (the
+// wait of the refused rest until the next slot; 0 when all are granted).
+const GCRA_N: &str = r#"
+local t = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+local m = math.floor((now - tat) / t) + burst
+if m > n then m = n end
+if m < 0 then m = 0 end
+if m > 0 then
+  tat = tat + m * t
+  local px = math.ceil((tat - now) / 1000) + 1
+  redis.call('SET', KEYS[1], string.format('%.0f', math.ceil(tat)), 'PX', string.format('%.0f', px))
+end
+local wait = 0
+if m < n then wait = math.max(1, math.ceil(tat - (burst - 1) * t - now)) end
+return {m, wait}
+"#;
+
 // KEYS[1] = pause, KEYS[2] = aimd. ARGV[1] = configured rate, ARGV[2] =
 // recovery per ms, ARGV[3] = pause ms (0: none), ARGV[4] = 1 on a 429,
 // ARGV[5] = decrease factor, ARGV[6] = floor rate, ARGV[7] = guard ms.
@@ -103,7 +132,11 @@ pub struct RedisLimiter {
     conn: SharedConn,
     prefix: String,
     script: Script,
+    script_n: Script,
     learn: Script,
+    /// `acquire`s in flight together go in one round trip (per vendor and
+    /// quota; see `together`).
+    together: Together<(String, u64, u32)>,
     /// What each vendor taught as last read, for which configured rate,
     /// and when (bounded by the vendors called).
     seen: Mutex<HashMap<String, (Learned, f64, Instant)>>,
@@ -116,7 +149,9 @@ impl RedisLimiter {
             conn: conn.shared.clone(),
             prefix: prefix.to_string(),
             script: Script::new(GCRA),
+            script_n: Script::new(GCRA_N),
             learn: Script::new(LEARN),
+            together: Together::default(),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -144,6 +179,17 @@ impl RedisLimiter {
             .await
             .map_err(|_| LimitError::Other(format!("redis did not answer within {RESPONSE_TIMEOUT:?}")))??;
         if allowed == 1 { Ok(None) } else { Ok(Some(Duration::from_micros(wait_us.max(1) as u64))) }
+    }
+
+    /// `GCRA_N`: n calls now; (granted, wait of the rest).
+    async fn take(&self, vendor: &str, t_us: f64, burst: u32, n: usize) -> Result<(usize, Duration), LimitError> {
+        let mut invocation = self.script_n.key(self.key(vendor));
+        invocation.arg(t_us).arg(burst).arg(n);
+        let mut conn = self.conn.clone();
+        let (granted, wait_us): (i64, i64) = tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn))
+            .await
+            .map_err(|_| LimitError::Other(format!("redis did not answer within {RESPONSE_TIMEOUT:?}")))??;
+        Ok((granted.max(0) as usize, Duration::from_micros(wait_us.max(1) as u64)))
     }
 
     /// Keeps what `vendor` taught, as just read, for [`LEARNED_FRESH`].
@@ -179,7 +225,10 @@ impl RedisLimiter {
 #[async_trait]
 impl RateLimiter for RedisLimiter {
     async fn acquire(&self, vendor: &str, quota: Quota) -> Result<Option<Duration>, LimitError> {
-        self.run(vendor, quota, None).await
+        let t_us = emission_interval(quota)?.as_secs_f64() * 1e6;
+        let burst = quota.burst.max(1);
+        let key = (vendor.to_string(), quota.rate.to_bits(), burst);
+        self.together.ask(&key, |n| self.take(vendor, t_us, burst, n)).await
     }
 
     async fn acquire_or_book(

@@ -55,6 +55,28 @@ async fn redis_limiter_burst_then_interval() {
     assert!(l.acquire("bad", Quota { rate: 0.0, burst: 1 }).await.is_err());
 }
 
+/// Asks in flight together share round trips (one script call asks for
+/// many): still exactly the burst goes from idle, and every refused ask is
+/// told the wait until the next slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_limiter_asks_at_once_get_exactly_the_burst() {
+    let l = Arc::new(limiter(&servers::unique("vh")).await);
+    let q = Quota { rate: 2.0, burst: 8 };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..64 {
+        let l = l.clone();
+        tasks.spawn(async move { l.acquire("crowd", q).await.unwrap() });
+    }
+    let answers = tasks.join_all().await;
+    let waits: Vec<Duration> = answers.iter().flatten().copied().collect();
+    assert_eq!(answers.len() - waits.len(), 8, "burst 8 lets exactly 8 through: {answers:?}");
+    assert!(waits.iter().all(|w| *w > Duration::ZERO && *w <= Duration::from_millis(500)), "{waits:?}");
+    // The slot after the wait is granted to one ask, not to all of them.
+    tokio::time::sleep(waits.iter().copied().max().unwrap_or_default()).await;
+    let (n, _) = at_once(&*l, "crowd", q).await;
+    assert_eq!(n, 1, "one interval passed: one call");
+}
+
 #[tokio::test]
 async fn redis_limiter_idle_key_expires() {
     let prefix = servers::unique("vh");
