@@ -38,6 +38,16 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long what a vendor taught is used here before it is read again.
 pub const LEARNED_FRESH: Duration = Duration::from_millis(100);
 
+// Both scripts' start: T, burst, Redis' clock and the TAT (never past).
+const GCRA_START: &str = r#"
+local t = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
+if tat < now then tat = now end
+"#;
+
 // KEYS[1] = TAT; KEYS[2] (only to book turns) = the next turn to book, in
 // microseconds. ARGV[1] = T in microseconds (may be fractional), ARGV[2] =
 // burst, ARGV[3] = linger in microseconds (only with KEYS[2]). Returns
@@ -45,12 +55,6 @@ pub const LEARNED_FRESH: Duration = Duration::from_millis(100);
 // large numbers in exponent form. Both keys expire once their time is past:
 // an absent key then means the same as an idle one.
 const GCRA: &str = r#"
-local t = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
-if tat < now then tat = now end
 local allow_at = tat - (burst - 1) * t
 if now < allow_at then
   if KEYS[2] == nil or allow_at - now <= tonumber(ARGV[3]) then
@@ -75,13 +79,7 @@ return {1, 0}
 // (clamped to 0..n), and moves the TAT by m*T. Returns {m, wait_us} (the
 // wait of the refused rest until the next slot; 0 when all are granted).
 const GCRA_N: &str = r#"
-local t = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
-if tat < now then tat = now end
 local m = math.floor((now - tat) / t) + burst
 if m > n then m = n end
 if m < 0 then m = 0 end
@@ -148,8 +146,8 @@ impl RedisLimiter {
         RedisLimiter {
             conn: conn.shared.clone(),
             prefix: prefix.to_string(),
-            script: Script::new(GCRA),
-            script_n: Script::new(GCRA_N),
+            script: Script::new(&format!("{GCRA_START}{GCRA}")),
+            script_n: Script::new(&format!("{GCRA_START}{GCRA_N}")),
             learn: Script::new(LEARN),
             together: Together::default(),
             seen: Mutex::new(HashMap::new()),
