@@ -77,8 +77,7 @@ run_backend() { # backend
   mkdir -p "$WORK/$backend"
   env=(VENDORHOST_LISTEN="127.0.0.1:$port" VENDORHOST_DATA="$WORK/$backend/vendorhost.db"
     VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist" VENDORHOST_CACHE_DIR="$WORK/cache" VENDORHOST_LOG=warn
-    VENDORHOST_VENDOR_DEFAULTS__RATE=1000000 VENDORHOST_VENDOR_DEFAULTS__BURST=100000
-    VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024)
+    "${LIFTED[@]}")
   if [ "$backend" = streams ]; then
     [ -n "$REDIS_URL" ] || start_redis
     env+=(VENDORHOST_QUEUE="$REDIS_URL" VENDORHOST_REDIS_PREFIX="benchcpu$RANDOM")
