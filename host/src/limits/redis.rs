@@ -48,16 +48,17 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or '') or now
 if tat < now then tat = now end
 "#;
 
-// KEYS[1] = TAT; KEYS[2] (only to book turns) = the next turn to book, in
-// microseconds. ARGV[1] = T in microseconds (may be fractional), ARGV[2] =
-// burst, ARGV[3] = linger in microseconds (only with KEYS[2]). Returns
+// One call, booking a turn when refused (`acquire_or_book`): KEYS[1] = TAT,
+// KEYS[2] = the next turn to book, in microseconds. ARGV[1] = T in
+// microseconds (may be fractional), ARGV[2] = burst, ARGV[3] = linger in
+// microseconds (a slot within it is not booked). Returns
 // {1, 0} (allowed) or {0, wait_us}. `%.0f` because Lua's tostring writes
 // large numbers in exponent form. Both keys expire once their time is past:
 // an absent key then means the same as an idle one.
 const GCRA: &str = r#"
 local allow_at = tat - (burst - 1) * t
 if now < allow_at then
-  if KEYS[2] == nil or allow_at - now <= tonumber(ARGV[3]) then
+  if allow_at - now <= tonumber(ARGV[3]) then
     return {0, math.ceil(allow_at - now)}
   end
   local turn = tonumber(redis.call('GET', KEYS[2]) or '') or 0
@@ -163,15 +164,13 @@ impl RedisLimiter {
         vendor_key(&self.prefix, vendor, "rl")
     }
 
-    /// `book`: Some(linger) to book turns (see `RateLimiter::acquire_or_book`).
-    async fn run(&self, vendor: &str, quota: Quota, book: Option<Duration>) -> Result<Option<Duration>, LimitError> {
+    /// `GCRA`: one call, booking a turn unless a slot is free within
+    /// `linger` (see `RateLimiter::acquire_or_book`).
+    async fn book(&self, vendor: &str, quota: Quota, linger: Duration) -> Result<Option<Duration>, LimitError> {
         let t_us = emission_interval(quota)?.as_secs_f64() * 1e6;
         let burst = quota.burst.max(1);
         let mut invocation = self.script.key(self.key(vendor));
-        invocation.arg(t_us).arg(burst);
-        if let Some(linger) = book {
-            invocation.key(vendor_key(&self.prefix, vendor, "rlq")).arg(linger.as_micros() as u64);
-        }
+        invocation.key(vendor_key(&self.prefix, vendor, "rlq")).arg(t_us).arg(burst).arg(linger.as_micros() as u64);
         let mut conn = self.conn.clone();
         let (allowed, wait_us): (i64, i64) = tokio::time::timeout(RESPONSE_TIMEOUT, invocation.invoke_async(&mut conn))
             .await
@@ -235,7 +234,7 @@ impl RateLimiter for RedisLimiter {
         quota: Quota,
         linger: Duration,
     ) -> Result<Option<Duration>, LimitError> {
-        self.run(vendor, quota, Some(linger)).await
+        self.book(vendor, quota, linger).await
     }
 
     async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError> {

@@ -74,10 +74,8 @@ impl<K: Eq + Hash + Clone> Together<K> {
             };
             if let Some(rx) = queued {
                 let mut waiting = Queued { owner: self, key, rx: Some(rx) };
-                let turn = match waiting.rx.as_mut() {
-                    Some(rx) => rx.await,
-                    None => continue,
-                };
+                let Some(rx) = waiting.rx.as_mut() else { continue };
+                let turn = rx.await;
                 waiting.rx = None;
                 match turn {
                     Ok(Turn::Answer(a)) => return a,
