@@ -91,7 +91,11 @@ pub async fn finish(
     via: Via,
     attempt: Option<&AttemptLog<'_>>,
 ) -> Result<bool, FinishError> {
-    let ended = store.finish(request_id, &outcome, now_ms(), attempt).await?;
+    // The embedded store acks the lease in the same write (`acked`).
+    let (ended, acked) = match lease {
+        Some(lease) => store.finish_held(request_id, &outcome, now_ms(), attempt, lease).await?,
+        None => (store.finish(request_id, &outcome, now_ms(), attempt).await?, false),
+    };
     if ended {
         // Waiters (`GET /jobs/{id}?wait=`) here and the notification loop;
         // those in other processes below, with the ack where it can.
@@ -121,6 +125,12 @@ pub async fn finish(
         _ => None,
     };
     if let (Some(lease), None) = (lease, &letter) {
+        if acked {
+            if ended {
+                completions.publish(request_id);
+            }
+            return Ok(ended);
+        }
         // The usual end: the ack carries the publish where the queue can.
         let told = match completions.channel().filter(|_| ended) {
             Some(channel) => queue.ack_publishing(lease, channel, request_id).await,

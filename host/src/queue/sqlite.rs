@@ -97,10 +97,17 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
 }
 
 /// The row and fencing token a lease holds.
-fn held(lease: &Lease) -> Result<(i64, i64)> {
+/// This queue's entry id and fencing token of `lease`.
+pub(crate) fn held(lease: &Lease) -> Result<(i64, i64)> {
     let id =
         lease.entry_id.parse().map_err(|_| QueueError::Other(format!("bad sqlite entry id {:?}", lease.entry_id)))?;
     Ok((id, i64::try_from(lease.token).unwrap_or(i64::MAX)))
+}
+
+/// Deletes entry `id` if `token` still holds it (an ack; the store's
+/// `finish_held` runs it in the job's finishing write).
+pub(crate) fn ack_row(c: &rusqlite::Connection, id: i64, token: i64) -> rusqlite::Result<usize> {
+    c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND token = ?2 AND leased = 1")?.execute(params![id, token])
 }
 
 #[async_trait]
@@ -204,12 +211,7 @@ impl Queue for SqliteQueue {
 
     async fn ack(&self, lease: &Lease) -> Result<()> {
         let (id, token) = held(lease)?;
-        self.db
-            .write(move |c| {
-                c.prepare_cached("DELETE FROM queue WHERE id = ?1 AND token = ?2 AND leased = 1")?
-                    .execute(params![id, token])
-            })
-            .await?;
+        self.db.write(move |c| ack_row(c, id, token)).await?;
         Ok(())
     }
 

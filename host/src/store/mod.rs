@@ -11,6 +11,7 @@ use async_trait::async_trait;
 
 use crate::model::usage::{UsageDelta, UsageQuery, UsageRow};
 use crate::model::{AttemptRecord, Job, JobQuery, Millis, NewJob, NotifyAttempt, Outcome, Redaction};
+use crate::queue::Lease;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -190,6 +191,24 @@ pub trait Store: Send + Sync + 'static {
         now: Millis,
         attempt: Option<&AttemptLog<'_>>,
     ) -> Result<bool>;
+
+    /// [`Store::finish`] by the worker holding `lease` on the job's queue
+    /// entry. Where the store holds the queue too (the embedded database)
+    /// the lease is acked in the same write, unless this call ends the job
+    /// `failed` (its entry then goes to the dead letters, which the caller
+    /// does). Returns whether this call ended the job and whether the lease
+    /// was acked; by default it only finishes and the caller acks.
+    async fn finish_held(
+        &self,
+        request_id: &str,
+        outcome: &Outcome,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+        lease: &Lease,
+    ) -> Result<(bool, bool)> {
+        let _ = lease;
+        Ok((self.finish(request_id, outcome, now, attempt).await?, false))
+    }
 
     /// Operator replay of a dead job: `failed → pending`, attempts reset. The
     /// only backward move, and only from `failed`.

@@ -13,8 +13,8 @@ use crate::model::{
     AttemptRecord, Job, JobQuery, Millis, NewJob, Notify, NotifyAttempt, Outcome, Priority, Redaction, Status, now_ms,
     prefix_end,
 };
-use crate::queue::Message;
 use crate::queue::fair::Fairness;
+use crate::queue::{Lease, Message};
 
 pub struct SqliteStore {
     db: Arc<Db>,
@@ -502,44 +502,37 @@ impl Store for SqliteStore {
         now: Millis,
         attempt: Option<&AttemptLog<'_>>,
     ) -> Result<bool> {
-        let id = request_id.to_string();
-        let outcome = outcome.clone();
-        let inline = self.queue_inline;
-        let log = attempt_json(attempt)?;
+        let (id, outcome, inline, log) =
+            (request_id.to_string(), outcome.clone(), self.queue_inline, attempt_json(attempt)?);
+        Ok(self.db.write(move |c| finish_row(c, &id, &outcome, now, log, inline)).await? == 1)
+    }
+
+    async fn finish_held(
+        &self,
+        request_id: &str,
+        outcome: &Outcome,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+        lease: &Lease,
+    ) -> Result<(bool, bool)> {
+        // Only this database's own queue entries are acked here.
+        let held = self.queue_inline.then(|| crate::queue::sqlite::held(lease).ok()).flatten();
+        let Some((entry, token)) = held else {
+            return Ok((self.finish(request_id, outcome, now, attempt).await?, false));
+        };
+        let (id, outcome, log) = (request_id.to_string(), outcome.clone(), attempt_json(attempt)?);
         Ok(self
             .db
             .write(move |c| {
-                if let Some((record, keep)) = log {
-                    append_attempt(c, &id, record, keep)?;
+                let ended = finish_row(c, &id, &outcome, now, log, true)? == 1;
+                // A failure this call wrote goes to the dead letters with its entry.
+                let acked = !(ended && matches!(outcome, Outcome::Failed { .. }));
+                if acked {
+                    crate::queue::sqlite::ack_row(c, entry, token)?;
                 }
-                let (status, result, error, redactions) = match &outcome {
-                    Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
-                        ("complete", Some(result.as_str()), None, redactions_text(redactions))
-                    }
-                    Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
-                    Outcome::Cancelled => ("cancelled", None, None, None),
-                };
-                let cached = matches!(outcome, Outcome::Cached { .. });
-                // On completion the last retry error is cleared; on failure it is the reason.
-                let n = c
-                    .prepare_cached(
-                        "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
-                           redactions = ?6, cached = ?7
-                         WHERE request_id = ?1 AND status IN ('pending', 'processing')",
-                    )?
-                    .execute(params![id, status, result, error, now, redactions, cached])?;
-                if n == 1 && cached && inline {
-                    // A job answered without a call (a cache hit at submit, a
-                    // coalesced follower) has no use for its waiting entries:
-                    // none is leased again only to be acked. A leased one is
-                    // its holder's to ack.
-                    c.prepare_cached("DELETE FROM queue WHERE json_extract(payload, '$.request_id') = ?1 AND leased = 0")?
-                        .execute([&id])?;
-                }
-                Ok(n)
+                Ok((ended, acked))
             })
-            .await?
-            == 1)
+            .await?)
     }
 
     async fn reopen(&self, request_id: &str, now: Millis) -> Result<bool> {
@@ -975,6 +968,47 @@ impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// The job's end (`Store::finish`): the row changes only from `pending` or
+/// `processing`; with the queue inline, a job answered without a call drops
+/// its waiting entries. Rows changed (1: this write ended it).
+fn finish_row(
+    c: &rusqlite::Connection,
+    id: &str,
+    outcome: &Outcome,
+    now: Millis,
+    log: Option<(serde_json::Value, usize)>,
+    inline: bool,
+) -> rusqlite::Result<usize> {
+    if let Some((record, keep)) = log {
+        append_attempt(c, id, record, keep)?;
+    }
+    let (status, result, error, redactions) = match outcome {
+        Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
+            ("complete", Some(result.as_str()), None, redactions_text(redactions))
+        }
+        Outcome::Failed { error } => ("failed", None, Some(error.as_str()), None),
+        Outcome::Cancelled => ("cancelled", None, None, None),
+    };
+    let cached = matches!(outcome, Outcome::Cached { .. });
+    // On completion the last retry error is cleared; on failure it is the reason.
+    let n = c
+        .prepare_cached(
+            "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
+               redactions = ?6, cached = ?7
+             WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+        )?
+        .execute(params![id, status, result, error, now, redactions, cached])?;
+    if n == 1 && cached && inline {
+        // A job answered without a call (a cache hit at submit, a
+        // coalesced follower) has no use for its waiting entries:
+        // none is leased again only to be acked. A leased one is
+        // its holder's to ack.
+        c.prepare_cached("DELETE FROM queue WHERE json_extract(payload, '$.request_id') = ?1 AND leased = 0")?
+            .execute([id])?;
+    }
+    Ok(n)
 }
 
 /// An attempt to append, as JSON, with how many to keep.

@@ -759,6 +759,48 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
     drop(dir);
 }
 
+/// With the queue in the same database, `finish_held` acks the worker's lease
+/// in the job's finishing write: the entry is gone with the job's end. A
+/// failure it writes keeps the entry leased (its holder moves it to the dead
+/// letters); a job already ended still has its lease acked. With the queue
+/// elsewhere it only finishes and the caller acks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_sqlite_inline_queue_finish_held_acks_in_the_same_write() {
+    let (db, _dir) = sqlite_db();
+    let s = SqliteStore::new(db.clone(), true);
+    let q = SqliteQueue::new(db.clone());
+    let now = now_ms();
+    for id in ["ok", "bad", "gone"] {
+        assert_eq!(s.insert(&new_job(id, now)).await.unwrap(), Inserted::Created { enqueued: true });
+    }
+    let leases = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    let lease_of = |id: &str| {
+        leases.iter().find(|l| Message::decode(&l.payload).unwrap().request_id == id).expect("a lease per job")
+    };
+    let done = Outcome::Complete { result: "{}".into(), redactions: vec![] };
+    let failed = Outcome::Failed { error: "boom".into() };
+
+    assert_eq!(s.finish_held("ok", &done, now, None, lease_of("ok")).await.unwrap(), (true, true));
+    assert_eq!(s.finish_held("bad", &failed, now, None, lease_of("bad")).await.unwrap(), (true, false));
+    assert!(s.finish("gone", &Outcome::Cancelled, now, None).await.unwrap());
+    assert_eq!(s.finish_held("gone", &done, now, None, lease_of("gone")).await.unwrap(), (false, true));
+    assert_eq!(job(&s, "ok").await.status, Status::Complete);
+    assert_eq!(job(&s, "bad").await.status, Status::Failed);
+    assert_eq!(job(&s, "gone").await.status, Status::Cancelled, "a later end overwrote the first");
+    let d = q.depth().await.unwrap();
+    assert_eq!((d.ready, d.delayed, d.leased), (0, 0, 1), "only the failed job's entry is left: {d:?}");
+
+    // The queue elsewhere (here: the same file, but not this store's to ack).
+    let apart = SqliteStore::new(db.clone(), false);
+    apart.insert(&new_job("apart", now)).await.unwrap();
+    q.enqueue(&[Message::new("apart", "acme")]).await.unwrap();
+    let held = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert_eq!(apart.finish_held("apart", &done, now, None, &held[0]).await.unwrap(), (true, false));
+    assert_eq!(q.depth().await.unwrap().leased, 2, "a store without the queue acked");
+}
+
 /// With the queue in the same database, `insert` writes the queue entry in
 /// the job's own transaction: `Created { enqueued: true }`, a waiting consumer
 /// is woken, the job is already there when its message is, and the sweeper
