@@ -1000,9 +1000,15 @@ async fn settle(
         }
         Ok(FetchOutcome::Accepted(vendor_ref)) => {
             let deadline = now + millis(policy.webhook_deadline);
-            ctx.store.set_vendor_ref(&job.request_id, &vendor_ref, deadline, now, Some(attempt)).await?;
+            // The embedded store acks the lease in the same write.
+            let (_, acked) = ctx
+                .store
+                .set_vendor_ref_held(&job.request_id, &vendor_ref, deadline, now, Some(attempt), lease)
+                .await?;
             tracing::info!(vendor_ref = %telemetry::one_line(&vendor_ref), "job accepted by vendor; awaiting webhook");
-            ctx.queue.ack(lease).await?;
+            if !acked {
+                ctx.queue.ack(lease).await?;
+            }
         }
         Err(e) if e.is_retryable() && job.attempts < policy.max_attempts => {
             let mut wait = backoff(policy.backoff_base, policy.backoff_max, job.attempts);

@@ -176,6 +176,25 @@ pub trait Store: Send + Sync + 'static {
         attempt: Option<&AttemptLog<'_>>,
     ) -> Result<bool>;
 
+    /// [`Store::set_vendor_ref`] by the worker holding `lease` on the job's
+    /// queue entry, which it acks then in any case (the webhook or the
+    /// sweeper ends the job). Where the store holds the queue too (the
+    /// embedded database) the ack goes in the same write. Returns what
+    /// `set_vendor_ref` does and whether the lease was acked; by default it
+    /// only sets the reference and the caller acks.
+    async fn set_vendor_ref_held(
+        &self,
+        request_id: &str,
+        vendor_ref: &str,
+        deadline: Millis,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+        lease: &Lease,
+    ) -> Result<(bool, bool)> {
+        let _ = lease;
+        Ok((self.set_vendor_ref(request_id, vendor_ref, deadline, now, attempt).await?, false))
+    }
+
     /// The job an async vendor's reference belongs to.
     async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>>;
 

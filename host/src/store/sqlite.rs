@@ -30,6 +30,12 @@ impl SqliteStore {
         SqliteStore { db, queue_inline, fair: Arc::default() }
     }
 
+    /// `lease`'s entry and token when the queue is this database, whose
+    /// entries the `_held` writes ack with the job's change.
+    fn own_entry(&self, lease: &Lease) -> Option<(i64, i64)> {
+        self.queue_inline.then(|| crate::queue::sqlite::held(lease).ok()).flatten()
+    }
+
     /// Tags inline queue rows by `fair` (the `SqliteQueue`'s settings).
     pub fn with_fairness(mut self, fair: Arc<Fairness>) -> SqliteStore {
         self.fair = fair;
@@ -469,22 +475,31 @@ impl Store for SqliteStore {
         now: Millis,
         attempt: Option<&AttemptLog<'_>>,
     ) -> Result<bool> {
-        let (id, vref) = (request_id.to_string(), vendor_ref.to_string());
-        let log = attempt_json(attempt)?;
+        let (id, vref, log) = (request_id.to_string(), vendor_ref.to_string(), attempt_json(attempt)?);
+        Ok(self.db.write(move |c| vendor_ref_row(c, &id, &vref, deadline, now, log)).await? == 1)
+    }
+
+    async fn set_vendor_ref_held(
+        &self,
+        request_id: &str,
+        vendor_ref: &str,
+        deadline: Millis,
+        now: Millis,
+        attempt: Option<&AttemptLog<'_>>,
+        lease: &Lease,
+    ) -> Result<(bool, bool)> {
+        let Some((entry, token)) = self.own_entry(lease) else {
+            return Ok((self.set_vendor_ref(request_id, vendor_ref, deadline, now, attempt).await?, false));
+        };
+        let (id, vref, log) = (request_id.to_string(), vendor_ref.to_string(), attempt_json(attempt)?);
         Ok(self
             .db
             .write(move |c| {
-                if let Some((record, keep)) = log {
-                    append_attempt(c, &id, record, keep)?;
-                }
-                c.prepare_cached(
-                    "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
-                     WHERE request_id = ?1 AND status = 'processing'",
-                )?
-                .execute(params![id, vref, deadline, now])
+                let set = vendor_ref_row(c, &id, &vref, deadline, now, log)? == 1;
+                crate::queue::sqlite::ack_row(c, entry, token)?;
+                Ok((set, true))
             })
-            .await?
-            == 1)
+            .await?)
     }
 
     async fn find_by_vendor_ref(&self, vendor: &str, vendor_ref: &str) -> Result<Option<String>> {
@@ -515,9 +530,7 @@ impl Store for SqliteStore {
         attempt: Option<&AttemptLog<'_>>,
         lease: &Lease,
     ) -> Result<(bool, bool)> {
-        // Only this database's own queue entries are acked here.
-        let held = self.queue_inline.then(|| crate::queue::sqlite::held(lease).ok()).flatten();
-        let Some((entry, token)) = held else {
+        let Some((entry, token)) = self.own_entry(lease) else {
             return Ok((self.finish(request_id, outcome, now, attempt).await?, false));
         };
         let (id, outcome, log) = (request_id.to_string(), outcome.clone(), attempt_json(attempt)?);
@@ -968,6 +981,26 @@ impl Store for SqliteStore {
     fn kind(&self) -> &'static str {
         "sqlite"
     }
+}
+
+/// An async vendor's reference on job `id` (`Store::set_vendor_ref`), only
+/// while `processing`. Rows changed.
+fn vendor_ref_row(
+    c: &rusqlite::Connection,
+    id: &str,
+    vendor_ref: &str,
+    deadline: Millis,
+    now: Millis,
+    log: Option<(serde_json::Value, usize)>,
+) -> rusqlite::Result<usize> {
+    if let Some((record, keep)) = log {
+        append_attempt(c, id, record, keep)?;
+    }
+    c.prepare_cached(
+        "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
+         WHERE request_id = ?1 AND status = 'processing'",
+    )?
+    .execute(params![id, vendor_ref, deadline, now])
 }
 
 /// The job's end (`Store::finish`): the row changes only from `pending` or

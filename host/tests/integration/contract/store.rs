@@ -762,19 +762,20 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
 /// With the queue in the same database, `finish_held` acks the worker's lease
 /// in the job's finishing write: the entry is gone with the job's end. A
 /// failure it writes keeps the entry leased (its holder moves it to the dead
-/// letters); a job already ended still has its lease acked. With the queue
-/// elsewhere it only finishes and the caller acks.
+/// letters); a job already ended still has its lease acked. An async
+/// vendor's acceptance (`set_vendor_ref_held`) acks it with the reference.
+/// With the queue elsewhere neither acks and the caller does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn store_sqlite_inline_queue_finish_held_acks_in_the_same_write() {
+async fn store_sqlite_inline_queue_held_writes_ack_in_the_same_write() {
     let (db, _dir) = sqlite_db();
     let s = SqliteStore::new(db.clone(), true);
     let q = SqliteQueue::new(db.clone());
     let now = now_ms();
-    for id in ["ok", "bad", "gone"] {
+    for id in ["ok", "bad", "gone", "accepted"] {
         assert_eq!(s.insert(&new_job(id, now)).await.unwrap(), Inserted::Created { enqueued: true });
     }
     let leases = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
-    assert_eq!(leases.len(), 3);
+    assert_eq!(leases.len(), 4);
     let lease_of = |id: &str| {
         leases.iter().find(|l| Message::decode(&l.payload).unwrap().request_id == id).expect("a lease per job")
     };
@@ -788,6 +789,11 @@ async fn store_sqlite_inline_queue_finish_held_acks_in_the_same_write() {
     assert_eq!(job(&s, "ok").await.status, Status::Complete);
     assert_eq!(job(&s, "bad").await.status, Status::Failed);
     assert_eq!(job(&s, "gone").await.status, Status::Cancelled, "a later end overwrote the first");
+    start(&s, "accepted", now).await;
+    let acked = s.set_vendor_ref_held("accepted", "ref-1", now + 60_000, now, None, lease_of("accepted")).await;
+    assert_eq!(acked.unwrap(), (true, true));
+    let accepted = job(&s, "accepted").await;
+    assert_eq!((accepted.status, accepted.vendor_ref.as_deref()), (Status::Processing, Some("ref-1")));
     let d = q.depth().await.unwrap();
     assert_eq!((d.ready, d.delayed, d.leased), (0, 0, 1), "only the failed job's entry is left: {d:?}");
 
@@ -797,6 +803,9 @@ async fn store_sqlite_inline_queue_finish_held_acks_in_the_same_write() {
     q.enqueue(&[Message::new("apart", "acme")]).await.unwrap();
     let held = q.lease("w", 10, Duration::from_secs(60), Duration::ZERO).await.unwrap();
     assert_eq!(held.len(), 1);
+    start(&apart, "apart", now).await;
+    let set = apart.set_vendor_ref_held("apart", "ref-2", now + 60_000, now, None, &held[0]).await.unwrap();
+    assert_eq!(set, (true, false));
     assert_eq!(apart.finish_held("apart", &done, now, None, &held[0]).await.unwrap(), (true, false));
     assert_eq!(q.depth().await.unwrap().leased, 2, "a store without the queue acked");
 }
