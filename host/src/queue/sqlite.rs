@@ -97,7 +97,6 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetter> {
 }
 
 /// The row and fencing token a lease holds.
-/// This queue's entry id and fencing token of `lease`.
 pub(crate) fn held(lease: &Lease) -> Result<(i64, i64)> {
     let id =
         lease.entry_id.parse().map_err(|_| QueueError::Other(format!("bad sqlite entry id {:?}", lease.entry_id)))?;

@@ -189,9 +189,8 @@ pub trait Store: Send + Sync + 'static {
         deadline: Millis,
         now: Millis,
         attempt: Option<&AttemptLog<'_>>,
-        lease: &Lease,
+        _lease: &Lease,
     ) -> Result<(bool, bool)> {
-        let _ = lease;
         Ok((self.set_vendor_ref(request_id, vendor_ref, deadline, now, attempt).await?, false))
     }
 
@@ -223,9 +222,8 @@ pub trait Store: Send + Sync + 'static {
         outcome: &Outcome,
         now: Millis,
         attempt: Option<&AttemptLog<'_>>,
-        lease: &Lease,
+        _lease: &Lease,
     ) -> Result<(bool, bool)> {
-        let _ = lease;
         Ok((self.finish(request_id, outcome, now, attempt).await?, false))
     }
 
