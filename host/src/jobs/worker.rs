@@ -78,6 +78,10 @@ pub struct Liveness {
     last_poll: AtomicU64,
     busy: AtomicBool,
     stall_after: Duration,
+    /// A job was given back because the store failed or stopped answering:
+    /// the loop leases nothing more until the store answers a ping
+    /// (`await_store`).
+    store_silent: AtomicBool,
 }
 
 impl Liveness {
@@ -90,6 +94,7 @@ impl Liveness {
             last_poll: AtomicU64::new(0),
             busy: AtomicBool::new(false),
             stall_after: settings.lease.saturating_add(settings.poll).saturating_mul(3),
+            store_silent: AtomicBool::new(false),
         }
     }
 
@@ -145,6 +150,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             Some(Err(_)) => break,
             None => continue,
         };
+        if ctx.liveness.store_silent.load(Ordering::Relaxed) {
+            await_store(&ctx, &mut shutdown).await;
+            continue;
+        }
         let want = (1 + slots.available_permits()).min(LEASE_BATCH);
         let mut permits = vec![permit];
         for _ in 1..want {
@@ -193,6 +202,44 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
         }
     }
     drain(&ctx, tasks, in_flight).await;
+}
+
+/// How often a paused loop asks the store again, and tells `/healthz` it is
+/// alive meanwhile.
+const STORE_PROBE: Duration = Duration::from_millis(500);
+
+/// Waits, leasing nothing, until the store answers a ping (or shutdown):
+/// during a store outage the loop does not spin leasing jobs it cannot
+/// start.
+///
+/// Once a job was given back for store silence, every new delivery's first
+/// store call (`start_attempt`) would queue up behind the frozen store: a
+/// dropped call's bytes are already in its socket, so when the store comes
+/// back each buffered start runs, with the time it was issued as its `now`,
+/// and a chain of them could each find the previous lease lapsed and count
+/// an attempt that never called the vendor. One ping at a time, never given
+/// up (dropping it would cost its connection); the loop is paused on
+/// purpose, not stalled, so its liveness stays fresh.
+async fn await_store(ctx: &WorkerCtx, shutdown: &mut watch::Receiver<bool>) {
+    tracing::warn!("the store failed or is silent: leasing paused until it answers a ping");
+    let ping = |store: Arc<dyn crate::store::Store>| tokio::spawn(async move { store.ping().await });
+    let mut probe = ping(ctx.store.clone());
+    let mut tick = tokio::time::interval(STORE_PROBE);
+    loop {
+        tokio::select! {
+            answered = &mut probe => {
+                if matches!(answered, Ok(Ok(()))) {
+                    ctx.liveness.store_silent.store(false, Ordering::Relaxed);
+                    tracing::info!("the store answers again: leasing resumes");
+                    return;
+                }
+                tokio::time::sleep(STORE_PROBE).await;
+                probe = ping(ctx.store.clone());
+            },
+            _ = tick.tick() => ctx.liveness.polled(),
+            _ = shutdown.changed() => return,
+        }
+    }
 }
 
 async fn drain(ctx: &WorkerCtx, mut tasks: JoinSet<()>, in_flight: InFlight) {
@@ -381,6 +428,9 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
                 || tracing::warn!(error = %e, "job handling interrupted by a backend error; it will be retried"),
             );
             metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "process").increment(1);
+            if matches!(e, StepError::Store(_)) {
+                ctx.liveness.store_silent.store(true, Ordering::Relaxed);
+            }
             true
         }
         Holding::StoreGone => {
@@ -388,6 +438,7 @@ async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
             // whole lease: drop it (a hung store call with it) rather than hold
             // the job for ever, and let it run again once the store answers.
             span.in_scope(|| tracing::warn!("the store has not answered for recover_after; the job is given back"));
+            ctx.liveness.store_silent.store(true, Ordering::Relaxed);
             metrics::counter!(telemetry::QUEUE_ERRORS, "op" => "store_heartbeat").increment(1);
             true
         }
