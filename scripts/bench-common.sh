@@ -8,11 +8,9 @@
 # PIDS, and checks the tools and the binary are there.
 
 BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
-# "Rate limits lifted" (issue 24's conditions): the vendors' declared rates
-# (the sync mock declares 50/s) and in-flight caps out of the way. As
-# NAME=VALUE words for `env` or `export`.
-LIFTED=(VENDORHOST_VENDOR_DEFAULTS__RATE=1000000 VENDORHOST_VENDOR_DEFAULTS__BURST=100000
-  VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024)
+# LIFTED: "rate limits lifted".
+# shellcheck source=scripts/bench-lifted.sh
+source "$ROOT/scripts/bench-lifted.sh"
 WORK=$(mktemp -d "/tmp/vendorhost-$BENCH_NAME.XXXXXX")
 PIDS=()
 

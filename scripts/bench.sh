@@ -45,6 +45,9 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# LIFTED: "rate limits lifted", as every bench step.
+# shellcheck source=scripts/bench-lifted.sh
+source "$ROOT/scripts/bench-lifted.sh"
 cd "$ROOT"
 SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNECTIONS:-200}
@@ -168,9 +171,7 @@ measured() {
 service_env() {
   export VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist"
   export VENDORHOST_CACHE_DIR="$WORK/cache"
-  export VENDORHOST_VENDOR_DEFAULTS__RATE=1000000
-  export VENDORHOST_VENDOR_DEFAULTS__BURST=100000
-  export VENDORHOST_VENDOR_DEFAULTS__MAX_IN_FLIGHT=1024
+  export "${LIFTED[@]}"
   unset VENDORHOST_CONFIG VENDORHOST_QUEUE VENDORHOST_STORE VENDORHOST_LISTEN VENDORHOST_DATA
 }
 
