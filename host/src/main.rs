@@ -44,12 +44,10 @@ fn main() -> ExitCode {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-static JEMALLOC_CONF: [u8; 60] = *b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
-
 /// jemalloc reads its compile-time options from this symbol (its
-/// `malloc_conf`, under the crate's `_rjem_` prefix) before `main` runs.
+/// `malloc_conf`, under the crate's `_rjem_` prefix: a pointer to a C
+/// string) before `main` runs.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-static malloc_conf: Option<&u8> = Some(&JEMALLOC_CONF[0]);
+static malloc_conf: Option<&u8> = Some(&b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0"[0]);
