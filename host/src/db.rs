@@ -2,10 +2,12 @@
 //! the store.
 //!
 //! All writes go through one writer thread that commits them in groups: it
-//! takes every operation waiting (up to `MAX_BATCH`), runs each in its own
-//! savepoint inside one transaction, commits once (one fsync), and only then
-//! answers each caller. So a submit's 202 leaves after its row is durable,
-//! and a thousand submits cost a handful of fsyncs. Reads use a small pool of
+//! takes every operation waiting (up to `MAX_BATCH`), runs them in one
+//! transaction, commits once (one fsync), and only then answers each caller.
+//! So a submit's 202 leaves after its row is durable, and a thousand submits
+//! cost a handful of fsyncs. A write that fails (or panics) must fail alone:
+//! then the group is rolled back and run again with each write in its own
+//! savepoint (see `writer_loop`). Reads use a small pool of
 //! read-only connections, which WAL lets run beside the writer. Each write
 //! and each read counts one store operation
 //! (`vendorhost_store_operations_total{backend="sqlite"}`; queue work
@@ -33,8 +35,48 @@ pub enum DbError {
     Closed,
 }
 
-type Completion = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Op = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+/// One write waiting in the writer's group: run (again, when the group is
+/// replayed), then answered once the group committed or failed.
+trait Pending: Send {
+    /// Runs the write; `savepoint`: in its own savepoint, rolled back alone
+    /// if it fails. Whether it succeeded.
+    fn run(&mut self, conn: &Connection, savepoint: bool) -> bool;
+    /// Tells the caller. A write that never finished a run (it panicked)
+    /// drops its answer channel: the caller sees the writer's error.
+    fn answer(self: Box<Self>, committed: Result<(), String>);
+}
+
+type Op = Box<dyn Pending>;
+
+struct Write<R, F> {
+    f: F,
+    result: Option<rusqlite::Result<R>>,
+    tx: oneshot::Sender<Result<R, DbError>>,
+}
+
+impl<R, F> Pending for Write<R, F>
+where
+    R: Send,
+    F: FnMut(&Connection) -> rusqlite::Result<R> + Send,
+{
+    fn run(&mut self, conn: &Connection, savepoint: bool) -> bool {
+        self.result = None;
+        let result = if savepoint { in_savepoint(conn, &mut self.f) } else { (self.f)(conn) };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn answer(self: Box<Self>, committed: Result<(), String>) {
+        let Write { result, tx, .. } = *self;
+        let Some(result) = result else { return };
+        let out = match committed {
+            Ok(()) => result.map_err(DbError::from),
+            Err(msg) => Err(DbError::Open { path: PathBuf::new(), message: format!("commit failed: {msg}") }),
+        };
+        let _ = tx.send(out);
+    }
+}
 
 pub struct Db {
     path: PathBuf,
@@ -277,12 +319,14 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, DbError> {
         // FULL: each group commit is fsynced before anyone is answered.
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
-        // Each write runs in its own savepoint, whose undo copy of the pages
-        // it touches (the sub-journal) SQLite spills to a temporary file past
-        // 64 KiB unless temporary storage is memory: a submit with its queue
-        // row touches ~20 pages, so without this every batch opened a temp
-        // file and wrote each page to it (18 % of the writer's time). It is
-        // undo data for one open transaction only, never needed after a crash.
+        // A write in its own savepoint (a replayed group, see `writer_loop`)
+        // or a statement that may fail halfway keeps an undo copy of the
+        // pages it touches (the sub-journal), which SQLite spills to a
+        // temporary file past 64 KiB unless temporary storage is memory: a
+        // submit with its queue row touches ~20 pages, so without this every
+        // such write opened a temp file and wrote each page to it (18 % of
+        // the writer's time when every write had a savepoint). It is undo
+        // data for one open transaction only, never needed after a crash.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
     }
     Ok(conn)
@@ -329,24 +373,18 @@ impl Db {
         self.write(|c| c.query_row("SELECT 1", [], |_| Ok(()))).await
     }
 
-    /// Runs `f` in the next group commit; answers after the commit.
+    /// Runs `f` in the next group commit; answers after the commit. `f` may
+    /// run twice (the group is replayed when another write in it fails), so
+    /// it must do nothing but its SQL: the first run's changes are rolled
+    /// back before the second.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
         count_op("write");
         let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
-        let op: Op = Box::new(move |conn| {
-            let res = in_savepoint(conn, f);
-            Box::new(move |committed: Result<(), String>| {
-                let out = match committed {
-                    Ok(()) => res.map_err(DbError::from),
-                    Err(msg) => Err(DbError::Open { path: PathBuf::new(), message: format!("commit failed: {msg}") }),
-                };
-                let _ = tx.send(out);
-            })
-        });
+        let op: Op = Box::new(Write { f, result: None, tx });
         self.writer.send(op).await.map_err(|_| DbError::Closed)?;
         rx.await.map_err(|_| DbError::Closed)?
     }
@@ -430,9 +468,29 @@ fn in_savepoint<R>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::R
     }
 }
 
+/// Runs `op`, catching a panic (a bug in one write must not take the
+/// writer, and every later write, down). Whether it succeeded.
+fn run_op(op: &mut Op, conn: &Connection, savepoint: bool) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op.run(conn, savepoint))) {
+        Ok(ok) => ok,
+        Err(_) => {
+            if savepoint {
+                let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
+            }
+            tracing::error!("sqlite: a write panicked; it was rolled back and the writer goes on");
+            false
+        }
+    }
+}
+
+/// Runs each group in one transaction. First without savepoints: a
+/// savepoint per write made SQLite copy every page a write touched to its
+/// undo journal before changing it (~12 % of the writer's time, issue 24).
+/// Writes almost never fail; when one does (or panics), the whole group is
+/// rolled back and run again with each write in its own savepoint, so the
+/// failed one is undone alone and the rest commit.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
-    let mut done: Vec<Completion> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -441,40 +499,43 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
-        let begin = run(&conn, "BEGIN IMMEDIATE");
-        if let Err(e) = begin {
-            let msg = e.to_string();
-            for op in batch.drain(..) {
-                // Run nothing; tell every caller.
-                drop(op);
-                let _ = &msg;
-            }
-            tracing::error!(error = %msg, "sqlite: cannot begin a transaction");
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
+            fail_group(&mut batch, e);
             continue;
         }
-        for op in batch.drain(..) {
-            // A write that panics must not take the writer (and with it
-            // every later write) down: its savepoint is rolled back, its
-            // caller gets an error (its answer channel is dropped), and the
-            // rest of the batch goes on.
-            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| op(&conn))) {
-                Ok(completion) => done.push(completion),
-                Err(_) => {
-                    let _ = conn.execute_batch("ROLLBACK TO op; RELEASE op");
-                    tracing::error!("sqlite: a write panicked; it was rolled back and the writer goes on");
-                }
+        let clean = batch.iter_mut().all(|op| run_op(op, &conn, false));
+        if !clean {
+            metrics::counter!(telemetry::SQLITE_REPLAYS).increment(1);
+            let restarted = run(&conn, "ROLLBACK").and_then(|()| run(&conn, "BEGIN IMMEDIATE"));
+            if let Err(e) = restarted {
+                let _ = conn.execute_batch("ROLLBACK");
+                fail_group(&mut batch, e);
+                continue;
+            }
+            for op in batch.iter_mut() {
+                run_op(op, &conn, true);
             }
         }
         let committed = run(&conn, "COMMIT").map_err(|e| {
             let _ = conn.execute_batch("ROLLBACK");
             e.to_string()
         });
-        metrics::histogram!(telemetry::SQLITE_BATCH_SIZE).record(done.len() as f64);
-        for c in done.drain(..) {
-            c(committed.clone());
+        metrics::histogram!(telemetry::SQLITE_BATCH_SIZE).record(batch.len() as f64);
+        for op in batch.drain(..) {
+            op.answer(committed.clone());
         }
     }
+}
+
+/// A group that could not start a transaction: every caller is told, and
+/// the writer pauses a moment before the next.
+fn fail_group(batch: &mut Vec<Op>, e: rusqlite::Error) {
+    let msg = e.to_string();
+    tracing::error!(error = %msg, "sqlite: cannot begin a transaction");
+    for op in batch.drain(..) {
+        op.answer(Err(msg.clone()));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(50));
 }
 
 #[cfg(test)]
@@ -496,6 +557,33 @@ mod tests {
         let rows: Vec<i64> =
             db.read(|c| c.prepare("SELECT x FROM t")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
         assert_eq!(rows, [2], "the panicking write's row must be rolled back, the next one kept");
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_in_a_group_is_undone_alone_and_the_rest_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE t (x INTEGER)")).await.unwrap();
+        // The first write holds the writer while the others queue up behind
+        // it, so they run as one group.
+        let hold = db.write(|c| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            c.execute("INSERT INTO t VALUES (0)", [])
+        });
+        let before = db.write(|c| c.execute("INSERT INTO t VALUES (1)", []));
+        let failing = db.write(|c| -> rusqlite::Result<()> {
+            // A change made, then an error: the change must not stay.
+            c.execute("INSERT INTO t VALUES (2)", [])?;
+            c.execute("INSERT INTO no_such_table VALUES (3)", [])?;
+            Ok(())
+        });
+        let after = db.write(|c| c.execute("INSERT INTO t VALUES (4)", []));
+        let (hold, before, failing, after) = tokio::join!(hold, before, failing, after);
+        assert!(failing.is_err(), "the failing write reported success");
+        assert_eq!((hold.unwrap(), before.unwrap(), after.unwrap()), (1, 1, 1));
+        let rows: Vec<i64> =
+            db.read(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
+        assert_eq!(rows, [0, 1, 4], "only the failing write's change is undone");
     }
 
     #[test]

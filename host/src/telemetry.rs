@@ -38,6 +38,7 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "vendorhost_http_connections_refused_
 pub const HTTP_HEADER_TIMEOUTS: &str = "vendorhost_http_header_timeouts_total";
 pub const HTTP_SHED: &str = "vendorhost_http_shed_total";
 pub const SQLITE_BATCH_SIZE: &str = "vendorhost_sqlite_batch_size";
+pub const SQLITE_REPLAYS: &str = "vendorhost_sqlite_group_replays_total";
 pub const WORKER_LAST_POLL_AGE: &str = "vendorhost_worker_last_poll_age_seconds";
 pub const REDACTIONS: &str = "vendorhost_redactions_total";
 pub const NOTIFICATIONS: &str = "vendorhost_notifications_total";
@@ -208,6 +209,10 @@ pub fn describe() {
     describe_counter!(HTTP_HEADER_TIMEOUTS, "HTTP connections closed because request headers did not arrive in time.");
     describe_counter!(HTTP_SHED, "Requests answered 503 by load shedding.");
     describe_histogram!(SQLITE_BATCH_SIZE, "Writes committed together by the embedded SQLite writer (group commit).");
+    describe_counter!(
+        SQLITE_REPLAYS,
+        "Groups of writes the embedded SQLite writer ran again, each write in its own savepoint, because one of them failed or panicked."
+    );
     describe_counter!(
         REDACTIONS,
         "Personal data cleaning removed from stored results, by vendor and kind (key: a key naming personal data; email, phone, card, iban, ssn: a value a detector found)."

@@ -447,8 +447,8 @@ impl Store for SqliteStore {
         let log = attempt_json(attempt)?;
         self.db
             .write(move |c| {
-                if let Some((record, keep)) = log {
-                    append_attempt(c, &id, record, keep)?;
+                if let Some((record, keep)) = &log {
+                    append_attempt(c, &id, record, *keep)?;
                 }
                 c.prepare_cached(
                     "UPDATE jobs SET error = ?2, updated_at = ?3, due_at = ?4
@@ -463,7 +463,7 @@ impl Store for SqliteStore {
     async fn record_attempt(&self, request_id: &str, attempt: &AttemptRecord, keep: usize) -> Result<()> {
         let id = request_id.to_string();
         let record = serde_json::to_value(attempt).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.db.write(move |c| append_attempt(c, &id, record, keep)).await?;
+        self.db.write(move |c| append_attempt(c, &id, &record, keep)).await?;
         Ok(())
     }
 
@@ -476,7 +476,7 @@ impl Store for SqliteStore {
         attempt: Option<&AttemptLog<'_>>,
     ) -> Result<bool> {
         let (id, vref, log) = (request_id.to_string(), vendor_ref.to_string(), attempt_json(attempt)?);
-        Ok(self.db.write(move |c| vendor_ref_row(c, &id, &vref, deadline, now, log)).await? == 1)
+        Ok(self.db.write(move |c| vendor_ref_row(c, &id, &vref, deadline, now, log.as_ref())).await? == 1)
     }
 
     async fn set_vendor_ref_held(
@@ -495,7 +495,7 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let set = vendor_ref_row(c, &id, &vref, deadline, now, log)? == 1;
+                let set = vendor_ref_row(c, &id, &vref, deadline, now, log.as_ref())? == 1;
                 crate::queue::sqlite::ack_row(c, entry, token)?;
                 Ok((set, true))
             })
@@ -519,7 +519,7 @@ impl Store for SqliteStore {
     ) -> Result<bool> {
         let (id, outcome, inline, log) =
             (request_id.to_string(), outcome.clone(), self.queue_inline, attempt_json(attempt)?);
-        Ok(self.db.write(move |c| finish_row(c, &id, &outcome, now, log, inline)).await? == 1)
+        Ok(self.db.write(move |c| finish_row(c, &id, &outcome, now, log.as_ref(), inline)).await? == 1)
     }
 
     async fn finish_held(
@@ -537,7 +537,7 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .write(move |c| {
-                let ended = finish_row(c, &id, &outcome, now, log, true)? == 1;
+                let ended = finish_row(c, &id, &outcome, now, log.as_ref(), true)? == 1;
                 // A failure this call wrote goes to the dead letters with its entry.
                 let acked = !(ended && matches!(outcome, Outcome::Failed { .. }));
                 if acked {
@@ -658,7 +658,7 @@ impl Store for SqliteStore {
 
     async fn forget_webhook(&self, vendor: &str, webhook_id: &str) -> Result<()> {
         let key = format!("{vendor}:{webhook_id}");
-        self.db.write(move |c| c.prepare_cached("DELETE FROM webhook_ids WHERE key = ?1")?.execute([key])).await?;
+        self.db.write(move |c| c.prepare_cached("DELETE FROM webhook_ids WHERE key = ?1")?.execute([&key])).await?;
         Ok(())
     }
 
@@ -936,7 +936,7 @@ impl Store for SqliteStore {
         let (key, id) = (key.to_string(), request_id.to_string());
         self.db
             .write(move |c| {
-                c.prepare_cached("DELETE FROM cache_flights WHERE key = ?1 AND leader = ?2")?.execute([key, id])
+                c.prepare_cached("DELETE FROM cache_flights WHERE key = ?1 AND leader = ?2")?.execute([&key, &id])
             })
             .await?;
         Ok(())
@@ -991,10 +991,10 @@ fn vendor_ref_row(
     vendor_ref: &str,
     deadline: Millis,
     now: Millis,
-    log: Option<(serde_json::Value, usize)>,
+    log: Option<&(serde_json::Value, usize)>,
 ) -> rusqlite::Result<usize> {
     if let Some((record, keep)) = log {
-        append_attempt(c, id, record, keep)?;
+        append_attempt(c, id, record, *keep)?;
     }
     c.prepare_cached(
         "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
@@ -1011,11 +1011,11 @@ fn finish_row(
     id: &str,
     outcome: &Outcome,
     now: Millis,
-    log: Option<(serde_json::Value, usize)>,
+    log: Option<&(serde_json::Value, usize)>,
     inline: bool,
 ) -> rusqlite::Result<usize> {
     if let Some((record, keep)) = log {
-        append_attempt(c, id, record, keep)?;
+        append_attempt(c, id, record, *keep)?;
     }
     let (status, result, error, redactions) = match outcome {
         Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
@@ -1056,7 +1056,7 @@ fn attempt_json(attempt: Option<&AttemptLog<'_>>) -> Result<Option<(serde_json::
 
 /// Appends `record` to job `id`'s history, keeping the latest `keep` (in
 /// the caller's transaction; nothing for an unknown job).
-fn append_attempt(c: &rusqlite::Connection, id: &str, record: serde_json::Value, keep: usize) -> rusqlite::Result<()> {
+fn append_attempt(c: &rusqlite::Connection, id: &str, record: &serde_json::Value, keep: usize) -> rusqlite::Result<()> {
     let text: Option<Option<String>> = c
         .prepare_cached("SELECT attempts_log FROM jobs WHERE request_id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -1064,7 +1064,7 @@ fn append_attempt(c: &rusqlite::Connection, id: &str, record: serde_json::Value,
     let Some(text) = text else { return Ok(()) };
     // A history that does not parse is started over, not kept wrong.
     let mut log: Vec<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    log.push(record);
+    log.push(record.clone());
     let drop = log.len().saturating_sub(keep);
     log.drain(..drop);
     let text = serde_json::Value::Array(log).to_string();
