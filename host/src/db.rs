@@ -72,7 +72,7 @@ where
         let Some(result) = result else { return };
         let out = match committed {
             Ok(()) => result.map_err(DbError::from),
-            Err(msg) => Err(DbError::Open { path: PathBuf::new(), message: format!("commit failed: {msg}") }),
+            Err(msg) => Err(DbError::Open { path: PathBuf::new(), message: format!("write not committed: {msg}") }),
         };
         let _ = tx.send(out);
     }
@@ -530,8 +530,8 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
 /// A group that could not start a transaction: every caller is told, and
 /// the writer pauses a moment before the next.
 fn fail_group(batch: &mut Vec<Op>, e: rusqlite::Error) {
-    let msg = e.to_string();
-    tracing::error!(error = %msg, "sqlite: cannot begin a transaction");
+    let msg = format!("cannot begin a transaction: {e}");
+    tracing::error!(error = %e, "sqlite: cannot begin a transaction");
     for op in batch.drain(..) {
         op.answer(Err(msg.clone()));
     }
