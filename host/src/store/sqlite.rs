@@ -1063,11 +1063,12 @@ fn append_attempt(c: &rusqlite::Connection, id: &str, record: &serde_json::Value
         .optional()?;
     let Some(text) = text else { return Ok(()) };
     // A history that does not parse is started over, not kept wrong.
-    let mut log: Vec<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
-    log.push(record.clone());
+    let old: Vec<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
+    // By reference: the record is not copied (a write may run twice).
+    let mut log: Vec<&serde_json::Value> = old.iter().chain([record]).collect();
     let drop = log.len().saturating_sub(keep);
     log.drain(..drop);
-    let text = serde_json::Value::Array(log).to_string();
+    let text = serde_json::to_string(&log).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?.execute(params![id, text])?;
     Ok(())
 }
