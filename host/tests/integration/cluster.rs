@@ -81,9 +81,17 @@ fn queue_commands(cluster: &RedisCluster, port: u16) -> u64 {
         .sum()
 }
 
-/// 16 partitions on 3 masters: over a drain of 5000 jobs by 4 consumers,
-/// each master serves 25–45 % of the queue's commands, and no partition's
-/// backlog is ever more than twice the mean (sampled while the mean is at
+/// The partitions (hash tags `{<prefix>:pNN...}`) with keys on one node.
+fn partitions_on(cluster: &RedisCluster, port: u16, prefix: &str) -> HashSet<String> {
+    let keys = cluster.cli(port, &["--scan", "--pattern", &format!("{{{prefix}:p*")]);
+    keys.lines().filter_map(|k| Some(k.strip_prefix('{')?.split_once('}')?.0.to_string())).collect()
+}
+
+/// 16 partitions on 3 masters: each master holds 4 to 6 of them (the
+/// partitions' tags are spread over the slot space), over a drain of 5000
+/// jobs by 4 consumers each master serves the share of the queue's commands
+/// its partitions make it due (held / 16, within 6 points), and no
+/// partition's backlog is ever more than twice the mean (sampled while the mean is at
 /// least 100 jobs: at the very end of a drain the partitions that were
 /// hashed a few more jobs are the last to empty, and one lease batch is a
 /// large fraction of what is left).
@@ -91,7 +99,8 @@ fn queue_commands(cluster: &RedisCluster, port: u16) -> u64 {
 async fn sixteen_partitions_share_the_work_evenly_over_three_masters() {
     const JOBS: usize = 5000;
     let cluster = RedisCluster::start(3, 0);
-    let q = Arc::new(RedisQueue::connect(&cluster.url, &servers::unique("vh_balance")).await.unwrap());
+    let prefix = servers::unique("vh_balance");
+    let q = Arc::new(RedisQueue::connect(&cluster.url, &prefix).await.unwrap());
     assert_eq!(q.partitions(), 16);
     let masters = cluster.master_ports();
     for port in &masters {
@@ -102,6 +111,10 @@ async fn sixteen_partitions_share_the_work_evenly_over_three_masters() {
     for chunk in msgs.chunks(500) {
         q.enqueue(chunk).await.unwrap();
     }
+    // Every partition was hashed jobs (5000 over 16), so each has keys now.
+    let held: BTreeMap<u16, usize> = masters.iter().map(|p| (*p, partitions_on(&cluster, *p, &prefix).len())).collect();
+    assert_eq!(held.values().sum::<usize>(), 16, "every partition lives on one master: {held:?}");
+    assert!(held.values().all(|n| (4..=6).contains(n)), "partitions per master: {held:?}");
 
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -156,13 +169,17 @@ async fn sixteen_partitions_share_the_work_evenly_over_three_masters() {
     let total: u64 = calls.values().sum();
     for (port, n) in &calls {
         let share = *n as f64 / total as f64;
+        let due = held[port] as f64 / 16.0;
         assert!(
-            (0.25..=0.45).contains(&share),
-            "master {port} served {:.1} % of {total} commands: {calls:?}",
+            (share - due).abs() <= 0.06,
+            "master {port} holds {} of 16 partitions and served {:.1} % of {total} commands: {calls:?}",
+            held[port],
             share * 100.0
         );
     }
-    eprintln!("balance: commands per master {calls:?}; {sampled} backlog samples, worst max/mean {worst:.2}");
+    eprintln!(
+        "balance: partitions per master {held:?}, commands {calls:?}; {sampled} backlog samples, worst max/mean {worst:.2}"
+    );
 }
 
 /// A `redis+cluster://` URL that names no node is refused at start-up, an
