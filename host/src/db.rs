@@ -117,7 +117,6 @@ CREATE TABLE IF NOT EXISTS queue (
     deliveries  INTEGER NOT NULL DEFAULT 0,
     leased      INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS queue_visible ON queue(visible_at, id);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     request_id  TEXT,
@@ -293,6 +292,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS queue_rank ON queue(vendor, key, rank) WHERE ready = 1;
     CREATE INDEX IF NOT EXISTS queue_flow ON queue(vendor, key, vt);
     CREATE INDEX IF NOT EXISTS queue_waiting ON queue(visible_at) WHERE ready = 0;
+    "#,
+    // Fewer indexes for every queue row to keep up (issue 24): a job's
+    // entries are found by a plain column instead of an index on an
+    // expression that parsed the payload's JSON at every insert and delete,
+    // and the index on (visible_at, id) goes: promotion and the next wake-up
+    // use queue_waiting, and the depth counts are one pass over the table.
+    r#"
+    ALTER TABLE queue ADD COLUMN request_id TEXT;
+    UPDATE queue SET request_id = json_extract(payload, '$.request_id');
+    DROP INDEX IF EXISTS queue_job;
+    CREATE INDEX IF NOT EXISTS queue_request ON queue(request_id);
+    DROP INDEX IF EXISTS queue_visible;
     "#,
 ];
 
@@ -541,6 +552,44 @@ fn fail_group(batch: &mut Vec<Op>, e: rusqlite::Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of the version before the queue's request_id column: its
+    /// entries get the column from their payload (found by the new index),
+    /// and the expression index and (visible_at, id) index are gone.
+    #[test]
+    fn queue_entries_of_an_older_file_are_found_by_request_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let conn = open(&path, false).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let before = MIGRATIONS.len() - 1;
+        conn.execute_batch(&format!(
+            "DROP INDEX queue_request; ALTER TABLE queue DROP COLUMN request_id;
+             CREATE INDEX queue_visible ON queue(visible_at, id);
+             CREATE INDEX queue_job ON queue(json_extract(payload, '$.request_id'));
+             INSERT INTO queue (payload, visible_at, vendor, ready) VALUES ('{{\"request_id\":\"r1\"}}', 5, 'v', 1);
+             PRAGMA user_version = {before};"
+        ))
+        .unwrap();
+        drop(conn);
+
+        let conn = open(&path, false).unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        migrate(&conn).unwrap();
+        let found: i64 =
+            conn.query_row("SELECT COUNT(*) FROM queue WHERE request_id = 'r1'", [], |r| r.get(0)).unwrap();
+        assert_eq!(found, 1);
+        let plan: String =
+            conn.query_row("EXPLAIN QUERY PLAN SELECT 1 FROM queue WHERE request_id = 'r1'", [], |r| r.get(3)).unwrap();
+        assert!(plan.contains("queue_request"), "{plan}");
+        let gone: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name IN ('queue_job', 'queue_visible')", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(gone, 0);
+    }
 
     #[tokio::test]
     async fn a_panicking_write_fails_alone_and_the_writer_goes_on() {

@@ -70,13 +70,24 @@ pub fn insert(c: &Connection, msgs: &[Message], fair: &Fairness, now: Millis) ->
     for m in msgs {
         let key = m.key.as_deref().unwrap_or("");
         let level = m.priority.unwrap_or_default().level();
-        c.prepare_cached("INSERT OR IGNORE INTO queue_clock (vendor, v) VALUES (?1, 0)")?.execute([&m.vendor])?;
-        let v: f64 =
-            c.prepare_cached("SELECT v FROM queue_clock WHERE vendor = ?1")?.query_row([&m.vendor], |r| r.get(0))?;
+        // Read first: the vendor's clock row exists for all but its first
+        // job, and a read is cheaper than an insert that changes nothing.
+        let v: Option<f64> = c
+            .prepare_cached("SELECT v FROM queue_clock WHERE vendor = ?1")?
+            .query_row([&m.vendor], |r| r.get(0))
+            .optional()?;
+        let v = match v {
+            Some(v) => v,
+            None => {
+                c.prepare_cached("INSERT INTO queue_clock (vendor, v) VALUES (?1, 0)")?.execute([&m.vendor])?;
+                0.0
+            }
+        };
         let last: Option<f64> = c.prepare_cached(LAST_TAG)?.query_row(params![m.vendor, key], |r| r.get(0))?;
         let tag = last.map_or(v, |l| l.max(v) + 1.0 / fair.weight(key));
         c.prepare_cached(
-            "INSERT INTO queue (payload, visible_at, vendor, key, rank, vt, ready) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            "INSERT INTO queue (payload, visible_at, vendor, key, rank, vt, ready, request_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7)",
         )?
         .execute(params![
             m.encode(),
@@ -84,18 +95,20 @@ pub fn insert(c: &Connection, msgs: &[Message], fair: &Fairness, now: Millis) ->
             m.vendor,
             key,
             now.saturating_add(level.saturating_mul(aging)),
-            tag
+            tag,
+            m.request_id
         ])?;
     }
     Ok(())
 }
 
 /// What one lease call may take: vendors to skip, and vendors of which to
-/// take a few rows at most.
+/// take a few rows at most; and until when the rows taken are leased.
 pub struct Pick<'a> {
     pub skip: &'a HashSet<String>,
     pub limited: &'a HashMap<String, usize>,
     pub max: usize,
+    pub lease_until: Millis,
     /// The vendor served last (round-robin across vendors starts after it).
     pub after: &'a str,
 }
@@ -104,9 +117,9 @@ pub struct Pick<'a> {
 /// out), then picks up to `pick.max` ready rows: vendors in turn
 /// (round-robin), within a vendor the row with the lowest tag, and within
 /// that row's key the one with the best aged priority (which takes the tag,
-/// the other row the one it had). Returns the row ids and the last vendor
-/// served. The caller leases the rows in the same transaction.
-pub fn pick(c: &Connection, now: Millis, pick: &Pick<'_>) -> rusqlite::Result<(Vec<i64>, Option<String>)> {
+/// the other row the one it had). Returns the rows, leased until
+/// `pick.lease_until`, and the last vendor served.
+pub fn pick(c: &Connection, now: Millis, pick: &Pick<'_>) -> rusqlite::Result<(Vec<Taken>, Option<String>)> {
     c.prepare_cached(PROMOTE)?.execute([now])?;
     let all: Vec<String> = c
         .prepare_cached("SELECT vendor FROM queue_clock ORDER BY vendor")?
@@ -125,8 +138,8 @@ pub fn pick(c: &Connection, now: Millis, pick: &Pick<'_>) -> rusqlite::Result<(V
             if picked.len() >= pick.max {
                 break;
             }
-            let Some(id) = pick_in(c, &vendor)? else { continue };
-            picked.push(id);
+            let Some(row) = pick_in(c, &vendor, pick.lease_until)? else { continue };
+            picked.push(row);
             let n = taken.entry(vendor.clone()).or_default();
             *n += 1;
             if pick.limited.get(&vendor).is_none_or(|cap| *n < *cap) {
@@ -139,9 +152,18 @@ pub fn pick(c: &Connection, now: Millis, pick: &Pick<'_>) -> rusqlite::Result<(V
     Ok((picked, last))
 }
 
-/// The next row of one vendor, taken out of the ready set (its tag swapped
-/// with its key's head first when priority picks another row).
-fn pick_in(c: &Connection, vendor: &str) -> rusqlite::Result<Option<i64>> {
+/// A row taken by a lease call.
+pub struct Taken {
+    pub id: i64,
+    pub payload: String,
+    pub deliveries: i64,
+    pub token: i64,
+}
+
+/// The next row of one vendor, taken out of the ready set and leased until
+/// `until` in one write of the row (its tag swapped with its key's head
+/// first when priority picks another row).
+fn pick_in(c: &Connection, vendor: &str, until: Millis) -> rusqlite::Result<Option<Taken>> {
     let head: Option<(i64, String, f64)> =
         c.prepare_cached(HEAD)?.query_row([vendor], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?;
     let Some((head_id, key, head_vt)) = head else { return Ok(None) };
@@ -152,9 +174,16 @@ fn pick_in(c: &Connection, vendor: &str) -> rusqlite::Result<Option<i64>> {
         swap.execute(params![head_id, best_vt])?;
         swap.execute(params![best_id, head_vt])?;
     }
-    c.prepare_cached("UPDATE queue SET ready = 0 WHERE id = ?1")?.execute([best_id])?;
+    let taken = c
+        .prepare_cached(
+            "UPDATE queue SET ready = 0, visible_at = ?2, deliveries = deliveries + 1, leased = 1, token = token + 1
+             WHERE id = ?1 RETURNING payload, deliveries, token",
+        )?
+        .query_row(params![best_id, until], |r| {
+            Ok(Taken { id: best_id, payload: r.get(0)?, deliveries: r.get(1)?, token: r.get(2)? })
+        })?;
     c.prepare_cached("UPDATE queue_clock SET v = max(v, ?2) WHERE vendor = ?1")?.execute(params![vendor, head_vt])?;
-    Ok(Some(best_id))
+    Ok(Some(taken))
 }
 
 /// When a lease call that found nothing should look again: the next row

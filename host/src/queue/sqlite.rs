@@ -150,24 +150,25 @@ impl Queue for SqliteQueue {
             let (got, next_visible, served) = self
                 .db
                 .write(move |c| {
-                    let (ids, served) = fair::pick(c, now, &Pick { skip: &skip, limited: &limited, max, after: &after })?;
-                    let mut take = c.prepare_cached(
-                        "UPDATE queue SET visible_at = ?2 + ?3, deliveries = deliveries + 1, leased = 1, token = token + 1
-                         WHERE id = ?1 RETURNING id, payload, deliveries, token",
-                    )?;
-                    let mut rows = Vec::with_capacity(ids.len());
-                    for id in ids {
-                        rows.push(take.query_row(params![id, now, lease_ms], |r| {
-                            Ok(Lease {
-                                entry_id: r.get::<_, i64>(0)?.to_string(),
-                                payload: r.get(1)?,
-                                deliveries: r.get::<_, i64>(2)?.max(0) as u32,
-                                lease_for: lease,
-                                consumer: consumer.clone(),
-                                token: r.get::<_, i64>(3)?.max(0) as u64,
-                            })
-                        })?);
-                    }
+                    let pick = Pick {
+                        skip: &skip,
+                        limited: &limited,
+                        max,
+                        after: &after,
+                        lease_until: now.saturating_add(lease_ms),
+                    };
+                    let (taken, served) = fair::pick(c, now, &pick)?;
+                    let rows: Vec<Lease> = taken
+                        .into_iter()
+                        .map(|t| Lease {
+                            entry_id: t.id.to_string(),
+                            payload: t.payload,
+                            deliveries: t.deliveries.max(0) as u32,
+                            lease_for: lease,
+                            consumer: consumer.clone(),
+                            token: t.token.max(0) as u64,
+                        })
+                        .collect();
                     let next = if rows.is_empty() { fair::next_wake(c, blocked_until)? } else { None };
                     Ok((rows, next, served))
                 })
@@ -301,11 +302,9 @@ impl Queue for SqliteQueue {
             .db
             .read(move |c| {
                 c.prepare_cached(
-                    "SELECT
-                        (SELECT COUNT(*) FROM queue WHERE visible_at <= ?1),
-                        (SELECT COUNT(*) FROM queue WHERE visible_at > ?1 AND leased = 0),
-                        (SELECT COUNT(*) FROM queue WHERE visible_at > ?1 AND leased = 1),
-                        (SELECT COUNT(*) FROM dead_letters)",
+                    "SELECT COALESCE(SUM(visible_at <= ?1), 0), COALESCE(SUM(visible_at > ?1 AND leased = 0), 0),
+                        COALESCE(SUM(visible_at > ?1 AND leased = 1), 0), (SELECT COUNT(*) FROM dead_letters)
+                     FROM queue",
                 )?
                 .query_row([now], |r| {
                     Ok(QueueDepth {
@@ -325,9 +324,7 @@ impl Queue for SqliteQueue {
             .db
             .read(move |c| {
                 // The expression is the index's (queue_job), so each is a lookup.
-                let mut st = c.prepare_cached(
-                    "SELECT EXISTS (SELECT 1 FROM queue WHERE json_extract(payload, '$.request_id') = ?1)",
-                )?;
+                let mut st = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM queue WHERE request_id = ?1)")?;
                 ids.iter().map(|id| st.query_row([id], |r| r.get::<_, bool>(0))).collect()
             })
             .await?)

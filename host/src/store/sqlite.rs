@@ -1014,9 +1014,12 @@ fn finish_row(
     log: Option<&(serde_json::Value, usize)>,
     inline: bool,
 ) -> rusqlite::Result<usize> {
-    if let Some((record, keep)) = log {
-        append_attempt(c, id, record, *keep)?;
-    }
+    // The history goes in the same row write as the end (one update of the
+    // row, not two); on its own only when the job had already ended.
+    let history = match log {
+        Some((record, keep)) => history_with(c, id, record, *keep)?,
+        None => None,
+    };
     let (status, result, error, redactions) = match outcome {
         Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
             ("complete", Some(result.as_str()), None, redactions_text(redactions))
@@ -1029,17 +1032,21 @@ fn finish_row(
     let n = c
         .prepare_cached(
             "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
-               redactions = ?6, cached = ?7
+               redactions = ?6, cached = ?7, attempts_log = COALESCE(?8, attempts_log)
              WHERE request_id = ?1 AND status IN ('pending', 'processing')",
         )?
-        .execute(params![id, status, result, error, now, redactions, cached])?;
+        .execute(params![id, status, result, error, now, redactions, cached, history])?;
+    if n == 0
+        && let Some(text) = &history
+    {
+        set_history(c, id, text)?;
+    }
     if n == 1 && cached && inline {
         // A job answered without a call (a cache hit at submit, a
         // coalesced follower) has no use for its waiting entries:
         // none is leased again only to be acked. A leased one is
         // its holder's to ack.
-        c.prepare_cached("DELETE FROM queue WHERE json_extract(payload, '$.request_id') = ?1 AND leased = 0")?
-            .execute([id])?;
+        c.prepare_cached("DELETE FROM queue WHERE request_id = ?1 AND leased = 0")?.execute([id])?;
     }
     Ok(n)
 }
@@ -1057,18 +1064,35 @@ fn attempt_json(attempt: Option<&AttemptLog<'_>>) -> Result<Option<(serde_json::
 /// Appends `record` to job `id`'s history, keeping the latest `keep` (in
 /// the caller's transaction; nothing for an unknown job).
 fn append_attempt(c: &rusqlite::Connection, id: &str, record: &serde_json::Value, keep: usize) -> rusqlite::Result<()> {
+    match history_with(c, id, record, keep)? {
+        Some(text) => set_history(c, id, &text),
+        None => Ok(()),
+    }
+}
+
+fn set_history(c: &rusqlite::Connection, id: &str, text: &str) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?.execute(params![id, text])?;
+    Ok(())
+}
+
+/// Job `id`'s history as JSON text with `record` appended and the latest
+/// `keep` kept; None for an unknown job.
+fn history_with(
+    c: &rusqlite::Connection,
+    id: &str,
+    record: &serde_json::Value,
+    keep: usize,
+) -> rusqlite::Result<Option<String>> {
     let text: Option<Option<String>> = c
         .prepare_cached("SELECT attempts_log FROM jobs WHERE request_id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
-    let Some(text) = text else { return Ok(()) };
+    let Some(text) = text else { return Ok(None) };
     // A history that does not parse is started over, not kept wrong.
     let old: Vec<serde_json::Value> = text.and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     // By reference: the record is not copied (a write may run twice).
     let mut log: Vec<&serde_json::Value> = old.iter().chain([record]).collect();
     let drop = log.len().saturating_sub(keep);
     log.drain(..drop);
-    let text = serde_json::to_string(&log).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-    c.prepare_cached("UPDATE jobs SET attempts_log = ?2 WHERE request_id = ?1")?.execute(params![id, text])?;
-    Ok(())
+    serde_json::to_string(&log).map(Some).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }

@@ -737,6 +737,7 @@ async fn store_sqlite_an_older_file_gains_the_redactions_column() {
              ALTER TABLE queue DROP COLUMN vendor; ALTER TABLE queue DROP COLUMN key;
              ALTER TABLE queue DROP COLUMN rank; ALTER TABLE queue DROP COLUMN vt; ALTER TABLE queue DROP COLUMN ready;
              DROP TABLE queue_clock;
+             DROP INDEX queue_request; ALTER TABLE queue DROP COLUMN request_id;
              PRAGMA user_version = 1;",
         )
     })
