@@ -19,8 +19,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && cp plugins/dist/sync.wasm plugins/dist/async.wasm /out/plugins/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release -p vendorhost --locked \
-    && cp target/release/vendorhost /out/vendorhost
+    cargo build --profile production -p vendorhost --locked \
+    && cp target/production/vendorhost /out/vendorhost
 
 # ---- runtime ---------------------------------------------------------------
 FROM debian:bookworm-slim

@@ -73,7 +73,7 @@ compose-check: .env
 	@$(COMPOSE) config -q && echo "docker-compose.yml: ok"
 
 # Throughput and latency of both deployments, beside the peers' figures
-# (scripts/bench.sh: builds release, starts the service on free ports;
+# (scripts/bench.sh: builds the production profile, release + thin LTO; starts the service on free ports;
 # BENCH_SECONDS=10 per run, BENCH_SCALE=1 adds the 1M-pending run).
 bench: build-plugins
 	@bash scripts/bench.sh

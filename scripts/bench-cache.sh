@@ -9,7 +9,7 @@
 # it got.
 #
 # Environment: BENCH_CACHE_JOBS=1000, BENCH_CACHE_DUPLICATES=30 (percent),
-# BENCH_CACHE_LATENCY_MS=200, BENCH_BIN (default target/release/vendorhost),
+# BENCH_CACHE_LATENCY_MS=200, BENCH_BIN (default target/production/vendorhost),
 # BENCH_KEEP=1 (keep the work dir). Needs curl, jq, python3.
 set -euo pipefail
 

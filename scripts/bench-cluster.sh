@@ -8,7 +8,7 @@
 # Prints the queue commands each master served (balance) and one table.
 #
 # Environment: BENCH_CLUSTER_JOBS=20000, BENCH_KEEP=1 (keep the work dir).
-# Needs target/release/vendorhost (bench.sh builds it), redis-server,
+# Needs target/production/vendorhost (bench.sh builds it), redis-server,
 # redis-cli, jq, python3.
 set -euo pipefail
 

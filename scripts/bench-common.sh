@@ -7,7 +7,7 @@
 # repository. It sets BIN (BENCH_BIN, default the release binary), WORK and
 # PIDS, and checks the tools and the binary are there.
 
-BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
+BIN=${BENCH_BIN:-$ROOT/target/production/vendorhost}
 # LIFTED: "rate limits lifted".
 # shellcheck source=scripts/bench-lifted.sh
 source "$ROOT/scripts/bench-lifted.sh"

@@ -14,7 +14,7 @@
 # it starts, the store on SQLite).
 #
 # Environment: BENCH_CPU_JOBS=20000, BENCH_CPU_WARMUP=2000, BENCH_BIN
-# (default target/release/vendorhost), BENCH_KEEP=1. Needs curl, jq, python3
+# (default target/production/vendorhost), BENCH_KEEP=1. Needs curl, jq, python3
 # (and redis-server for streams).
 set -euo pipefail
 

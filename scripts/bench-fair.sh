@@ -12,7 +12,7 @@
 #
 # Environment: BENCH_FAIR_BACKEND=embedded|redis, BENCH_FAIR_RATE=200,
 # BENCH_FAIR_BURST=10, BENCH_FAIR_BACKLOG=100000, BENCH_FAIR_SECONDS=60,
-# BENCH_FAIR_B_RATE=10, BENCH_BIN (default target/release/vendorhost),
+# BENCH_FAIR_B_RATE=10, BENCH_BIN (default target/production/vendorhost),
 # BENCH_KEEP=1 (keep the work dir). Needs curl, jq, python3; redis-server
 # and redis-cli for BENCH_FAIR_BACKEND=redis.
 set -euo pipefail

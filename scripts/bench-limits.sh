@@ -8,7 +8,7 @@
 # per second as a share of the hidden limit (goal above 90 %).
 #
 # Environment: BENCH_LIMIT=50 (calls/s), BENCH_LIMIT_SECONDS=60,
-# BENCH_BIN (default target/release/vendorhost), BENCH_KEEP=1 (keep the work
+# BENCH_BIN (default target/production/vendorhost), BENCH_KEEP=1 (keep the work
 # dir). Needs curl, jq, python3.
 set -euo pipefail
 

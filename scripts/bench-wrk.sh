@@ -10,7 +10,7 @@
 # client sees it under a closed loop.
 #
 # Environment: BENCH_WRK_SECONDS=10, BENCH_CONNECTIONS=200, BENCH_IDS=10000
-# (jobs the GET runs cycle over), BENCH_BIN (default target/release/vendorhost),
+# (jobs the GET runs cycle over), BENCH_BIN (default target/production/vendorhost),
 # BENCH_KEEP=1. Needs wrk (installed with apt-get where missing and
 # possible), curl, jq, python3.
 set -euo pipefail

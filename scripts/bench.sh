@@ -11,7 +11,7 @@
 #   BENCH_PENDING="1000 100000"  backlog sizes for the pending-jobs runs
 #   BENCH_SCALE=1         also measure with 1M pending jobs (embedded: ~1 min;
 #                         on nx-27017 only if BENCH_NX_MAX_PENDING=1000000)
-#   BENCH_SKIP_BUILD=1    use target/release/vendorhost as it is
+#   BENCH_SKIP_BUILD=1    use target/production/vendorhost as it is
 #   BENCH_BIN=path        use this vendorhost binary (no build; e.g. target/debug/vendorhost)
 #   BENCH_TRIPS_JOBS=2000 jobs per run of the round-trips step (store operations
 #                         and Redis round-trips per sync and per async job)
@@ -54,7 +54,7 @@ CONNS=${BENCH_CONNECTIONS:-200}
 IDS=${BENCH_IDS:-10000}
 SCALE=${BENCH_SCALE:-0}
 ONLY=${BENCH_ONLY:-embedded nx trips cpu wrk scale listing waiters cancel cluster limits fair cache}
-BIN=${BENCH_BIN:-$ROOT/target/release/vendorhost}
+BIN=${BENCH_BIN:-$ROOT/target/production/vendorhost}
 TRIPS_JOBS=${BENCH_TRIPS_JOBS:-2000}
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/vendorhost-bench.XXXXXX")
 RESULTS=$WORK/results.jsonl
@@ -757,8 +757,8 @@ EOF
 # ------------------------------------------------------------------- main
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
-  log "building the release binary"
-  cargo build --release -p vendorhost
+  log "building the production binary (release + thin LTO, Cargo.toml)"
+  cargo build --profile production -p vendorhost
 fi
 [ -x "$BIN" ] || { log "no $BIN: build it first"; exit 1; }
 if [ ! -f plugins/dist/sync.wasm ]; then
