@@ -323,7 +323,7 @@ impl Queue for SqliteQueue {
         Ok(self
             .db
             .read(move |c| {
-                // The expression is the index's (queue_job), so each is a lookup.
+                // request_id is indexed (queue_request): each is a lookup.
                 let mut st = c.prepare_cached("SELECT EXISTS (SELECT 1 FROM queue WHERE request_id = ?1)")?;
                 ids.iter().map(|id| st.query_row([id], |r| r.get::<_, bool>(0))).collect()
             })

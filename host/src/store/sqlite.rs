@@ -447,14 +447,14 @@ impl Store for SqliteStore {
         let log = attempt_json(attempt)?;
         self.db
             .write(move |c| {
-                if let Some((record, keep)) = &log {
-                    append_attempt(c, &id, record, *keep)?;
-                }
-                c.prepare_cached(
-                    "UPDATE jobs SET error = ?2, updated_at = ?3, due_at = ?4
-                     WHERE request_id = ?1 AND status IN ('pending', 'processing')",
-                )?
-                .execute(params![id, err, now, due])
+                with_history(c, &id, log.as_ref(), |history| {
+                    c.prepare_cached(
+                        "UPDATE jobs SET error = ?2, updated_at = ?3, due_at = ?4,
+                           attempts_log = COALESCE(?5, attempts_log)
+                         WHERE request_id = ?1 AND status IN ('pending', 'processing')",
+                    )?
+                    .execute(params![id, err, now, due, history])
+                })
             })
             .await?;
         Ok(())
@@ -993,14 +993,14 @@ fn vendor_ref_row(
     now: Millis,
     log: Option<&(serde_json::Value, usize)>,
 ) -> rusqlite::Result<usize> {
-    if let Some((record, keep)) = log {
-        append_attempt(c, id, record, *keep)?;
-    }
-    c.prepare_cached(
-        "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL
-         WHERE request_id = ?1 AND status = 'processing'",
-    )?
-    .execute(params![id, vendor_ref, deadline, now])
+    with_history(c, id, log, |history| {
+        c.prepare_cached(
+            "UPDATE jobs SET vendor_ref = ?2, webhook_deadline = ?3, updated_at = ?4, due_at = NULL,
+               attempts_log = COALESCE(?5, attempts_log)
+             WHERE request_id = ?1 AND status = 'processing'",
+        )?
+        .execute(params![id, vendor_ref, deadline, now, history])
+    })
 }
 
 /// The job's end (`Store::finish`): the row changes only from `pending` or
@@ -1014,12 +1014,6 @@ fn finish_row(
     log: Option<&(serde_json::Value, usize)>,
     inline: bool,
 ) -> rusqlite::Result<usize> {
-    // The history goes in the same row write as the end (one update of the
-    // row, not two); on its own only when the job had already ended.
-    let history = match log {
-        Some((record, keep)) => history_with(c, id, record, *keep)?,
-        None => None,
-    };
     let (status, result, error, redactions) = match outcome {
         Outcome::Complete { result, redactions } | Outcome::Cached { result, redactions } => {
             ("complete", Some(result.as_str()), None, redactions_text(redactions))
@@ -1029,18 +1023,14 @@ fn finish_row(
     };
     let cached = matches!(outcome, Outcome::Cached { .. });
     // On completion the last retry error is cleared; on failure it is the reason.
-    let n = c
-        .prepare_cached(
+    let n = with_history(c, id, log, |history| {
+        c.prepare_cached(
             "UPDATE jobs SET status = ?2, result = ?3, error = ?4, updated_at = ?5, webhook_deadline = NULL, due_at = NULL,
                redactions = ?6, cached = ?7, attempts_log = COALESCE(?8, attempts_log)
              WHERE request_id = ?1 AND status IN ('pending', 'processing')",
         )?
-        .execute(params![id, status, result, error, now, redactions, cached, history])?;
-    if n == 0
-        && let Some(text) = &history
-    {
-        set_history(c, id, text)?;
-    }
+        .execute(params![id, status, result, error, now, redactions, cached, history])
+    })?;
     if n == 1 && cached && inline {
         // A job answered without a call (a cache hit at submit, a
         // coalesced follower) has no use for its waiting entries:
@@ -1068,6 +1058,30 @@ fn append_attempt(c: &rusqlite::Connection, id: &str, record: &serde_json::Value
         Some(text) => set_history(c, id, &text),
         None => Ok(()),
     }
+}
+
+/// Runs `update` (a write of job `id`'s row that sets `attempts_log` to its
+/// argument when given) with the history `log` appends, so the call is
+/// recorded in the same row update as the state it leads to; when the
+/// update changed no row (the job had moved on: the call did happen), the
+/// history is written on its own. Rows `update` changed.
+fn with_history(
+    c: &rusqlite::Connection,
+    id: &str,
+    log: Option<&(serde_json::Value, usize)>,
+    update: impl FnOnce(Option<&str>) -> rusqlite::Result<usize>,
+) -> rusqlite::Result<usize> {
+    let history = match log {
+        Some((record, keep)) => history_with(c, id, record, *keep)?,
+        None => None,
+    };
+    let n = update(history.as_deref())?;
+    if n == 0
+        && let Some(text) = &history
+    {
+        set_history(c, id, text)?;
+    }
+    Ok(n)
 }
 
 fn set_history(c: &rusqlite::Connection, id: &str, text: &str) -> rusqlite::Result<()> {
