@@ -1054,7 +1054,7 @@ fn attempt_json(attempt: Option<&AttemptLog<'_>>) -> Result<Option<(serde_json::
 /// Appends `record` to job `id`'s history, keeping the latest `keep` (in
 /// the caller's transaction; nothing for an unknown job).
 fn append_attempt(c: &rusqlite::Connection, id: &str, record: &serde_json::Value, keep: usize) -> rusqlite::Result<()> {
-    match history_with(c, id, record, keep)? {
+    match appended_history(c, id, record, keep)? {
         Some(text) => set_history(c, id, &text),
         None => Ok(()),
     }
@@ -1072,7 +1072,7 @@ fn with_history(
     update: impl FnOnce(Option<&str>) -> rusqlite::Result<usize>,
 ) -> rusqlite::Result<usize> {
     let history = match log {
-        Some((record, keep)) => history_with(c, id, record, *keep)?,
+        Some((record, keep)) => appended_history(c, id, record, *keep)?,
         None => None,
     };
     let n = update(history.as_deref())?;
@@ -1091,7 +1091,7 @@ fn set_history(c: &rusqlite::Connection, id: &str, text: &str) -> rusqlite::Resu
 
 /// Job `id`'s history as JSON text with `record` appended and the latest
 /// `keep` kept; None for an unknown job.
-fn history_with(
+fn appended_history(
     c: &rusqlite::Connection,
     id: &str,
     record: &serde_json::Value,
