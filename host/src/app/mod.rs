@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{self, AppState, MetricsState};
+use crate::api::{self, AppShared, AppState, MetricsState};
 use crate::config::Config;
 use crate::jobs::callbacks::Callbacks;
 use crate::jobs::cancel::CancelBus;
@@ -180,7 +180,7 @@ pub async fn run(
 
     let server = match listener {
         Some(listener) => {
-            let state = AppState {
+            let state = AppState::new(AppShared {
                 service: Arc::new(JobService {
                     store: backends.store.clone(),
                     queue: backends.queue.clone(),
@@ -211,7 +211,7 @@ pub async fn run(
                 auth: Arc::new(cfg.auth.clone()),
                 metrics: metrics.clone(),
                 liveness: liveness.clone(),
-            };
+            });
             let router = api::router(state);
             let opts = api::serve::ServeOptions::from_settings(&cfg.api);
             let mut rx = stop_rx.clone();
