@@ -183,18 +183,20 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             let Some(permit) = permits.pop() else { break };
             let ctx = ctx.clone();
             let in_flight = in_flight.clone();
+            // Parsed once here for the in-flight map, the hand and the job.
+            let decoded = Message::decode(&lease.payload);
             if let Ok(mut m) = in_flight.lock() {
-                m.insert(lease.entry_id.clone(), (lease.clone(), Message::decode(&lease.payload).ok()));
+                m.insert(lease.entry_id.clone(), (lease.clone(), decoded.as_ref().ok().cloned()));
             }
             // Counted in hand (a limited vendor's job before its rate
             // limit) until `fair_rate_limit` lets it go, or the task ends.
-            let hand = match Message::decode(&lease.payload) {
+            let hand = match &decoded {
                 Ok(m) => ctx.vendor_holds.hand(&m.vendor),
                 Err(_) => crate::jobs::vendor_holds::Hand::none(),
             };
             tasks.spawn(IN_HAND.scope(std::cell::RefCell::new(Some(hand)), async move {
                 let id = lease.entry_id.clone();
-                handle(&ctx, lease, permit).await;
+                handle(&ctx, lease, decoded, permit).await;
                 if let Ok(mut m) = in_flight.lock() {
                     m.remove(&id);
                 }
@@ -398,8 +400,8 @@ fn jitter(d: Duration) -> Duration {
     d + Duration::from_millis(extra)
 }
 
-async fn handle(ctx: &WorkerCtx, lease: Lease, _slot: OwnedSemaphorePermit) {
-    let msg = match Message::decode(&lease.payload) {
+async fn handle(ctx: &WorkerCtx, lease: Lease, decoded: Result<Message, String>, _slot: OwnedSemaphorePermit) {
+    let msg = match decoded {
         Ok(m) => m,
         Err(reason) => {
             tracing::warn!(entry = %lease.entry_id, reason = %reason, "malformed queue entry dead-lettered");
