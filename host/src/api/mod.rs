@@ -45,7 +45,7 @@ pub use metrics::MetricsState;
 
 /// What every handler reads. axum clones it for each request (the router's
 /// state, and again for each `State` extractor), so it is one `Arc`: a clone
-/// is one reference count instead of one per field. With fifteen fields
+/// is one reference count instead of one per field. With thirteen fields
 /// the counts, bouncing between cores, cost ~7 % of a `GET /jobs/{id}`'s
 /// CPU in a profile (issue 24).
 #[derive(Clone)]
