@@ -10,7 +10,7 @@
 //! each runs under.
 //!
 //! `cargo bench -p vendorhost --bench plugins` (release). `BENCH_ITERS`
-//! changes the iteration count (default 10 000); `BENCH_ONLY=info|echo|http|compile|clean|langs`
+//! changes the iteration count (default 10 000); `BENCH_PLUGIN_ONLY=info|echo|http|compile|clean|langs`
 //! runs one part (for profiling). Needs the built plugins (`make build-plugins`).
 
 use std::path::{Path, PathBuf};
@@ -75,7 +75,7 @@ async fn run(iters: usize) {
 
     println!("plugin call cost: {iters} iterations each (after {} warm-up), fresh Store per call", iters / 10);
     println!("{:<40} {:>9} {:>9} {:>9} {:>10}", "", "p50 µs", "p99 µs", "mean µs", "p50/goal");
-    let only = std::env::var("BENCH_ONLY").unwrap_or_default();
+    let only = std::env::var("BENCH_PLUGIN_ONLY").unwrap_or_default();
     let on = |part: &str| only.is_empty() || only == part;
     if on("info") {
         let info = measure(iters, || async { runtime.info(&echo.pre, none.clone()).await.unwrap() }).await;
