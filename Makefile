@@ -1,7 +1,7 @@
 # vendorhost — the two commands README promises:
 #   make run    build the sample plugins and the host, start the embedded default on :8000
 #   make test   install what the tests need where missing, then run every test
-.PHONY: run test build build-plugins test-deps lint demo compose-check bench hostile chaos
+.PHONY: run test build build-plugins test-deps lint demo compose-check bench hostile chaos pgo
 
 CARGO ?= cargo
 
@@ -77,6 +77,11 @@ compose-check: .env
 # BENCH_SECONDS=10 per run, BENCH_SCALE=1 adds the 1M-pending run).
 bench: build-plugins
 	@bash scripts/bench.sh
+
+# Opt-in: the production binary with profile-guided optimisation (scripts/pgo.sh; two full builds and a
+# training run under the bench's load; into target/pgo/production/vendorhost; README, issue 24).
+pgo: build-plugins
+	@bash scripts/pgo.sh
 
 # The production shape under crashes (scripts/chaos.py; README: Reliability):
 # Redis (AOF, appendfsync always), nx-27017, the api, two workers and both mock
