@@ -16,6 +16,7 @@ pub const PLUGIN_PEAK_MEMORY: &str = "vendorhost_plugin_peak_memory_bytes";
 pub const KEY_SUBMITS_REFUSED: &str = "vendorhost_key_submits_refused_total";
 pub const JOB_RETRIES: &str = "vendorhost_job_retries_total";
 pub const RATE_LIMIT_DELAY: &str = "vendorhost_rate_limit_delay_seconds";
+pub const RATE_LIMIT_LEASE_SLOTS: &str = "vendorhost_rate_limit_lease_slots_total";
 pub const VENDOR_CALL: &str = "vendorhost_vendor_call_seconds";
 pub const QUEUE_ERRORS: &str = "vendorhost_queue_errors_total";
 pub const LEASES_LOST: &str = "vendorhost_leases_lost_total";
@@ -172,6 +173,10 @@ pub fn describe() {
         "Vendor calls that failed with a retryable error and will be retried, by vendor and error kind."
     );
     describe_histogram!(RATE_LIMIT_DELAY, "How long a job was delayed for a rate-limit slot, in seconds, by vendor.");
+    describe_counter!(
+        RATE_LIMIT_LEASE_SLOTS,
+        "Calls whose rate-limit slot was taken with their lease (no ask of their own; Redis queue on one node), by vendor."
+    );
     describe_histogram!(VENDOR_CALL, "Duration of plugin fetch calls, in seconds, by vendor and outcome.");
     describe_counter!(QUEUE_ERRORS, "Queue or store operations that failed in the worker, by operation.");
     describe_counter!(

@@ -26,7 +26,7 @@ use crate::limits::{LimitError, Quota, RateLimiter};
 use crate::model::{ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, DeadLetter, Job, Outcome, millis, now_ms};
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::{Policies, Resolved};
-use crate::queue::{Lease, Message, Queue};
+use crate::queue::{Lease, LeaseOptions, Message, Queue, SlotAsk};
 use crate::store::{Attempt, AttemptLog, Store};
 use crate::telemetry;
 
@@ -162,7 +162,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
                 Err(_) => break,
             }
         }
-        let options = ctx.vendor_holds.lease_options(now_ms());
+        let mut options = ctx.vendor_holds.lease_options(now_ms());
+        if ctx.queue.takes_slots() {
+            options.slots = slot_asks(&ctx, &options);
+        }
         let leased = tokio::select! {
             r = ctx.queue.lease_with(&ctx.consumer, permits.len(), ctx.settings.lease, ctx.settings.poll, &options) => r,
             _ = shutdown.changed() => continue,
@@ -204,6 +207,27 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
         }
     }
     drain(&ctx, tasks, in_flight).await;
+}
+
+/// The rate limits a lease may take slots of (issue 24: a sync job's Redis
+/// round trips are then enqueue, lease and ack): each loaded vendor this
+/// process has called, at the quota it last learned (see
+/// `RateLimiter::lease_slot`), but not one it holds or limits (its jobs take
+/// their turns in line, see `fair_rate_limit`). A slot taken for a job the
+/// gate then turns away (paused meanwhile, bulkhead full, breaker open) is
+/// not used: the limit can be under-used, never exceeded.
+fn slot_asks(ctx: &WorkerCtx, options: &LeaseOptions) -> Vec<SlotAsk> {
+    let snapshot = ctx.registry.snapshot();
+    snapshot
+        .plugins
+        .iter()
+        .filter(|(vendor, _)| !options.limited.iter().any(|(v, _)| v == *vendor))
+        .filter_map(|(vendor, plugin)| {
+            let (key, quota) = ctx.limiter.lease_slot(vendor, ctx.policies.for_plugin(plugin).quota)?;
+            let interval = crate::limits::local::emission_interval(quota).ok()?;
+            Some(SlotAsk { vendor: vendor.clone(), key, interval_us: interval.as_secs_f64() * 1e6, burst: quota.burst })
+        })
+        .collect()
 }
 
 /// How often a paused loop asks the store again, and tells `/healthz` it is
@@ -760,7 +784,7 @@ async fn call(
     lead: Option<&result_cache::Lead>,
 ) -> Result<(), StepError> {
     let vendor = msg.vendor.clone();
-    let (_bulkhead, probe) = match gate(ctx, &vendor, policy).await {
+    let (_bulkhead, probe) = match gate(ctx, &vendor, policy, lease.slot).await {
         Gate::Pass { bulkhead, probe } => (bulkhead, probe),
         Gate::Wait { wait, why } => {
             if let Some(l) = lead {
@@ -904,11 +928,7 @@ async fn learned_quota(ctx: &WorkerCtx, vendor: &str, quota: Quota) -> Result<Qu
         // one instant (the rate limit books turns from there on).
         return Err(jitter_up(at_or_after(p), p / 10));
     }
-    if learned.rate >= quota.rate {
-        return Ok(quota);
-    }
-    // Below the configured rate: no burst above it either.
-    Ok(Quota { rate: crate::limits::learned::quantized(learned.rate, quota.rate), burst: 1 })
+    Ok(crate::limits::learned::quota_under(quota, learned.rate))
 }
 
 /// `d` plus up to `spread`, at random.
@@ -974,8 +994,9 @@ enum Gate {
 }
 
 /// The checks before a call, cheapest first: the vendor's bulkhead (calls in
-/// flight in this process), its rate limit, its circuit breaker.
-async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
+/// flight in this process), its rate limit (unless `slot`: the lease took
+/// one), its circuit breaker.
+async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved, slot: bool) -> Gate {
     let Some(bulkhead) = ctx.policies.try_bulkhead(vendor, policy.max_in_flight) else {
         return Gate::Wait { wait: jitter(Duration::from_millis(50)), why: "bulkhead" };
     };
@@ -990,12 +1011,18 @@ async fn gate(ctx: &WorkerCtx, vendor: &str, policy: &Resolved) -> Gate {
             return Gate::Wait { wait, why: "vendor_paused" };
         }
     };
-    match rate_limit(ctx, vendor, quota).await {
-        None => {}
-        Some(Ok(wait)) => return Gate::Wait { wait, why: "rate_limit" },
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
-            return Gate::Wait { wait: jitter(Duration::from_secs(1)), why: "limiter_error" };
+    if slot {
+        // Past the limit already: no longer in hand (see `fair_rate_limit`).
+        drop(IN_HAND.try_with(|h| h.borrow_mut().take()).ok().flatten());
+        metrics::counter!(telemetry::RATE_LIMIT_LEASE_SLOTS, "vendor" => vendor.to_string()).increment(1);
+    } else {
+        match rate_limit(ctx, vendor, quota).await {
+            None => {}
+            Some(Ok(wait)) => return Gate::Wait { wait, why: "rate_limit" },
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "rate limiter unavailable; delaying job");
+                return Gate::Wait { wait: jitter(Duration::from_secs(1)), why: "limiter_error" };
+            }
         }
     }
     match ctx.breakers.admit(vendor, &policy.breaker).await {

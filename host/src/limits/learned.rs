@@ -105,6 +105,15 @@ pub fn quantized(learned: f64, configured: f64) -> f64 {
     ((learned / step).floor() * step).max(configured * FLOOR)
 }
 
+/// The quota to limit calls by at the learned rate: the configured one, or
+/// below it the quantized learned rate with no burst above it.
+pub fn quota_under(quota: super::Quota, learned_rate: f64) -> super::Quota {
+    if learned_rate >= quota.rate {
+        return quota;
+    }
+    super::Quota { rate: quantized(learned_rate, quota.rate), burst: 1 }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -63,6 +63,15 @@ pub trait RateLimiter: Send + Sync + 'static {
         linger: Duration,
     ) -> Result<Option<Duration>, LimitError>;
 
+    /// Where a lease may take a slot of `vendor`'s limit itself (issue 24:
+    /// no ask of its own per call): the GCRA key, and `quota` at the rate
+    /// this process last read the vendor taught (see `learned`). None: not
+    /// a shared GCRA key, nothing read yet, or paused as last read.
+    fn lease_slot(&self, vendor: &str, quota: Quota) -> Option<(String, Quota)> {
+        let _ = (vendor, quota);
+        None
+    }
+
     /// What the fleet has learned about `vendor` (configured rate
     /// `configured`): its learned rate and any pause in force.
     async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError>;

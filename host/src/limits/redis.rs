@@ -18,6 +18,10 @@
 //! [`LEARNED_FRESH`] per vendor (issue 24: one round trip less per call); a
 //! pause taught elsewhere reaches it that much later at most, one taught
 //! here at once.
+//!
+//! A lease may take a vendor's slot itself (`lease_slot`: the key and the
+//! quota; the Redis queue's dispatch script runs `GCRA_N`'s step for one
+//! call on it), so a job leased with its slot asks nothing here.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -235,6 +239,15 @@ impl RateLimiter for RedisLimiter {
         linger: Duration,
     ) -> Result<Option<Duration>, LimitError> {
         self.book(vendor, quota, linger).await
+    }
+
+    fn lease_slot(&self, vendor: &str, quota: Quota) -> Option<(String, Quota)> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let (l, configured, at) = seen.get(vendor)?;
+        if *configured != quota.rate || l.paused_for.is_some_and(|p| p > at.elapsed()) {
+            return None;
+        }
+        Some((self.key(vendor), learned::quota_under(quota, l.rate)))
     }
 
     async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError> {

@@ -127,6 +127,10 @@ pub struct Lease {
     pub consumer: String,
     /// This holding's fencing token.
     pub token: u64,
+    /// A slot of its vendor's rate limit was taken for it in the lease's
+    /// own round trip (see [`LeaseOptions::slots`]): the worker calls
+    /// without asking the limiter.
+    pub slot: bool,
 }
 
 /// What a worker knows about vendors when it leases: those it may not call
@@ -135,12 +139,29 @@ pub struct Lease {
 /// entries (the slots about to free; more would only go round through the
 /// limiter). Honoured by queues that say [`Queue::vendor_aware`]; others
 /// lease as if it were empty.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LeaseOptions {
     /// Vendors skipped until the time given (epoch ms).
     pub blocked: Vec<(String, Millis)>,
     /// Vendors of which one lease call takes at most this many entries.
     pub limited: Vec<(String, usize)>,
+    /// Rate limits a queue that [`Queue::takes_slots`] takes a slot of for
+    /// each entry of their vendor it hands out, while one is free.
+    pub slots: Vec<SlotAsk>,
+}
+
+/// One vendor's rate limit as the lease may take a slot of it: the
+/// limiter's GCRA key (its theoretical arrival time, in microseconds on
+/// Redis' clock) and the quota in force (see `limits::redis`, whose
+/// one-call step the lease repeats).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlotAsk {
+    pub vendor: String,
+    pub key: String,
+    /// The emission interval, in microseconds (may be fractional).
+    pub interval_us: f64,
+    /// At least 1.
+    pub burst: u32,
 }
 
 #[async_trait]
@@ -172,6 +193,14 @@ pub trait Queue: Send + Sync + 'static {
     /// do; a new backend says false until it orders fairly (first in,
     /// first out: refused jobs are then booked turns).
     fn vendor_aware(&self) -> bool {
+        false
+    }
+
+    /// Whether lease calls take rate-limit slots ([`LeaseOptions::slots`]):
+    /// the queue and the limiter's keys are on one server its scripts may
+    /// span (the Redis queue on one node; not on a cluster, where a
+    /// partition's script reaches its own slot only).
+    fn takes_slots(&self) -> bool {
         false
     }
 

@@ -167,6 +167,7 @@ impl Queue for SqliteQueue {
                             lease_for: lease,
                             consumer: consumer.clone(),
                             token: t.token.max(0) as u64,
+                            slot: false,
                         })
                         .collect();
                     let next = if rows.is_empty() { fair::next_wake(c, blocked_until)? } else { None };

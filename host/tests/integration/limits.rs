@@ -266,3 +266,50 @@ async fn redis_breakers_lose_no_outcome() {
     assert_eq!(concurrent_records(1000, 10).await, 160);
     assert_eq!(concurrent_records(50, 10).await, 50);
 }
+
+/// Issue 24: on one Redis node a lease takes its job's rate-limit slot in
+/// its own round trip, from the limiter's own GCRA key: a fresh limit gives
+/// exactly its burst of the vendor's entries a slot (the others none), and
+/// the limiter then refuses (one limit, not two). A Redis Cluster's queue
+/// takes none (a partition's script reaches its own slot only).
+#[tokio::test]
+async fn a_lease_takes_slots_of_the_limiters_own_limit() {
+    use vendorhost::queue::redis::RedisQueue;
+    use vendorhost::queue::{LeaseOptions, Message, Queue, SlotAsk};
+    let prefix = servers::unique("vh");
+    let queue = RedisQueue::connect(&servers::redis().url, &prefix).await.unwrap();
+    assert!(queue.takes_slots());
+    let l = limiter(&prefix).await;
+    let quota = Quota { rate: 1.0, burst: 2 };
+    // Nothing read of what the vendor taught yet: no slot offered.
+    assert!(l.lease_slot("v", quota).is_none());
+    l.learned("v", quota.rate).await.unwrap();
+    let (key, at) = l.lease_slot("v", quota).expect("a slot offered once learned limits are read");
+    assert_eq!(at, quota);
+    let msgs: Vec<Message> =
+        ["a", "b", "c"].iter().map(|id| Message::new(*id, "v")).chain([Message::new("d", "other")]).collect();
+    queue.enqueue(&msgs).await.unwrap();
+    let slots = vec![SlotAsk { vendor: "v".into(), key, interval_us: 1e6, burst: 2 }];
+    let options = LeaseOptions { slots, ..Default::default() };
+    let leases = queue.lease_with("c1", 10, Duration::from_secs(30), Duration::ZERO, &options).await.unwrap();
+    assert_eq!(leases.len(), 4);
+    let slotted: Vec<Message> =
+        leases.iter().filter(|l| l.slot).map(|l| Message::decode(&l.payload).unwrap()).collect();
+    assert_eq!(slotted.len(), 2, "{leases:?}");
+    assert!(slotted.iter().all(|m| m.vendor == "v"));
+    // The limiter's own limit is what the lease spent: the next call waits
+    // for the next slot, about a second away.
+    let wait = l.acquire("v", quota).await.unwrap().expect("the burst was taken by the lease");
+    assert!(wait > Duration::from_millis(500), "{wait:?}");
+    // Acked and leased again, an entry gets no slot without an ask.
+    for lease in &leases {
+        queue.ack(lease).await.unwrap();
+    }
+    queue.enqueue(&[Message::new("e", "v")]).await.unwrap();
+    let again = queue.lease("c1", 10, Duration::from_secs(30), Duration::ZERO).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert!(!again[0].slot);
+
+    let cluster = RedisQueue::connect(&servers::redis_cluster().url, &prefix).await.unwrap();
+    assert!(!cluster.takes_slots());
+}

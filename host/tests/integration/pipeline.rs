@@ -612,3 +612,33 @@ async fn redis_queue_with_the_embedded_store() {
     assert_eq!(app.wait_terminal(&id, LONG).await["status"], "complete");
     app.stop().await;
 }
+
+/// Issue 24: on one Redis node a job's rate-limit slot is taken with its
+/// lease (no ask of its own), once the worker has read what the vendor
+/// taught (in its first job's gate): jobs one after another, under a limit
+/// they never reach, all complete and all but the first two came with their
+/// slot (the second job's lease call was made, and waited, before the first
+/// job's gate ran). The counter is the process's, which other tests running
+/// beside this one may add to: at least that many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_one_redis_node_the_lease_takes_the_rate_limit_slot() {
+    const JOBS: usize = 6;
+    let p = sample_plugins();
+    let d = tempfile::tempdir().unwrap();
+    let mut cfg = embedded_config(d.path(), p.path());
+    cfg.queue = servers::redis().url.clone();
+    cfg.redis_prefix = servers::unique("vh");
+    let v = cfg.vendors.entry("sync".into()).or_default();
+    v.rate = Some(1000.0);
+    v.burst = Some(10);
+    let app = TestApp::start(cfg).await;
+    let slots = || counter(&app, "vendorhost_rate_limit_lease_slots_total", &[("vendor", "sync")]);
+    let before = slots().await;
+    for i in 0..JOBS {
+        let id = app.submit("sync", json!(format!("one at a time {i}"))).await;
+        assert_eq!(app.wait_terminal(&id, LONG).await["status"], "complete");
+    }
+    let taken = slots().await - before;
+    assert!(taken >= (JOBS - 2) as f64, "only {taken} of {JOBS} jobs came with their slot");
+    app.stop().await;
+}

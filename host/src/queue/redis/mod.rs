@@ -43,7 +43,10 @@
 //!   nothing, pushed when entries join lanes.
 //!
 //! Leasing is vendor-aware ([`LeaseOptions`]): held vendors are skipped by
-//! the dispatch script, limited ones give a few entries per call.
+//! the dispatch script, limited ones give a few entries per call. On one
+//! node the script also takes each entry's rate-limit slot where the worker
+//! names its vendor's limit (`takes_slots`; a cluster's partition script
+//! cannot reach the limiter's slot, so there the worker asks the limiter).
 //!
 //! A lease takes from every partition fairly: each call starts at the next
 //! partition and dispatches from each; empty-handed, it waits on its first
@@ -68,7 +71,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fair::Fairness;
-use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result};
+use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result, SlotAsk};
 use crate::model::{DeadLetter, Millis, millis, now_ms};
 use crate::redis_conn::{BlockingConn, RedisConn, SharedConn};
 use crate::telemetry;
@@ -365,14 +368,24 @@ impl RedisQueue {
                 let deliveries = deliveries.clamp(1, u32::MAX as usize) as u32;
                 let consumer = consumer.to_string();
                 let entry_id = entry_id(p, &id, n);
-                Lease { entry_id, payload, deliveries, lease_for: lease, consumer, token: u64::from(deliveries) }
+                Lease {
+                    entry_id,
+                    payload,
+                    deliveries,
+                    lease_for: lease,
+                    consumer,
+                    token: u64::from(deliveries),
+                    slot: false,
+                }
             })
             .collect())
     }
 
     /// Moves up to `count` waiting entries of partition `p` onto its stream
     /// in fair order (skipping `skip`, taking at most the cap of each of
-    /// `caps`) and reads them for `consumer`.
+    /// `caps`) and reads them for `consumer`, taking a slot of each of
+    /// `slots` for its vendor's entries while one is free (not on a
+    /// cluster: see `takes_slots`).
     async fn dispatch(
         &self,
         p: usize,
@@ -380,25 +393,32 @@ impl RedisQueue {
         count: usize,
         lease: Duration,
         skip: &[&str],
-        caps: &[(String, usize)],
+        options: &LeaseOptions,
     ) -> Result<Vec<Lease>> {
         let keys = self.keys(p);
+        let caps = &options.limited;
+        let slots: &[SlotAsk] = if self.takes_slots() { &options.slots } else { &[] };
         let mut inv = self.dispatch.key(&keys.jobs);
         inv.arg(&keys.base).arg(GROUP).arg(consumer).arg(count).arg(skip.len()).arg(skip).arg(caps.len());
         for (vendor, cap) in caps {
             inv.arg(vendor).arg(*cap);
         }
+        inv.arg(slots.len());
+        for ask in slots {
+            inv.key(&ask.key).arg(&ask.vendor).arg(ask.interval_us).arg(ask.burst.max(1));
+        }
         let raw: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let n = self.parts.len();
         Ok(parse_dispatched(raw)?
             .into_iter()
-            .map(|(id, payload)| Lease {
+            .map(|(id, payload, slot)| Lease {
                 payload,
                 entry_id: entry_id(p, &id, n),
                 deliveries: 1,
                 lease_for: lease,
                 consumer: consumer.to_string(),
                 token: 1,
+                slot,
             })
             .collect())
     }
@@ -662,9 +682,7 @@ impl Queue for RedisQueue {
                 }
                 let p = (start + i) % n;
                 let room = max - out.len();
-                out.extend(
-                    self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, &options.limited)).await?,
-                );
+                out.extend(self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, options)).await?);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !out.is_empty() || remaining.is_zero() {
@@ -688,6 +706,10 @@ impl Queue for RedisQueue {
 
     fn vendor_aware(&self) -> bool {
         true
+    }
+
+    fn takes_slots(&self) -> bool {
+        !self.redis.is_cluster()
     }
 
     async fn extend(&self, lease: &Lease) -> Result<bool> {

@@ -91,13 +91,20 @@ return n
 /// onto the stream in fair order and reads them for the caller through the
 /// group. KEYS = stream; ARGV[1] = base, ARGV[2] = group, ARGV[3] =
 /// consumer, ARGV[4] = max, then a count and that many vendors to skip,
-/// then a count and that many (vendor, cap) pairs. Vendors take turns
+/// then a count and that many (vendor, cap) pairs, then a count and that
+/// many (vendor, interval µs, burst) rate limits whose GCRA keys are
+/// KEYS[2..] in the same order (on one node only: those keys are not the
+/// partition's). Vendors take turns
 /// (round-robin, from the one after the last served); within a vendor the
 /// lane of the lowest head tag gives its best-ranked entry and its lowest
 /// tag (priority reorders a key's own turns only); the vendor's virtual
 /// time V moves up to that tag. The entry is written with its rank `r`, tag
 /// `t` and sequence `s`, which a release gives back. Entries already on the stream and
 /// undelivered (written by an older version, or by hand) are read first.
+/// For each entry read of a vendor with a limit given, one slot of it is
+/// taken while one is free: the step of `limits::redis`'s `GCRA_N` for one
+/// call (same key, same clock), and the entry's fields get `g`, `1` in the
+/// reply (not on the stream).
 /// Returns {id, fields, id, fields, ...}.
 pub const DISPATCH: &str = r#"
 local stream, base = KEYS[1], ARGV[1]
@@ -107,6 +114,23 @@ local skip, caps = {}, {}
 for _ = 1, tonumber(ARGV[i]) do skip[ARGV[i + 1]] = true; i = i + 1 end
 i = i + 1
 for _ = 1, tonumber(ARGV[i]) do caps[ARGV[i + 1]] = tonumber(ARGV[i + 2]); i = i + 2 end
+i = i + 1
+local slots, any_slot = {}, false
+for k = 1, tonumber(ARGV[i] or '0') do
+  slots[ARGV[i + 1]] = {KEYS[k + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+  any_slot = true
+  i = i + 3
+end
+
+local function take(key, t, burst, now)
+  local tat = tonumber(redis.call('GET', key) or '') or now
+  if tat < now then tat = now end
+  if now < tat - (burst - 1) * t then return false end
+  tat = tat + t
+  local px = math.ceil((tat - now) / 1000) + 1
+  redis.call('SET', key, string.format('%.0f', math.ceil(tat)), 'PX', string.format('%.0f', px))
+  return true
+end
 
 local function pop(vendor)
   local lanes = base .. ':lanes:' .. vendor
@@ -169,9 +193,26 @@ end
 local out = {}
 local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max, 'STREAMS', stream, '>')
 if r then
+  local now = nil
   for _, e in ipairs(r[1][2]) do
+    local f = e[2]
+    if any_slot then
+      local payload = nil
+      for j = 1, #f - 1, 2 do if f[j] == 'm' then payload = f[j + 1] end end
+      local s = payload and slots[(meta(payload))]
+      if s then
+        if not now then
+          local clock = redis.call('TIME')
+          now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+        end
+        if take(s[1], s[2], s[3], now) then
+          f[#f + 1] = 'g'
+          f[#f + 1] = '1'
+        end
+      end
+    end
     out[#out + 1] = e[1]
-    out[#out + 1] = e[2]
+    out[#out + 1] = f
   end
 end
 return out

@@ -88,8 +88,9 @@ fn fields_payload(fields: &Value) -> Option<String> {
 }
 
 /// Parses the dispatch script's reply, `{id, fields, id, fields, ...}`,
-/// into (stream id, payload) pairs.
-pub fn parse_dispatched(v: Value) -> Result<Vec<(String, String)>> {
+/// into (stream id, payload, slot taken) triples: the script adds field
+/// `g` = `1` to an entry it took a rate-limit slot for.
+pub fn parse_dispatched(v: Value) -> Result<Vec<(String, String, bool)>> {
     let items = match v {
         Value::Array(items) => items,
         Value::Nil => return Ok(Vec::new()),
@@ -98,10 +99,16 @@ pub fn parse_dispatched(v: Value) -> Result<Vec<(String, String)>> {
     Ok(items
         .chunks(2)
         .filter_map(|pair| match pair {
-            [id, fields] => Some((text(id)?, fields_payload(fields).unwrap_or_default())),
+            [id, fields] => Some((text(id)?, fields_payload(fields).unwrap_or_default(), slot_taken(fields))),
             _ => None,
         })
         .collect())
+}
+
+/// Whether the fields carry the dispatch script's `g` = `1`.
+fn slot_taken(fields: &Value) -> bool {
+    let Value::Array(kv) = fields else { return false };
+    kv.chunks(2).any(|p| matches!(p, [k, v] if text(k).as_deref() == Some("g") && text(v).as_deref() == Some("1")))
 }
 
 fn ids_of(v: Value) -> Vec<String> {
