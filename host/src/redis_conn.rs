@@ -204,6 +204,51 @@ pub fn vendor_key(prefix: &str, vendor: &str, what: &str) -> String {
     format!("{{{prefix}:v:{vendor}}}:{what}")
 }
 
+/// Keys a script read for its caller beside its own work, on one node
+/// (issue 24: the lease reads what the worker's gate would otherwise ask
+/// for in round trips of its own; see `queue::LeaseOptions`). The readers
+/// (the rate limiter, the breakers) name their keys and make sense of the
+/// values; the queue only carries them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Peeked {
+    /// Redis' clock when the keys were read, in epoch milliseconds.
+    pub clock_ms: i64,
+    /// Each key read: its value (None: the key does not exist). A key not
+    /// in the map was not read.
+    pub values: std::collections::HashMap<String, Option<Peek>>,
+}
+
+/// One key's value as read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Peek {
+    Text(String),
+    /// A hash's fields.
+    Hash(std::collections::HashMap<String, String>),
+}
+
+impl Peeked {
+    /// Whether `key` was read.
+    pub fn has(&self, key: &str) -> bool {
+        self.values.contains_key(key)
+    }
+
+    /// `key`'s text, if it was read and holds a string.
+    pub fn text(&self, key: &str) -> Option<&str> {
+        match self.values.get(key) {
+            Some(Some(Peek::Text(t))) => Some(t),
+            _ => None,
+        }
+    }
+
+    /// `key`'s field `field`, if it was read and holds a hash with it.
+    pub fn field(&self, key: &str, field: &str) -> Option<&str> {
+        match self.values.get(key) {
+            Some(Some(Peek::Hash(h))) => h.get(field).map(String::as_str),
+            _ => None,
+        }
+    }
+}
+
 /// Keepalive on every socket: a peer that vanished (host down, connection
 /// state lost on the path) is noticed even on an idle connection.
 fn tcp_settings() -> TcpSettings {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::BreakerPolicy;
 use crate::model::millis as ms;
+use crate::redis_conn::Peeked;
 use crate::telemetry;
 
 pub use local::LocalBreakers;
@@ -57,6 +58,19 @@ pub trait Breakers: Send + Sync + 'static {
     /// Records the outcome of a call that `admit` allowed.
     async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError>;
     async fn snapshot(&self, vendor: &str) -> Result<BreakerSnapshot, BreakerError>;
+
+    /// Keys of `vendor`'s breaker that a lease may read for it in its own
+    /// round trip (see `queue::SlotAsk::peek`); none by default.
+    fn peek_keys(&self, vendor: &str) -> Vec<String> {
+        let _ = vendor;
+        Vec::new()
+    }
+
+    /// What a lease read of `peek_keys(vendor)`: used as if read just now
+    /// (nothing happens if the keys were not read).
+    fn peeked(&self, vendor: &str, read: &Peeked) {
+        let _ = (vendor, read);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -18,6 +18,16 @@
 //! a slow call or a probe flushes it at once, in order); so while all is
 //! well a worker writes each breaker at most ~10 times a second whatever
 //! its rate (at most that much of successes is lost if the process dies).
+//!
+//! On one Redis node a lease reads the breaker of each vendor it hands out
+//! an entry of (`peek_keys`, `peeked`), so while leases come the gate never
+//! reads it on its own; and a write starts from the value read or written
+//! here within [`CLOSED_FRESH`] (compare-and-set against it; a stale one
+//! fails and is read again), so a batch that leaves it as seen (quiet
+//! successes on a window full of them) costs no round trip at all. Such
+//! successes are then not written: another process's failures written in
+//! the meantime are weighed without them until this one reads the change
+//! (its next lease, or [`CLOSED_FRESH`] later).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,7 +42,7 @@ use super::{Admission, BreakerError, BreakerSnapshot, BreakerState, Breakers, Ca
 use crate::batch::Pending;
 use crate::config::BreakerPolicy;
 use crate::model::now_ms;
-use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
+use crate::redis_conn::{Peeked, RedisConn, SharedConn, vendor_key};
 
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Compare-and-set attempts before giving up on a contended breaker.
@@ -69,9 +79,17 @@ struct Inner {
     /// Outcomes waiting for the next write, by vendor (bounded by the
     /// vendors called; each list by the calls in flight).
     pending: Mutex<HashMap<String, Arc<Writes>>>,
-    /// Whether this process last saw each vendor's breaker closed, and
-    /// when (bounded by the vendors called).
-    seen: Mutex<HashMap<String, (bool, Instant)>>,
+    /// Each vendor's breaker as this process last read or wrote it
+    /// (bounded by the vendors called).
+    seen: Mutex<HashMap<String, Seen>>,
+}
+
+/// A breaker's stored value as last read or written here, and when.
+struct Seen {
+    /// The value (None: no key).
+    raw: Option<String>,
+    closed: bool,
+    at: Instant,
 }
 
 /// One vendor's outcomes waiting to be written, and the bell that cuts a
@@ -118,26 +136,29 @@ impl Inner {
     async fn load(&self, key: &str, vendor: &str) -> Result<(Option<String>, BreakerState), BreakerError> {
         let mut conn = self.conn.clone();
         let raw: Option<String> = bounded(conn.get(key)).await?;
-        let state = match raw.as_deref().map(serde_json::from_str::<BreakerState>) {
-            None => BreakerState::default(),
-            Some(Ok(s)) => s,
-            // Unreadable (e.g. written by an incompatible version): start
-            // over rather than block the vendor; the CAS replaces it.
-            Some(Err(e)) => {
-                tracing::warn!(vendor, error = %e, "unreadable breaker state; resetting it");
-                BreakerState::default()
-            }
-        };
+        let state = parse(vendor, raw.as_deref());
+        self.saw(vendor, raw.clone(), &state);
         Ok((raw, state))
     }
 
     /// Runs `f` on the current state and stores the result if it changed,
-    /// retrying from a fresh read when another worker wrote in between.
+    /// retrying from a fresh read when another worker wrote in between. The
+    /// first attempt starts from the value seen here within
+    /// [`CLOSED_FRESH`], if any (no read: a write that finds it changed
+    /// fails and the next attempt reads); an outcome that does not change
+    /// the value seen is then not written (quiet successes on a full window
+    /// of them cost no round trip).
     async fn update<R>(&self, vendor: &str, mut f: impl FnMut(&mut BreakerState) -> R) -> Result<R, BreakerError> {
         let key = self.key(vendor);
         let ttl_ms = STATE_TTL.as_millis() as u64;
         for attempt in 1..=MAX_ATTEMPTS {
-            let (raw, mut state) = self.load(&key, vendor).await?;
+            let (raw, mut state) = match self.fresh(vendor).filter(|_| attempt == 1) {
+                Some(raw) => {
+                    let state = parse(vendor, raw.as_deref());
+                    (raw, state)
+                }
+                None => self.load(&key, vendor).await?,
+            };
             let before = state.state().name();
             let result = f(&mut state);
             let new = serde_json::to_string(&state)?;
@@ -149,10 +170,15 @@ impl Inner {
             cas.arg(if raw.is_some() { "1" } else { "0" }).arg(raw.as_deref().unwrap_or("")).arg(&new).arg(ttl_ms);
             let written: i64 = bounded(cas.invoke_async(&mut conn)).await?;
             if written == 1 {
+                self.saw(vendor, Some(new), &state);
                 if let Some(t) = transition(before, state.state().name()) {
                     report(vendor, t);
                 }
                 return Ok(result);
+            }
+            if attempt == 1 {
+                // The value seen here was stale: read it now, at once.
+                continue;
             }
             // Lost the race: back off a little, at random, so contenders spread out.
             let jitter = rand::random_range(0..=u64::from(attempt) * 2);
@@ -161,12 +187,20 @@ impl Inner {
         Err(BreakerError::Contended { vendor: vendor.to_string(), attempts: MAX_ATTEMPTS })
     }
 
-    fn saw(&self, vendor: &str, closed: bool) {
-        lock(&self.seen).insert(vendor.to_string(), (closed, Instant::now()));
+    /// Keeps `raw` (holding `state`) as the vendor's value just read or
+    /// written here.
+    fn saw(&self, vendor: &str, raw: Option<String>, state: &BreakerState) {
+        let closed = matches!(state.state(), State::Closed);
+        lock(&self.seen).insert(vendor.to_string(), Seen { raw, closed, at: Instant::now() });
+    }
+
+    /// The vendor's value as read or written here within [`CLOSED_FRESH`].
+    fn fresh(&self, vendor: &str) -> Option<Option<String>> {
+        lock(&self.seen).get(vendor).filter(|s| s.at.elapsed() < CLOSED_FRESH).map(|s| s.raw.clone())
     }
 
     fn seen_closed(&self, vendor: &str) -> bool {
-        lock(&self.seen).get(vendor).is_some_and(|(closed, at)| *closed && at.elapsed() < CLOSED_FRESH)
+        lock(&self.seen).get(vendor).is_some_and(|s| s.closed && s.at.elapsed() < CLOSED_FRESH)
     }
 
     /// Writes `vendor`'s pending outcomes, one batch per update (with the
@@ -180,23 +214,32 @@ impl Inner {
         }
         while let Some(batch) = writes.pending.take() {
             let Some(policy) = batch.last().map(|r| r.policy.clone()) else { continue };
-            let mut closed = false;
             let written = self
                 .update(&vendor, |s| {
                     let now = now_ms();
                     for r in &batch {
                         s.record(now, &policy, r.outcome);
                     }
-                    closed = matches!(s.state(), State::Closed);
                 })
                 .await;
-            if written.is_ok() {
-                self.saw(&vendor, closed);
-            }
             let answer = written.map_err(|e| e.to_string());
             for r in batch {
                 let _ = r.done.send(answer.clone());
             }
+        }
+    }
+}
+
+/// The state a stored value holds (the default if there is none).
+fn parse(vendor: &str, raw: Option<&str>) -> BreakerState {
+    match raw.map(serde_json::from_str::<BreakerState>) {
+        None => BreakerState::default(),
+        Some(Ok(s)) => s,
+        // Unreadable (e.g. written by an incompatible version): start over
+        // rather than block the vendor; the CAS replaces it.
+        Some(Err(e)) => {
+            tracing::warn!(vendor, error = %e, "unreadable breaker state; resetting it");
+            BreakerState::default()
         }
     }
 }
@@ -221,17 +264,7 @@ impl Breakers for RedisBreakers {
         if self.inner.seen_closed(vendor) {
             return Ok(Admission::Allowed { probe: false });
         }
-        let mut closed = false;
-        let admitted = self
-            .inner
-            .update(vendor, |s| {
-                let a = s.admit(now_ms(), policy);
-                closed = matches!(s.state(), State::Closed);
-                a
-            })
-            .await?;
-        self.inner.saw(vendor, closed);
-        Ok(admitted)
+        self.inner.update(vendor, |s| s.admit(now_ms(), policy)).await
     }
 
     async fn record(&self, vendor: &str, policy: &BreakerPolicy, outcome: CallOutcome) -> Result<(), BreakerError> {
@@ -257,6 +290,20 @@ impl Breakers for RedisBreakers {
             Ok(Err(e)) => Err(BreakerError::Batch(e)),
             Err(_) => Err(BreakerError::Batch("the breaker writer stopped".into())),
         }
+    }
+
+    fn peek_keys(&self, vendor: &str) -> Vec<String> {
+        vec![self.inner.key(vendor)]
+    }
+
+    fn peeked(&self, vendor: &str, read: &Peeked) {
+        let key = self.inner.key(vendor);
+        if !read.has(&key) {
+            return;
+        }
+        let raw = read.text(&key).map(str::to_string);
+        let state = parse(vendor, raw.as_deref());
+        self.inner.saw(vendor, raw, &state);
     }
 
     async fn snapshot(&self, vendor: &str) -> Result<BreakerSnapshot, BreakerError> {

@@ -27,6 +27,7 @@ use crate::model::{ATTEMPTS_KEPT, AttemptOutcome, AttemptRecord, DeadLetter, Job
 use crate::plugins::{CallError, FetchOutcome, JobInput, Registry};
 use crate::policy::{Policies, Resolved};
 use crate::queue::{Lease, LeaseOptions, Message, Queue, SlotAsk};
+use crate::redis_conn::Peeked;
 use crate::store::{Attempt, AttemptLog, Store};
 use crate::telemetry;
 
@@ -173,7 +174,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
         let leases = match leased {
             Ok(l) => {
                 ctx.liveness.polled();
-                l
+                if let Some(read) = &l.peeked {
+                    peeked(&ctx, &options.slots, read);
+                }
+                l.leases
             }
             Err(e) => {
                 tracing::warn!(error = %e, "queue lease failed; retrying");
@@ -225,9 +229,30 @@ fn slot_asks(ctx: &WorkerCtx, options: &LeaseOptions) -> Vec<SlotAsk> {
         .filter_map(|(vendor, plugin)| {
             let (key, quota) = ctx.limiter.lease_slot(vendor, ctx.policies.for_plugin(plugin).quota)?;
             let interval = crate::limits::local::emission_interval(quota).ok()?;
-            Some(SlotAsk { vendor: vendor.clone(), key, interval_us: interval.as_secs_f64() * 1e6, burst: quota.burst })
+            let mut peek = ctx.limiter.peek_keys(vendor);
+            peek.extend(ctx.breakers.peek_keys(vendor));
+            Some(SlotAsk {
+                vendor: vendor.clone(),
+                key,
+                interval_us: interval.as_secs_f64() * 1e6,
+                burst: quota.burst,
+                peek,
+            })
         })
         .collect()
+}
+
+/// Hands what the lease read (the learned limits and breaker of each
+/// vendor it handed out an entry of) to the limiter and the breakers: the
+/// gate of those jobs then asks Redis nothing (issue 24).
+fn peeked(ctx: &WorkerCtx, asks: &[SlotAsk], read: &Peeked) {
+    let snapshot = ctx.registry.snapshot();
+    for ask in asks.iter().filter(|a| a.peek.first().is_some_and(|k| read.has(k))) {
+        if let Some(plugin) = snapshot.plugins.get(&ask.vendor) {
+            ctx.limiter.peeked(&ask.vendor, ctx.policies.for_plugin(plugin).quota.rate, read);
+        }
+        ctx.breakers.peeked(&ask.vendor, read);
+    }
 }
 
 /// How often a paused loop asks the store again, and tells `/healthz` it is

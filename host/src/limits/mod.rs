@@ -22,6 +22,8 @@ pub mod together;
 pub use learned::{Learned, Lesson};
 
 use async_trait::async_trait;
+
+use crate::redis_conn::Peeked;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +72,19 @@ pub trait RateLimiter: Send + Sync + 'static {
     fn lease_slot(&self, vendor: &str, quota: Quota) -> Option<(String, Quota)> {
         let _ = (vendor, quota);
         None
+    }
+
+    /// Keys of what `vendor` taught that a lease may read for this limiter
+    /// in its own round trip (see `queue::SlotAsk::peek`); none by default.
+    fn peek_keys(&self, vendor: &str) -> Vec<String> {
+        let _ = vendor;
+        Vec::new()
+    }
+
+    /// What a lease read of `peek_keys(vendor)`: used as if `learned` had
+    /// read it just now (nothing happens if the keys were not read).
+    fn peeked(&self, vendor: &str, configured: f64, read: &Peeked) {
+        let _ = (vendor, configured, read);
     }
 
     /// What the fleet has learned about `vendor` (configured rate

@@ -21,7 +21,9 @@
 //!
 //! A lease may take a vendor's slot itself (`lease_slot`: the key and the
 //! quota; the Redis queue's dispatch script runs `GCRA_N`'s step for one
-//! call on it), so a job leased with its slot asks nothing here.
+//! call on it), so a job leased with its slot asks nothing here; and it
+//! reads the pause and AIMD keys for the limiter (`peek_keys`, `peeked`),
+//! so while leases come, what vendors taught is never read on its own.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -34,7 +36,7 @@ use super::learned;
 use super::local::emission_interval;
 use super::together::Together;
 use super::{Learned, Lesson, LimitError, Quota, RateLimiter};
-use crate::redis_conn::{RedisConn, SharedConn, vendor_key};
+use crate::redis_conn::{Peeked, RedisConn, SharedConn, vendor_key};
 
 /// Long enough for a loaded server, short enough that a dead one delays jobs
 /// rather than stalling workers.
@@ -248,6 +250,32 @@ impl RateLimiter for RedisLimiter {
             return None;
         }
         Some((self.key(vendor), learned::quota_under(quota, l.rate)))
+    }
+
+    fn peek_keys(&self, vendor: &str) -> Vec<String> {
+        vec![vendor_key(&self.prefix, vendor, "pause"), vendor_key(&self.prefix, vendor, "aimd")]
+    }
+
+    fn peeked(&self, vendor: &str, configured: f64, read: &Peeked) {
+        let (pause, aimd) = (vendor_key(&self.prefix, vendor, "pause"), vendor_key(&self.prefix, vendor, "aimd"));
+        if !read.has(&pause) || !read.has(&aimd) || !configured.is_finite() || configured <= 0.0 {
+            return;
+        }
+        // `LEARN`'s read, here: the pause left and the recovered rate.
+        let until = read.text(&pause).and_then(|t| t.parse::<i64>().ok()).unwrap_or(0);
+        let state = match (read.field(&aimd, "rate"), read.field(&aimd, "at")) {
+            (Some(rate), Some(at)) => rate
+                .parse::<f64>()
+                .ok()
+                .filter(|r| r.is_finite() && *r > 0.0)
+                .zip(at.parse::<i64>().ok())
+                .map(|(rate, at_ms)| learned::Aimd { rate, at_ms }),
+            _ => None,
+        };
+        let rate = learned::current(state, configured, read.clock_ms);
+        let left = until.saturating_sub(read.clock_ms);
+        let paused_for = (left > 0).then(|| Duration::from_millis(left as u64));
+        self.remember(vendor, configured, Learned { rate, paused_for });
     }
 
     async fn learned(&self, vendor: &str, configured: f64) -> Result<Learned, LimitError> {

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 use crate::model::{DeadLetter, Millis, Priority};
+use crate::redis_conn::Peeked;
 use crate::telemetry;
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +163,18 @@ pub struct SlotAsk {
     pub interval_us: f64,
     /// At least 1.
     pub burst: u32,
+    /// Keys to read for the caller when the lease hands out an entry of
+    /// this vendor (the vendor's learned limits and breaker, which the
+    /// worker's gate reads next), returned in [`Leased::peeked`].
+    pub peek: Vec<String>,
+}
+
+/// What a lease call returns: the entries, and what it read for the
+/// caller (see [`SlotAsk::peek`]; None from queues that read nothing).
+#[derive(Debug, Clone, Default)]
+pub struct Leased {
+    pub leases: Vec<Lease>,
+    pub peeked: Option<Peeked>,
 }
 
 #[async_trait]
@@ -182,8 +195,8 @@ pub trait Queue: Send + Sync + 'static {
         lease: Duration,
         wait: Duration,
         _options: &LeaseOptions,
-    ) -> Result<Vec<Lease>> {
-        self.lease(consumer, max, lease, wait).await
+    ) -> Result<Leased> {
+        Ok(Leased { leases: self.lease(consumer, max, lease, wait).await?, peeked: None })
     }
 
     /// Whether this queue orders entries fairly across API keys and

@@ -50,7 +50,7 @@ use async_trait::async_trait;
 use rusqlite::{OptionalExtension, params};
 
 use super::fair::{self, Fairness, Pick};
-use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result};
+use super::{Lease, LeaseOptions, Leased, Message, Queue, QueueDepth, QueueError, Result};
 use crate::db::{Db, DbError};
 use crate::model::{DeadLetter, Millis, millis, now_ms};
 
@@ -120,7 +120,7 @@ impl Queue for SqliteQueue {
     }
 
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
-        self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await
+        Ok(self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await?.leases)
     }
 
     async fn lease_with(
@@ -130,7 +130,7 @@ impl Queue for SqliteQueue {
         lease: Duration,
         wait: Duration,
         options: &LeaseOptions,
-    ) -> Result<Vec<Lease>> {
+    ) -> Result<Leased> {
         let give_up = tokio::time::Instant::now() + wait;
         let limited: Arc<HashMap<String, usize>> = Arc::new(options.limited.iter().cloned().collect());
         loop {
@@ -180,11 +180,11 @@ impl Queue for SqliteQueue {
                 *last = v;
             }
             if !got.is_empty() {
-                return Ok(got);
+                return Ok(Leased { leases: got, peeked: None });
             }
             let now_i = tokio::time::Instant::now();
             if now_i >= give_up {
-                return Ok(Vec::new());
+                return Ok(Leased::default());
             }
             let mut until = give_up;
             if let Some(next) = next_visible {

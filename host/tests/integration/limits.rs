@@ -289,9 +289,9 @@ async fn a_lease_takes_slots_of_the_limiters_own_limit() {
     let msgs: Vec<Message> =
         ["a", "b", "c"].iter().map(|id| Message::new(*id, "v")).chain([Message::new("d", "other")]).collect();
     queue.enqueue(&msgs).await.unwrap();
-    let slots = vec![SlotAsk { vendor: "v".into(), key, interval_us: 1e6, burst: 2 }];
+    let slots = vec![SlotAsk { vendor: "v".into(), key, interval_us: 1e6, burst: 2, peek: Vec::new() }];
     let options = LeaseOptions { slots, ..Default::default() };
-    let leases = queue.lease_with("c1", 10, Duration::from_secs(30), Duration::ZERO, &options).await.unwrap();
+    let leases = queue.lease_with("c1", 10, Duration::from_secs(30), Duration::ZERO, &options).await.unwrap().leases;
     assert_eq!(leases.len(), 4);
     let slotted: Vec<Message> =
         leases.iter().filter(|l| l.slot).map(|l| Message::decode(&l.payload).unwrap()).collect();
@@ -312,4 +312,77 @@ async fn a_lease_takes_slots_of_the_limiters_own_limit() {
 
     let cluster = RedisQueue::connect(&servers::redis_cluster().url, &prefix).await.unwrap();
     assert!(!cluster.takes_slots());
+}
+
+/// Issue 24: the lease also reads, for each vendor it hands out an entry
+/// of, the keys its worker's limiter and breakers name (what the vendor
+/// taught, the breaker), and they take it as just read: here another
+/// process lowered the learned rate and opened the breaker after this one
+/// last looked, and the lease tells this one.
+#[tokio::test]
+async fn a_lease_reads_the_learned_limits_and_breaker_for_the_gate() {
+    use vendorhost::limits::Lesson;
+    use vendorhost::queue::redis::RedisQueue;
+    use vendorhost::queue::{LeaseOptions, Message, Queue, SlotAsk};
+    let prefix = servers::unique("vh");
+    let queue = RedisQueue::connect(&servers::redis().url, &prefix).await.unwrap();
+    let (l, b) = (limiter(&prefix).await, breakers(&prefix).await);
+    let (other_l, other_b) = (limiter(&prefix).await, breakers(&prefix).await);
+    let quota = Quota { rate: 100.0, burst: 10 };
+    let p = policy();
+    l.learned("v", quota.rate).await.unwrap();
+    assert_eq!(b.admit("v", &p).await.unwrap(), Admission::Allowed { probe: false });
+    let (key, before) = l.lease_slot("v", quota).expect("learned limits read");
+    assert_eq!(before, quota);
+
+    // Another process meets a 429 and five failures: a lower rate, an open breaker.
+    other_l.learn("v", quota.rate, Lesson { pause: None, throttled: true }).await.unwrap();
+    for _ in 0..5 {
+        other_b.record("v", &p, outcome(false, false)).await.unwrap();
+    }
+    assert_eq!(other_b.snapshot("v").await.unwrap().state, "open");
+
+    queue.enqueue(&[Message::new("a", "v"), Message::new("b", "w")]).await.unwrap();
+    let mut peek = l.peek_keys("v");
+    peek.extend(b.peek_keys("v"));
+    assert_eq!(peek.len(), 3, "{peek:?}");
+    let slots = vec![SlotAsk { vendor: "v".into(), key, interval_us: 1e4, burst: 10, peek: peek.clone() }];
+    let options = LeaseOptions { slots, ..Default::default() };
+    let leased = queue.lease_with("c1", 10, Duration::from_secs(30), Duration::ZERO, &options).await.unwrap();
+    assert_eq!(leased.leases.len(), 2);
+    let read = leased.peeked.expect("the lease read the vendor's keys");
+    assert!(peek.iter().all(|k| read.has(k)), "{read:?}");
+    l.peeked("v", quota.rate, &read);
+    b.peeked("v", &read);
+
+    // The limiter takes the lowered rate as read (a lease slot at it, with
+    // no burst above it), the breakers the open state: the gate rejects.
+    let (_, after) = l.lease_slot("v", quota).expect("not paused");
+    assert_eq!(after, Quota { rate: 84.0, burst: 1 }, "85 % of 100, in steps of 2");
+    let learned = l.learned("v", quota.rate).await.unwrap();
+    assert!((learned.rate - 85.0).abs() < 1.0, "{learned:?}");
+    assert!(matches!(b.admit("v", &p).await.unwrap(), Admission::Rejected { .. }));
+
+    // Nothing read for a vendor without an entry in the lease.
+    queue.enqueue(&[Message::new("c", "w")]).await.unwrap();
+    let leased = queue.lease_with("c1", 10, Duration::from_secs(30), Duration::ZERO, &options).await.unwrap();
+    assert_eq!(leased.leases.len(), 1);
+    assert!(leased.peeked.is_none(), "{:?}", leased.peeked);
+}
+
+/// A write that starts from the value this process saw last (no read) and
+/// finds it changed by another process reads it again: no outcome of
+/// either is lost.
+#[tokio::test]
+async fn redis_breakers_write_from_a_stale_view_loses_nothing() {
+    let prefix = servers::unique("vh");
+    let (a, b) = (breakers(&prefix).await, breakers(&prefix).await);
+    let p = BreakerPolicy { window: 100, min_calls: 100, ..policy() };
+    assert_eq!(a.admit("v", &p).await.unwrap(), Admission::Allowed { probe: false });
+    b.admit("v", &p).await.unwrap();
+    b.record("v", &p, outcome(false, false)).await.unwrap();
+    b.record("v", &p, outcome(false, false)).await.unwrap();
+    a.record("v", &p, outcome(false, false)).await.unwrap();
+    let snap = b.snapshot("v").await.unwrap();
+    assert_eq!((snap.calls, snap.failures), (3, 3), "{snap:?}");
 }

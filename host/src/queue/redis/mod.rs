@@ -14,8 +14,12 @@
 //!   deleted.
 //! - `delayed`: a sorted set, member `<token>|<payload>` (or `<token>|~<rank>|
 //!   <tag>|<seq>|<payload>` for an entry given back), score = due ms. Its promoter
-//!   (a Lua script, run by one process of the fleet at a time: the holder of
-//!   the partition's `promoter` lock) moves due members into their lanes.
+//!   (a Lua function, run by one process of the fleet at a time: the holder
+//!   of the partition's `promoter` lock) moves due members into their lanes.
+//!   A lease call's dispatch script runs it first when it is due (at most
+//!   every `PROMOTE_RECHECK` per process and partition, sooner when an
+//!   entry is known due), so while leases come it costs no round trip of
+//!   its own; a partition the call did not dispatch from gets it alone.
 //! - `dead` (hash id → JSON) and `dead:at` (sorted set id → died_at): dead
 //!   letters (a letter's partition is a hash of its id), listed oldest first
 //!   and purged by age.
@@ -46,7 +50,9 @@
 //! the dispatch script, limited ones give a few entries per call. On one
 //! node the script also takes each entry's rate-limit slot where the worker
 //! names its vendor's limit (`takes_slots`; a cluster's partition script
-//! cannot reach the limiter's slot, so there the worker asks the limiter).
+//! cannot reach the limiter's slot, so there the worker asks the limiter),
+//! and reads the keys the worker names for that vendor (its learned limits
+//! and breaker, `SlotAsk::peek`) for the gate the entry goes through next.
 //!
 //! A lease takes from every partition fairly: each call starts at the next
 //! partition and dispatches from each; empty-handed, it waits on its first
@@ -71,9 +77,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::fair::Fairness;
-use super::{Lease, LeaseOptions, Message, Queue, QueueDepth, QueueError, Result, SlotAsk};
+use super::{Lease, LeaseOptions, Leased, Message, Queue, QueueDepth, QueueError, Result, SlotAsk};
 use crate::model::{DeadLetter, Millis, millis, now_ms};
-use crate::redis_conn::{BlockingConn, RedisConn, SharedConn};
+use crate::redis_conn::{BlockingConn, Peeked, RedisConn, SharedConn};
 use crate::telemetry;
 use keys::{Keys, entry_id, partition_of, split_entry_id};
 use wire::{is_nogroup, letter_of, parse_autoclaim, parse_dispatched};
@@ -191,9 +197,9 @@ impl RedisQueue {
             next_start: AtomicUsize::new(0),
             token: uuid::Uuid::new_v4().simple().to_string(),
             fair: Arc::new(Fairness::default()),
-            promote: Script::new(&format!("{}{}", scripts::LANES, scripts::PROMOTE)),
+            promote: Script::new(&format!("{}{}{}", scripts::LANES, scripts::PROMOTE_FN, scripts::PROMOTE)),
             enqueue: Script::new(&format!("{}{}", scripts::LANES, scripts::ENQUEUE)),
-            dispatch: Script::new(&format!("{}{}", scripts::LANES, scripts::DISPATCH)),
+            dispatch: Script::new(&format!("{}{}{}", scripts::LANES, scripts::PROMOTE_FN, scripts::DISPATCH)),
             purge_dead: Script::new(scripts::PURGE_DEAD),
             ack: Script::new(&format!("{}{}", scripts::HELD, scripts::ACK)),
             extend: Script::new(&format!("{}{}", scripts::HELD, scripts::EXTEND)),
@@ -242,25 +248,41 @@ impl RedisQueue {
         }
     }
 
-    /// Runs each partition's promoter (those not known to have nothing due);
-    /// returns the earliest next due time.
-    async fn promote_all(&self, now: Millis) -> Result<Option<Millis>> {
-        let nexts = try_join_all((0..self.parts.len()).map(|p| self.promote_due(p, now))).await?;
-        Ok(nexts.into_iter().flatten().min())
+    /// Partition `p`'s next due time as this process last learned it, if
+    /// that is recent and not yet due (its promoter need not run now).
+    fn promoted_lately(&self, p: usize, now: Millis) -> Option<Option<Millis>> {
+        match *lock(&self.parts[p].promoted) {
+            Some((at, next)) if at.elapsed() < PROMOTE_RECHECK && next.is_none_or(|d| d > now) => Some(next),
+            _ => None,
+        }
+    }
+
+    /// What the promoter of partition `p` reported (the count moved, -1 if
+    /// another process holds the role; the next due time): kept for
+    /// [`PROMOTE_RECHECK`].
+    fn note_promoted(&self, p: usize, now: Millis, moved: i64, next: Option<Millis>) -> Option<Millis> {
+        let mut next_due = next;
+        if moved < 0 {
+            // Another process is this partition's promoter: what is due is
+            // its to move; look again a little later rather than spin on an
+            // entry already due.
+            let later = now + PROMOTE_RECHECK.as_millis() as Millis;
+            next_due = next_due.map(|d| d.max(later));
+        }
+        *lock(&self.parts[p].promoted) = Some((Instant::now(), next_due));
+        next_due
     }
 
     /// Moves due delayed entries of partition `p` onto its stream, if this
-    /// process is (or becomes) its promoter; returns the next due time.
+    /// process is (or becomes) its promoter and the promoter is due here;
+    /// returns the next due time. (A lease call's dispatch runs the
+    /// promoter itself: this is for partitions it did not dispatch from.)
     async fn promote_due(&self, p: usize, now: Millis) -> Result<Option<Millis>> {
         let part = &self.parts[p];
-        if let Some((at, next)) = *lock(&part.promoted)
-            && at.elapsed() < PROMOTE_RECHECK
-            && next.is_none_or(|d| d > now)
-        {
+        if let Some(next) = self.promoted_lately(p, now) {
             return Ok(next);
         }
         let mut conn = self.conn.clone();
-        let mut next_due = Some(now);
         // Bounded: a huge backlog of due entries is moved over several leases.
         for _ in 0..10 {
             let (moved, next): (i64, String) = self
@@ -277,19 +299,12 @@ impl RedisQueue {
                 .invoke_async(&mut conn)
                 .await?;
             if moved < PROMOTE_BATCH as i64 {
-                next_due = next.parse::<f64>().ok().map(|s| s as Millis);
-                if moved < 0 {
-                    // Another process is this partition's promoter: what is
-                    // due is its to move; look again a little later rather
-                    // than spin on an entry already due.
-                    let later = now + PROMOTE_RECHECK.as_millis() as Millis;
-                    next_due = next_due.map(|d| d.max(later));
-                }
-                break;
+                return Ok(self.note_promoted(p, now, moved, next.parse::<f64>().ok().map(|s| s as Millis)));
             }
         }
-        *lock(&part.promoted) = Some((Instant::now(), next_due));
-        Ok(next_due)
+        // Ten full batches moved: more may be due at once.
+        *lock(&part.promoted) = Some((Instant::now(), Some(now)));
+        Ok(Some(now))
     }
 
     /// Takes over entries idle longer than `lease` (their holder died), from
@@ -394,7 +409,7 @@ impl RedisQueue {
         lease: Duration,
         skip: &[&str],
         options: &LeaseOptions,
-    ) -> Result<Vec<Lease>> {
+    ) -> Result<(Vec<Lease>, Option<Peeked>)> {
         let keys = self.keys(p);
         let caps = &options.limited;
         let slots: &[SlotAsk] = if self.takes_slots() { &options.slots } else { &[] };
@@ -405,11 +420,29 @@ impl RedisQueue {
         }
         inv.arg(slots.len());
         for ask in slots {
-            inv.key(&ask.key).arg(&ask.vendor).arg(ask.interval_us).arg(ask.burst.max(1));
+            inv.key(&ask.key).arg(&ask.vendor).arg(ask.interval_us).arg(ask.burst.max(1)).arg(ask.peek.len());
+            for key in &ask.peek {
+                inv.key(key);
+            }
+        }
+        // The promoter rides along when it is due here (one round trip
+        // less per PROMOTE_RECHECK while leases come).
+        let now = now_ms();
+        if self.promoted_lately(p, now).is_some() {
+            inv.arg("");
+        } else {
+            inv.arg(now).arg(PROMOTE_BATCH).arg(&self.token).arg(PROMOTER_TTL.as_millis() as u64).arg(self.aging_ms());
         }
         let raw: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let n = self.parts.len();
-        Ok(parse_dispatched(raw)?
+        let dispatched = parse_dispatched(raw)?;
+        if let Some((moved, next)) = dispatched.promoted {
+            // A full batch moved: more may be due at once.
+            let next = if moved >= PROMOTE_BATCH as i64 { Some(now) } else { next };
+            let _ = self.note_promoted(p, now, moved, next);
+        }
+        let leases = dispatched
+            .entries
             .into_iter()
             .map(|(id, payload, slot)| Lease {
                 payload,
@@ -420,7 +453,8 @@ impl RedisQueue {
                 token: 1,
                 slot,
             })
-            .collect())
+            .collect();
+        Ok((leases, dispatched.peeked))
     }
 
     /// Waits up to `wait` for partition `p`'s bell (entries joined its
@@ -651,7 +685,7 @@ impl Queue for RedisQueue {
     }
 
     async fn lease(&self, consumer: &str, max: usize, lease: Duration, wait: Duration) -> Result<Vec<Lease>> {
-        self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await
+        Ok(self.lease_with(consumer, max, lease, wait, &LeaseOptions::default()).await?.leases)
     }
 
     async fn lease_with(
@@ -661,9 +695,9 @@ impl Queue for RedisQueue {
         lease: Duration,
         wait: Duration,
         options: &LeaseOptions,
-    ) -> Result<Vec<Lease>> {
+    ) -> Result<Leased> {
         if max == 0 {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
         let n = self.parts.len();
         let deadline = Instant::now() + wait;
@@ -674,20 +708,35 @@ impl Queue for RedisQueue {
             let held: Vec<&(String, Millis)> = options.blocked.iter().filter(|(_, until)| *until > now).collect();
             let skip: Vec<&str> = held.iter().map(|(v, _)| v.as_str()).collect();
             let hold_ends = held.iter().map(|(_, until)| *until).min();
-            let next_due = self.promote_all(now).await?;
             let mut out = self.reclaim_all(consumer, max, lease, start).await?;
+            let mut peeked: Option<Peeked> = None;
+            let mut dispatched = vec![false; n];
             for i in 0..n {
                 if out.len() >= max {
                     break;
                 }
                 let p = (start + i) % n;
                 let room = max - out.len();
-                out.extend(self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, options)).await?);
+                let (got, read) =
+                    self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, options)).await?;
+                out.extend(got);
+                dispatched[p] = true;
+                if let Some(read) = read {
+                    match peeked.as_mut() {
+                        Some(all) => all.values.extend(read.values),
+                        None => peeked = Some(read),
+                    }
+                }
             }
+            // The partitions not dispatched from (the call was full first)
+            // still get their promoter when it is due.
+            let undispatched = (0..n).filter(|p| !dispatched[*p]).map(|p| self.promote_due(p, now));
+            try_join_all(undispatched).await?;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if !out.is_empty() || remaining.is_zero() {
-                return Ok(out);
+                return Ok(Leased { leases: out, peeked });
             }
+            let next_due = (0..n).filter_map(|p| lock(&self.parts[p].promoted).and_then(|(_, next)| next)).min();
             // Empty-handed: wait for a ring, not past the next delayed
             // entry nor the end of a hold.
             let wake = match (next_due, hold_ends) {

@@ -87,25 +87,35 @@ ring(base, n)
 return n
 "#;
 
-/// Dispatch, then read: moves up to ARGV[4] waiting entries from the lanes
-/// onto the stream in fair order and reads them for the caller through the
-/// group. KEYS = stream; ARGV[1] = base, ARGV[2] = group, ARGV[3] =
-/// consumer, ARGV[4] = max, then a count and that many vendors to skip,
-/// then a count and that many (vendor, cap) pairs, then a count and that
-/// many (vendor, interval µs, burst) rate limits whose GCRA keys are
-/// KEYS[2..] in the same order (on one node only: those keys are not the
-/// partition's). Vendors take turns
-/// (round-robin, from the one after the last served); within a vendor the
-/// lane of the lowest head tag gives its best-ranked entry and its lowest
-/// tag (priority reorders a key's own turns only); the vendor's virtual
-/// time V moves up to that tag. The entry is written with its rank `r`, tag
-/// `t` and sequence `s`, which a release gives back. Entries already on the stream and
-/// undelivered (written by an older version, or by hand) are read first.
-/// For each entry read of a vendor with a limit given, one slot of it is
-/// taken while one is free: the step of `limits::redis`'s `GCRA_N` for one
-/// call (same key, same clock), and the entry's fields get `g`, `1` in the
-/// reply (not on the stream).
-/// Returns {id, fields, id, fields, ...}.
+/// Dispatch, then read (after `LANES` and `PROMOTE_FN`): moves up to
+/// ARGV[4] waiting entries from the lanes onto the stream in fair order and
+/// reads them for the caller through the group. KEYS[1] = stream; ARGV[1] =
+/// base, ARGV[2] = group, ARGV[3] = consumer, ARGV[4] = max, then a count
+/// and that many vendors to skip, then a count and that many (vendor, cap)
+/// pairs, then a count and that many (vendor, interval µs, burst, n) rate
+/// limits, whose GCRA key and then n keys to peek at are the next KEYS in
+/// the same order (on one node only: those keys are not the partition's),
+/// then the promoter's now ms ('' for none: it is not due), batch, token,
+/// lock TTL ms and aging ms.
+///
+/// First the partition's due delayed entries join their lanes, if the
+/// promoter's arguments are given (`promote`, with the partition's
+/// `delayed` and `promoter` keys). Vendors take turns (round-robin, from
+/// the one after the last served); within a vendor the lane of the lowest
+/// head tag gives its best-ranked entry and its lowest tag (priority
+/// reorders a key's own turns only); the vendor's virtual time V moves up
+/// to that tag. The entry is written with its rank `r`, tag `t` and
+/// sequence `s`, which a release gives back. Entries already on the stream
+/// and undelivered (written by an older version, or by hand) are read
+/// first. For each entry read of a vendor with a limit given, one slot of
+/// it is taken while one is free: the step of `limits::redis`'s `GCRA_N`
+/// for one call (same key, same clock), and the entry's fields get `g`,
+/// `1` in the reply (not on the stream); and that vendor's keys to peek at
+/// are read (a string's value, a hash's fields; false if absent).
+///
+/// Returns {{id, fields, id, fields, ...}, {moved (-2: the promoter did not
+/// run), next due ('' if none), Redis' clock in ms ('' if nothing was
+/// peeked at), key, value, key, value, ...}}.
 pub const DISPATCH: &str = r#"
 local stream, base = KEYS[1], ARGV[1]
 local group, consumer, max = ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -115,11 +125,21 @@ for _ = 1, tonumber(ARGV[i]) do skip[ARGV[i + 1]] = true; i = i + 1 end
 i = i + 1
 for _ = 1, tonumber(ARGV[i]) do caps[ARGV[i + 1]] = tonumber(ARGV[i + 2]); i = i + 2 end
 i = i + 1
-local slots, any_slot = {}, false
-for k = 1, tonumber(ARGV[i] or '0') do
-  slots[ARGV[i + 1]] = {KEYS[k + 1], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])}
+local slots, any_slot, k = {}, false, 2
+for _ = 1, tonumber(ARGV[i]) do
+  local npeek = tonumber(ARGV[i + 4])
+  local peeks = {}
+  for j = 1, npeek do peeks[j] = KEYS[k + j] end
+  slots[ARGV[i + 1]] = {KEYS[k], tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), peeks}
   any_slot = true
-  i = i + 3
+  k = k + 1 + npeek
+  i = i + 4
+end
+i = i + 1
+local moved, next_due = -2, ''
+if ARGV[i] ~= '' then
+  moved, next_due = promote(base .. ':delayed', base .. ':promoter', ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2],
+    ARGV[i + 3], base, tonumber(ARGV[i + 4]))
 end
 
 local function take(key, t, burst, now)
@@ -191,9 +211,10 @@ if room > 0 then
   if last then redis.call('SET', base .. ':rr', last) end
 end
 local out = {}
+local read = {}
+local now = nil
 local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', max, 'STREAMS', stream, '>')
 if r then
-  local now = nil
   for _, e in ipairs(r[1][2]) do
     local f = e[2]
     if any_slot then
@@ -209,59 +230,84 @@ if r then
           f[#f + 1] = 'g'
           f[#f + 1] = '1'
         end
+        for _, key in ipairs(s[4]) do read[key] = true end
       end
     end
     out[#out + 1] = e[1]
     out[#out + 1] = f
   end
 end
-return out
+local extra = {moved, next_due, ''}
+if now then
+  extra[3] = string.format('%.0f', math.floor(now / 1000))
+  for key in pairs(read) do
+    local kind = redis.call('TYPE', key)['ok']
+    local value = false
+    if kind == 'string' then value = redis.call('GET', key) elseif kind == 'hash' then value = redis.call('HGETALL', key) end
+    extra[#extra + 1] = key
+    extra[#extra + 1] = value
+  end
+end
+return {out, extra}
 "#;
 
-/// The promoter: moves due delayed members into their lanes. KEYS =
-/// delayed, stream, promoter lock; ARGV[1] = now ms, ARGV[2] = batch,
-/// ARGV[3] = the caller's token, ARGV[4] = lock TTL ms, ARGV[5] = base,
-/// ARGV[6] = aging ms. A member is `<token>|<payload>`, or `<token>|~<rank>|
-/// <tag>|<seq>|<payload>` for an entry given back (it keeps its place). The lock
+/// The promoter, a function (after `LANES`; prefix of `PROMOTE` and
+/// `DISPATCH`): `promote(delayed, lock, now, batch, token, ttl, base,
+/// aging)` moves up to `batch` due members of the sorted set `delayed` into
+/// their lanes (`now`: epoch ms as text; `ttl`: the lock's, in ms; `aging`
+/// in ms). A member is `<token>|<payload>`, or `<token>|~<rank>|<tag>|<seq>|
+/// <payload>` for an entry given back (it keeps its place). The `lock` key
 /// makes one process the partition's promoter across the fleet: while
-/// another holds it, the call moves nothing and returns -1. Returns the
+/// another `token` holds it, nothing moves and the count is -1. Returns the
 /// count moved (or -1) and the next due score ('' if none), so a lease can
 /// stop blocking when one is due.
-pub const PROMOTE: &str = r#"
-local owner = redis.call('GET', KEYS[3])
-local moved = -1
-if (not owner) or owner == ARGV[3] then
-  redis.call('SET', KEYS[3], ARGV[3], 'PX', ARGV[4])
-  local now, base, aging = tonumber(ARGV[1]), ARGV[5], tonumber(ARGV[6])
-  local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-  if #due > 0 then
-    redis.call('ZREM', KEYS[1], unpack(due))
-    for _, member in ipairs(due) do
-      local sep = string.find(member, '|', 1, true)
-      local rest = member
-      if sep then rest = string.sub(member, sep + 1) end
-      local rank, tag, seq = nil, nil, nil
-      if string.sub(rest, 1, 1) == '~' then
-        local a = string.find(rest, '|', 2, true)
-        local b = a and string.find(rest, '|', a + 1, true)
-        local c = b and string.find(rest, '|', b + 1, true)
-        if c then
-          rank = tonumber(string.sub(rest, 2, a - 1))
-          tag = tonumber(string.sub(rest, a + 1, b - 1))
-          seq = string.sub(rest, b + 1, c - 1)
-          rest = string.sub(rest, c + 1)
+pub const PROMOTE_FN: &str = r#"
+local function promote(delayed, lock, now_s, batch, token, ttl, base, aging)
+  local owner = redis.call('GET', lock)
+  local moved = -1
+  if (not owner) or owner == token then
+    redis.call('SET', lock, token, 'PX', ttl)
+    local now = tonumber(now_s)
+    local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now_s, 'LIMIT', 0, batch)
+    if #due > 0 then
+      redis.call('ZREM', delayed, unpack(due))
+      for _, member in ipairs(due) do
+        local sep = string.find(member, '|', 1, true)
+        local rest = member
+        if sep then rest = string.sub(member, sep + 1) end
+        local rank, tag, seq = nil, nil, nil
+        if string.sub(rest, 1, 1) == '~' then
+          local a = string.find(rest, '|', 2, true)
+          local b = a and string.find(rest, '|', a + 1, true)
+          local c = b and string.find(rest, '|', b + 1, true)
+          if c then
+            rank = tonumber(string.sub(rest, 2, a - 1))
+            tag = tonumber(string.sub(rest, a + 1, b - 1))
+            seq = string.sub(rest, b + 1, c - 1)
+            rest = string.sub(rest, c + 1)
+          end
         end
+        if seq == '' then seq = nil end
+        push(base, rest, rank, tag, seq, now, aging)
       end
-      if seq == '' then seq = nil end
-      push(base, rest, rank, tag, seq, now, aging)
+      ring(base, #due)
     end
-    ring(base, #due)
+    moved = #due
   end
-  moved = #due
+  local nxt = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  local next_due = ''
+  if nxt[2] then next_due = nxt[2] end
+  return moved, next_due
 end
-local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local next_due = ''
-if nxt[2] then next_due = nxt[2] end
+"#;
+
+/// The promoter on its own (after `LANES` and `PROMOTE_FN`), for a
+/// partition no lease call dispatched from lately: KEYS = delayed, stream,
+/// promoter lock; ARGV[1] = now ms, ARGV[2] = batch, ARGV[3] = the
+/// caller's token, ARGV[4] = lock TTL ms, ARGV[5] = base, ARGV[6] = aging
+/// ms. Returns {moved (or -1), next due ('' if none)}.
+pub const PROMOTE: &str = r#"
+local moved, next_due = promote(KEYS[1], KEYS[3], ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6]))
 return {moved, next_due}
 "#;
 

@@ -5,6 +5,7 @@ use redis::{RedisError, Value};
 
 use crate::model::{DeadLetter, Millis};
 use crate::queue::{QueueError, Result};
+use crate::redis_conn::{Peek, Peeked};
 
 /// A stored dead letter; an unreadable record is still shown, so an operator
 /// can remove it.
@@ -87,22 +88,71 @@ fn fields_payload(fields: &Value) -> Option<String> {
     }
 }
 
-/// Parses the dispatch script's reply, `{id, fields, id, fields, ...}`,
-/// into (stream id, payload, slot taken) triples: the script adds field
-/// `g` = `1` to an entry it took a rate-limit slot for.
-pub fn parse_dispatched(v: Value) -> Result<Vec<(String, String, bool)>> {
-    let items = match v {
-        Value::Array(items) => items,
-        Value::Nil => return Ok(Vec::new()),
-        _ => return Err(QueueError::Other("unexpected dispatch reply: not an array".into())),
+/// The dispatch script's reply: the entries read, as (stream id, payload,
+/// slot taken) triples (the script adds field `g` = `1` to an entry it took
+/// a rate-limit slot for); what the promoter did, if it ran (the count
+/// moved, -1 if another process holds the role; and the next due time);
+/// and the keys it peeked at, if any.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    pub entries: Vec<(String, String, bool)>,
+    pub promoted: Option<(i64, Option<Millis>)>,
+    pub peeked: Option<Peeked>,
+}
+
+/// Parses the dispatch script's reply, `{{id, fields, ...}, {moved, next
+/// due, clock, key, value, ...}}` (see `scripts::DISPATCH`).
+pub fn parse_dispatched(v: Value) -> Result<Dispatched> {
+    let bad = |what: &str| QueueError::Other(format!("unexpected dispatch reply: {what}"));
+    let Value::Array(mut parts) = v else { return Err(bad("not an array")) };
+    if parts.len() != 2 {
+        return Err(bad("not two parts"));
+    }
+    let extra = match parts.pop() {
+        Some(Value::Array(extra)) => extra,
+        _ => return Err(bad("no extras")),
     };
-    Ok(items
+    let entries = match parts.pop() {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    let entries = entries
         .chunks(2)
         .filter_map(|pair| match pair {
             [id, fields] => Some((text(id)?, fields_payload(fields).unwrap_or_default(), slot_taken(fields))),
             _ => None,
         })
-        .collect())
+        .collect();
+    let moved = match extra.first() {
+        Some(Value::Int(m)) => *m,
+        _ => return Err(bad("promoter's count")),
+    };
+    let next_due = extra.get(1).and_then(text).and_then(|t| t.parse::<f64>().ok()).map(|d| d as Millis);
+    let promoted = (moved != -2).then_some((moved, next_due));
+    let clock = extra.get(2).and_then(text).and_then(|t| t.parse::<i64>().ok());
+    let peeked = clock.map(|clock_ms| Peeked {
+        clock_ms,
+        values: extra.get(3..).unwrap_or_default().chunks(2).filter_map(peeked_value).collect(),
+    });
+    Ok(Dispatched { entries, promoted, peeked })
+}
+
+/// One (key, value) pair the dispatch script peeked at.
+fn peeked_value(pair: &[Value]) -> Option<(String, Option<Peek>)> {
+    let [key, value] = pair else { return None };
+    let value = match value {
+        Value::Nil => None,
+        Value::Array(kv) => Some(Peek::Hash(
+            kv.chunks(2)
+                .filter_map(|p| match p {
+                    [k, v] => Some((text(k)?, text(v)?)),
+                    _ => None,
+                })
+                .collect(),
+        )),
+        other => Some(Peek::Text(text(other)?)),
+    };
+    Some((text(key)?, value))
 }
 
 /// Whether the fields carry the dispatch script's `g` = `1`.

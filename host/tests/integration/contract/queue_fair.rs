@@ -173,14 +173,14 @@ async fn lease_skips_held_vendors_and_caps_limited_ones(backend: Backend) {
     q.enqueue(&slow).await.unwrap();
     q.enqueue(&fast).await.unwrap();
     let held = LeaseOptions { blocked: vec![("slow".into(), now_ms() + 60_000)], ..Default::default() };
-    let got = ids(&q.lease_with("c1", 10, LONG, Duration::ZERO, &held).await.unwrap());
+    let got = ids(&q.lease_with("c1", 10, LONG, Duration::ZERO, &held).await.unwrap().leases);
     assert_eq!(got, ["fast-0", "fast-1", "fast-2"]);
     let capped = LeaseOptions { limited: vec![("slow".into(), 1)], ..Default::default() };
-    assert_eq!(ids(&q.lease_with("c1", 10, LONG, Duration::ZERO, &capped).await.unwrap()), ["slow-0"]);
+    assert_eq!(ids(&q.lease_with("c1", 10, LONG, Duration::ZERO, &capped).await.unwrap().leases), ["slow-0"]);
     // Held for a moment only: a waiting lease call wakes when the hold ends,
     // well before its wait is over.
     let brief = LeaseOptions { blocked: vec![("slow".into(), now_ms() + 200)], ..Default::default() };
-    let got = q.lease_with("c1", 10, LONG, Duration::from_secs(20), &brief).await.unwrap();
+    let got = q.lease_with("c1", 10, LONG, Duration::from_secs(20), &brief).await.unwrap().leases;
     assert_eq!(ids(&got), ["slow-1", "slow-2"]);
 }
 
