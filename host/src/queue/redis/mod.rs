@@ -106,6 +106,26 @@ const PROMOTE_RECHECK: Duration = Duration::from_millis(100);
 pub const DEFAULT_PARTITIONS_NODE: usize = 1;
 pub const DEFAULT_PARTITIONS_CLUSTER: usize = 16;
 
+/// What a lease call asks of one dispatch.
+struct Ask<'a> {
+    consumer: &'a str,
+    /// Entries at most.
+    count: usize,
+    lease: Duration,
+    /// Vendors held: none of theirs.
+    skip: &'a [&'a str],
+    options: &'a LeaseOptions,
+}
+
+/// Adds what one dispatch read for the caller to what others did.
+fn merge(all: &mut Option<Peeked>, read: Option<Peeked>) {
+    match (all.as_mut(), read) {
+        (Some(all), Some(read)) => all.values.extend(read.values),
+        (None, read) => *all = read,
+        (_, None) => {}
+    }
+}
+
 /// One partition: its keys and this process's bookkeeping of it.
 struct Partition {
     keys: Keys,
@@ -401,39 +421,44 @@ impl RedisQueue {
     /// `caps`) and reads them for `consumer`, taking a slot of each of
     /// `slots` for its vendor's entries while one is free (not on a
     /// cluster: see `takes_slots`).
-    async fn dispatch(
-        &self,
-        p: usize,
-        consumer: &str,
-        count: usize,
-        lease: Duration,
-        skip: &[&str],
-        options: &LeaseOptions,
-    ) -> Result<(Vec<Lease>, Option<Peeked>)> {
+    async fn dispatch(&self, p: usize, ask: &Ask<'_>) -> Result<(Vec<Lease>, Option<Peeked>)> {
+        let now = now_ms();
+        let raw: Value = self.dispatch_call(p, ask, now).invoke_async(&mut self.conn.clone()).await?;
+        self.dispatched(p, ask, now, raw)
+    }
+
+    /// The dispatch script's invocation for partition `p` (see `DISPATCH`).
+    fn dispatch_call<'a>(&'a self, p: usize, ask: &Ask<'_>, now: Millis) -> redis::ScriptInvocation<'a> {
         let keys = self.keys(p);
+        let options = ask.options;
         let caps = &options.limited;
         let slots: &[SlotAsk] = if self.takes_slots() { &options.slots } else { &[] };
         let mut inv = self.dispatch.key(&keys.jobs);
-        inv.arg(&keys.base).arg(GROUP).arg(consumer).arg(count).arg(skip.len()).arg(skip).arg(caps.len());
+        inv.arg(&keys.base).arg(GROUP).arg(ask.consumer).arg(ask.count).arg(ask.skip.len()).arg(ask.skip);
+        inv.arg(caps.len());
         for (vendor, cap) in caps {
             inv.arg(vendor).arg(*cap);
         }
         inv.arg(slots.len());
-        for ask in slots {
-            inv.key(&ask.key).arg(&ask.vendor).arg(ask.interval_us).arg(ask.burst.max(1)).arg(ask.peek.len());
-            for key in &ask.peek {
+        for slot in slots {
+            inv.key(&slot.key).arg(&slot.vendor).arg(slot.interval_us).arg(slot.burst.max(1)).arg(slot.peek.len());
+            for key in &slot.peek {
                 inv.key(key);
             }
         }
         // The promoter rides along when it is due here (one round trip
         // less per PROMOTE_RECHECK while leases come).
-        let now = now_ms();
         if self.promoted_lately(p, now).is_some() {
             inv.arg("");
         } else {
             inv.arg(now).arg(PROMOTE_BATCH).arg(&self.token).arg(PROMOTER_TTL.as_millis() as u64).arg(self.aging_ms());
         }
-        let raw: Value = inv.invoke_async(&mut self.conn.clone()).await?;
+        inv
+    }
+
+    /// The leases (and what was read for the caller) of the dispatch
+    /// script's reply `raw`, called at `now`; notes what the promoter did.
+    fn dispatched(&self, p: usize, ask: &Ask<'_>, now: Millis, raw: Value) -> Result<(Vec<Lease>, Option<Peeked>)> {
         let n = self.parts.len();
         let dispatched = parse_dispatched(raw)?;
         if let Some((moved, next)) = dispatched.promoted {
@@ -448,8 +473,8 @@ impl RedisQueue {
                 payload,
                 entry_id: entry_id(p, &id, n),
                 deliveries: 1,
-                lease_for: lease,
-                consumer: consumer.to_string(),
+                lease_for: ask.lease,
+                consumer: ask.consumer.to_string(),
                 token: 1,
                 slot,
             })
@@ -458,26 +483,48 @@ impl RedisQueue {
     }
 
     /// Waits up to `wait` for partition `p`'s bell (entries joined its
-    /// lanes); a ring may be for entries another call takes first.
-    async fn wait_bell(&self, p: usize, wait: Duration) -> Result<()> {
+    /// lanes), then dispatches from it, in one round trip: the dispatch
+    /// script is pipelined behind the `BLPOP` on the same connection, and
+    /// Redis runs it once the `BLPOP` returns (a ring, or the wait is over).
+    /// A ring may be for entries another call takes first.
+    async fn wait_then_dispatch(
+        &self,
+        p: usize,
+        wait: Duration,
+        ask: &Ask<'_>,
+    ) -> Result<(Vec<Lease>, Option<Peeked>, bool)> {
         let mut conn = self.blocking_conn().await?;
         // Bounded: a dead socket fails the wait instead of hanging it. On
         // error the connection is dropped, not pooled.
         let bound = wait.saturating_add(self.timeout);
         let secs = format!("{:.3}", wait.as_secs_f64().max(0.001));
-        let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(&self.keys(p).bell).arg(secs);
-        match tokio::time::timeout(bound, cmd.query_async::<Value>(&mut conn)).await {
-            Ok(r) => {
-                r?;
-            }
+        let now = now_ms();
+        let call = self.dispatch_call(p, ask, now);
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().cmd("BLPOP").arg(&self.keys(p).bell).arg(secs).invoke_script(&call);
+        let replies: Vec<Value> = match tokio::time::timeout(bound, pipe.query_async(&mut conn)).await {
+            Ok(r) => r?,
             Err(_) => return Err(QueueError::Other(format!("redis did not answer within {bound:?}"))),
+        };
+        {
+            let mut pool = lock(&self.blocking);
+            if pool.len() < BLOCKING_POOL {
+                pool.push(conn);
+            }
         }
-        let mut pool = lock(&self.blocking);
-        if pool.len() < BLOCKING_POOL {
-            pool.push(conn);
-        }
-        Ok(())
+        let mut replies = replies.into_iter();
+        let rang = matches!(replies.next(), Some(Value::Array(_)));
+        let (leases, read) = match replies.next() {
+            // The script is not loaded (Redis restarted) or the group is
+            // gone: the plain call loads it, or recreates the group.
+            Some(Value::ServerError(e)) if matches!(e.code(), "NOSCRIPT" | "NOGROUP") => {
+                self.with_group(p, || self.dispatch(p, ask)).await?
+            }
+            Some(Value::ServerError(e)) => return Err(QueueError::Redis(e.into())),
+            Some(raw) => self.dispatched(p, ask, now, raw)?,
+            None => return Err(QueueError::Other("unexpected reply to a wait and dispatch: too short".into())),
+        };
+        Ok((leases, read, rang))
     }
 
     /// The partition and stream id a lease names (None: not this queue's).
@@ -702,6 +749,9 @@ impl Queue for RedisQueue {
         let n = self.parts.len();
         let deadline = Instant::now() + wait;
         let mut start = self.next_start.fetch_add(1, Ordering::Relaxed) % n;
+        // A partition just dispatched from after a ring, empty-handed:
+        // nothing to look at there again before the next ring.
+        let mut rung_empty: Option<usize> = None;
         loop {
             let now = now_ms();
             // The vendors still held, and when the first hold ends.
@@ -716,18 +766,17 @@ impl Queue for RedisQueue {
                     break;
                 }
                 let p = (start + i) % n;
-                let room = max - out.len();
-                let (got, read) =
-                    self.with_group(p, || self.dispatch(p, consumer, room, lease, &skip, options)).await?;
+                if rung_empty == Some(p) {
+                    dispatched[p] = true;
+                    continue;
+                }
+                let ask = Ask { consumer, count: max - out.len(), lease, skip: &skip, options };
+                let (got, read) = self.with_group(p, || self.dispatch(p, &ask)).await?;
                 out.extend(got);
                 dispatched[p] = true;
-                if let Some(read) = read {
-                    match peeked.as_mut() {
-                        Some(all) => all.values.extend(read.values),
-                        None => peeked = Some(read),
-                    }
-                }
+                merge(&mut peeked, read);
             }
+            rung_empty = None;
             // The partitions not dispatched from (the call was full first)
             // still get their promoter when it is due.
             let undispatched = (0..n).filter(|p| !dispatched[*p]).map(|p| self.promote_due(p, now));
@@ -738,7 +787,7 @@ impl Queue for RedisQueue {
             }
             let next_due = (0..n).filter_map(|p| lock(&self.parts[p].promoted).and_then(|(_, next)| next)).min();
             // Empty-handed: wait for a ring, not past the next delayed
-            // entry nor the end of a hold.
+            // entry nor the end of a hold, and dispatch in the same trip.
             let wake = match (next_due, hold_ends) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -748,7 +797,17 @@ impl Queue for RedisQueue {
             if n > 1 {
                 block = block.min(SHORT_BLOCK);
             }
-            self.wait_bell(start, block).await?;
+            let ask = Ask { consumer, count: max, lease, skip: &skip, options };
+            let (got, read, rang) = self.wait_then_dispatch(start, block, &ask).await?;
+            if !got.is_empty() || deadline <= Instant::now() {
+                return Ok(Leased { leases: got, peeked: read });
+            }
+            // Woken by a ring that another call answered first: look at the
+            // other partitions, then wait again. Woken by the clock (a
+            // delayed entry due, a hold ended): look again everywhere.
+            if rang {
+                rung_empty = Some(start);
+            }
             start = (start + 1) % n;
         }
     }

@@ -556,6 +556,30 @@ async fn queue_redis_cluster_ack_publishing_tells_subscribers() {
     }
 }
 
+/// Empty-handed, a lease call waits on the bell with its dispatch script
+/// pipelined behind the wait (one round trip for both). If Redis forgot the
+/// script meanwhile (a restart, `SCRIPT FLUSH`), the call loads it and
+/// still hands out the entry that woke it. (A private server: the flush
+/// would reach other tests' scripts.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_redis_a_waiting_lease_outlives_a_script_flush() {
+    let redis = servers::RedisServer::start();
+    let q = Arc::new(RedisQueue::connect(&redis.url, &servers::unique("vh_flush")).await.unwrap());
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.lease("c1", 5, LONG, Duration::from_secs(10)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the lease returned before anything was enqueued");
+    let mut admin = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    // The enqueue loads its own script again; its ring wakes the waiter,
+    // whose pipelined dispatch then finds no script.
+    q.enqueue(&[msg(3)]).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), waiter).await.expect("the waiter hung").unwrap().unwrap();
+    assert_eq!(decoded(&got), [msg(3)]);
+}
+
 /// The SQLite queue has no channel: it acks and says it did not publish, so
 /// `finish` publishes itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
