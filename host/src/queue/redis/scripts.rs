@@ -107,11 +107,12 @@ return n
 /// to that tag. The entry is written with its rank `r`, tag `t` and
 /// sequence `s`, which a release gives back. Entries already on the stream
 /// and undelivered (written by an older version, or by hand) are read
-/// first. For each entry read of a vendor with a limit given, one slot of
-/// it is taken while one is free: the step of `limits::redis`'s `GCRA_N`
-/// for one call (same key, same clock), and the entry's fields get `g`,
-/// `1` in the reply (not on the stream); and that vendor's keys to peek at
-/// are read (a string's value, a hash's fields; false if absent).
+/// first. Lanes left empty clear the bell (its rings are all stale then).
+/// For each entry read of a vendor with a limit given, one slot of it is
+/// taken while one is free: the step of `limits::redis`'s `GCRA_N` for one
+/// call (same key, same clock), and the entry's fields get `g`, `1` in the
+/// reply (not on the stream); and that vendor's keys to peek at are read (a
+/// string's value, a hash's fields; false if absent).
 ///
 /// Returns {{id, fields, id, fields, ...}, {moved (-2: the promoter did not
 /// run), next due ('' if none), Redis' clock in ms ('' if nothing was
@@ -210,6 +211,9 @@ if room > 0 then
   end
   if last then redis.call('SET', base .. ':rr', last) end
 end
+-- Lanes left empty: every ring on the bell is stale (its entries were
+-- taken without a wait), and would wake the next wait for nothing.
+if (tonumber(redis.call('GET', base .. ':waiting') or '0') or 0) <= 0 then redis.call('DEL', base .. ':bell') end
 local out = {}
 local read = {}
 local now = nil

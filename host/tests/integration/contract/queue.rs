@@ -580,6 +580,38 @@ async fn queue_redis_a_waiting_lease_outlives_a_script_flush() {
     assert_eq!(decoded(&got), [msg(3)]);
 }
 
+/// Entries taken without a wait leave their rings on the bell; once the
+/// lanes are empty the dispatch clears it, so the next wait sleeps until
+/// something new joins instead of waking once per stale ring (each a round
+/// trip). Counted on a private server's `INFO commandstats`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_redis_an_empty_queue_wait_is_not_woken_by_stale_rings() {
+    let redis = servers::RedisServer::start();
+    let q = RedisQueue::connect(&redis.url, &servers::unique("vh_bell")).await.unwrap();
+    let msgs: Vec<Message> = (0..20).map(msg).collect();
+    for m in &msgs {
+        q.enqueue(std::slice::from_ref(m)).await.unwrap();
+    }
+    let got = q.lease("c1", 50, LONG, Duration::ZERO).await.unwrap();
+    assert_eq!(got.len(), 20);
+    let mut admin = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let blpops = async |admin: &mut redis::aio::MultiplexedConnection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(admin).await.unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_blpop:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = blpops(&mut admin).await;
+    let started = Instant::now();
+    let none = q.lease("c1", 50, LONG, Duration::from_millis(800)).await.unwrap();
+    assert!(none.is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(700), "returned after {:?}", started.elapsed());
+    let waits = blpops(&mut admin).await - before;
+    assert_eq!(waits, 1, "one wait, not one per stale ring");
+}
+
 /// The SQLite queue has no channel: it acks and says it did not publish, so
 /// `finish` publishes itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
