@@ -43,8 +43,9 @@
 //! - `B:clock`: hash vendor → virtual time V; `B:weights`: key name → weight
 //!   (written by each enqueue from the configuration).
 //! - `B:waiting`: count of entries in lanes; `B:seq`: member sequence;
-//!   `B:bell`: a short list a lease call blocks on (`BLPOP`) when it finds
-//!   nothing, pushed when entries join lanes.
+//!   `B:bell`: a short list a lease call blocks on (`BLPOP`, its dispatch
+//!   pipelined behind) when it finds nothing, pushed when entries join
+//!   lanes and cleared by a dispatch that leaves them empty.
 //!
 //! Leasing is vendor-aware ([`LeaseOptions`]): held vendors are skipped by
 //! the dispatch script, limited ones give a few entries per call. On one
