@@ -164,8 +164,10 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             }
         }
         let mut options = ctx.vendor_holds.lease_options(now_ms());
+        // Each slot ask's configured rate, in order (for what the lease reads).
+        let mut configured = Vec::new();
         if ctx.queue.takes_slots() {
-            options.slots = slot_asks(&ctx, &options);
+            (options.slots, configured) = slot_asks(&ctx, &options);
         }
         let leased = tokio::select! {
             r = ctx.queue.lease_with(&ctx.consumer, permits.len(), ctx.settings.lease, ctx.settings.poll, &options) => r,
@@ -175,7 +177,7 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
             Ok(l) => {
                 ctx.liveness.polled();
                 if let Some(read) = &l.peeked {
-                    peeked(&ctx, &options.slots, read);
+                    peeked(&ctx, &options.slots, &configured, read);
                 }
                 l.leases
             }
@@ -219,38 +221,39 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
 /// `RateLimiter::lease_slot`), but not one it holds or limits (its jobs take
 /// their turns in line, see `fair_rate_limit`). A slot taken for a job the
 /// gate then turns away (paused meanwhile, bulkhead full, breaker open) is
-/// not used: the limit can be under-used, never exceeded.
-fn slot_asks(ctx: &WorkerCtx, options: &LeaseOptions) -> Vec<SlotAsk> {
+/// not used: the limit can be under-used, never exceeded. Beside them,
+/// each vendor's configured rate.
+fn slot_asks(ctx: &WorkerCtx, options: &LeaseOptions) -> (Vec<SlotAsk>, Vec<f64>) {
     let snapshot = ctx.registry.snapshot();
     snapshot
         .plugins
         .iter()
         .filter(|(vendor, _)| !options.limited.iter().any(|(v, _)| v == *vendor))
         .filter_map(|(vendor, plugin)| {
-            let (key, quota) = ctx.limiter.lease_slot(vendor, ctx.policies.for_plugin(plugin).quota)?;
+            let configured = ctx.policies.for_plugin(plugin).quota;
+            let (key, quota) = ctx.limiter.lease_slot(vendor, configured)?;
             let interval = crate::limits::local::emission_interval(quota).ok()?;
             let mut peek = ctx.limiter.peek_keys(vendor);
             peek.extend(ctx.breakers.peek_keys(vendor));
-            Some(SlotAsk {
+            let ask = SlotAsk {
                 vendor: vendor.clone(),
                 key,
                 interval_us: interval.as_secs_f64() * 1e6,
                 burst: quota.burst,
                 peek,
-            })
+            };
+            Some((ask, configured.rate))
         })
-        .collect()
+        .unzip()
 }
 
 /// Hands what the lease read (the learned limits and breaker of each
 /// vendor it handed out an entry of) to the limiter and the breakers: the
-/// gate of those jobs then asks Redis nothing (issue 24).
-fn peeked(ctx: &WorkerCtx, asks: &[SlotAsk], read: &Peeked) {
-    let snapshot = ctx.registry.snapshot();
-    for ask in asks.iter().filter(|a| a.peek.first().is_some_and(|k| read.has(k))) {
-        if let Some(plugin) = snapshot.plugins.get(&ask.vendor) {
-            ctx.limiter.peeked(&ask.vendor, ctx.policies.for_plugin(plugin).quota.rate, read);
-        }
+/// gate of those jobs then asks Redis nothing (issue 24). `configured`:
+/// each ask's configured rate, in order.
+fn peeked(ctx: &WorkerCtx, asks: &[SlotAsk], configured: &[f64], read: &Peeked) {
+    for (ask, rate) in asks.iter().zip(configured).filter(|(a, _)| a.peek.first().is_some_and(|k| read.has(k))) {
+        ctx.limiter.peeked(&ask.vendor, *rate, read);
         ctx.breakers.peeked(&ask.vendor, read);
     }
 }

@@ -170,6 +170,11 @@ impl RedisLimiter {
         vendor_key(&self.prefix, vendor, "rl")
     }
 
+    /// The keys of what `vendor` taught: its pause and its AIMD state.
+    fn learned_keys(&self, vendor: &str) -> [String; 2] {
+        [vendor_key(&self.prefix, vendor, "pause"), vendor_key(&self.prefix, vendor, "aimd")]
+    }
+
     /// `GCRA`: one call, booking a turn unless a slot is free within
     /// `linger` (see `RateLimiter::acquire_or_book`).
     async fn book(&self, vendor: &str, quota: Quota, linger: Duration) -> Result<Option<Duration>, LimitError> {
@@ -206,9 +211,10 @@ impl RedisLimiter {
         if !configured.is_finite() || configured <= 0.0 {
             return Err(LimitError::Other(format!("rate must be a positive number, got {configured}")));
         }
-        let mut invocation = self.learn.key(vendor_key(&self.prefix, vendor, "pause"));
+        let [pause, aimd] = self.learned_keys(vendor);
+        let mut invocation = self.learn.key(pause);
         invocation
-            .key(vendor_key(&self.prefix, vendor, "aimd"))
+            .key(aimd)
             .arg(configured)
             .arg(learned::recovery_per_ms(configured))
             .arg(lesson.pause.map_or(0, |p| p.as_millis().max(1) as u64))
@@ -253,11 +259,11 @@ impl RateLimiter for RedisLimiter {
     }
 
     fn peek_keys(&self, vendor: &str) -> Vec<String> {
-        vec![vendor_key(&self.prefix, vendor, "pause"), vendor_key(&self.prefix, vendor, "aimd")]
+        self.learned_keys(vendor).into()
     }
 
     fn peeked(&self, vendor: &str, configured: f64, read: &Peeked) {
-        let (pause, aimd) = (vendor_key(&self.prefix, vendor, "pause"), vendor_key(&self.prefix, vendor, "aimd"));
+        let [pause, aimd] = self.learned_keys(vendor);
         if !read.has(&pause) || !read.has(&aimd) || !configured.is_finite() || configured <= 0.0 {
             return;
         }

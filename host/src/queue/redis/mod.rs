@@ -283,7 +283,10 @@ impl RedisQueue {
     /// [`PROMOTE_RECHECK`].
     fn note_promoted(&self, p: usize, now: Millis, moved: i64, next: Option<Millis>) -> Option<Millis> {
         let mut next_due = next;
-        if moved < 0 {
+        if moved >= PROMOTE_BATCH as i64 {
+            // A full batch moved: more may be due at once.
+            next_due = Some(now);
+        } else if moved < 0 {
             // Another process is this partition's promoter: what is due is
             // its to move; look again a little later rather than spin on an
             // entry already due.
@@ -319,12 +322,11 @@ impl RedisQueue {
                 .arg(self.aging_ms())
                 .invoke_async(&mut conn)
                 .await?;
+            let next_due = self.note_promoted(p, now, moved, next.parse::<f64>().ok().map(|s| s as Millis));
             if moved < PROMOTE_BATCH as i64 {
-                return Ok(self.note_promoted(p, now, moved, next.parse::<f64>().ok().map(|s| s as Millis)));
+                return Ok(next_due);
             }
         }
-        // Ten full batches moved: more may be due at once.
-        *lock(&part.promoted) = Some((Instant::now(), Some(now)));
         Ok(Some(now))
     }
 
@@ -463,8 +465,6 @@ impl RedisQueue {
         let n = self.parts.len();
         let dispatched = parse_dispatched(raw)?;
         if let Some((moved, next)) = dispatched.promoted {
-            // A full batch moved: more may be due at once.
-            let next = if moved >= PROMOTE_BATCH as i64 { Some(now) } else { next };
             let _ = self.note_promoted(p, now, moved, next);
         }
         let leases = dispatched
