@@ -451,7 +451,9 @@ EOF
 # sync jobs, then as many async ones (the mock calls back after 20 ms), each
 # run `loadtest --mode e2e -n N`; the counters' growth over the run and over
 # 2 s idle before it (the background: sweeper, queue depth, blocking reads)
-# are recorded as KIND.trips_VENDOR. The table divides them by the jobs
+# are recorded as KIND.trips_VENDOR, each less one scrape of /metrics (which
+# reads the queue depth and the breakers itself: measured as two scrapes back
+# to back). The table divides them by the jobs
 # completed. With FEATURE (sync jobs only), an opt-in feature is on:
 #   quota: every job submitted with an API key that has a daily quota for the
 #          vendor (auth on; /metrics then read with the admin key)
@@ -486,6 +488,9 @@ TOML
     idle0=$(counters)
     sleep 2
     idle1=$(counters)
+    # A scrape right after another: what one scrape's own reads cost (the
+    # queue depth and each vendor's breaker, in every process), taken off
+    # the idle window and the run, each of which ends with a scrape.
     before=$(counters)
     start=$(date +%s.%N)
     loadtest --mode e2e -n "$TRIPS_JOBS" -c 64 --stall-timeout 30s --vendor "$vendor" --data "$data" "${key_args[@]}" \
@@ -494,8 +499,10 @@ TOML
     after=$(counters)
     record_value "$kind.trips_$vendor${feature:++$feature}" "$(jq -c --argjson i0 "$idle0" --argjson i1 "$idle1" --argjson b "$before" --argjson a "$after" \
       --arg s "$start" --arg e "$end" \
-      '{e2e: .e2e, wall_s: (($e|tonumber) - ($s|tonumber)), idle_s: 2,
-        idle: ($i1 | with_entries(.value -= ($i0[.key] // 0))), run: ($a | with_entries(.value -= ($b[.key] // 0)))}' \
+      '($b | with_entries(.value -= ($i1[.key] // 0))) as $scrape
+       | {e2e: .e2e, wall_s: (($e|tonumber) - ($s|tonumber)), idle_s: 2, scrape: $scrape,
+        idle: ($i1 | with_entries(.value -= ($i0[.key] // 0) + ($scrape[.key] // 0))),
+        run: ($a | with_entries(.value -= ($b[.key] // 0) + ($scrape[.key] // 0)))}' \
       <"$WORK/trips.json" 2>/dev/null || echo '{"failed": true}')"
     down
   done
@@ -696,7 +703,8 @@ if any(f"{k}.trips_{v}" in rows for k, _ in TRIP_KINDS for v, _ in TRIP_RUNS):
     out.append("")
     out.append("Store operations and Redis round-trips per completed job (counters of every process over the run; sqlite counts")
     out.append("the queue's work too; reads include the load generator's GET /jobs/{id} polls, shown apart; background = the")
-    out.append("same counters per second while idle, e.g. sweeper and queue-depth reads, blocking reads)")
+    out.append("same counters per second while idle, e.g. sweeper and queue-depth reads, blocking reads; both less the reads")
+    out.append("of the /metrics scrape that reads the counters, shown apart)")
 for kind, name in TRIP_KINDS:
     for vendor, run_name in TRIP_RUNS:
         r = (rows.get(f"{kind}.trips_{vendor}") or {}).get("value")
@@ -729,6 +737,9 @@ for kind, name in TRIP_KINDS:
         rs, rb = per("redis.shared"), per("redis.blocking")
         if rs or rb:
             out.append(f"    redis round-trips: {rs + rb:.2f} ({rs:.2f} shared, {rb:.2f} blocking reads)")
+        scrape = {k: v for k, v in r.get("scrape", {}).items() if v and k.startswith("redis.")}
+        if scrape:
+            out.append(f"    one /metrics scrape of every process (taken off the run and the background): {', '.join(f'{k} {v:.0f}' for k, v in sorted(scrape.items()))}")
         bg = {k: v / r.get("idle_s", 2) for k, v in idle.items() if v}
         if bg:
             wall = r.get("wall_s", 0)
