@@ -3,7 +3,8 @@
 #   redis-server, docker-compose, chromium and chromium-driver (the web
 #   console's browser test) from Debian, nx-27017 (a MongoDB
 #   wire-protocol stand-in) and schemathesis from PyPI into .venv, and
-#   rustup's wasm32-wasip2 target (plugins/build.sh adds that one);
+#   rustup's wasm32-wasip2 target (plugins/build.sh adds that one) and its
+#   clippy and rustfmt components;
 #   componentize-py (PyPI, into .venv) and Node.js (Debian) with
 #   componentize-js and jco (npm, into plugins/js/node_modules), which build
 #   the Python and JavaScript sample plugins.
@@ -29,6 +30,14 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
 fi
 # The Debian redis package starts a system server on 6379; the tests start
 # their own on free ports and do not need it.
+
+# Clippy (its driver lints the test build, scripts/clippy-rustc.sh) and
+# rustfmt: in rustup's default profile, not in its minimal one.
+if ! command -v clippy-driver >/dev/null 2>&1 || ! cargo fmt --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null 2>&1 || { say "clippy or rustfmt is missing and rustup is not installed: install both and retry"; exit 1; }
+    say "installing rustup's clippy and rustfmt components"
+    rustup component add clippy rustfmt >/dev/null 2>&1 || { say "rustup component add clippy rustfmt failed"; exit 1; }
+fi
 
 if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
