@@ -676,9 +676,9 @@ async fn a_plugin_from_the_template_builds_and_serves_when_dropped_in() {
     assert!(out.contains("created plugin crate"), "{out}");
 
     // The plugins' target dir: the dependencies `make build-plugins` built
-    // for wasm32 are reused (a fresh one took ~2 min more of a fresh CI
-    // run). The crate builds as its author would: not under `make test`'s
-    // lint wrapper.
+    // for wasm32 are reused (with a fresh target dir of its own the test
+    // took 144 s here). The crate builds as its author would: not under
+    // `make test`'s lint wrapper.
     let target_dir = repo_root().join("plugins/target");
     let cargo = || {
         let mut c = std::process::Command::new("cargo");
