@@ -7,7 +7,10 @@
 # run (rate and service CPU per request; its window includes submitting the
 # 200 jobs it reads): machines of this kind differ up
 # to 2x, the ratios travel. Rate limits lifted, in-process mock vendors
-# answering at once, the generator on the same cores.
+# answering at once, the generator on the same cores. Also printed: how many
+# writes the SQLite writer committed together on average and its commits
+# (each one fsync) per job, which say whether a lever that saves a write
+# saves a commit too (under this closed-loop load it mostly does not).
 #
 # Backends (BENCH_CPU_BACKENDS, default "embedded streams"): embedded
 # (`serve` on one SQLite file), streams (`serve` with the queue on a Redis
@@ -37,15 +40,18 @@ ticks() {
   echo "$total"
 }
 
-# Store writes, store reads and Redis round trips so far (sums of the
-# counters on /metrics; 0 where a build has none). Reads include the
-# generator's polls (GET /jobs/{id}).
+# Store writes, store reads, Redis round trips, and the SQLite writer's
+# group commits and the writes they carried, so far (sums of the counters
+# on /metrics; 0 where a build has none). Reads include the generator's
+# polls (GET /jobs/{id}).
 trips() {
   curl -sf "$1/metrics" | awk '
     /^vendorhost_store_operations_total\{/ && /op="write"/ { w += $NF; next }
     /^vendorhost_store_operations_total\{/ && !/op="monitoring"/ { r += $NF }
     /^vendorhost_redis_round_trips_total/ { t += $NF }
-    END { printf "%d %d %d\n", w, r, t }'
+    /^vendorhost_sqlite_batch_size_count/ { c += $NF }
+    /^vendorhost_sqlite_batch_size_sum/ { s += $NF }
+    END { printf "%d %d %d %d %d\n", w, r, t, c, s }'
 }
 
 REDIS_URL=
@@ -54,7 +60,7 @@ report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before
   python3 - "$@" "$HZ" "$JOBS" <<'PY'
 import json, sys
 backend, out, before, after, g, gb, ga, tb, ta, hz, jobs = sys.argv[1:12]
-(wb, rb, tb), (wa, ra, ta) = map(int, tb.split()), map(int, ta.split())
+(wb, rb, tb, cb, sb), (wa, ra, ta, ca, sa) = map(int, tb.split()), map(int, ta.split())
 out, g = json.loads(out), json.loads(g)
 before, after, gb, ga, hz, jobs = int(before), int(after), int(gb), int(ga), int(hz), int(jobs)
 e, gets = out["e2e"], g["get"]
@@ -65,7 +71,8 @@ per_job = lambda a, b: f"{(b - a) / jobs:.2f}" if b > a else "-"
 print(f"| {backend} | {cpu_us:.0f} µs ({cpu_us / max(get_us, 0.001):.1f} GETs) | {rate:.0f} jobs/s "
       f"({rate / max(gets['per_sec'], 1) * 100:.0f} % of GETs/s) | {e.get('terminal')} | {e.get('lost')} "
       f"| {e['latency']['p50_ms']:.1f} / {e['latency']['p99_ms']:.1f} ms | {gets['per_sec']:.0f}/s, {get_us:.0f} µs "
-      f"| {per_job(wb, wa)} / {per_job(rb, ra)} | {per_job(tb, ta)} |")
+      f"| {per_job(wb, wa)} / {per_job(rb, ra)} | {per_job(tb, ta)} "
+      f"| {(sa - sb) / max(ca - cb, 1):.1f} ({per_job(cb, ca)}) |")
 PY
 }
 
@@ -102,8 +109,8 @@ run_backend() { # backend
   stop_pid "$pid"
 }
 
-echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each | store writes / reads per job | Redis round trips per job |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each | store writes / reads per job | Redis round trips per job | writes per group commit (commits per job) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for b in $BACKENDS; do
   run_backend "$b"
 done
