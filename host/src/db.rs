@@ -44,6 +44,9 @@ trait Pending: Send {
     /// Tells the caller. A write that never finished a run (it panicked)
     /// drops its answer channel: the caller sees the writer's error.
     fn answer(self: Box<Self>, committed: Result<(), String>);
+    /// Whether its group's commit must reach the disk (fsync) before it is
+    /// answered; see `Db::write_unsynced`.
+    fn synced(&self) -> bool;
 }
 
 type Op = Box<dyn Pending>;
@@ -52,6 +55,7 @@ struct Write<R, F> {
     f: F,
     result: Option<rusqlite::Result<R>>,
     tx: oneshot::Sender<Result<R, DbError>>,
+    synced: bool,
 }
 
 impl<R, F> Pending for Write<R, F>
@@ -75,6 +79,10 @@ where
             Err(msg) => Err(DbError::Open { path: PathBuf::new(), message: format!("write not committed: {msg}") }),
         };
         let _ = tx.send(out);
+    }
+
+    fn synced(&self) -> bool {
+        self.synced
     }
 }
 
@@ -327,7 +335,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection, DbError> {
     conn.set_prepared_statement_cache_capacity(128);
     if !read_only {
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        // FULL: each group commit is fsynced before anyone is answered.
+        // FULL: each group commit is fsynced before anyone is answered
+        // (except a group of unsynced writes only: `Db::write_unsynced`).
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
         // A write in its own savepoint (a replayed group, see `writer_loop`)
@@ -393,9 +402,34 @@ impl Db {
         R: Send + 'static,
         F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
+        self.send(f, true).await
+    }
+
+    /// Like `write`, but answered without waiting for the disk when no
+    /// write in its group needs that: the group commits with `synchronous =
+    /// NORMAL` (in WAL mode, no fsync; the commit has reached the OS, so a
+    /// crash of this process loses nothing). Only an OS crash or power loss
+    /// before the next synced commit can undo it, and then together with
+    /// everything after it (the log is a prefix), so it suits a write whose
+    /// loss, alone, is harmless: the queue's lease pick (lost, the entries
+    /// are simply leased again, as after an expired lease; anything done
+    /// under the lease that was synced made the pick durable with it).
+    pub async fn write_unsynced<R, F>(&self, f: F) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        self.send(f, false).await
+    }
+
+    async fn send<R, F>(&self, f: F, synced: bool) -> Result<R, DbError>
+    where
+        R: Send + 'static,
+        F: FnMut(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
         count_op("write");
         let (tx, rx) = oneshot::channel::<Result<R, DbError>>();
-        let op: Op = Box::new(Write { f, result: None, tx });
+        let op: Op = Box::new(Write { f, result: None, tx, synced });
         self.writer.send(op).await.map_err(|_| DbError::Closed)?;
         rx.await.map_err(|_| DbError::Closed)?
     }
@@ -500,8 +534,13 @@ fn run_op(op: &mut Op, conn: &Connection, savepoint: bool) -> bool {
 /// Writes almost never fail; when one does (or panics), the whole group is
 /// rolled back and run again with each write in its own savepoint, so the
 /// failed one is undone alone and the rest commit.
+///
+/// A group of unsynced writes only (`Db::write_unsynced`) commits without
+/// an fsync; any other group with one, as the connection was opened.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
+    // The connection's `synchronous` setting: FULL as opened.
+    let mut synced = true;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -510,8 +549,22 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
                 Err(_) => break,
             }
         }
+        let sync = batch.iter().any(|op| op.synced());
+        if sync != synced {
+            let setting = if sync { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+            match run(&conn, setting) {
+                Ok(()) => synced = sync,
+                // Left unsynced, a group that needs the disk cannot commit.
+                Err(e) if sync => {
+                    fail_group(&mut batch, "cannot set synchronous = FULL", e);
+                    continue;
+                }
+                // Left synced: the group only waits for the disk.
+                Err(_) => {}
+            }
+        }
         if let Err(e) = run(&conn, "BEGIN IMMEDIATE") {
-            fail_group(&mut batch, e);
+            fail_group(&mut batch, "cannot begin a transaction", e);
             continue;
         }
         let clean = batch.iter_mut().all(|op| run_op(op, &conn, false));
@@ -520,7 +573,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
             let restarted = run(&conn, "ROLLBACK").and_then(|()| run(&conn, "BEGIN IMMEDIATE"));
             if let Err(e) = restarted {
                 let _ = conn.execute_batch("ROLLBACK");
-                fail_group(&mut batch, e);
+                fail_group(&mut batch, "cannot begin a transaction", e);
                 continue;
             }
             for op in batch.iter_mut() {
@@ -538,11 +591,11 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
     }
 }
 
-/// A group that could not start a transaction: every caller is told, and
-/// the writer pauses a moment before the next.
-fn fail_group(batch: &mut Vec<Op>, e: rusqlite::Error) {
-    let msg = format!("cannot begin a transaction: {e}");
-    tracing::error!(error = %e, "sqlite: cannot begin a transaction");
+/// A group that could not start (its sync setting or its transaction):
+/// every caller is told, and the writer pauses a moment before the next.
+fn fail_group(batch: &mut Vec<Op>, what: &str, e: rusqlite::Error) {
+    let msg = format!("{what}: {e}");
+    tracing::error!(error = %e, "sqlite: {what}");
     for op in batch.drain(..) {
         op.answer(Err(msg.clone()));
     }
@@ -633,6 +686,48 @@ mod tests {
         let rows: Vec<i64> =
             db.read(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
         assert_eq!(rows, [0, 1, 4], "only the failing write's change is undone");
+    }
+
+    /// `synchronous` as a write sees it: 1 NORMAL (no fsync), 2 FULL.
+    fn sync_level(c: &Connection) -> rusqlite::Result<i64> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0))
+    }
+
+    #[tokio::test]
+    async fn only_a_group_of_unsynced_writes_skips_the_fsync_and_a_durable_write_never_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write(|c| c.execute_batch("CREATE TABLE t (x INTEGER)")).await.unwrap();
+        assert_eq!(db.write(sync_level).await.unwrap(), 2, "a durable write alone");
+        let unsynced = db.write_unsynced(|c| {
+            c.execute("INSERT INTO t VALUES (1)", [])?;
+            sync_level(c)
+        });
+        assert_eq!(unsynced.await.unwrap(), 1, "an unsynced write alone");
+        assert_eq!(db.write(sync_level).await.unwrap(), 2, "a durable write right after an unsynced one");
+        // One group: a first write holds the writer (in a group of its
+        // own, it has started) while these two queue up behind it; the
+        // durable write among them makes their group synced.
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = started.clone();
+        let db2 = db.clone();
+        let hold = tokio::spawn(async move {
+            db2.write_unsynced(move |c| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                sync_level(c)
+            })
+            .await
+        });
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (a, b) = tokio::join!(db.write_unsynced(sync_level), db.write(sync_level));
+        assert_eq!(hold.await.unwrap().unwrap(), 1, "the holding write ran alone");
+        assert_eq!((a.unwrap(), b.unwrap()), (2, 2), "a group with a durable write");
+        // An unsynced write is committed like any other: readers see it.
+        let rows: i64 = db.read(|c| c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(rows, 1);
     }
 
     #[test]

@@ -147,9 +147,12 @@ impl Queue for SqliteQueue {
             let blocked_until = options.blocked.iter().map(|(_, until)| *until).filter(|u| *u > now).min();
             let after = self.last_vendor.lock().map(|v| v.clone()).unwrap_or_default();
             let limited = limited.clone();
+            // Unsynced (no fsync before it is answered): a pick lost to an
+            // OS crash leaves its entries as an expired lease would, and
+            // the attempt's start, synced, makes it durable first.
             let (got, next_visible, served) = self
                 .db
-                .write(move |c| {
+                .write_unsynced(move |c| {
                     let pick = Pick {
                         skip: &skip,
                         limited: &limited,
