@@ -9,8 +9,8 @@
 # to 2x, the ratios travel. Rate limits lifted, in-process mock vendors
 # answering at once, the generator on the same cores. Also printed: how many
 # writes the SQLite writer committed together on average and its commits
-# (each one fsync) per job, which say whether a lever that saves a write
-# saves a commit too (under this closed-loop load it mostly does not).
+# per job, which say whether a lever that saves a write saves a commit too
+# (under this closed-loop load it mostly does not).
 #
 # Backends (BENCH_CPU_BACKENDS, default "embedded streams"): embedded
 # (`serve` on one SQLite file), streams (`serve` with the queue on a Redis

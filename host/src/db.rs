@@ -536,7 +536,7 @@ fn run_op(op: &mut Op, conn: &Connection, savepoint: bool) -> bool {
 /// failed one is undone alone and the rest commit.
 ///
 /// A group of unsynced writes only (`Db::write_unsynced`) commits without
-/// an fsync; any other group with one, as the connection was opened.
+/// an fsync; every other group is fsynced, as the connection was opened.
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
     let mut batch: Vec<Op> = Vec::with_capacity(MAX_BATCH);
     // The connection's `synchronous` setting: FULL as opened.
