@@ -12,20 +12,25 @@
 # per job, which say whether a lever that saves a write saves a commit too
 # (under this closed-loop load it mostly does not).
 #
-# Backends (BENCH_CPU_BACKENDS, default "embedded streams"): embedded
-# (`serve` on one SQLite file), streams (`serve` with the queue on a Redis
-# it starts, the store on SQLite).
+# Backends (BENCH_CPU_BACKENDS, default "floor embedded streams"): floor
+# (`vendorhost-floor`, tools/floor: the same HTTP traffic on the same crates
+# and nothing else, so what the stack alone costs a job on this machine),
+# embedded (`serve` on one SQLite file), streams (`serve` with the queue on
+# a Redis it starts, the store on SQLite). Each row after the floor also
+# gives its CPU per job as a multiple of the floor's in the same run: a
+# ratio that travels between machines, as the GET column does.
 #
 # Environment: BENCH_CPU_JOBS=20000, BENCH_CPU_WARMUP=2000, BENCH_BIN
-# (default target/production/vendorhost), BENCH_KEEP=1. Needs curl, jq, python3
-# (and redis-server for streams).
+# (default target/production/vendorhost; the floor is the vendorhost-floor
+# beside it, skipped with a note if missing), BENCH_KEEP=1. Needs curl, jq,
+# python3 (and redis-server for streams).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 JOBS=${BENCH_CPU_JOBS:-20000}
 WARMUP=${BENCH_CPU_WARMUP:-2000}
-BACKENDS=${BENCH_CPU_BACKENDS:-embedded streams}
+BACKENDS=${BENCH_CPU_BACKENDS:-floor embedded streams}
 BENCH_NAME=bench-cpu
 # shellcheck source=scripts/bench-common.sh
 source "$ROOT/scripts/bench-common.sh"
@@ -45,7 +50,7 @@ ticks() {
 # on /metrics; 0 where a build has none). Reads include the generator's
 # polls (GET /jobs/{id}).
 trips() {
-  curl -sf "$1/metrics" | awk '
+  { curl -sf "$1/metrics" || true; } | awk '
     /^vendorhost_store_operations_total\{/ && /op="write"/ { w += $NF; next }
     /^vendorhost_store_operations_total\{/ && !/op="monitoring"/ { r += $NF }
     /^vendorhost_redis_round_trips_total/ { t += $NF }
@@ -55,11 +60,14 @@ trips() {
 }
 
 REDIS_URL=
+FLOOR_BIN=$(dirname "$BIN")/vendorhost-floor
+# The floor's CPU per job, once measured (for the other rows' ratio).
+FLOOR_US=
 
 report() { # backend e2e-json ticks-before ticks-after get-json get-ticks-before get-ticks-after trips-before trips-after
-  python3 - "$@" "$HZ" "$JOBS" <<'PY'
+  python3 - "$@" "${FLOOR_US:-0}" "$HZ" "$JOBS" <<'PY'
 import json, sys
-backend, out, before, after, g, gb, ga, tb, ta, hz, jobs = sys.argv[1:12]
+backend, out, before, after, g, gb, ga, tb, ta, floor_us, hz, jobs = sys.argv[1:13]
 (wb, rb, tb, cb, sb), (wa, ra, ta, ca, sa) = map(int, tb.split()), map(int, ta.split())
 out, g = json.loads(out), json.loads(g)
 before, after, gb, ga, hz, jobs = int(before), int(after), int(gb), int(ga), int(hz), int(jobs)
@@ -68,11 +76,13 @@ cpu_us = (after - before) / hz / jobs * 1e6
 rate = e.get("completed_per_sec") or 0
 get_us = (ga - gb) / hz / max(gets["ok"], 1) * 1e6
 per_job = lambda a, b: f"{(b - a) / jobs:.2f}" if b > a else "-"
-print(f"| {backend} | {cpu_us:.0f} µs ({cpu_us / max(get_us, 0.001):.1f} GETs) | {rate:.0f} jobs/s "
+floor_us = float(floor_us)
+times_floor = f"{cpu_us / floor_us:.2f}" if floor_us > 0 else "-"
+print(f"| {backend} | {cpu_us:.0f} µs ({cpu_us / max(get_us, 0.001):.1f} GETs) | {times_floor} | {rate:.0f} jobs/s "
       f"({rate / max(gets['per_sec'], 1) * 100:.0f} % of GETs/s) | {e.get('terminal')} | {e.get('lost')} "
       f"| {e['latency']['p50_ms']:.1f} / {e['latency']['p99_ms']:.1f} ms | {gets['per_sec']:.0f}/s, {get_us:.0f} µs "
       f"| {per_job(wb, wa)} / {per_job(rb, ra)} | {per_job(tb, ta)} "
-      f"| {(sa - sb) / max(ca - cb, 1):.1f} ({per_job(cb, ca)}) |")
+      f"| {f'{(sa - sb) / (ca - cb):.1f} ({per_job(cb, ca)})' if ca > cb else '-'} |")
 PY
 }
 
@@ -85,11 +95,15 @@ run_backend() { # backend
   env=(VENDORHOST_LISTEN="127.0.0.1:$port" VENDORHOST_DATA="$WORK/$backend/vendorhost.db"
     VENDORHOST_PLUGINS_DIR="$ROOT/plugins/dist" VENDORHOST_CACHE_DIR="$WORK/cache" VENDORHOST_LOG=warn
     "${LIFTED[@]}")
-  if [ "$backend" = streams ]; then
+  if [ "$backend" = floor ]; then
+    "$FLOOR_BIN" --listen "127.0.0.1:$port" >"$WORK/$backend/serve.log" 2>&1 &
+  elif [ "$backend" = streams ]; then
     [ -n "$REDIS_URL" ] || start_redis
     env+=(VENDORHOST_QUEUE="$REDIS_URL" VENDORHOST_REDIS_PREFIX="benchcpu$RANDOM")
   fi
-  env "${env[@]}" "$BIN" serve >"$WORK/$backend/serve.log" 2>&1 &
+  if [ "$backend" != floor ]; then
+    env "${env[@]}" "$BIN" serve >"$WORK/$backend/serve.log" 2>&1 &
+  fi
   pid=$!
   PIDS+=("$pid")
   wait_http "$url/readyz"
@@ -105,12 +119,20 @@ run_backend() { # backend
   gb=$(ticks "$pid")
   gout=$("$BIN" loadtest --url "$url" --json --no-progress --mode get -c 64 --ids 200 --duration 3s 2>>"$WORK/loadtest.err")
   ga=$(ticks "$pid")
-  report "$backend" "$out" "$before" "$after" "$gout" "$gb" "$ga" "$tb" "$ta"
+  row=$(report "$backend" "$out" "$before" "$after" "$gout" "$gb" "$ga" "$tb" "$ta")
+  echo "$row"
+  if [ "$backend" = floor ]; then
+    FLOOR_US=$(awk -F'|' '{split($3, a, " "); print a[1]}' <<<"$row")
+  fi
   stop_pid "$pid"
 }
 
-echo "| backend | service CPU per job | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each | store writes / reads per job | Redis round trips per job | writes per group commit (commits per job) |"
-echo "|---|---|---|---|---|---|---|---|---|---|"
+echo "| backend | service CPU per job | × the floor | end to end | jobs | lost | latency p50 / p99 | GET /jobs/{id}: rate, CPU each | store writes / reads per job | Redis round trips per job | writes per group commit (commits per job) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
 for b in $BACKENDS; do
+  if [ "$b" = floor ] && [ ! -x "$FLOOR_BIN" ]; then
+    log "no $FLOOR_BIN (cargo build --profile production -p vendorhost-floor): the floor is skipped"
+    continue
+  fi
   run_backend "$b"
 done

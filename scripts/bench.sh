@@ -769,7 +769,7 @@ EOF
 
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ] && [ -z "${BENCH_BIN:-}" ]; then
   log "building the production binary (release + thin LTO, Cargo.toml)"
-  cargo build --profile production -p vendorhost
+  cargo build --profile production -p vendorhost -p vendorhost-floor
 fi
 [ -x "$BIN" ] || { log "no $BIN: build it first"; exit 1; }
 if [ ! -f plugins/dist/sync.wasm ]; then
