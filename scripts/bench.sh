@@ -22,7 +22,8 @@
 #   BENCH_WAITERS_RATE=500  their submit rate, which is also the rate their jobs end
 #   BENCH_ONLY="embedded nx trips cpu wrk scale listing waiters cancel cluster limits fair cache"  scenarios to run (default: all;
 #                         cpu: scripts/bench-cpu.sh, service CPU per job over 20,000 e2e jobs after a
-#                         2,000-job warm-up, embedded and Redis + SQLite, with GET /jobs/{id} for scale;
+#                         2,000-job warm-up, embedded and Redis + SQLite, with GET /jobs/{id} for scale,
+#                         each also as a multiple of the floor (tools/floor: the same HTTP traffic alone);
 #                         wrk: scripts/bench-wrk.sh, POST /jobs and GET /jobs/{id} driven by wrk beside
 #                         the built-in generator, with GET /healthz for scale (installs wrk where missing);
 #                         trips: the round-trips step alone, on embedded, Redis + SQLite
