@@ -17,13 +17,14 @@
 # and nothing else, so what the stack alone costs a job on this machine),
 # embedded (`serve` on one SQLite file), streams (`serve` with the queue on
 # a Redis it starts, the store on SQLite). Each row after the floor also
-# gives its CPU per job as a multiple of the floor's in the same run: a
-# ratio that travels between machines, as the GET column does.
+# gives its CPU per job as a multiple of the floor's, taken minutes apart
+# on the same machine, as the GET column is.
 #
 # Environment: BENCH_CPU_JOBS=20000, BENCH_CPU_WARMUP=2000, BENCH_BIN
-# (default target/production/vendorhost; the floor is the vendorhost-floor
-# beside it, skipped with a note if missing), BENCH_KEEP=1. Needs curl, jq,
-# python3 (and redis-server for streams).
+# (default target/production/vendorhost), BENCH_FLOOR_BIN (default the
+# vendorhost-floor beside BENCH_BIN; the floor is skipped with a note if it
+# is missing), BENCH_KEEP=1. Needs curl, jq, python3 (and redis-server for
+# streams).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -60,7 +61,7 @@ trips() {
 }
 
 REDIS_URL=
-FLOOR_BIN=$(dirname "$BIN")/vendorhost-floor
+FLOOR_BIN=${BENCH_FLOOR_BIN:-$(dirname "$BIN")/vendorhost-floor}
 # The floor's CPU per job, once measured (for the other rows' ratio).
 FLOOR_US=
 
