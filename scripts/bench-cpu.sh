@@ -98,11 +98,11 @@ run_backend() { # backend
     "${LIFTED[@]}")
   if [ "$backend" = floor ]; then
     "$FLOOR_BIN" --listen "127.0.0.1:$port" >"$WORK/$backend/serve.log" 2>&1 &
-  elif [ "$backend" = streams ]; then
-    [ -n "$REDIS_URL" ] || start_redis
-    env+=(VENDORHOST_QUEUE="$REDIS_URL" VENDORHOST_REDIS_PREFIX="benchcpu$RANDOM")
-  fi
-  if [ "$backend" != floor ]; then
+  else
+    if [ "$backend" = streams ]; then
+      [ -n "$REDIS_URL" ] || start_redis
+      env+=(VENDORHOST_QUEUE="$REDIS_URL" VENDORHOST_REDIS_PREFIX="benchcpu$RANDOM")
+    fi
     env "${env[@]}" "$BIN" serve >"$WORK/$backend/serve.log" 2>&1 &
   fi
   pid=$!
