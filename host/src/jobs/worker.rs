@@ -203,13 +203,18 @@ pub async fn run(ctx: Arc<WorkerCtx>, concurrency: usize, mut shutdown: watch::R
                 Ok(m) => ctx.vendor_holds.hand(&m.vendor),
                 Err(_) => crate::jobs::vendor_holds::Hand::none(),
             };
-            tasks.spawn(IN_HAND.scope(std::cell::RefCell::new(Some(hand)), async move {
+            // Boxed: the job's future is large (the plugin call's state is
+            // in it), and tokio moves a task's future by value into the task,
+            // then overwrites it with the output; a box makes each of those
+            // moves a pointer's, not a memcpy of the whole future per job.
+            let job = Box::pin(async move {
                 let id = lease.entry_id.clone();
                 handle(&ctx, lease, decoded, permit).await;
                 if let Ok(mut m) = in_flight.lock() {
                     m.remove(&id);
                 }
-            }));
+            });
+            tasks.spawn(IN_HAND.scope(std::cell::RefCell::new(Some(hand)), job));
         }
     }
     drain(&ctx, tasks, in_flight).await;
