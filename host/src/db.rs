@@ -394,9 +394,9 @@ impl Db {
     }
 
     /// Runs `f` in the next group commit; answers after the commit. `f` may
-    /// run twice (the group is replayed when another write in it fails), so
-    /// it must do nothing but its SQL: the first run's changes are rolled
-    /// back before the second.
+    /// run more than once (the group is replayed when another write in it
+    /// fails, see `replay`), so it must do nothing but its SQL: an earlier
+    /// run's changes are rolled back before the next.
     pub async fn write<R, F>(&self, f: F) -> Result<R, DbError>
     where
         R: Send + 'static,
@@ -533,7 +533,7 @@ fn run_op(op: &mut Op, conn: &Connection, savepoint: bool) -> bool {
 /// undo journal before changing it (~12 % of the writer's time, issue 24).
 /// Writes almost never fail; when one does (or panics), the whole group is
 /// rolled back and run again with each write in its own savepoint, so the
-/// failed one is undone alone and the rest commit.
+/// failed one is undone alone and the rest commit (`replay`).
 ///
 /// A group of unsynced writes only (`Db::write_unsynced`) commits without
 /// an fsync; every other group is fsynced, as the connection was opened.
@@ -570,14 +570,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
         let clean = batch.iter_mut().all(|op| run_op(op, &conn, false));
         if !clean {
             metrics::counter!(telemetry::SQLITE_REPLAYS).increment(1);
-            let restarted = run(&conn, "ROLLBACK").and_then(|()| run(&conn, "BEGIN IMMEDIATE"));
-            if let Err(e) = restarted {
+            if let Err(e) = replay(&conn, &mut batch) {
                 let _ = conn.execute_batch("ROLLBACK");
                 fail_group(&mut batch, "cannot begin a transaction", e);
                 continue;
-            }
-            for op in batch.iter_mut() {
-                run_op(op, &conn, true);
             }
         }
         let committed = run(&conn, "COMMIT").map_err(|e| {
@@ -587,6 +583,37 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
         metrics::histogram!(telemetry::SQLITE_BATCH_SIZE).record(batch.len() as f64);
         for op in batch.drain(..) {
             op.answer(committed.clone());
+        }
+    }
+}
+
+/// Runs a group that failed again in a new transaction, each write in its
+/// own savepoint, so a failing write is undone alone and the rest commit.
+///
+/// Some failures undo more than a savepoint can: a statement without a
+/// statement journal that fails with a full disk, out of memory or an I/O
+/// error makes SQLite roll the whole transaction back, and the writes after
+/// it would then each run, and commit, outside any transaction, while the
+/// group's commit fails and everyone is told so. So when a write leaves no
+/// transaction open, it is left out and the others run again in a new one
+/// (each round leaves one out, so this ends).
+fn replay(conn: &Connection, batch: &mut [Op]) -> rusqlite::Result<()> {
+    let mut left_out = vec![false; batch.len()];
+    loop {
+        if !conn.is_autocommit() {
+            run(conn, "ROLLBACK")?;
+        }
+        run(conn, "BEGIN IMMEDIATE")?;
+        let mut lost = None;
+        for (i, op) in batch.iter_mut().enumerate().filter(|(i, _)| !left_out[*i]) {
+            if !run_op(op, conn, true) && conn.is_autocommit() {
+                lost = Some(i);
+                break;
+            }
+        }
+        match lost {
+            Some(i) => left_out[i] = true,
+            None => return Ok(()),
         }
     }
 }
@@ -686,6 +713,51 @@ mod tests {
         let rows: Vec<i64> =
             db.read(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
         assert_eq!(rows, [0, 1, 4], "only the failing write's change is undone");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fills_the_file_fails_alone_and_no_write_is_answered_otherwise_than_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        // A file that cannot grow past a few more pages: a large row then
+        // fails with SQLITE_FULL, which (an insert of one row has no
+        // statement journal) makes SQLite roll the whole transaction back.
+        db.write(|c| {
+            c.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")?;
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.query_row(&format!("PRAGMA max_page_count = {}", pages + 8), [], |_| Ok(()))
+        })
+        .await
+        .unwrap();
+        let insert = |x: i64, bytes: i64| {
+            db.write(move |c| c.execute("INSERT INTO t VALUES (?1, zeroblob(?2))", rusqlite::params![x, bytes]))
+        };
+        let hold = db.write(|c| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            c.execute("INSERT INTO t VALUES (0, NULL)", [])
+        });
+        let (hold, a, bad, full, b) = tokio::join!(
+            hold,
+            insert(1, 16),
+            db.write(|c| c.execute("INSERT INTO no_such_table VALUES (2)", [])),
+            insert(3, 1 << 20),
+            insert(4, 16),
+        );
+        assert!(bad.is_err() && full.is_err(), "the failing writes reported success");
+        assert_eq!((hold.unwrap(), a.unwrap(), b.unwrap()), (1, 1, 1), "the others commit");
+        let rows: Vec<i64> =
+            db.read(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
+        assert_eq!(rows, [0, 1, 4], "each write's row is there exactly when it was answered Ok");
+        // The same alone, in the first run of a group (no other failure).
+        let hold = db.write(|c| {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            c.execute("INSERT INTO t VALUES (5, NULL)", [])
+        });
+        let (hold, full, c) = tokio::join!(hold, insert(6, 1 << 20), insert(7, 16));
+        assert!(full.is_err());
+        assert_eq!((hold.unwrap(), c.unwrap()), (1, 1));
+        let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))).await.unwrap();
+        assert_eq!(n, 5);
     }
 
     /// `synchronous` as a write sees it: 1 NORMAL (no fsync), 2 FULL.
