@@ -174,9 +174,10 @@ fn pick_in(c: &Connection, vendor: &str, until: Millis) -> rusqlite::Result<Opti
         swap.execute(params![head_id, best_vt])?;
         swap.execute(params![best_id, head_vt])?;
     }
+    // OR FAIL: see `store::sqlite::start_attempt` (no statement journal).
     let taken = c
         .prepare_cached(
-            "UPDATE queue SET ready = 0, visible_at = ?2, deliveries = deliveries + 1, leased = 1, token = token + 1
+            "UPDATE OR FAIL queue SET ready = 0, visible_at = ?2, deliveries = deliveries + 1, leased = 1, token = token + 1
              WHERE id = ?1 RETURNING payload, deliveries, token",
         )?
         .query_row(params![best_id, until], |r| {
