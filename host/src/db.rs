@@ -22,6 +22,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Operations committed together at most.
 const MAX_BATCH: usize = 512;
+/// Rounds of a group's replay that may each lose the transaction to one
+/// write before the group fails whole (see `replay`).
+const REPLAY_ROUNDS: usize = 8;
 /// Read connections kept open.
 const READERS: usize = 8;
 
@@ -570,9 +573,9 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
         let clean = batch.iter_mut().all(|op| run_op(op, &conn, false));
         if !clean {
             metrics::counter!(telemetry::SQLITE_REPLAYS).increment(1);
-            if let Err(e) = replay(&conn, &mut batch) {
+            if let Err((what, e)) = replay(&conn, &mut batch) {
                 let _ = conn.execute_batch("ROLLBACK");
-                fail_group(&mut batch, "cannot begin a transaction", e);
+                fail_group(&mut batch, what, e);
                 continue;
             }
         }
@@ -595,15 +598,16 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Op>) {
 /// error makes SQLite roll the whole transaction back, and the writes after
 /// it would then each run, and commit, outside any transaction, while the
 /// group's commit fails and everyone is told so. So when a write leaves no
-/// transaction open, it is left out and the others run again in a new one
-/// (each round leaves one out, so this ends).
-fn replay(conn: &Connection, batch: &mut [Op]) -> rusqlite::Result<()> {
+/// transaction open, it is left out and the others run again in a new one.
+/// Each round leaves one out; after `REPLAY_ROUNDS` of them (a disk that is
+/// full for every write, say) the group fails whole: nothing of it committed.
+fn replay(conn: &Connection, batch: &mut [Op]) -> Result<(), (&'static str, rusqlite::Error)> {
     let mut left_out = vec![false; batch.len()];
-    loop {
+    for _ in 0..REPLAY_ROUNDS {
         if !conn.is_autocommit() {
-            run(conn, "ROLLBACK")?;
+            run(conn, "ROLLBACK").map_err(|e| ("cannot roll back a failed group", e))?;
         }
-        run(conn, "BEGIN IMMEDIATE")?;
+        run(conn, "BEGIN IMMEDIATE").map_err(|e| ("cannot begin a transaction", e))?;
         let mut lost = None;
         for (i, op) in batch.iter_mut().enumerate().filter(|(i, _)| !left_out[*i]) {
             if !run_op(op, conn, true) && conn.is_autocommit() {
@@ -616,6 +620,11 @@ fn replay(conn: &Connection, batch: &mut [Op]) -> rusqlite::Result<()> {
             None => return Ok(()),
         }
     }
+    let gave_up = rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_ABORT),
+        Some(format!("{REPLAY_ROUNDS} writes in a row rolled the whole transaction back")),
+    );
+    Err(("cannot replay the group", gave_up))
 }
 
 /// A group that could not start (its sync setting or its transaction):
@@ -758,6 +767,49 @@ mod tests {
         assert_eq!((hold.unwrap(), c.unwrap()), (1, 1));
         let n: i64 = db.read(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))).await.unwrap();
         assert_eq!(n, 5);
+    }
+
+    #[tokio::test]
+    async fn a_group_whose_writes_keep_filling_the_file_fails_whole_and_commits_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("t.db")).unwrap();
+        db.write(|c| {
+            c.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")?;
+            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+            c.query_row(&format!("PRAGMA max_page_count = {}", pages + 8), [], |_| Ok(()))
+        })
+        .await
+        .unwrap();
+        // A first write holds the writer, in a group of its own once it has
+        // started, while the others queue up behind it as one group.
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = started.clone();
+        let db2 = db.clone();
+        let hold = tokio::spawn(async move {
+            db2.write(move |c| {
+                flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                c.execute("INSERT INTO t VALUES (0, NULL)", [])
+            })
+            .await
+        });
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // More writes that cannot fit than the replay has rounds, then one
+        // that could: the group gives up rather than replay for ever.
+        let writes = (1..=REPLAY_ROUNDS as i64 + 2).map(|x| {
+            let bytes = if x as usize > REPLAY_ROUNDS + 1 { 16 } else { 1 << 20 };
+            db.write(move |c| c.execute("INSERT INTO t VALUES (?1, zeroblob(?2))", rusqlite::params![x, bytes]))
+        });
+        let (hold, answers) = tokio::join!(hold, futures::future::join_all(writes));
+        assert_eq!(hold.unwrap().unwrap(), 1);
+        assert!(answers.iter().all(|a| a.is_err()), "{answers:?}");
+        let rows: Vec<i64> =
+            db.read(|c| c.prepare("SELECT x FROM t ORDER BY x")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
+        assert_eq!(rows, [0], "nothing answered as failed committed");
+        // The writer goes on.
+        assert_eq!(db.write(|c| c.execute("INSERT INTO t VALUES (99, NULL)", [])).await.unwrap(), 1);
     }
 
     /// `synchronous` as a write sees it: 1 NORMAL (no fsync), 2 FULL.

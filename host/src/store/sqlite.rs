@@ -406,9 +406,9 @@ impl Store for SqliteStore {
             .db
             .write(move |c| {
                 // OR FAIL, not the default ABORT: SQLite runs RETURNING as a
-                // trigger, and a statement with a trigger whose constraint
-                // checks may abort it copies every page it changes to a
-                // statement journal first, to undo the statement alone
+                // trigger, and a statement that has a trigger and whose
+                // constraint checks may abort it copies every page it changes
+                // to a statement journal first, to undo the statement alone
                 // (~1 % of a job's CPU, in the lease's pick too). FAIL keeps
                 // what the statement already changed, which for one row by
                 // its key is nothing: the checks run before the row is
