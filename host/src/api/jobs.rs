@@ -326,7 +326,22 @@ pub async fn get_job(
         _ => st.service.get(&request_id, owner).await?,
     }
     .ok_or_else(|| ApiError::not_found(format!("no job {request_id:?}")))?;
-    Ok(axum::Json(public_view(job)).into_response())
+    view_response(job)
+}
+
+/// A job as a JSON response, serialized into a buffer sized for it up
+/// front: axum's `Json` starts at 128 bytes and doubles, four reallocations
+/// and copies for a typical job (~1 % of a GET, issue 24).
+fn view_response(job: Job) -> Result<Response, ApiError> {
+    let size = 512
+        + job.result.as_ref().map_or(0, String::len)
+        + job.error.as_ref().map_or(0, String::len)
+        + 256 * job.attempts_log.len()
+        + 64 * job.redactions.len();
+    let mut buf = Vec::with_capacity(size);
+    serde_json::to_writer(&mut buf, &public_view(job))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("job view: {e}")))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 
 /// The job as clients see it.
