@@ -724,13 +724,13 @@ mod tests {
         assert_eq!(rows, [0, 1, 4], "only the failing write's change is undone");
     }
 
-    #[tokio::test]
-    async fn a_write_that_fills_the_file_fails_alone_and_no_write_is_answered_otherwise_than_it_ended() {
+    /// A database with a table `t (x, pad)` in a file that cannot grow past a
+    /// few more pages: a large row then fails with SQLITE_FULL, which (an
+    /// insert of one row has no statement journal) makes SQLite roll the
+    /// whole transaction back.
+    async fn capped_db() -> (tempfile::TempDir, Arc<Db>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("t.db")).unwrap();
-        // A file that cannot grow past a few more pages: a large row then
-        // fails with SQLITE_FULL, which (an insert of one row has no
-        // statement journal) makes SQLite roll the whole transaction back.
         db.write(|c| {
             c.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")?;
             let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
@@ -738,6 +738,12 @@ mod tests {
         })
         .await
         .unwrap();
+        (dir, db)
+    }
+
+    #[tokio::test]
+    async fn a_write_that_fills_the_file_fails_alone_and_no_write_is_answered_otherwise_than_it_ended() {
+        let (_dir, db) = capped_db().await;
         let insert = |x: i64, bytes: i64| {
             db.write(move |c| c.execute("INSERT INTO t VALUES (?1, zeroblob(?2))", rusqlite::params![x, bytes]))
         };
@@ -771,15 +777,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_group_whose_writes_keep_filling_the_file_fails_whole_and_commits_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("t.db")).unwrap();
-        db.write(|c| {
-            c.execute_batch("CREATE TABLE t (x INTEGER, pad BLOB)")?;
-            let pages: i64 = c.query_row("PRAGMA page_count", [], |r| r.get(0))?;
-            c.query_row(&format!("PRAGMA max_page_count = {}", pages + 8), [], |_| Ok(()))
-        })
-        .await
-        .unwrap();
+        let (_dir, db) = capped_db().await;
         // A first write holds the writer, in a group of its own once it has
         // started, while the others queue up behind it as one group.
         let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
