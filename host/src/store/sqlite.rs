@@ -707,8 +707,10 @@ impl Store for SqliteStore {
         Ok(self
             .db
             .read(move |c| {
-                c.prepare_cached(&format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs
+                c.prepare_cached(concat!(
+                    "SELECT ",
+                    job_columns!(),
+                    " FROM jobs
                      WHERE status IN ('complete', 'failed', 'cancelled') AND notify_next_at <= ?1
                      ORDER BY notify_next_at LIMIT ?2"
                 ))?
