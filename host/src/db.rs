@@ -724,6 +724,31 @@ mod tests {
         assert_eq!(rows, [0, 1, 4], "only the failing write's change is undone");
     }
 
+    /// Starts a write (unsynced or not) that holds the writer for 200 ms
+    /// before running `f`, and returns once it has started: it is then in a
+    /// group of its own, and writes sent after this returns queue up behind
+    /// it as one group.
+    async fn hold_writer<R: Send + 'static>(
+        db: &Arc<Db>,
+        unsynced: bool,
+        f: impl Fn(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<R, DbError>> {
+        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = started.clone();
+        let db = db.clone();
+        let held = move |c: &Connection| {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            f(c)
+        };
+        let hold =
+            tokio::spawn(async move { if unsynced { db.write_unsynced(held).await } else { db.write(held).await } });
+        while !started.load(std::sync::atomic::Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        hold
+    }
+
     /// A database with a table `t (x, pad)` in a file that cannot grow past a
     /// few more pages: a large row then fails with SQLITE_FULL, which (an
     /// insert of one row has no statement journal) makes SQLite roll the
@@ -778,22 +803,7 @@ mod tests {
     #[tokio::test]
     async fn a_group_whose_writes_keep_filling_the_file_fails_whole_and_commits_nothing() {
         let (_dir, db) = capped_db().await;
-        // A first write holds the writer, in a group of its own once it has
-        // started, while the others queue up behind it as one group.
-        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = started.clone();
-        let db2 = db.clone();
-        let hold = tokio::spawn(async move {
-            db2.write(move |c| {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                c.execute("INSERT INTO t VALUES (0, NULL)", [])
-            })
-            .await
-        });
-        while !started.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let hold = hold_writer(&db, false, |c| c.execute("INSERT INTO t VALUES (0, NULL)", [])).await;
         // More writes that cannot fit than the replay has rounds, then one
         // that could: the group gives up rather than replay for ever.
         let writes = (1..=REPLAY_ROUNDS as i64 + 2).map(|x| {
@@ -827,23 +837,9 @@ mod tests {
         });
         assert_eq!(unsynced.await.unwrap(), 1, "an unsynced write alone");
         assert_eq!(db.write(sync_level).await.unwrap(), 2, "a durable write right after an unsynced one");
-        // One group: a first write holds the writer (in a group of its
-        // own, it has started) while these two queue up behind it; the
+        // One group: these two queue up behind the holding write; the
         // durable write among them makes their group synced.
-        let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = started.clone();
-        let db2 = db.clone();
-        let hold = tokio::spawn(async move {
-            db2.write_unsynced(move |c| {
-                flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                sync_level(c)
-            })
-            .await
-        });
-        while !started.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        let hold = hold_writer(&db, true, sync_level).await;
         let (a, b) = tokio::join!(db.write_unsynced(sync_level), db.write(sync_level));
         assert_eq!(hold.await.unwrap().unwrap(), 1, "the holding write ran alone");
         assert_eq!((a.unwrap(), b.unwrap()), (2, 2), "a group with a durable write");
