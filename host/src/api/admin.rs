@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::views::DeadLetterView;
-use super::{AppState, Route, auth, body};
+use super::{AppState, Route, auth, body, json_body};
 
 pub fn routes() -> Vec<Route> {
     vec![
@@ -174,9 +174,9 @@ pub struct BulkResult {
               (status = 415, description = "Not application/json", body = super::error::ErrorBody)))]
 pub async fn bulk(State(st): State<AppState>, req: Request) -> Result<axum::Json<BulkResult>, ApiError> {
     auth::admin(&st.auth, req.headers())?;
-    body::require_json(req.headers())?;
+    json_body::require_json(req.headers())?;
     let (bytes, _share) = body::read_request(req, &st).await?.into_parts();
-    if body::json_depth(&bytes) > st.api.max_json_depth {
+    if json_body::json_depth(&bytes) > st.api.max_json_depth {
         return Err(ApiError::bad_request("invalid_body", format!("body nests deeper than {}", st.api.max_json_depth)));
     }
     let BulkRequest { action, ids } = serde_json::from_slice(&bytes).map_err(|e| {

@@ -187,6 +187,7 @@ impl From<BodyError> for ApiError {
                 ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg) }
             }
             BodyError::Broken(_) => ApiError::bad_request("bad_body", msg),
+            BodyError::NoBudget => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
         }
     }
 }

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use super::error::{ApiError, ErrorBody, ErrorDetail};
 use super::jobs::{Accepted, JobView};
 use super::views::JobStatus;
-use super::{AppState, Route, auth, body};
+use super::{AppState, Route, auth, body, json_body};
 use crate::jobs::service::BatchItem;
 use crate::model::{Job, JobQuery, Millis, Status, parse_ms};
 
@@ -250,13 +250,13 @@ pub struct BatchRequest {
     ))]
 pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let owner = auth::caller(&st.auth, req.headers())?;
-    body::require_json(req.headers())?;
+    json_body::require_json(req.headers())?;
     let key = idempotency_key(req.headers().get("idempotency-key"))?;
     let fresh = super::jobs::no_cache(req.headers());
     // No body larger than the whole in-flight budget could ever be read.
     let limit = st.api.max_batch_body_bytes.min(st.api.max_body_bytes_in_flight);
     let (bytes, _share) = body::read_request_up_to(req, &st, limit).await?.into_parts();
-    let parsed = body::parse_batch(&bytes, st.api.max_json_depth)?;
+    let parsed = json_body::parse_batch(&bytes, st.api.max_json_depth)?;
     drop(bytes);
     let scope = owner.as_deref().unwrap_or("");
     let hash = key.as_ref().map(|_| hex::encode(Sha256::digest(parsed.canonical.as_bytes())));

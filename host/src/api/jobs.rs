@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
 use super::views::{JobStatus, RedactionView};
-use super::{AppState, Route, auth, body};
+use super::{AppState, Route, auth, body, json_body};
 
 use crate::model::{Job, format_ms};
 use crate::telemetry;
@@ -226,13 +226,13 @@ impl JobView {
 pub async fn submit(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
     // Key and content type first: a stranger cannot make us buffer a body.
     let owner = auth::caller(&st.auth, req.headers())?;
-    body::require_json(req.headers())?;
+    json_body::require_json(req.headers())?;
     let idempotency_key = req.headers().get("idempotency-key").cloned();
     let fresh = no_cache(req.headers());
     // The raw bytes go once parsed; their budget share stays until the answer
     // (the parsed copy and the store's write stand in for them).
     let (bytes, _share) = body::read_request(req, &st).await?.into_parts();
-    let parsed = body::parse_submit(&bytes, st.api.max_json_depth)?;
+    let parsed = json_body::parse_submit(&bytes, st.api.max_json_depth)?;
     drop(bytes);
     let idempotency = match idempotency_key {
         None => None,

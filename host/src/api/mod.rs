@@ -8,6 +8,7 @@ pub mod error;
 pub mod health;
 pub mod job_control;
 pub mod jobs;
+pub mod json_body;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::ApiError;
-use super::{AppState, body};
+use super::{AppState, body, json_body};
 use crate::config::AuthSettings;
 use crate::model::now_ms;
 
@@ -168,7 +168,7 @@ fn https(headers: &HeaderMap) -> bool {
 /// `POST /ui/login` with `{"key": "<admin key>"}` (JSON only, so a plain
 /// cross-site form cannot post it): sets the session cookie.
 async fn login(State(st): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    body::require_json(req.headers())?;
+    json_body::require_json(req.headers())?;
     let secure = https(req.headers());
     let (bytes, _share) = body::read_request_up_to(req, &st, 4096).await?.into_parts();
     let Login { key } = serde_json::from_slice(&bytes).map_err(|e| {
