@@ -46,7 +46,16 @@ pub struct Resolved {
     pub cleaner: Arc<Cleaner>,
     /// The vendor's result cache and call coalescing (`cache_ttl`); None:
     /// off.
-    pub cache: Option<crate::jobs::result_cache::CachePolicy>,
+    pub cache: Option<CachePolicy>,
+}
+
+/// A vendor's cache settings (`cache_ttl`, `cache_scope`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub ttl: Duration,
+    /// `cache_scope = "global"`: every caller shares results; otherwise
+    /// only jobs of the same API key do.
+    pub global: bool,
 }
 
 /// The cleaning rules of a vendor: the key list in force (the built-in one,
@@ -125,10 +134,7 @@ pub fn resolve(cfg: &Config, vendor: &str, plugin: Option<&Plugin>) -> Resolved 
         breaker: p.breaker.clone().unwrap_or_default(),
         grant_error,
         cleaner: Arc::new(Cleaner::new(cleaning_rules(cfg, &p))),
-        cache: p.cache_ttl.map(|ttl| crate::jobs::result_cache::CachePolicy {
-            ttl,
-            global: p.cache_scope.as_deref() == Some("global"),
-        }),
+        cache: p.cache_ttl.map(|ttl| CachePolicy { ttl, global: p.cache_scope.as_deref() == Some("global") }),
     }
 }
 

@@ -29,21 +29,13 @@ use sha2::{Digest, Sha256};
 use super::completions::Completions;
 use super::finish::{Via, finish};
 use crate::model::{Job, Millis, Outcome, millis};
+use crate::policy::CachePolicy;
 use crate::queue::{Message, Queue};
 use crate::store::{CacheEntry, Flight, Store, StoreError};
 use crate::telemetry;
 
 /// How jobs a leader serves are finished at once (store writes in flight).
 const SERVE_CONCURRENCY: usize = 16;
-
-/// A vendor's cache settings (`cache_ttl`, `cache_scope`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CachePolicy {
-    pub ttl: Duration,
-    /// `cache_scope = "global"`: every caller shares results; otherwise
-    /// only jobs of the same API key do.
-    pub global: bool,
-}
 
 /// `data` (JSON text) in canonical form: object keys sorted at every depth,
 /// no insignificant whitespace. None when it is not JSON.
