@@ -97,39 +97,12 @@ fn minify(json: &str) -> String {
 /// any number of digits reaches the vendor exactly as sent, and the same body
 /// always hashes the same for Idempotency-Key.
 pub fn parse_submit(bytes: &[u8], max_depth: usize) -> Result<SubmitBody, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("invalid_json", "the request body is empty; expected a JSON object"));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the request body is not valid UTF-8 (JSON must be): {e}"))
+    let (_, mut fields) = json_object(bytes, "", max_depth, None, |depth| {
+        format!(
+            "field `data`: JSON nested {depth} levels deep; at most {} levels are accepted",
+            max_depth.saturating_sub(1)
+        )
     })?;
-    let depth = json_depth(bytes);
-    if depth > max_depth {
-        return Err(ApiError::bad_request(
-            "too_deep",
-            format!(
-                "field `data`: JSON nested {depth} levels deep; at most {} levels are accepted",
-                max_depth.saturating_sub(1)
-            ),
-        ));
-    }
-    // Validates the whole document without building it.
-    let whole: &RawValue = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
-    if !whole.get().starts_with('{') {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("the request body must be a JSON object, not {}", kind(whole)),
-        ));
-    }
-    if let Some(path) = duplicate_key(whole.get()) {
-        return Err(ApiError::bad_request(
-            "duplicate_key",
-            format!("field `{}` appears more than once in its object; each key may appear once", shorten(&path, 200)),
-        ));
-    }
-    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(whole.get())
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body: {e}")))?;
     let vendor = match fields.remove("vendor") {
         None => return Err(ApiError::bad_request("missing_field", "field `vendor` is required")),
         Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
@@ -184,6 +157,7 @@ pub const MAX_BATCH: usize = 1000;
 
 /// A batch submit as parsed: each item a submit or why it is not one (in
 /// order), and the batch's canonical text (for its Idempotency-Key).
+#[derive(Debug)]
 pub struct BatchBody {
     pub items: Vec<Result<SubmitBody, ApiError>>,
     pub canonical: String,
@@ -193,39 +167,13 @@ pub struct BatchBody {
 /// batch as a whole must be valid JSON with a `jobs` array; each item is
 /// checked as `parse_submit` checks a body, and a bad item fails alone.
 pub fn parse_batch(bytes: &[u8], max_depth: usize) -> Result<BatchBody, ApiError> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::bad_request("invalid_json", "the request body is empty; expected {\"jobs\": [...]}"));
-    }
-    let text = std::str::from_utf8(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_json", format!("the request body is not valid UTF-8 (JSON must be): {e}"))
-    })?;
     // `{"jobs": [ <item> ]}`: two levels above each item's own.
-    let depth = json_depth(bytes);
-    if depth > max_depth + 2 {
-        return Err(ApiError::bad_request(
-            "too_deep",
-            format!(
-                "field `jobs`: JSON nested {depth} levels deep; an item's `data` may nest at most {} levels",
-                max_depth.saturating_sub(1)
-            ),
-        ));
-    }
-    let whole: &RawValue = serde_json::from_str(text)
-        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
-    if !whole.get().starts_with('{') {
-        return Err(ApiError::bad_request(
-            "invalid_body",
-            format!("the request body must be a JSON object {{\"jobs\": [...]}}, not {}", kind(whole)),
-        ));
-    }
-    if let Some(path) = duplicate_key(whole.get()).filter(|p| !p.starts_with("jobs[")) {
-        return Err(ApiError::bad_request(
-            "duplicate_key",
-            format!("field `{}` appears more than once in its object; each key may appear once", shorten(&path, 200)),
-        ));
-    }
-    let mut fields: BTreeMap<String, &RawValue> = serde_json::from_str(whole.get())
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body: {e}")))?;
+    let (whole, mut fields) = json_object(bytes, " {\"jobs\": [...]}", max_depth + 2, Some("jobs["), |depth| {
+        format!(
+            "field `jobs`: JSON nested {depth} levels deep; an item's `data` may nest at most {} levels",
+            max_depth.saturating_sub(1)
+        )
+    })?;
     let jobs =
         fields.remove("jobs").ok_or_else(|| ApiError::bad_request("missing_field", "field `jobs` is required"))?;
     let items: Vec<&RawValue> = serde_json::from_str(jobs.get()).map_err(|_| {
@@ -241,6 +189,52 @@ pub fn parse_batch(bytes: &[u8], max_depth: usize) -> Result<BatchBody, ApiError
     Ok(BatchBody { items, canonical: minify(whole.get()) })
 }
 
+/// The checks every JSON body takes before its fields are read, in this
+/// order: not empty, UTF-8, nested at most `max_depth` levels (counted on the
+/// bytes, before any parsing; `too_deep` words the refusal), valid JSON
+/// (validated without building it), an object, and no key repeated within
+/// one object, except under `items` (a path prefix whose items are checked
+/// one by one later). `shape` follows "a JSON object" in refusals. Returns
+/// the whole document and its top-level fields.
+fn json_object<'a>(
+    bytes: &'a [u8],
+    shape: &str,
+    max_depth: usize,
+    items: Option<&str>,
+    too_deep: impl FnOnce(usize) -> String,
+) -> Result<(&'a RawValue, BTreeMap<String, &'a RawValue>), ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is empty; expected a JSON object{shape}"),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the request body is not valid UTF-8 (JSON must be): {e}"))
+    })?;
+    let depth = json_depth(bytes);
+    if depth > max_depth {
+        return Err(ApiError::bad_request("too_deep", too_deep(depth)));
+    }
+    let whole: &RawValue = serde_json::from_str(text)
+        .map_err(|e| ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {e}")))?;
+    if !whole.get().starts_with('{') {
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the request body must be a JSON object{shape}, not {}", kind(whole)),
+        ));
+    }
+    if let Some(path) = duplicate_key(whole.get(), items) {
+        return Err(ApiError::bad_request(
+            "duplicate_key",
+            format!("field `{}` appears more than once in its object; each key may appear once", shorten(&path, 200)),
+        ));
+    }
+    let fields = serde_json::from_str(whole.get())
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body: {e}")))?;
+    Ok((whole, fields))
+}
+
 /// One open object or array while scanning for duplicate keys.
 enum Open<'a> {
     Object { keys: HashSet<Cow<'a, str>>, last: Option<Cow<'a, str>>, want_key: bool },
@@ -250,8 +244,9 @@ enum Open<'a> {
 /// The first key that repeats within one object, at any depth, as a path
 /// (`vendor`, `data.a[2].b`); `None` if every object's keys are distinct.
 /// `json` must be valid JSON (it is scanned, not checked). Keys compare
-/// after unescaping, so `"a"` and `"\u0061"` are the same key.
-fn duplicate_key(json: &str) -> Option<String> {
+/// after unescaping, so `"a"` and `"\u0061"` are the same key. Repeats whose
+/// path starts with `skip` are passed over, and the scan goes on.
+fn duplicate_key(json: &str, skip: Option<&str>) -> Option<String> {
     let bytes = json.as_bytes();
     let mut stack: Vec<Open<'_>> = Vec::new();
     let mut i = 0;
@@ -293,7 +288,10 @@ fn duplicate_key(json: &str) -> Option<String> {
                     };
                     *last = Some(key.clone());
                     if !keys.insert(key) {
-                        return Some(json_path(&stack));
+                        let path = json_path(&stack);
+                        if skip.is_none_or(|prefix| !path.starts_with(prefix)) {
+                            return Some(path);
+                        }
                     }
                 }
                 i = j;
@@ -414,6 +412,33 @@ mod tests {
         // The same key in sibling objects, or as a string value, is no repeat.
         let fine = r#"{"vendor": "sync", "data": [{"a": 1}, {"a": 2}, {"b": "a", "c": {"a": "\"a\""}}]}"#;
         assert_eq!(parse_submit(fine.as_bytes(), 64).unwrap().vendor, "sync");
+    }
+
+    #[test]
+    fn a_batch_is_refused_whole_for_its_own_shape_and_item_by_item_for_theirs() {
+        let code = |body: &str| parse_batch(body.as_bytes(), 4).err().map(|e| e.code);
+        assert_eq!(code(" "), Some("invalid_json"));
+        assert_eq!(code(r#"[{"vendor": "sync", "data": 1}]"#), Some("invalid_body"));
+        assert_eq!(code(r#"{"jobs": [], "jobs": []}"#), Some("duplicate_key"));
+        // Found past a repeat inside an item, which is the item's own refusal.
+        assert_eq!(code(r#"{"jobs": [{"a": 1, "a": 2}], "jobs": []}"#), Some("duplicate_key"));
+        let deep = parse_batch(br#"{"jobs": [{"vendor": "sync", "data": [[[[1]]]]}]}"#, 4).unwrap_err();
+        assert_eq!(deep.code, "too_deep");
+        assert!(deep.message.contains("`jobs`"), "{}", deep.message);
+        // A repeated key inside an item fails that item alone, as
+        // `parse_submit` would; an item at the depth limit passes (one level
+        // more is the whole batch's refusal, above).
+        let b = parse_batch(
+            br#"{"jobs": [{"vendor": "a", "vendor": "b", "data": 1}, {"vendor": "sync", "data": [[[1]]]}, {"vendor": "sync", "data": [[1]]}]}"#,
+            4,
+        )
+        .unwrap();
+        let codes: Vec<_> = b.items.iter().map(|i| i.as_ref().err().map(|e| e.code)).collect();
+        assert_eq!(codes, [Some("duplicate_key"), None, None]);
+        assert_eq!(
+            b.canonical,
+            r#"{"jobs":[{"vendor":"a","vendor":"b","data":1},{"vendor":"sync","data":[[[1]]]},{"vendor":"sync","data":[[1]]}]}"#
+        );
     }
 
     #[test]
