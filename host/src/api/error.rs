@@ -75,6 +75,11 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// The server's own fault (500 `internal`).
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     pub fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message) }
     }
@@ -187,7 +192,7 @@ impl From<BodyError> for ApiError {
                 ApiError { retry_after: Some(1), ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", msg) }
             }
             BodyError::Broken(_) => ApiError::bad_request("bad_body", msg),
-            BodyError::NoBudget => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", msg),
+            BodyError::NoBudget => ApiError::internal(msg),
         }
     }
 }

@@ -193,7 +193,7 @@ pub async fn cancel_job(
     let job =
         tokio::spawn(async move { service.cancel(&request_id, owner.as_deref()).await }).await.map_err(|e| {
             tracing::error!(error = %e, "cancel handling panicked");
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            ApiError::internal("internal error")
         })??;
     Ok(axum::Json(list_view(job)).into_response())
 }
@@ -299,9 +299,7 @@ pub async fn submit_batch(State(st): State<AppState>, req: Request) -> Result<Re
                     BatchItemResult::Accepted(Accepted { request_id: s.request_id, status })
                 }
                 Some(Err(e)) => rejected(ApiError::from(e)),
-                None => {
-                    rejected(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "no answer for this item"))
-                }
+                None => rejected(ApiError::internal("no answer for this item")),
             },
         };
         results.push(item);

@@ -339,8 +339,7 @@ fn view_response(job: Job) -> Result<Response, ApiError> {
         + 256 * job.attempts_log.len()
         + 64 * job.redactions.len();
     let mut buf = Vec::with_capacity(size);
-    serde_json::to_writer(&mut buf, &public_view(job))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("job view: {e}")))?;
+    serde_json::to_writer(&mut buf, &public_view(job)).map_err(|e| ApiError::internal(format!("job view: {e}")))?;
     Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], buf).into_response())
 }
 

@@ -191,7 +191,7 @@ fn overload_error(e: tower::BoxError) -> axum::response::Response {
         }
         .into_response()
     } else {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error").into_response()
+        ApiError::internal("internal error").into_response()
     }
 }
 

@@ -195,8 +195,8 @@ async fn login(State(st): State<AppState>, req: Request) -> Result<Response, Api
         tracing::warn!("console sign-in refused: wrong admin key");
         return Err(ApiError::unauthorized("unknown admin key"));
     }
-    let (token, expires_at) = session::mint(&st.auth.admin_key, now_ms())
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "cannot sign a session"))?;
+    let (token, expires_at) =
+        session::mint(&st.auth.admin_key, now_ms()).ok_or_else(|| ApiError::internal("cannot sign a session"))?;
     tracing::info!("console signed in");
     let mut resp = axum::Json(serde_json::json!({"signed_in": true, "expires_at": expires_at})).into_response();
     set(&mut resp, session::set_cookie(Some(&token), secure));

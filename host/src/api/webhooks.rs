@@ -70,7 +70,7 @@ pub async fn receive(
     let applying = async move { callbacks.receive(&vendor, headers, body).await };
     let out = tokio::spawn(tracing::Instrument::instrument(applying, span)).await.map_err(|e| {
         tracing::error!(error = %e, "webhook handling panicked");
-        ApiError::new(axum::http::StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+        ApiError::internal("internal error")
     })??;
     Ok(axum::Json(match out {
         CallbackOutcome::Applied { request_id, status } => {
